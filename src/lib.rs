@@ -1,0 +1,38 @@
+//! # libpools
+//!
+//! HAProxy-style memory pools for C programs, written in Rust.
+//!
+//! ```text
+//!  pool_alloc / pool_free        ffi.rs: checks, errno; no logic
+//!         |
+//!  thread cache                  thread_cache.rs: per thread, newest first,
+//!         |                      byte budget, oldest evicted in clusters
+//!  shared cache                  shared_cache.rs: per pool, buckets of
+//!         |                      self-locked list heads (xchg to BUSY)
+//!  backing allocator             os.rs: posix_memalign/free, malloc_trim
+//! ```
+//!
+//! `pool.rs` orchestrates one pool's path through these layers and
+//! `registry.rs` keeps the process's pools and thread caches (create, merge,
+//! destroy, gc, statistics). `options.rs` holds the process-wide settings.
+
+#![warn(unsafe_op_in_unsafe_fn)]
+
+pub mod ffi;
+mod options;
+mod os;
+pub mod pool;
+pub mod registry;
+mod shared_cache;
+mod sync;
+mod thread_cache;
+
+pub use options::{cache_size, set_cache_size, shared_cache_name, POOL_DEFAULT_CACHE_SIZE};
+pub use pool::{Pool, Stats, POOL_F_EXACT, POOL_F_SHARED, POOL_MAX_SIZE};
+
+/// Moves every object the calling thread caches to the shared caches.
+pub fn evict_local_cache() {
+    if let Some(tc) = thread_cache::ThreadCache::current() {
+        tc.enter().evict_to(0);
+    }
+}

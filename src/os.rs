@@ -1,0 +1,147 @@
+//! The backing allocator: where objects come from and go back to.
+//!
+//! Every byte the pools hand out is obtained here and returned here; no other
+//! module calls `malloc`, `free` or `mmap`. The interface is deliberately
+//! narrow (obtain, release, trim, plus zeroed page mappings for per-thread
+//! tables) so that other backends (an mmap-per-object debug mode, the spans
+//! of the LD_PRELOAD malloc) can slot in behind it.
+
+use core::ptr::{self, NonNull};
+use once_cell::sync::OnceCell;
+
+/// Every object is aligned to at least this many bytes.
+pub(crate) const OBJECT_ALIGN: usize = 16;
+
+/// Obtains `size` bytes aligned to `align` (a power of two, at least
+/// `OBJECT_ALIGN`) from the libc allocator, or `None` when it has none.
+pub(crate) fn obtain(size: usize, align: usize) -> Option<NonNull<u8>> {
+    debug_assert!(align.is_power_of_two() && align >= OBJECT_ALIGN);
+    let mut p: *mut libc::c_void = ptr::null_mut();
+    // SAFETY: `p` is a valid out-pointer; `align` is a power of two and a
+    // multiple of `size_of::<*mut c_void>()` as posix_memalign requires.
+    let rc = unsafe { libc::posix_memalign(&mut p, align, size) };
+    if rc != 0 {
+        return None;
+    }
+    NonNull::new(p.cast())
+}
+
+/// Gives back memory obtained from [`obtain`].
+///
+/// # Safety
+/// `p` came from [`obtain`] and is not used afterwards.
+pub(crate) unsafe fn release(p: NonNull<u8>) {
+    // SAFETY: by the caller's contract `p` is a live posix_memalign block.
+    unsafe { libc::free(p.as_ptr().cast()) }
+}
+
+/// Maps `len` bytes of zeroed, private memory (pages are only backed when
+/// first touched), or `None`.
+pub(crate) fn map_zeroed(len: usize) -> Option<NonNull<u8>> {
+    // SAFETY: an anonymous private mapping at an address of the kernel's
+    // choosing touches no existing memory.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    NonNull::new(p.cast())
+}
+
+/// Unmaps memory from [`map_zeroed`].
+///
+/// # Safety
+/// `p` and `len` are those of one [`map_zeroed`] mapping no longer used.
+pub(crate) unsafe fn unmap(p: NonNull<u8>, len: usize) {
+    // SAFETY: by the caller's contract the whole mapping is ours and dead.
+    unsafe { libc::munmap(p.as_ptr().cast(), len) };
+}
+
+type TrimFn = unsafe extern "C" fn(libc::size_t) -> libc::c_int;
+
+/// Asks the allocator underneath to give free memory back to the OS.
+///
+/// `malloc_trim` is looked up at run time, and used only when it belongs to
+/// the same object as the `malloc` in use: glibc has it, musl does not, and a
+/// preloaded jemalloc or mimalloc replaces `malloc` but not glibc's
+/// `malloc_trim`, which would then trim an arena nobody uses.
+pub(crate) fn trim() {
+    static TRIM: OnceCell<Option<TrimFn>> = OnceCell::new();
+    if let Some(trim) = *TRIM.get_or_init(find_trim) {
+        // SAFETY: `trim` is the libc's malloc_trim, found by its name.
+        unsafe { trim(0) };
+    }
+}
+
+#[cfg(all(target_env = "gnu", not(miri)))]
+fn find_trim() -> Option<TrimFn> {
+    // SAFETY: dlsym and dladdr only read the loaded objects' symbol tables;
+    // the names are NUL-terminated literals and `info` is a valid out-pointer.
+    unsafe {
+        let trim = libc::dlsym(libc::RTLD_DEFAULT, c"malloc_trim".as_ptr());
+        let malloc = libc::dlsym(libc::RTLD_DEFAULT, c"malloc".as_ptr());
+        if trim.is_null() || malloc.is_null() {
+            return None;
+        }
+        let mut a: libc::Dl_info = core::mem::zeroed();
+        let mut b: libc::Dl_info = core::mem::zeroed();
+        if libc::dladdr(trim, &mut a) == 0 || libc::dladdr(malloc, &mut b) == 0 {
+            return None;
+        }
+        if a.dli_fbase != b.dli_fbase {
+            return None;
+        }
+        Some(core::mem::transmute::<*mut libc::c_void, TrimFn>(trim))
+    }
+}
+
+/// musl (and Miri) have no `malloc_trim`: musl's allocator returns large
+/// chunks to the OS on `free` by itself.
+#[cfg(not(all(target_env = "gnu", not(miri))))]
+fn find_trim() -> Option<TrimFn> {
+    None
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn obtain_is_aligned_and_writable() {
+        for size in [1usize, 17, 4096, 1 << 21] {
+            let p = obtain(size, OBJECT_ALIGN).expect("memory");
+            assert_eq!(p.as_ptr() as usize % OBJECT_ALIGN, 0);
+            // SAFETY: `p` has `size` writable bytes and is released once.
+            unsafe {
+                p.as_ptr().write_bytes(0xa5, size);
+                release(p);
+            }
+        }
+    }
+
+    #[test]
+    fn mapping_is_zeroed() {
+        let len = 3 * 4096;
+        let p = map_zeroed(len).expect("mapping");
+        // SAFETY: the mapping has `len` readable bytes and is unmapped once.
+        unsafe {
+            let s = core::slice::from_raw_parts(p.as_ptr(), len);
+            assert!(s.iter().all(|&b| b == 0));
+            unmap(p, len);
+        }
+    }
+
+    #[test]
+    fn trim_can_be_called() {
+        trim();
+        trim();
+    }
+}

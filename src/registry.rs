@@ -1,0 +1,609 @@
+//! The registry: every pool and every thread cache of the process.
+//!
+//! One mutex guards the list of pools (create, merge, destroy, gc, stats,
+//! dump) and the list of thread caches (thread start and exit, and the
+//! claims `pool_destroy` takes on them). Nothing on the alloc/free hot path
+//! takes it.
+
+use crate::pool::{Pool, Stats, KNOWN_FLAGS, POOL_F_EXACT, POOL_F_SHARED, POOL_MAX_SIZE};
+use crate::shared_cache::BUCKETS;
+use crate::thread_cache::{self, ThreadCache, MAX_POOLS};
+use crate::{options, os};
+use core::ffi::CStr;
+use core::fmt::{self, Write};
+use core::ptr::{self, NonNull};
+use core::sync::atomic::Ordering::{Relaxed, SeqCst};
+use core::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicUsize};
+use std::sync::{Mutex, MutexGuard, Once, PoisonError};
+
+/// Why a registry call failed, as an errno value for the C side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// EINVAL: a bad argument or a handle that is not a live pool.
+    Invalid,
+    /// ENOMEM: no memory, or MAX_POOLS pools alive.
+    NoMemory,
+    /// EBUSY: too late, pools exist.
+    Busy,
+}
+
+impl Error {
+    pub fn errno(self) -> libc::c_int {
+        match self {
+            Error::Invalid => libc::EINVAL,
+            Error::NoMemory => libc::ENOMEM,
+            Error::Busy => libc::EBUSY,
+        }
+    }
+}
+
+/// What `destroy` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destroyed {
+    /// The caller's handle is released (the pool itself is gone, or lives on
+    /// for its other users).
+    Released,
+    /// The application still holds objects: nothing changed.
+    InUse,
+}
+
+struct Registry {
+    /// Live pools, linked through `Pool::reg_next`.
+    pools: *mut Pool,
+    /// Destroyed heads waiting for reuse, oldest first (FIFO, so a stale
+    /// handle stays recognisably dead as long as possible).
+    free_first: *mut Pool,
+    free_last: *mut Pool,
+    /// Slots handed out so far; a recycled head keeps its slot.
+    slots: usize,
+    /// Registered thread caches, linked through `ThreadCache::reg_next`.
+    threads: *mut ThreadCache,
+    /// A pool was created once: settings that shape pools are frozen.
+    created: bool,
+}
+
+// SAFETY: the raw pointers are only followed under the mutex, and what they
+// point to (pool heads, thread-cache mappings) is not tied to any thread.
+unsafe impl Send for Registry {}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    pools: ptr::null_mut(),
+    free_first: ptr::null_mut(),
+    free_last: ptr::null_mut(),
+    slots: 0,
+    threads: ptr::null_mut(),
+    created: false,
+});
+
+fn lock() -> MutexGuard<'static, Registry> {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        options::load_env();
+        init_fences();
+    });
+    // Nothing panics while holding the lock; if something ever did, the
+    // lists are still consistent between statements, so keep going.
+    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Registry {
+    fn pools(&self) -> impl Iterator<Item = &'static Pool> {
+        let mut cur = self.pools;
+        core::iter::from_fn(move || {
+            // SAFETY: live pools stay valid while the lock is held, and heads
+            // are never unmapped.
+            let p = unsafe { cur.as_ref()? };
+            cur = p.reg_next.get();
+            Some(p)
+        })
+    }
+
+    fn threads(&self) -> impl Iterator<Item = &'static ThreadCache> {
+        let mut cur = self.threads;
+        core::iter::from_fn(move || {
+            // SAFETY: a registered cache stays mapped until its thread
+            // unregisters it, which needs the lock we hold.
+            let tc = unsafe { cur.as_ref()? };
+            cur = tc.reg_next.get();
+            Some(tc)
+        })
+    }
+
+    /// Objects of `pool` in all thread caches.
+    fn cached(&self, pool: &Pool) -> usize {
+        self.threads().map(|tc| tc.count_of(pool)).sum()
+    }
+}
+
+// ---- thread caches -------------------------------------------------------
+
+/// Whether the hot path's fence can be a compiler fence (membarrier works).
+static ASYMMETRIC: AtomicBool = AtomicBool::new(false);
+
+fn init_fences() {
+    #[cfg(not(miri))]
+    {
+        const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+        // SAFETY: registering for private expedited membarrier has no effect
+        // beyond allowing the command later.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_membarrier,
+                MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
+                0,
+                0,
+            )
+        };
+        // Relaxed: set inside the Once that every pool creation (and so
+        // every thread cache use) happens after.
+        ASYMMETRIC.store(rc == 0, Relaxed);
+    }
+}
+
+/// The owner's side of the handshake with a claimer.
+#[inline]
+pub(crate) fn light_fence() {
+    if ASYMMETRIC.load(Relaxed) {
+        compiler_fence(SeqCst);
+    } else {
+        fence(SeqCst);
+    }
+}
+
+/// The claimer's side: a full fence on every running thread.
+fn heavy_fence() {
+    if ASYMMETRIC.load(Relaxed) {
+        const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+        // SAFETY: the process registered for this command in init_fences.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) };
+        // Registered commands do not fail; if one ever did, owners only had
+        // compiler fences and nothing can replace the barrier: stop.
+        if rc != 0 {
+            std::process::abort();
+        }
+    } else {
+        fence(SeqCst);
+    }
+}
+
+/// Gives each thread its first shared-cache bucket, round robin.
+pub(crate) fn next_home() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    // Relaxed: any spread of homes is correct.
+    NEXT.fetch_add(1, Relaxed) % BUCKETS
+}
+
+pub(crate) fn thread_start(tc: NonNull<ThreadCache>) {
+    let mut reg = lock();
+    // SAFETY: the cache is live; its list link is ours under the lock.
+    unsafe { tc.as_ref() }.reg_next.set(reg.threads);
+    reg.threads = tc.as_ptr();
+}
+
+/// A thread is exiting: its cached objects go to the shared caches, then its
+/// cache is unregistered and unmapped.
+pub(crate) fn thread_exit(tc: NonNull<ThreadCache>) {
+    let mut reg = lock();
+    // SAFETY: the exiting owner holds its cache: no owner operation can
+    // run, and claimers need the lock we hold.
+    unsafe { thread_cache::drain(tc.as_ref()) };
+    let mut link: *mut *mut ThreadCache = &mut reg.threads;
+    // SAFETY: walking the list of registered caches under the lock.
+    unsafe {
+        while !(*link).is_null() && *link != tc.as_ptr() {
+            link = (**link).reg_next.as_ptr();
+        }
+        if !(*link).is_null() {
+            *link = tc.as_ref().reg_next.get();
+        }
+    }
+    drop(reg);
+    // SAFETY: drained and unregistered: nobody can reach the cache now.
+    unsafe { thread_cache::unmap(tc) };
+}
+
+/// Claims every thread cache (see `thread_cache`), runs `f`, gives them back.
+fn with_all_claimed<R>(reg: &Registry, f: impl FnOnce() -> R) -> R {
+    reg.threads().for_each(|tc| tc.claim_start());
+    heavy_fence();
+    reg.threads().for_each(|tc| tc.claim_wait());
+    let r = f();
+    reg.threads().for_each(|tc| tc.claim_end());
+    r
+}
+
+// ---- pools ---------------------------------------------------------------
+
+/// Creates a pool, or joins an existing one when both are POOL_F_SHARED and
+/// of the same rounded size.
+pub fn create(name: &CStr, size: usize, flags: u32) -> Result<&'static Pool, Error> {
+    if size == 0 || size > POOL_MAX_SIZE || flags & !KNOWN_FLAGS != 0 {
+        return Err(Error::Invalid);
+    }
+    let size = if flags & POOL_F_EXACT != 0 {
+        size
+    } else {
+        size.next_multiple_of(os::OBJECT_ALIGN)
+    };
+    let mut reg = lock();
+    reg.created = true;
+    if flags & POOL_F_SHARED != 0 {
+        if let Some(p) = reg
+            .pools()
+            .find(|p| p.flags & POOL_F_SHARED != 0 && p.size == size)
+        {
+            p.users.fetch_add(1, Relaxed);
+            return Ok(p);
+        }
+    }
+    let name_copy = copy_name(name).ok_or(Error::NoMemory)?;
+    let head = match NonNull::new(reg.free_first) {
+        Some(head) => {
+            // SAFETY: a free head is a dead pool nobody uses; under the lock.
+            let next = unsafe { head.as_ref() }.reg_next.get();
+            reg.free_first = next;
+            if next.is_null() {
+                reg.free_last = ptr::null_mut();
+            }
+            // SAFETY: as above; it keeps its slot.
+            let slot = unsafe { head.as_ref() }.slot;
+            // SAFETY: the head is ours; overwriting a dead pool drops nothing
+            // that owns memory (its name was freed at destroy).
+            unsafe { head.as_ptr().write(Pool::new(slot, size, flags)) };
+            head
+        }
+        None => {
+            if reg.slots == MAX_POOLS {
+                // SAFETY: the copy is ours and unused.
+                unsafe { os::release(name_copy.cast()) };
+                return Err(Error::NoMemory);
+            }
+            let Some(mem) = os::obtain(
+                core::mem::size_of::<Pool>(),
+                core::mem::align_of::<Pool>().max(128),
+            ) else {
+                // SAFETY: as above.
+                unsafe { os::release(name_copy.cast()) };
+                return Err(Error::NoMemory);
+            };
+            let head = mem.cast::<Pool>();
+            // SAFETY: fresh memory of the right size and alignment.
+            unsafe { head.as_ptr().write(Pool::new(reg.slots, size, flags)) };
+            reg.slots += 1;
+            head
+        }
+    };
+    // SAFETY: initialised above; 'static because heads are never unmapped.
+    let pool: &'static Pool = unsafe { &*head.as_ptr() };
+    pool.name.set(Some(name_copy));
+    pool.revive();
+    pool.reg_next.set(reg.pools);
+    reg.pools = head.as_ptr();
+    Ok(pool)
+}
+
+fn copy_name(name: &CStr) -> Option<NonNull<libc::c_char>> {
+    let bytes = name.to_bytes_with_nul();
+    let p = os::obtain(bytes.len(), os::OBJECT_ALIGN)?;
+    // SAFETY: `p` has room for the name and its NUL; the regions differ.
+    unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), p.as_ptr(), bytes.len()) };
+    Some(p.cast())
+}
+
+/// Drops one user of `pool`. Refused while the application holds objects of
+/// it. The last user's destroy takes back every object cached by any
+/// thread, releases them and recycles the head.
+pub fn destroy(pool: &'static Pool) -> Result<Destroyed, Error> {
+    let mut reg = lock();
+    // Re-check under the lock: two threads may race to destroy one pool.
+    // SAFETY: `pool` is a pool head.
+    if unsafe { Pool::from_handle(pool) }.is_none() {
+        return Err(Error::Invalid);
+    }
+    let done = with_all_claimed(&reg, || {
+        if pool.stats(reg.cached(pool)).used > 0 {
+            return Destroyed::InUse;
+        }
+        if pool.users.fetch_sub(1, Relaxed) > 1 {
+            return Destroyed::Released;
+        }
+        for tc in reg.threads() {
+            // SAFETY: every thread cache is claimed by us.
+            unsafe { thread_cache::reclaim_pool(tc, pool) };
+        }
+        pool.kill();
+        Destroyed::Released
+    });
+    if done == Destroyed::Released && pool.users.load(Relaxed) == 0 {
+        pool.flush();
+        debug_assert_eq!(pool.shared.allocated(), 0);
+        unlink_pool(&mut reg, pool);
+        if let Some(name) = pool.name.take() {
+            // SAFETY: the copy made at creation; the pool is dead.
+            unsafe { os::release(name.cast()) };
+        }
+        let head = ptr::from_ref(pool).cast_mut();
+        pool.reg_next.set(ptr::null_mut());
+        match NonNull::new(reg.free_last) {
+            // SAFETY: a free head, under the lock.
+            Some(last) => unsafe { last.as_ref() }.reg_next.set(head),
+            None => reg.free_first = head,
+        }
+        reg.free_last = head;
+    }
+    Ok(done)
+}
+
+fn unlink_pool(reg: &mut Registry, pool: &Pool) {
+    let mut link: *mut *mut Pool = &mut reg.pools;
+    // SAFETY: walking the list of live pools under the lock.
+    unsafe {
+        while !(*link).is_null() && !ptr::eq(*link, pool) {
+            link = (**link).reg_next.as_ptr();
+        }
+        if !(*link).is_null() {
+            *link = pool.reg_next.get();
+        }
+    }
+}
+
+/// For every pool, releases shared objects beyond its `minavail`, then asks
+/// the allocator underneath to return free memory to the OS.
+pub fn gc() {
+    {
+        let reg = lock();
+        for pool in reg.pools() {
+            pool.gc(reg.cached(pool));
+        }
+    }
+    os::trim();
+}
+
+/// The counters of `pool`.
+pub fn stats(pool: &Pool) -> Stats {
+    let reg = lock();
+    pool.stats(reg.cached(pool))
+}
+
+/// Bytes allocated and used, over all pools.
+pub fn totals() -> (u64, u64) {
+    let reg = lock();
+    reg.pools().fold((0, 0), |(a, u), p| {
+        let s = p.stats(reg.cached(p));
+        (
+            a + (s.allocated * s.size) as u64,
+            u + (s.used * s.size) as u64,
+        )
+    })
+}
+
+/// Selects the shared-cache variant; only before the first pool.
+pub fn set_shared_cache(name: &CStr) -> Result<(), Error> {
+    let reg = lock();
+    if reg.created {
+        return Err(Error::Busy);
+    }
+    if options::set_shared_cache(name.to_bytes()) {
+        Ok(())
+    } else {
+        Err(Error::Invalid)
+    }
+}
+
+/// Writes one line per pool and a total to `fd`, like HAProxy's
+/// "show pools".
+pub fn dump(fd: libc::c_int) {
+    let reg = lock();
+    let (mut n, mut bytes_alloc, mut bytes_used) = (0usize, 0usize, 0usize);
+    for p in reg.pools() {
+        let s = p.stats(reg.cached(p));
+        let mut line = Line::new();
+        let _ = writeln!(
+            line,
+            "  - Pool {} ({} bytes) : {} allocated ({} bytes), {} used, {} cached, {} shared, \
+             {} failures, {} users, minavail {}{}",
+            p.name().to_str().unwrap_or("?"),
+            s.size,
+            s.allocated,
+            s.allocated * s.size,
+            s.used,
+            s.cached,
+            s.shared,
+            s.failed,
+            s.users,
+            s.minavail,
+            if p.flags & POOL_F_SHARED != 0 {
+                " [SHARED]"
+            } else {
+                ""
+            },
+        );
+        line.write_to(fd);
+        n += 1;
+        bytes_alloc += s.allocated * s.size;
+        bytes_used += s.used * s.size;
+    }
+    let mut line = Line::new();
+    let _ = writeln!(
+        line,
+        "Total: {n} pools, {bytes_alloc} bytes allocated, {bytes_used} used, shared cache {}, \
+         thread cache {} bytes",
+        options::shared_cache_name(),
+        options::cache_size(),
+    );
+    line.write_to(fd);
+}
+
+/// A line formatted on the stack (no allocation), truncated if too long.
+pub(crate) struct Line {
+    buf: [u8; 512],
+    len: usize,
+}
+
+impl Line {
+    pub(crate) fn new() -> Self {
+        Line {
+            buf: [0; 512],
+            len: 0,
+        }
+    }
+
+    /// Writes the line to `fd`, retrying short writes.
+    pub(crate) fn write_to(&self, fd: libc::c_int) {
+        let mut done = 0;
+        while done < self.len {
+            let rest = &self.buf[done..self.len];
+            // SAFETY: `rest` is valid for reads of its length.
+            let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+            if n <= 0 {
+                // EINTR: retry; anything else: give up quietly.
+                // SAFETY: reading this thread's errno.
+                if n < 0 && unsafe { *libc::__errno_location() } == libc::EINTR {
+                    continue;
+                }
+                return;
+            }
+            done += n as usize;
+        }
+    }
+}
+
+impl Write for Line {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.buf.len() - self.len;
+        let n = s.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        assert_eq!(create(c"zero", 0, 0).err(), Some(Error::Invalid));
+        assert_eq!(
+            create(c"huge", POOL_MAX_SIZE + 1, 0).err(),
+            Some(Error::Invalid)
+        );
+        assert_eq!(create(c"flags", 64, 4).err(), Some(Error::Invalid));
+        assert!(create(c"max", POOL_MAX_SIZE, POOL_F_EXACT).is_ok());
+    }
+
+    #[test]
+    fn sizes_round_to_16_unless_exact() {
+        assert_eq!(create(c"r1", 1, 0).unwrap().size, 16);
+        assert_eq!(create(c"r33", 33, 0).unwrap().size, 48);
+        assert_eq!(create(c"e33", 33, POOL_F_EXACT).unwrap().size, 33);
+        let tiny = create(c"e1", 1, POOL_F_EXACT).unwrap();
+        let o = tiny.alloc().unwrap();
+        assert_eq!(o.as_ptr() as usize % os::OBJECT_ALIGN, 0);
+        // SAFETY: an object of `tiny`, given back once.
+        unsafe { tiny.free(o) };
+    }
+
+    #[test]
+    fn shared_pools_of_one_size_merge() {
+        // A size no other test uses, so that merging is only with ourselves.
+        let a = create(c"merge-a", 4000, POOL_F_SHARED).unwrap();
+        let b = create(c"merge-b", 3999, POOL_F_SHARED).unwrap();
+        let c = create(c"merge-c", 4000, 0).unwrap();
+        assert!(ptr::eq(a, b));
+        assert!(!ptr::eq(a, c));
+        assert_eq!(stats(a).users, 2);
+        assert_eq!(a.name(), c"merge-a");
+        assert_eq!(destroy(a), Ok(Destroyed::Released));
+        assert_eq!(stats(b).users, 1);
+        assert_eq!(destroy(b), Ok(Destroyed::Released));
+        assert_eq!(destroy(c), Ok(Destroyed::Released));
+    }
+
+    #[test]
+    fn destroy_is_refused_while_objects_are_held() {
+        let p = create(c"in-use", 96, 0).unwrap();
+        let o = p.alloc().unwrap();
+        assert_eq!(destroy(p), Ok(Destroyed::InUse));
+        assert_eq!(stats(p).used, 1);
+        // SAFETY: the object came from `p`, given back once.
+        unsafe { p.free(o) };
+        assert_eq!(destroy(p), Ok(Destroyed::Released));
+        assert_eq!(destroy(p), Err(Error::Invalid));
+    }
+
+    #[test]
+    fn gc_keeps_minavail_idle_objects() {
+        let p = create(c"gc", 8192, 0).unwrap();
+        let objs: Vec<_> = (0..20).map(|_| p.alloc().unwrap()).collect();
+        for o in objs {
+            // SAFETY: objects of `p`, each given back once.
+            unsafe { p.free(o) };
+        }
+        crate::evict_local_cache();
+        assert_eq!(stats(p).shared, 20);
+        p.minavail.store(5, Relaxed);
+        gc();
+        let s = stats(p);
+        assert_eq!((s.shared, s.allocated, s.used), (5, 5, 0));
+        p.flush();
+        assert_eq!(stats(p).allocated, 0);
+        assert_eq!(destroy(p), Ok(Destroyed::Released));
+    }
+
+    #[test]
+    fn destroyed_heads_are_recycled_with_their_slot() {
+        let p = create(c"recycle-1", 16, 0).unwrap();
+        let slot = p.slot;
+        assert_eq!(destroy(p), Ok(Destroyed::Released));
+        // Other tests may recycle heads concurrently: look for ours among a
+        // few new pools rather than expecting the very next one.
+        let fresh: Vec<_> = (0..64)
+            .map(|_| create(c"recycle-2", 16, 0).unwrap())
+            .collect();
+        assert!(fresh.iter().any(|q| q.slot == slot), "head not reused");
+        for q in fresh {
+            assert_eq!(q.name(), c"recycle-2");
+            assert_eq!(stats(q).allocated, 0);
+            assert_eq!(destroy(q), Ok(Destroyed::Released));
+        }
+    }
+
+    #[test]
+    fn dump_names_every_pool_and_totals() {
+        let p = create(c"dumped", 160, 0).unwrap();
+        let o = p.alloc().unwrap();
+        let mut fds = [0; 2];
+        // SAFETY: `fds` is a valid out-array of two descriptors.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        dump(fds[1]);
+        // SAFETY: closing our own write end once.
+        unsafe { libc::close(fds[1]) };
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: `buf` is writable for its length.
+            let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n as usize]);
+        }
+        // SAFETY: closing our own read end once.
+        unsafe { libc::close(fds[0]) };
+        let out = String::from_utf8(out).unwrap();
+        let line = out
+            .lines()
+            .find(|l| l.contains("Pool dumped "))
+            .expect("pool line");
+        assert!(
+            line.contains("(160 bytes)") && line.contains("1 used"),
+            "{line}"
+        );
+        assert!(out.lines().last().unwrap().starts_with("Total: "));
+        // SAFETY: the object came from `p`, given back once.
+        unsafe { p.free(o) };
+    }
+}

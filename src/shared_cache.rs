@@ -1,0 +1,479 @@
+//! The process-wide shared cache of one pool: a few buckets, each a
+//! self-locked list of clusters.
+//!
+//! A bucket's head is NULL, a pointer to the first cluster, or [`BUSY`].
+//! Taking a cluster locks the head with one `swap(BUSY)`, reads the first
+//! cluster's `next` while nobody else can take that cluster, and stores
+//! `next` back, which unlocks. This is the fix of
+//! `shared/seeds/000_b08d1a0abe02ac16.txt`: the lockless pop it replaces read
+//! `head->next` from an object that another thread could have popped and
+//! already returned to the OS. Pushing needs no lock: a CAS from a non-BUSY
+//! head can never overwrite BUSY, and pushing onto whatever the head is at the
+//! moment of the CAS is ABA-safe.
+//!
+//! A cluster is up to [`CLUSTER`] objects of the pool chained through `down`;
+//! clusters are chained through `next`. One atomic operation moves a whole
+//! cluster. Objects in the shared cache hold an [`Item`] at their start.
+
+use crate::sync::{unlock, AtomicIsize, AtomicPtr, Backoff};
+use core::ptr::{self, NonNull};
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use crossbeam_utils::CachePadded;
+
+/// Buckets per pool. Threads start at a bucket of their own, so that two
+/// threads rarely meet on one head.
+pub(crate) const BUCKETS: usize = 4;
+
+/// Objects moved by one atomic operation.
+pub(crate) const CLUSTER: usize = 8;
+
+/// The header an object carries while it sits in the shared cache.
+#[repr(C)]
+pub(crate) struct Item {
+    /// Next cluster in the bucket (meaningful on a cluster's first object).
+    pub(crate) next: *mut Item,
+    /// Next object of the same cluster.
+    pub(crate) down: *mut Item,
+}
+
+/// The head value that says "locked": no object lives at address 1.
+fn busy() -> *mut Item {
+    ptr::without_provenance_mut(1)
+}
+
+/// A chain of objects linked through `down`, owned by whoever holds it.
+pub(crate) struct Cluster {
+    pub(crate) first: NonNull<Item>,
+    pub(crate) len: usize,
+}
+
+impl Cluster {
+    /// Visits and detaches each object of the cluster.
+    ///
+    /// # Safety
+    /// The caller owns every object of the cluster.
+    pub(crate) unsafe fn for_each(self, mut f: impl FnMut(NonNull<Item>)) {
+        let mut cur = self.first.as_ptr();
+        while let Some(item) = NonNull::new(cur) {
+            // SAFETY: the caller owns the cluster, so `item` is a live object
+            // that nobody else reads or writes.
+            cur = unsafe { (*item.as_ptr()).down };
+            f(item);
+        }
+    }
+}
+
+struct Bucket {
+    /// NULL, the first cluster, or BUSY while a taker holds the lock.
+    head: AtomicPtr<Item>,
+    /// Objects in this bucket's list. Updated next to the list operation, so
+    /// exact only when no operation is in flight; hence signed.
+    objects: AtomicIsize,
+    /// Objects of the pool obtained from the backing allocator and not yet
+    /// returned, counted on this bucket to spread the writes.
+    allocated: AtomicIsize,
+}
+
+/// The shared cache of one pool.
+pub(crate) struct SharedCache {
+    buckets: [CachePadded<Bucket>; BUCKETS],
+}
+
+impl SharedCache {
+    pub(crate) fn new() -> Self {
+        SharedCache {
+            buckets: core::array::from_fn(|_| {
+                CachePadded::new(Bucket {
+                    head: AtomicPtr::new(ptr::null_mut()),
+                    objects: AtomicIsize::new(0),
+                    allocated: AtomicIsize::new(0),
+                })
+            }),
+        }
+    }
+
+    /// Puts a cluster into the shared cache, starting at bucket `home`.
+    ///
+    /// Counter: `objects` of the bucket it lands in grows by `cluster.len`.
+    /// Lock: none; a CAS on a head that is not BUSY.
+    pub(crate) fn put(&self, home: usize, cluster: Cluster) {
+        let first = cluster.first.as_ptr();
+        let backoff = Backoff::new();
+        let mut b = home;
+        loop {
+            let bucket = &self.buckets[b % BUCKETS];
+            // Relaxed: the head is only stored into `first.next`, never read
+            // through, and the CAS below re-checks it.
+            let mut head = bucket.head.load(Relaxed);
+            while head != busy() {
+                // SAFETY: we own `first` until the CAS publishes it.
+                unsafe { (*first).next = head };
+                // Release on success: a taker's Acquire swap must see
+                // `first.next` and everything written to the objects before.
+                // Relaxed on failure: the value is only compared again.
+                // Strong CAS: on x86 it is the same instruction, and a weak
+                // one may fail spuriously forever under the model checker.
+                match bucket.head.compare_exchange(head, first, Release, Relaxed) {
+                    Ok(_) => {
+                        // Relaxed: a statistic, exact once operations settle.
+                        bucket.objects.fetch_add(cluster.len as isize, Relaxed);
+                        return;
+                    }
+                    Err(now) => head = now,
+                }
+            }
+            // Locked by a taker: try the next bucket, pausing after a round.
+            b += 1;
+            if b % BUCKETS == home % BUCKETS {
+                backoff.snooze();
+            }
+        }
+    }
+
+    /// Takes one cluster, starting at bucket `home`, or `None` when every
+    /// bucket was seen empty.
+    ///
+    /// Counter: `objects` of the bucket it came from drops by its length.
+    /// Lock: the bucket's head, held for one load and one store.
+    pub(crate) fn take(&self, home: usize) -> Option<Cluster> {
+        for i in 0..BUCKETS {
+            let bucket = &self.buckets[(home + i) % BUCKETS];
+            if let Some(first) = Self::lock(bucket) {
+                // SAFETY: we hold the bucket's lock, so nobody else can take
+                // `first` (and return it to the OS) while we read its `next`.
+                let next = unsafe { (*first.as_ptr()).next };
+                // Release: unlocks, and hands the next taker what the putters
+                // published (it acquired their writes through our swap).
+                unlock(&bucket.head, next);
+                // SAFETY: `first` left the list: its cluster is ours.
+                let len = unsafe { cluster_len(first) };
+                bucket.objects.fetch_sub(len as isize, Relaxed);
+                return Some(Cluster { first, len });
+            }
+        }
+        None
+    }
+
+    /// Takes every cluster of every bucket, leaving the cache empty, and
+    /// hands each to `f`.
+    ///
+    /// Counter: each bucket's `objects` drops by what was taken from it.
+    /// Lock: each head in turn, held for one swap and one store.
+    pub(crate) fn take_all(&self, mut f: impl FnMut(Cluster)) {
+        for bucket in &self.buckets {
+            let Some(first) = Self::lock(bucket) else {
+                continue;
+            };
+            // Release: unlocks; the list is now ours alone.
+            unlock(&bucket.head, ptr::null_mut());
+            let mut taken = 0;
+            let mut cur = first.as_ptr();
+            while let Some(c) = NonNull::new(cur) {
+                // SAFETY: the whole list left the bucket while we held the
+                // lock, so every cluster in it is ours.
+                unsafe {
+                    cur = (*c.as_ptr()).next;
+                    let len = cluster_len(c);
+                    taken += len;
+                    f(Cluster { first: c, len });
+                }
+            }
+            bucket.objects.fetch_sub(taken as isize, Relaxed);
+        }
+    }
+
+    /// Locks `bucket`'s head and returns its first cluster, still linked;
+    /// the caller must unlock by storing a new head. `None` (and no lock
+    /// held) when the bucket is empty.
+    fn lock(bucket: &Bucket) -> Option<NonNull<Item>> {
+        let backoff = Backoff::new();
+        loop {
+            // Relaxed: a peek to avoid writing to an empty or locked head.
+            let head = bucket.head.load(Relaxed);
+            if head.is_null() {
+                return None;
+            }
+            if head == busy() {
+                backoff.snooze();
+                continue;
+            }
+            // Acquire: pairs with the putters' Release CAS and the previous
+            // taker's Release store, so the objects' contents and `next`
+            // links are visible to us once we own the head.
+            let head = bucket.head.swap(busy(), Acquire);
+            if head == busy() {
+                backoff.snooze();
+                continue;
+            }
+            match NonNull::new(head) {
+                Some(first) => return Some(first),
+                None => {
+                    // Emptied between our peek and the swap: unlock as found.
+                    // Release: we publish nothing, but it keeps the head a
+                    // plain lock hand-off for the next taker.
+                    unlock(&bucket.head, ptr::null_mut());
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Objects in the shared cache now (exact at quiescence).
+    pub(crate) fn objects(&self) -> usize {
+        let n: isize = self.buckets.iter().map(|b| b.objects.load(Relaxed)).sum();
+        n.max(0) as usize
+    }
+
+    /// Objects of the pool taken from the backing allocator and not returned.
+    pub(crate) fn allocated(&self) -> usize {
+        let n: isize = self.buckets.iter().map(|b| b.allocated.load(Relaxed)).sum();
+        n.max(0) as usize
+    }
+
+    /// Records `n` objects obtained from (positive) or returned to
+    /// (negative) the backing allocator, on bucket `home`.
+    pub(crate) fn count_allocated(&self, home: usize, n: isize) {
+        // Relaxed: a statistic; readers sum the buckets and accept a value
+        // that lags operations still in flight.
+        self.buckets[home % BUCKETS].allocated.fetch_add(n, Relaxed);
+    }
+}
+
+/// Length of the cluster starting at `first`.
+///
+/// # Safety
+/// The caller owns the cluster.
+unsafe fn cluster_len(first: NonNull<Item>) -> usize {
+    let mut n = 0;
+    let mut cur = first.as_ptr();
+    while !cur.is_null() {
+        n += 1;
+        // SAFETY: the caller owns every object of the cluster.
+        cur = unsafe { (*cur).down };
+    }
+    n
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    /// Test objects: boxed slots, addresses tracked as integers so the test
+    /// can free every one at the end.
+    fn make_cluster(objs: &mut Vec<usize>, len: usize) -> Cluster {
+        let mut first: *mut Item = ptr::null_mut();
+        for _ in 0..len {
+            let item = Box::into_raw(Box::new(Item {
+                next: ptr::null_mut(),
+                down: first,
+            }));
+            objs.push(item as usize);
+            first = item;
+        }
+        Cluster {
+            first: NonNull::new(first).unwrap(),
+            len,
+        }
+    }
+
+    fn collect(c: Cluster, out: &mut Vec<usize>) {
+        // SAFETY: the cluster came out of the cache, so it is ours.
+        unsafe { c.for_each(|i| out.push(i.as_ptr() as usize)) };
+    }
+
+    fn free_all(objs: &[usize]) {
+        for &o in objs {
+            // SAFETY: every address came from Box::into_raw and is freed once.
+            drop(unsafe { Box::from_raw(o as *mut Item) });
+        }
+    }
+
+    #[test]
+    fn put_then_take_returns_the_same_objects() {
+        let cache = SharedCache::new();
+        let mut objs = Vec::new();
+        let c = make_cluster(&mut objs, 5);
+        cache.put(0, c);
+        assert_eq!(cache.objects(), 5);
+        let c = cache.take(0).expect("a cluster");
+        assert_eq!(c.len, 5);
+        let mut got = Vec::new();
+        collect(c, &mut got);
+        got.sort();
+        let mut want = objs.clone();
+        want.sort();
+        assert_eq!(got, want);
+        assert!(cache.take(0).is_none());
+        assert_eq!(cache.objects(), 0);
+        free_all(&objs);
+    }
+
+    #[test]
+    fn take_finds_clusters_in_other_buckets() {
+        let cache = SharedCache::new();
+        let mut objs = Vec::new();
+        for home in 0..BUCKETS {
+            cache.put(home, make_cluster(&mut objs, 1));
+        }
+        let mut got = Vec::new();
+        while let Some(c) = cache.take(2) {
+            collect(c, &mut got);
+        }
+        assert_eq!(got.len(), BUCKETS);
+        assert_eq!(cache.objects(), 0);
+        free_all(&objs);
+    }
+
+    #[test]
+    fn take_all_empties_every_bucket() {
+        let cache = SharedCache::new();
+        let mut objs = Vec::new();
+        for i in 0..10 {
+            cache.put(i, make_cluster(&mut objs, 1 + i % CLUSTER));
+        }
+        let mut got = Vec::new();
+        cache.take_all(|c| collect(c, &mut got));
+        assert_eq!(got.len(), objs.len());
+        assert_eq!(cache.objects(), 0);
+        assert!(cache.take(0).is_none());
+        free_all(&objs);
+    }
+
+    #[test]
+    fn allocated_counts_sum_over_buckets() {
+        let cache = SharedCache::new();
+        cache.count_allocated(0, 3);
+        cache.count_allocated(5, 2);
+        cache.count_allocated(2, -4);
+        assert_eq!(cache.allocated(), 1);
+    }
+
+    /// Threads pass clusters through the cache; every object must come out
+    /// exactly once in the end.
+    #[test]
+    fn concurrent_put_take_loses_and_duplicates_nothing() {
+        let threads = 4;
+        let rounds = if cfg!(miri) { 20 } else { 5_000 };
+        let cache = Arc::new(SharedCache::new());
+        let mut objs = Vec::new();
+        for t in 0..threads {
+            cache.put(t, make_cluster(&mut objs, CLUSTER));
+        }
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let cache = Arc::clone(&cache);
+                std::thread::spawn(move || {
+                    for _ in 0..rounds {
+                        if let Some(c) = cache.take(t) {
+                            cache.put(t + 1, c);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let mut got = Vec::new();
+        cache.take_all(|c| collect(c, &mut got));
+        let unique: HashSet<_> = got.iter().copied().collect();
+        assert_eq!(got.len(), objs.len(), "objects lost or duplicated");
+        assert_eq!(unique.len(), objs.len());
+        assert_eq!(cache.objects(), 0);
+        free_all(&objs);
+    }
+}
+
+/// Model checks of this module's real code with loom:
+/// `RUSTFLAGS="--cfg loom" cargo test --release --lib loom`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// A model object: a header plus a "freed" flag that a read after
+    /// release would trip over.
+    #[repr(C)]
+    struct Obj {
+        item: Item,
+        freed: AtomicUsize,
+    }
+
+    fn new_obj() -> *mut Item {
+        let o = Box::into_raw(Box::new(Obj {
+            item: Item {
+                next: ptr::null_mut(),
+                down: ptr::null_mut(),
+            },
+            freed: AtomicUsize::new(0),
+        }));
+        o.cast()
+    }
+
+    fn single(p: *mut Item) -> Cluster {
+        Cluster {
+            first: NonNull::new(p).unwrap(),
+            len: 1,
+        }
+    }
+
+    /// "Frees" every object of a cluster: marks it, so a later use trips.
+    fn release(c: Cluster, count: &AtomicUsize) {
+        // SAFETY: the cluster came out of the cache, so it is ours.
+        unsafe {
+            c.for_each(|i| {
+                let o = i.as_ptr().cast::<Obj>();
+                assert_eq!((*o).freed.swap(1, SeqCst), 0, "object released twice");
+                count.fetch_add(1, SeqCst);
+            })
+        };
+    }
+
+    fn drain(cache: &SharedCache, count: &AtomicUsize) {
+        cache.take_all(|c| release(c, count));
+    }
+
+    /// Two threads take and put back while a third flushes: in the end
+    /// every object was released exactly once, none lost.
+    #[test]
+    fn loom_take_put_flush() {
+        loom::model(|| {
+            let cache = Arc::new(SharedCache::new());
+            let objs: Vec<usize> = (0..3).map(|_| new_obj() as usize).collect();
+            cache.put(0, single(objs[0] as *mut Item));
+            cache.put(0, single(objs[1] as *mut Item));
+            cache.put(1, single(objs[2] as *mut Item));
+            let released = Arc::new(AtomicUsize::new(0));
+
+            let workers: Vec<_> = (0..2)
+                .map(|t| {
+                    let cache = Arc::clone(&cache);
+                    thread::spawn(move || {
+                        if let Some(c) = cache.take(t) {
+                            cache.put(t, c);
+                        }
+                    })
+                })
+                .collect();
+            let flusher = {
+                let (cache, released) = (Arc::clone(&cache), Arc::clone(&released));
+                thread::spawn(move || drain(&cache, &released))
+            };
+            for w in workers {
+                w.join().unwrap();
+            }
+            flusher.join().unwrap();
+            drain(&cache, &released);
+            assert_eq!(released.load(SeqCst), 3, "an object was lost");
+            assert_eq!(cache.objects(), 0);
+            for o in objs {
+                // SAFETY: each model object was boxed once and is dropped once.
+                drop(unsafe { Box::from_raw(o as *mut Obj) });
+            }
+        });
+    }
+}

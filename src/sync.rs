@@ -1,0 +1,49 @@
+//! The atomics the shared cache is written with.
+//!
+//! Under `--cfg loom` they are loom's, so the model checker explores every
+//! interleaving of the real shared-cache code (see `shared_cache::loom_tests`).
+//! Everything else in the crate uses `core` atomics directly: only the shared
+//! cache is model-checked, and loom atomics cannot live in statics.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicIsize, AtomicPtr};
+
+#[cfg(not(loom))]
+pub(crate) use core::sync::atomic::{AtomicIsize, AtomicPtr};
+
+/// Spinning on a lock: crossbeam's backoff, or under loom a yield that lets
+/// the model checker run the lock's holder.
+#[cfg(not(loom))]
+pub(crate) use crossbeam_utils::Backoff;
+
+#[cfg(loom)]
+pub(crate) struct Backoff;
+
+#[cfg(loom)]
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Backoff
+    }
+
+    pub(crate) fn snooze(&self) {
+        loom::thread::yield_now();
+    }
+}
+
+/// Unlocks a self-locked head by storing its new value with Release.
+///
+/// On hardware (and in the C++ model) a plain store is enough: the swap of
+/// any thread that found the head BUSY read the holder's BUSY, so by the
+/// atomicity of read-modify-writes it sits right after the holder's swap in
+/// modification order, before the holder's unlock. loom's modification
+/// order is built from causality and misses that, then lets the spinner
+/// read its own BUSY forever. Under loom the unlock is therefore a swap,
+/// which loom orders after every store it could read: the same semantics,
+/// stated in a way the model checker understands.
+#[inline]
+pub(crate) fn unlock<T>(head: &AtomicPtr<T>, new: *mut T) {
+    #[cfg(not(loom))]
+    head.store(new, core::sync::atomic::Ordering::Release);
+    #[cfg(loom)]
+    head.swap(new, core::sync::atomic::Ordering::Release);
+}
