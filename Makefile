@@ -1,0 +1,99 @@
+# libpools: build, test, demo, install.
+#   make demo      build and run the demo (glibc, shared library)
+#   make test      every test: Rust unit tests, a bounded loom run, header
+#                  drift, C tests with glibc, with musl-gcc -static, and with
+#                  jemalloc preloaded underneath
+#   make install PREFIX=/usr/local
+
+PREFIX    ?= /usr/local
+CARGO     ?= cargo
+CC        ?= gcc
+MUSL_CC   ?= musl-gcc
+MUSL_TGT  := x86_64-unknown-linux-musl
+CFLAGS    ?= -O2 -g
+CFLAGS    += -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -pthread -Iinclude
+
+REL       := target/release
+MUSL_REL  := target/$(MUSL_TGT)/release
+MUSL_LIB  := target/musl/libpools.a
+CT_OUT    := target/c-tests
+C_TESTS   := $(basename $(notdir $(wildcard c-tests/test_*.c)))
+JEMALLOC  := $(shell scripts/jemalloc-path.sh)
+VERSION   := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+
+.PHONY: all lib musl demo test unit loom lint check-header c-tests c-tests-glibc \
+        c-tests-musl c-tests-jemalloc deps install clean
+
+all: lib
+
+lib:
+	$(CARGO) build --release
+
+# The musl libpools.a carries the Rust musl target's libunwind, so that
+# `musl-gcc -static prog.c -lpools` needs nothing else (gcc's libgcc_eh is
+# built for glibc and does not link statically against musl).
+musl: deps
+	$(CARGO) rustc --release --lib --target $(MUSL_TGT) --crate-type staticlib
+	@mkdir -p target/musl
+	@scripts/merge-archives.sh $(MUSL_LIB) $(MUSL_REL)/libpools.a \
+	  "$$(rustc --print sysroot)/lib/rustlib/$(MUSL_TGT)/lib/self-contained/libunwind.a"
+
+deps:
+	@scripts/ensure-deps.sh
+
+demo: lib
+	@mkdir -p target/demo
+	$(CC) $(CFLAGS) demo/demo.c -o target/demo/demo -L$(REL) -lpools -Wl,-rpath,$(CURDIR)/$(REL)
+	target/demo/demo
+
+test: deps lint unit loom check-header c-tests
+	@echo "make test: all passed"
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --release
+
+# A bounded model check of the shared cache (every interleaving up to the
+# preemption bound set in the test).
+loom:
+	RUSTFLAGS="--cfg loom" $(CARGO) test --release --lib --target-dir target/loom loom
+
+# The committed header must be what the sources generate (build.rs rewrites
+# include/pools.h on every build).
+check-header: lib
+	@git diff --exit-code --stat HEAD -- include/pools.h || \
+	  { echo "include/pools.h differs from the sources' header: review and commit it"; exit 1; }
+
+c-tests: c-tests-glibc c-tests-jemalloc c-tests-musl
+
+c-tests-glibc: lib
+	@mkdir -p $(CT_OUT)/glibc
+	@set -e; for t in $(C_TESTS); do \
+	  $(CC) $(CFLAGS) c-tests/$$t.c -o $(CT_OUT)/glibc/$$t -L$(REL) -lpools -Wl,-rpath,$(CURDIR)/$(REL); \
+	done
+	@set -e; for t in $(C_TESTS); do echo "== glibc $$t"; $(CT_OUT)/glibc/$$t; done
+
+c-tests-jemalloc: c-tests-glibc
+	@set -e; for t in $(C_TESTS); do echo "== glibc+jemalloc $$t"; \
+	  LD_PRELOAD=$(JEMALLOC) $(CT_OUT)/glibc/$$t; done
+
+c-tests-musl: musl
+	@mkdir -p $(CT_OUT)/musl
+	@set -e; for t in $(C_TESTS); do \
+	  $(MUSL_CC) -static $(CFLAGS) c-tests/$$t.c -Ltarget/musl -lpools -o $(CT_OUT)/musl/$$t; \
+	done
+	@set -e; for t in $(C_TESTS); do echo "== musl $$t"; $(CT_OUT)/musl/$$t; done
+
+install: lib
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 include/pools.h $(DESTDIR)$(PREFIX)/include/pools.h
+	install -m 755 $(REL)/libpools.so $(DESTDIR)$(PREFIX)/lib/libpools.so
+	install -m 644 $(REL)/libpools.a $(DESTDIR)$(PREFIX)/lib/libpools.a
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' pools.pc.in \
+	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/pools.pc
+
+clean:
+	$(CARGO) clean
