@@ -1,6 +1,6 @@
 # libpools: build, test, demo, install.
 #   make demo      build and run the demo (glibc, shared library)
-#   make test      every test: Rust unit tests, a bounded loom run, header
+#   make test      every test: Rust unit tests, the loom model check, header
 #                  drift, C tests with glibc, with musl-gcc -static, and with
 #                  jemalloc preloaded underneath
 #   make install PREFIX=/usr/local
@@ -56,10 +56,10 @@ lint:
 unit:
 	$(CARGO) test --release
 
-# A bounded model check of the shared cache (every interleaving up to the
-# preemption bound set in the test).
+# The model check of the shared cache: every interleaving of its real code
+# in two-thread scenarios (see shared_cache::loom_tests).
 loom:
-	RUSTFLAGS="--cfg loom" $(CARGO) test --release --lib --target-dir target/loom loom
+	RUSTFLAGS="--cfg loom" $(CARGO) test --release --lib --target-dir target/loom loom -- --nocapture
 
 # The committed header must be what the sources generate (build.rs rewrites
 # include/pools.h on every build).

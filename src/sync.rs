@@ -47,3 +47,24 @@ pub(crate) fn unlock<T>(head: &AtomicPtr<T>, new: *mut T) {
     #[cfg(loom)]
     head.swap(new, core::sync::atomic::Ordering::Release);
 }
+
+/// Reads a head to decide whether to try it: a Relaxed load.
+///
+/// Under loom a Relaxed load may go on returning any older value of the
+/// head, so a spinner can keep reading a stale BUSY and the model never ends
+/// (real hardware makes stores visible in bounded time, which loom does not
+/// model). Under loom the peek is therefore a read-modify-write that cannot
+/// change the value, which always reads the latest one.
+#[inline]
+pub(crate) fn peek<T>(head: &AtomicPtr<T>) -> *mut T {
+    #[cfg(not(loom))]
+    return head.load(core::sync::atomic::Ordering::Relaxed);
+    #[cfg(loom)]
+    {
+        use core::sync::atomic::Ordering::Relaxed;
+        let null = core::ptr::null_mut();
+        match head.compare_exchange(null, null, Relaxed, Relaxed) {
+            Ok(v) | Err(v) => v,
+        }
+    }
+}
