@@ -208,19 +208,18 @@ impl Pool {
     /// `obj` came from `alloc` of this pool and is not used any more.
     pub unsafe fn free(&self, obj: NonNull<u8>) {
         let budget = options::cache_size();
-        if self.obj_size <= budget / 8 {
-            if let Some(tc) = ThreadCache::current() {
-                let held = tc.enter();
-                // SAFETY: the caller gives `obj` up; it is of this pool.
-                unsafe { held.put(self, obj, budget) };
-                return;
-            }
+        let tc = ThreadCache::current();
+        if let Some(tc) = tc.filter(|_| self.obj_size <= budget / 8) {
+            let held = tc.enter();
+            // SAFETY: the caller gives `obj` up; it is of this pool.
+            unsafe { held.put(self, obj, budget) };
+            return;
         }
         let item = obj.cast::<Item>();
         // SAFETY: the object is ours; a lone object is a cluster of one.
         unsafe { (*item.as_ptr()).down = core::ptr::null_mut() };
         self.release_cluster(
-            0,
+            tc.map_or(0, |tc| tc.home),
             Cluster {
                 first: item,
                 len: 1,
