@@ -97,3 +97,6 @@ install: lib
 
 clean:
 	$(CARGO) clean
+
+# Further targets, one file per area (benchmarks, long verification runs).
+-include $(wildcard mk/*.mk)
