@@ -208,12 +208,26 @@ int pool_set_cache_size(size_t bytes);
 size_t pool_get_cache_size(void);
 
 /**
- * Selects the shared cache: "xchg" (default, self-locked list heads) or
- * "none" (objects overflowing a thread cache go back to the allocator).
- * Also read from POOL_SHARED_CACHE. Returns 0; -1 with EINVAL for an
- * unknown name, EBUSY once a pool has been created.
+ * Selects the shared cache before the first pool is created: "xchg"
+ * (default, self-locked list heads) or "none" (objects overflowing a thread
+ * cache go back to the allocator). "dwcas" (the lockless pop that can read
+ * freed memory: it can crash, by design), "rwlock" and "locked" are the
+ * designs xchg replaced, kept for benchmarks and tests only. Also read from
+ * POOL_SHARED_CACHE. Returns 0; -1 with EINVAL for an unknown name, EBUSY
+ * once a pool has been created.
  */
 int pool_set_shared_cache(const char *name);
+
+/**
+ * Applies a comma-separated list of debugging options, also read from
+ * POOL_DEBUG: "fail=N" makes N percent of the allocations from the backing
+ * allocator fail ("no-fail" stops it); "uaf" gives each object of the pools
+ * created afterwards its own mapping between guard pages, unmapped when the
+ * object goes back, so a later access faults ("no-uaf" stops it); "help"
+ * prints the list on stderr. Returns 0, or -1 with EINVAL (changing
+ * nothing) for a NULL list or an unknown option.
+ */
+int pool_set_debugging(const char *opts);
 
 /**
  * Bytes of objects allocated (held by the pools or the application), all

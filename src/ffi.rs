@@ -290,6 +290,7 @@ pub extern "C" fn pool_evict_local_cache() {
 /// an eighth of it skip the thread cache. Returns 0.
 #[no_mangle]
 pub extern "C" fn pool_set_cache_size(bytes: usize) -> c_int {
+    registry::init();
     options::set_cache_size(bytes);
     0
 }
@@ -300,10 +301,13 @@ pub extern "C" fn pool_get_cache_size() -> usize {
     options::cache_size()
 }
 
-/// Selects the shared cache: "xchg" (default, self-locked list heads) or
-/// "none" (objects overflowing a thread cache go back to the allocator).
-/// Also read from POOL_SHARED_CACHE. Returns 0; -1 with EINVAL for an
-/// unknown name, EBUSY once a pool has been created.
+/// Selects the shared cache before the first pool is created: "xchg"
+/// (default, self-locked list heads) or "none" (objects overflowing a thread
+/// cache go back to the allocator). "dwcas" (the lockless pop that can read
+/// freed memory: it can crash, by design), "rwlock" and "locked" are the
+/// designs xchg replaced, kept for benchmarks and tests only. Also read from
+/// POOL_SHARED_CACHE. Returns 0; -1 with EINVAL for an unknown name, EBUSY
+/// once a pool has been created.
 #[no_mangle]
 pub unsafe extern "C" fn pool_set_shared_cache(name: *const c_char) -> c_int {
     if name.is_null() {
@@ -318,6 +322,24 @@ pub unsafe extern "C" fn pool_set_shared_cache(name: *const c_char) -> c_int {
             -1
         }
     }
+}
+
+/// Applies a comma-separated list of debugging options, also read from
+/// POOL_DEBUG: "fail=N" makes N percent of the allocations from the backing
+/// allocator fail ("no-fail" stops it); "uaf" gives each object of the pools
+/// created afterwards its own mapping between guard pages, unmapped when the
+/// object goes back, so a later access faults ("no-uaf" stops it); "help"
+/// prints the list on stderr. Returns 0, or -1 with EINVAL (changing
+/// nothing) for a NULL list or an unknown option.
+#[no_mangle]
+pub unsafe extern "C" fn pool_set_debugging(opts: *const c_char) -> c_int {
+    registry::init();
+    // SAFETY: a non-null list is a NUL-terminated string (C contract).
+    if !opts.is_null() && options::set_debugging(unsafe { CStr::from_ptr(opts) }.to_bytes()) {
+        return 0;
+    }
+    set_errno(libc::EINVAL);
+    -1
 }
 
 /// Bytes of objects allocated (held by the pools or the application), all

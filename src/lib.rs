@@ -19,6 +19,7 @@
 #![warn(unsafe_op_in_unsafe_fn)]
 
 pub mod ffi;
+mod legacy_cache;
 mod options;
 mod os;
 pub mod pool;

@@ -3,20 +3,35 @@
 //!
 //! - `POOL_CACHE_SIZE`: per-thread cache budget in bytes (suffix `k` or `m`
 //!   allowed), default 512 KiB.
-//! - `POOL_SHARED_CACHE`: `xchg` (the default self-locked shared cache) or
-//!   `none` (what overflows a thread cache goes back to the allocator).
+//! - `POOL_SHARED_CACHE`: the shared-cache variant, [`SharedMode`]: `xchg`
+//!   (the default self-locked heads), `none` (what overflows a thread cache
+//!   goes back to the allocator), and the earlier designs kept only to be
+//!   measured and to show the race they had: `dwcas`, `rwlock`, `locked`.
+//! - `POOL_DEBUG`: a comma list of debugging options, [`set_debugging`].
+//! - `POOL_RACE_WINDOW`: test-only; spins this many times (and yields) in a
+//!   shared-cache take between getting the head and reading its `next`, to
+//!   make the legacy `dwcas` race likely within a short test.
 
+use crate::os::Backend;
 use core::ffi::CStr;
 use core::sync::atomic::Ordering::Relaxed;
-use core::sync::atomic::{AtomicBool, AtomicUsize};
+use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize};
 
 /// Default per-thread cache budget in bytes (HAProxy's default).
 pub const POOL_DEFAULT_CACHE_SIZE: usize = 512 * 1024;
 
 // Relaxed everywhere below: each setting is one independent word; a thread
-// that sees the old value for a moment still keeps every invariant.
+// that sees the old value for a moment still keeps every invariant (the
+// shared mode and the backend are fixed per pool before the pool is
+// published).
 static CACHE_SIZE: AtomicUsize = AtomicUsize::new(POOL_DEFAULT_CACHE_SIZE);
-static SHARED_CACHE: AtomicBool = AtomicBool::new(true);
+static SHARED_MODE: AtomicU8 = AtomicU8::new(SharedMode::Xchg as u8);
+static RACE_WINDOW: AtomicU32 = AtomicU32::new(0);
+/// Debugging options: `FAIL_MASK` holds the failure rate in percent.
+static DEBUG: AtomicU32 = AtomicU32::new(0);
+
+const DEBUG_UAF: u32 = 1 << 8;
+const FAIL_MASK: u32 = 0xff;
 
 /// The per-thread cache budget in bytes.
 #[inline]
@@ -28,29 +43,152 @@ pub fn set_cache_size(bytes: usize) {
     CACHE_SIZE.store(bytes, Relaxed);
 }
 
+/// How a pool's shared cache is built. Chosen before the first pool exists
+/// and fixed for the life of the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SharedMode {
+    /// Buckets whose heads are locked by `xchg` to BUSY (the default).
+    Xchg,
+    /// No shared cache: overflow goes back to the backing allocator.
+    None,
+    /// Legacy: the lockless pop with a double-word CAS of head and sequence
+    /// number; reads `head->next` of objects that may be gone. Unsafe by
+    /// design, kept to reproduce the seed's crash.
+    Dwcas,
+    /// Legacy: `dwcas` with a rwlock, read-held by pops and write-held while
+    /// flush and gc detach objects (the second seed's fix).
+    Rwlock,
+    /// Legacy: one mutex around the list.
+    Locked,
+}
+
+const MODES: [(SharedMode, &str); 5] = [
+    (SharedMode::Xchg, "xchg"),
+    (SharedMode::None, "none"),
+    (SharedMode::Dwcas, "dwcas"),
+    (SharedMode::Rwlock, "rwlock"),
+    (SharedMode::Locked, "locked"),
+];
+
+/// The shared-cache variant in use.
 #[inline]
-pub(crate) fn shared_cache_enabled() -> bool {
-    SHARED_CACHE.load(Relaxed)
+pub fn shared_mode() -> SharedMode {
+    let m = SHARED_MODE.load(Relaxed);
+    MODES
+        .iter()
+        .find(|(mode, _)| *mode as u8 == m)
+        .map_or(SharedMode::Xchg, |(mode, _)| *mode)
 }
 
 /// The shared-cache variant's name.
 pub fn shared_cache_name() -> &'static str {
-    if shared_cache_enabled() {
-        "xchg"
-    } else {
-        "none"
-    }
+    let m = shared_mode();
+    MODES
+        .iter()
+        .find(|(mode, _)| *mode == m)
+        .map_or("?", |(_, n)| n)
 }
 
 /// Selects the shared-cache variant by name; `false` for an unknown name.
 /// The registry allows it only before the first pool exists.
 pub(crate) fn set_shared_cache(name: &[u8]) -> bool {
-    match name {
-        b"xchg" => SHARED_CACHE.store(true, Relaxed),
-        b"none" => SHARED_CACHE.store(false, Relaxed),
-        _ => return false,
+    match MODES.iter().find(|(_, n)| n.as_bytes() == name) {
+        Some((mode, _)) => {
+            SHARED_MODE.store(*mode as u8, Relaxed);
+            true
+        }
+        None => false,
     }
-    true
+}
+
+/// Test-only: widens the window between getting a shared-cache head and
+/// reading its `next` (see `POOL_RACE_WINDOW`). Free when unset.
+#[inline]
+pub(crate) fn race_window() {
+    let spins = RACE_WINDOW.load(Relaxed);
+    if spins != 0 {
+        widen(spins);
+    }
+}
+
+#[cold]
+fn widen(spins: u32) {
+    for _ in 0..spins {
+        core::hint::spin_loop();
+    }
+    // SAFETY: sched_yield has no preconditions.
+    unsafe { libc::sched_yield() };
+}
+
+/// The backend of pools created now: one guarded mapping per object with
+/// `uaf`, malloc otherwise.
+pub(crate) fn backend() -> Backend {
+    if DEBUG.load(Relaxed) & DEBUG_UAF != 0 {
+        Backend::Guarded
+    } else {
+        Backend::Malloc
+    }
+}
+
+/// The injected allocation failure rate, in percent (`fail=N`).
+#[inline]
+pub(crate) fn fail_rate() -> u32 {
+    DEBUG.load(Relaxed) & FAIL_MASK
+}
+
+/// One line per debugging option, for `help`.
+const HELP: &str = "\
+libpools POOL_DEBUG / pool_set_debugging options (comma-separated):
+  fail=N     fail N percent of the allocations from the backing allocator
+  no-fail    inject no failure (default)
+  uaf        one guarded mapping per object, unmapped on free: any use after
+             a return to the allocator faults (pools created afterwards)
+  no-uaf     objects from malloc (default; pools created afterwards)
+  help       print this list
+";
+
+/// Applies a comma list of debugging options (`fail=5,uaf`). Either every
+/// word is known and all apply, or nothing changes and `false` returns.
+pub(crate) fn set_debugging(opts: &[u8]) -> bool {
+    match parse_debugging(DEBUG.load(Relaxed), opts) {
+        Some(debug) => {
+            if opts.split(|&b| b == b',').any(|w| w == b"help") {
+                write_stderr(HELP.as_bytes());
+            }
+            DEBUG.store(debug, Relaxed);
+            true
+        }
+        None => false,
+    }
+}
+
+/// `debug` with the options of `opts` applied, or `None` for a bad word.
+fn parse_debugging(mut debug: u32, opts: &[u8]) -> Option<u32> {
+    for word in opts.split(|&b| b == b',').filter(|w| !w.is_empty()) {
+        match word {
+            b"uaf" => debug |= DEBUG_UAF,
+            b"no-uaf" => debug &= !DEBUG_UAF,
+            b"no-fail" => debug &= !FAIL_MASK,
+            b"help" => {}
+            _ => {
+                debug =
+                    (debug & !FAIL_MASK) | word.strip_prefix(b"fail=").and_then(parse_percent)?
+            }
+        }
+    }
+    Some(debug)
+}
+
+fn parse_percent(s: &[u8]) -> Option<u32> {
+    let n = parse_size(s)?;
+    (s.iter().all(u8::is_ascii_digit) && n <= 100).then_some(n as u32)
+}
+
+fn write_stderr(bytes: &[u8]) {
+    // SAFETY: writing a valid buffer to fd 2; a short or failed write of a
+    // help text is acceptable.
+    unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
 }
 
 /// Reads the environment (once, from the registry's initialisation).
@@ -64,6 +202,17 @@ pub(crate) fn load_env() {
     if let Some(v) = getenv(c"POOL_SHARED_CACHE") {
         if !set_shared_cache(v) {
             warn(c"POOL_SHARED_CACHE", v);
+        }
+    }
+    if let Some(v) = getenv(c"POOL_DEBUG") {
+        if !set_debugging(v) {
+            warn(c"POOL_DEBUG", v);
+        }
+    }
+    if let Some(v) = getenv(c"POOL_RACE_WINDOW") {
+        match parse_size(v).and_then(|n| u32::try_from(n).ok()) {
+            Some(n) => RACE_WINDOW.store(n, Relaxed),
+            None => warn(c"POOL_RACE_WINDOW", v),
         }
     }
 }
@@ -118,5 +267,28 @@ mod tests {
         assert_eq!(parse_size(b"12x"), None);
         assert_eq!(parse_size(b"-1"), None);
         assert_eq!(parse_size(b"99999999999999999999999"), None);
+    }
+
+    #[test]
+    fn shared_modes_round_trip_by_name() {
+        for (mode, name) in MODES {
+            assert_eq!(MODES.iter().filter(|(m, _)| *m == mode).count(), 1);
+            assert!(!name.is_empty());
+        }
+        assert!(!set_shared_cache(b"bogus"));
+    }
+
+    #[test]
+    fn debugging_words_parse_all_or_nothing() {
+        assert_eq!(parse_debugging(0, b"fail=5,bogus"), None);
+        assert_eq!(parse_debugging(0, b"fail=101"), None);
+        assert_eq!(parse_debugging(0, b"fail=-1"), None);
+        assert_eq!(parse_debugging(0, b"fail=1k"), None);
+        assert_eq!(parse_debugging(0, b"fail="), None);
+        assert_eq!(parse_debugging(0, b"fail=7"), Some(7));
+        assert_eq!(parse_debugging(0, b"uaf,fail=100"), Some(DEBUG_UAF | 100));
+        assert_eq!(parse_debugging(DEBUG_UAF | 7, b"no-fail"), Some(DEBUG_UAF));
+        assert_eq!(parse_debugging(DEBUG_UAF | 7, b"no-uaf,"), Some(7));
+        assert_eq!(parse_debugging(3, b""), Some(3));
     }
 }

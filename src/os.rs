@@ -35,6 +35,99 @@ pub(crate) unsafe fn release(p: NonNull<u8>) {
     unsafe { libc::free(p.as_ptr().cast()) }
 }
 
+/// Where a pool's objects come from, fixed when the pool is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// `posix_memalign` and `free` of the libc (or of a preloaded malloc).
+    Malloc,
+    /// One mapping per object between two inaccessible guard pages,
+    /// unmapped when the object goes back: any later use faults at once
+    /// (the `uaf` debugging option, and the race tests' backing allocator).
+    Guarded,
+}
+
+/// One object of `size` bytes, aligned to `OBJECT_ALIGN`, or `None` when the
+/// backend has no memory or a failure is injected (`fail=N`).
+pub(crate) fn obtain_object(size: usize, backend: Backend) -> Option<NonNull<u8>> {
+    if injected_failure() {
+        return None;
+    }
+    match backend {
+        Backend::Malloc => obtain(size, OBJECT_ALIGN),
+        Backend::Guarded => obtain_guarded(size),
+    }
+}
+
+/// Gives back an object from [`obtain_object`].
+///
+/// # Safety
+/// `p` came from `obtain_object(size, backend)` with these `size` and
+/// `backend`, and is not used afterwards.
+pub(crate) unsafe fn release_object(p: NonNull<u8>, size: usize, backend: Backend) {
+    match backend {
+        // SAFETY: a Malloc object is a posix_memalign block (caller).
+        Backend::Malloc => unsafe { release(p) },
+        // SAFETY: a Guarded object starts one page into its own mapping of
+        // `guarded_len(size)` bytes (caller), which nobody uses any more.
+        Backend::Guarded => unsafe {
+            unmap(
+                NonNull::new_unchecked(p.as_ptr().sub(page())),
+                guarded_len(size),
+            )
+        },
+    }
+}
+
+/// Whether this allocation is one of the `fail=N` percent to refuse.
+#[inline]
+fn injected_failure() -> bool {
+    let rate = crate::options::fail_rate();
+    rate != 0 && roll() % 100 < rate
+}
+
+/// A pseudo-random number: a Weyl sequence, mixed. Relaxed: any interleaving
+/// of the increments gives a usable sequence; only the failure rate matters.
+#[cold]
+fn roll() -> u32 {
+    use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    static SEQ: AtomicU32 = AtomicU32::new(0x1234_5678);
+    let mut x = SEQ.fetch_add(0x9e37_79b9, Relaxed);
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
+}
+
+fn page() -> usize {
+    static PAGE: OnceCell<usize> = OnceCell::new();
+    // SAFETY: sysconf has no preconditions.
+    *PAGE.get_or_init(|| unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize)
+}
+
+/// A guard page, the object's pages, a guard page.
+fn guarded_len(size: usize) -> usize {
+    size.next_multiple_of(page()) + 2 * page()
+}
+
+fn obtain_guarded(size: usize) -> Option<NonNull<u8>> {
+    let len = guarded_len(size);
+    let base = map_zeroed(len)?;
+    // SAFETY: both guard pages lie inside the fresh mapping; the object
+    // starts one page in (page-aligned, so aligned to OBJECT_ALIGN).
+    unsafe {
+        let first = base.as_ptr();
+        let last = first.add(len - page());
+        if libc::mprotect(first.cast(), page(), libc::PROT_NONE) != 0
+            || libc::mprotect(last.cast(), page(), libc::PROT_NONE) != 0
+        {
+            unmap(base, len);
+            return None;
+        }
+        Some(NonNull::new_unchecked(first.add(page())))
+    }
+}
+
 /// Maps `len` bytes of zeroed, private memory (pages are only backed when
 /// first touched), or `None`.
 pub(crate) fn map_zeroed(len: usize) -> Option<NonNull<u8>> {
@@ -125,6 +218,34 @@ mod tests {
                 release(p);
             }
         }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "mprotect and mincore")]
+    fn guarded_objects_are_writable_and_unmapped_on_release() {
+        for size in [1usize, 4096, 4097, 1 << 21] {
+            let p = obtain_object(size, Backend::Guarded).expect("memory");
+            assert_eq!(p.as_ptr() as usize % page(), 0);
+            // SAFETY: `p` has `size` writable bytes and is released once.
+            unsafe {
+                p.as_ptr().write_bytes(0x5a, size);
+                release_object(p, size, Backend::Guarded);
+            }
+            // The pages are gone: mincore says ENOMEM for an unmapped range.
+            let mut v = [0u8; 1];
+            // SAFETY: mincore only inspects the address range.
+            let rc = unsafe { libc::mincore(p.as_ptr().cast(), 1, v.as_mut_ptr()) };
+            assert_eq!(rc, -1, "the object's page is still mapped");
+        }
+    }
+
+    #[test]
+    fn rolls_spread_over_percentiles() {
+        let mut hits = [0u32; 10];
+        for _ in 0..10_000 {
+            hits[(roll() % 100 / 10) as usize] += 1;
+        }
+        assert!(hits.iter().all(|&h| (800..1200).contains(&h)), "{hits:?}");
     }
 
     #[test]

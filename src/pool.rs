@@ -1,6 +1,8 @@
 //! One pool: its object size, flags and counters, and the alloc/free path
 //! through thread cache, shared cache and backing allocator.
 
+use crate::legacy_cache::LegacyCache;
+use crate::options::SharedMode;
 use crate::shared_cache::{Cluster, Item, SharedCache};
 use crate::thread_cache::{ThreadCache, MIN_OBJECT};
 use crate::{options, os, registry};
@@ -45,6 +47,10 @@ pub struct Pool {
     /// Allocations that returned NULL.
     pub(crate) failed: AtomicUsize,
     pub(crate) shared: SharedCache,
+    /// The shared cache when a legacy variant is selected (`options`).
+    legacy: LegacyCache,
+    /// Where objects come from; fixed at creation.
+    pub(crate) backend: os::Backend,
     /// The caller's name, copied; owned by the registry.
     pub(crate) name: Cell<Option<NonNull<libc::c_char>>>,
     /// The registry's list of pools, or of free heads (under its lock).
@@ -72,8 +78,8 @@ pub struct Stats {
 }
 
 impl Pool {
-    /// A live, empty pool in slot `slot`.
-    pub(crate) fn new(slot: usize, size: usize, flags: u32) -> Pool {
+    /// A live, empty pool in slot `slot`, its objects from `backend`.
+    pub(crate) fn new(slot: usize, size: usize, flags: u32, backend: os::Backend) -> Pool {
         Pool {
             magic: AtomicU32::new(LIVE),
             slot,
@@ -84,6 +90,8 @@ impl Pool {
             minavail: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
             shared: SharedCache::new(),
+            legacy: LegacyCache::new(),
+            backend,
             name: Cell::new(None),
             reg_next: Cell::new(core::ptr::null_mut()),
         }
@@ -156,7 +164,7 @@ impl Pool {
     /// the rest in the thread cache.
     #[cold]
     fn refill(&self, held: &crate::thread_cache::Held<'_>) -> Option<NonNull<u8>> {
-        let cluster = self.shared.take(held.home)?;
+        let cluster = self.take_from_shared(held.home)?;
         let first = cluster.first;
         // SAFETY: `first` is the head of a cluster we own.
         let rest = unsafe { (*first.as_ptr()).down };
@@ -174,12 +182,12 @@ impl Pool {
     /// One object from the shared cache with no thread cache at hand: the
     /// rest of its cluster goes back.
     fn take_shared(&self, home: usize) -> Option<NonNull<u8>> {
-        let cluster = self.shared.take(home)?;
+        let cluster = self.take_from_shared(home)?;
         let first = cluster.first;
         // SAFETY: the cluster is ours.
         let rest = unsafe { (*first.as_ptr()).down };
         if let Some(rest) = NonNull::new(rest) {
-            self.shared.put(
+            self.release_cluster(
                 home,
                 Cluster {
                     first: rest,
@@ -194,7 +202,7 @@ impl Pool {
     ///
     /// Counter: allocated grows.
     fn alloc_from_os(&self, home: usize) -> Option<NonNull<u8>> {
-        let p = os::obtain(self.obj_size, os::OBJECT_ALIGN)?;
+        let p = os::obtain_object(self.obj_size, self.backend)?;
         self.shared.count_allocated(home, 1);
         Some(p)
     }
@@ -229,13 +237,42 @@ impl Pool {
 
     /// Gives a cluster to the shared cache or, when it is switched off, back
     /// to the backing allocator.
+    ///
+    /// Counters: shared grows (or allocated drops).
     pub(crate) fn release_cluster(&self, home: usize, cluster: Cluster) {
-        if options::shared_cache_enabled() {
-            self.shared.put(home, cluster);
-        } else {
-            // SAFETY: the cluster is ours; each object is released once.
-            unsafe { cluster.for_each(|i| self.release_to_os(home, i.cast())) };
+        match options::shared_mode() {
+            SharedMode::Xchg => self.shared.put(home, cluster),
+            SharedMode::None => {
+                // SAFETY: the cluster is ours; each object is released once.
+                unsafe { cluster.for_each(|i| self.release_to_os(home, i.cast())) };
+            }
+            legacy => self.legacy.put(legacy, cluster),
         }
+    }
+
+    /// A cluster from the shared cache, starting at bucket `home`.
+    ///
+    /// Counter: shared drops by its length.
+    fn take_from_shared(&self, home: usize) -> Option<Cluster> {
+        match options::shared_mode() {
+            SharedMode::Xchg => self.shared.take(home),
+            SharedMode::None => None,
+            legacy => self.legacy.take(legacy),
+        }
+    }
+
+    /// Like `take_from_shared`, for a caller that will free the objects.
+    fn take_to_release(&self) -> Option<Cluster> {
+        match options::shared_mode() {
+            SharedMode::Xchg => self.shared.take(0),
+            SharedMode::None => None,
+            legacy => self.legacy.take_to_release(legacy),
+        }
+    }
+
+    /// Objects in the shared cache (exact at quiescence).
+    fn shared_objects(&self) -> usize {
+        self.shared.objects() + self.legacy.objects()
     }
 
     /// Returns one object to the backing allocator.
@@ -245,8 +282,9 @@ impl Pool {
     /// # Safety
     /// `obj` is an object of this pool that nobody holds.
     pub(crate) unsafe fn release_to_os(&self, home: usize, obj: NonNull<u8>) {
-        // SAFETY: objects come from `os::obtain`; the caller gives it up.
-        unsafe { os::release(obj) };
+        // SAFETY: objects come from `os::obtain_object` with this size and
+        // backend; the caller gives it up.
+        unsafe { os::release_object(obj, self.obj_size, self.backend) };
         self.shared.count_allocated(home, -1);
     }
 
@@ -254,19 +292,24 @@ impl Pool {
     ///
     /// Counters: shared drops to 0 (bar concurrent frees); allocated drops.
     pub fn flush(&self) {
-        self.shared.take_all(|c| {
+        let release = |c: Cluster| {
             // SAFETY: the cluster left the shared cache: it is ours.
             unsafe { c.for_each(|i| self.release_to_os(0, i.cast())) }
-        });
+        };
+        match options::shared_mode() {
+            SharedMode::Xchg => self.shared.take_all(release),
+            SharedMode::None => {}
+            legacy => self.legacy.take_all(legacy, release),
+        }
     }
 
     /// Releases shared objects while the pool keeps more than `minavail`
     /// idle (cached + shared) objects.
     pub(crate) fn gc(&self, cached: usize) {
         let minavail = self.minavail.load(Relaxed);
-        let mut idle = cached + self.shared.objects();
+        let mut idle = cached + self.shared_objects();
         while idle > minavail {
-            let Some(cluster) = self.shared.take(0) else {
+            let Some(cluster) = self.take_to_release() else {
                 break;
             };
             let mut keep: *mut Item = core::ptr::null_mut();
@@ -286,7 +329,7 @@ impl Pool {
                 })
             };
             if let Some(first) = NonNull::new(keep) {
-                self.shared.put(0, Cluster { first, len: kept });
+                self.release_cluster(0, Cluster { first, len: kept });
             }
         }
     }
@@ -294,7 +337,7 @@ impl Pool {
     /// Counters, given the objects all thread caches hold.
     pub(crate) fn stats(&self, cached: usize) -> Stats {
         let allocated = self.shared.allocated();
-        let shared = self.shared.objects();
+        let shared = self.shared_objects();
         Stats {
             size: self.size,
             users: self.users.load(Relaxed),

@@ -75,12 +75,19 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     created: false,
 });
 
-fn lock() -> MutexGuard<'static, Registry> {
+/// Reads the environment and sets up the fences, once. Setters of options
+/// call it first, so that a value set through the API is not overridden by
+/// the environment read later.
+pub fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         options::load_env();
         init_fences();
     });
+}
+
+fn lock() -> MutexGuard<'static, Registry> {
+    init();
     // Nothing panics while holding the lock; if something ever did, the
     // lists are still consistent between statements, so keep going.
     REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
@@ -228,10 +235,12 @@ pub fn create(name: &CStr, size: usize, flags: u32) -> Result<&'static Pool, Err
     };
     let mut reg = lock();
     reg.created = true;
+    // A pool made with `uaf` does not merge with one made without.
+    let backend = options::backend();
     if flags & POOL_F_SHARED != 0 {
         if let Some(p) = reg
             .pools()
-            .find(|p| p.flags & POOL_F_SHARED != 0 && p.size == size)
+            .find(|p| p.flags & POOL_F_SHARED != 0 && p.size == size && p.backend == backend)
         {
             p.users.fetch_add(1, Relaxed);
             return Ok(p);
@@ -250,7 +259,7 @@ pub fn create(name: &CStr, size: usize, flags: u32) -> Result<&'static Pool, Err
             let slot = unsafe { head.as_ref() }.slot;
             // SAFETY: the head is ours; overwriting a dead pool drops nothing
             // that owns memory (its name was freed at destroy).
-            unsafe { head.as_ptr().write(Pool::new(slot, size, flags)) };
+            unsafe { head.as_ptr().write(Pool::new(slot, size, flags, backend)) };
             head
         }
         None => {
@@ -269,7 +278,10 @@ pub fn create(name: &CStr, size: usize, flags: u32) -> Result<&'static Pool, Err
             };
             let head = mem.cast::<Pool>();
             // SAFETY: fresh memory of the right size and alignment.
-            unsafe { head.as_ptr().write(Pool::new(reg.slots, size, flags)) };
+            unsafe {
+                head.as_ptr()
+                    .write(Pool::new(reg.slots, size, flags, backend))
+            };
             reg.slots += 1;
             head
         }

@@ -52,6 +52,16 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
+    /// The cluster that starts at `first`, its length counted.
+    ///
+    /// # Safety
+    /// The caller owns every object of the cluster.
+    pub(crate) unsafe fn owned(first: NonNull<Item>) -> Cluster {
+        // SAFETY: forwarded from the caller.
+        let len = unsafe { cluster_len(first) };
+        Cluster { first, len }
+    }
+
     /// Visits and detaches each object of the cluster.
     ///
     /// # Safety
@@ -143,6 +153,7 @@ impl SharedCache {
         for i in 0..BUCKETS {
             let bucket = &self.buckets[(home + i) % BUCKETS];
             if let Some(first) = Self::lock(bucket) {
+                crate::options::race_window();
                 // SAFETY: we hold the bucket's lock, so nobody else can take
                 // `first` (and return it to the OS) while we read its `next`.
                 let next = unsafe { (*first.as_ptr()).next };
