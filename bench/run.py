@@ -1,0 +1,471 @@
+#!/usr/bin/env python3
+"""Runs the issue #5 benchmark matrix and writes results/<name>.{md,csv,png}.
+
+Every cell (workload, size, threads, implementation) is one process of
+target/bench/bench-glibc or target/bench/bench-musl. Rounds are interleaved:
+each round runs every cell once, in a shuffled order, and the tables report
+the median over rounds, so slow phases of this shared machine spread over
+all implementations alike.
+
+    bench/run.py --quick     # make bench
+    bench/run.py --full      # make bench-full
+"""
+import argparse
+import csv
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "bench")
+KIB, MIB = 1024, 1024 * 1024
+SIZES = [64, KIB, 16 * KIB, 48 * KIB, 256 * KIB, 2 * MIB]
+VARIANTS = ["xchg", "dwcas", "rwlock", "locked", "none"]
+
+
+def lib_path(name):
+    arch = subprocess.run(["gcc", "-print-multiarch"], capture_output=True,
+                          text=True).stdout.strip() or "x86_64-linux-gnu"
+    return f"/usr/lib/{arch}/{name}"
+
+
+JEMALLOC = lib_path("libjemalloc.so.2")
+MIMALLOC = lib_path("libmimalloc.so.2")
+
+
+def impls():
+    """name -> (binary, harness impl, extra environment)."""
+    out = {}
+    for libc in ("glibc", "musl"):
+        prefix = "" if libc == "glibc" else "musl/"
+        for v in VARIANTS:
+            out[f"{prefix}pool-{v}"] = (libc, "pool", {"POOL_SHARED_CACHE": v})
+        out[f"{prefix}pool-nocache"] = (libc, "pool", {"POOL_SHARED_CACHE": "none",
+                                                       "POOL_CACHE_SIZE": "0"})
+        out[f"{prefix}freelist"] = (libc, "freelist", {})
+        out[libc] = (libc, "malloc", {})
+    out["jemalloc"] = ("glibc", "malloc", {"LD_PRELOAD": JEMALLOC})
+    out["mimalloc"] = ("glibc", "malloc", {"LD_PRELOAD": MIMALLOC})
+    return out
+
+
+IMPLS = impls()
+POOLS_G = [f"pool-{v}" for v in VARIANTS] + ["pool-nocache"]
+POOLS_M = ["musl/" + p for p in POOLS_G]
+OTHERS = ["glibc", "jemalloc", "mimalloc", "freelist", "musl", "musl/freelist"]
+
+
+def plan(full):
+    """List of cells (workload, size, threads, impl)."""
+    cells = []
+    if full:
+        threads = [1, 2, 4, 8, 16]
+        every = POOLS_G + POOLS_M + OTHERS
+        for w in ("hot", "seeds", "prodcons"):
+            for s in SIZES:
+                for t in threads:
+                    for i in every:
+                        if w == "prodcons" and i.endswith("freelist"):
+                            continue  # no cross-thread return: unbounded
+                        cells.append((w, s, t, i))
+        for s in SIZES:
+            for t in threads:
+                for i in ["pool-xchg", "musl/pool-xchg", "glibc", "musl",
+                          "jemalloc", "mimalloc"]:
+                    cells.append(("memory", s, t, i))
+    else:
+        for s in SIZES:
+            for i in ["pool-xchg", "pool-dwcas", "pool-rwlock", "pool-locked",
+                      "pool-none", "pool-nocache", "glibc", "jemalloc",
+                      "mimalloc", "freelist", "musl/pool-xchg", "musl",
+                      "musl/freelist"]:
+                cells.append(("hot", s, 1, i))
+        for s in (48 * KIB, 256 * KIB, 2 * MIB):
+            for i in POOLS_M + ["musl", "pool-xchg", "glibc"]:
+                cells.append(("seeds", s, 4, i))
+        for s in (64, 16 * KIB):
+            for i in ["pool-xchg", "glibc", "jemalloc", "mimalloc",
+                      "musl/pool-xchg", "musl"]:
+                cells.append(("prodcons", s, 2, i))
+        for s in (64, 16 * KIB, 2 * MIB):
+            for i in ["pool-xchg", "glibc", "musl/pool-xchg", "musl"]:
+                cells.append(("memory", s, 2, i))
+    return cells
+
+
+def env_for(impl):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("POOL_") and k != "LD_PRELOAD"}
+    env.update(IMPLS[impl][2])
+    return env
+
+
+def command(impl, w, s, t, ms):
+    libc, kind, _ = IMPLS[impl]
+    return [os.path.join(BIN, f"bench-{libc}"), kind, w, str(s), str(t), str(ms)]
+
+
+def run_one(impl, w, s, t, ms):
+    """dict of the result line, or None for n/a (exit status 2)."""
+    p = subprocess.run(command(impl, w, s, t, ms), env=env_for(impl),
+                       capture_output=True, text=True, timeout=120)
+    if p.returncode == 2:
+        return None
+    if p.returncode != 0:
+        sys.exit(f"bench: {impl} {w} {s} {t} failed ({p.returncode}):\n{p.stderr}{p.stdout}")
+    for line in p.stdout.splitlines():
+        if line.startswith("result "):
+            return dict(kv.split("=", 1) for kv in line.split()[1:])
+    sys.exit(f"bench: no result line from {impl} {w} {s} {t}:\n{p.stdout}{p.stderr}")
+
+
+def human_size(s):
+    return f"{s // MIB} MiB" if s >= MIB and s % MIB == 0 else (
+        f"{s // KIB} KiB" if s >= KIB else f"{s} B")
+
+
+def fmt_rate(x):
+    if x is None:
+        return "n/a"
+    m = x / 1e6
+    return f"{m:.2f}" if m >= 1 else f"{m:.3g}"
+
+
+def machine():
+    def sh(cmd):
+        try:
+            return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+        except OSError:
+            return "?"
+    model = sh("lscpu | sed -n 's/^Model name: *//p'")
+    cpus = sh("nproc")
+    return {
+        "cpu": f"{model}, {cpus} CPUs",
+        "kernel": platform.release(),
+        "glibc": sh("ldd --version | head -n1"),
+        "musl": sh("dpkg-query -W -f '${Version}' musl 2>/dev/null"),
+        "jemalloc": sh("dpkg-query -W -f '${Version}' libjemalloc2 2>/dev/null"),
+        "mimalloc": sh("dpkg-query -W -f '${Version}' libmimalloc2.0 2>/dev/null"),
+        "loadavg": sh("cut -d' ' -f1-3 /proc/loadavg"),
+        "commit": sh(f"git -C {ROOT} rev-parse --short HEAD"),
+    }
+
+
+class Results:
+    def __init__(self):
+        self.raw = {}  # cell -> list of result dicts
+        self.na = set()  # impl names refused by the library
+
+    def median(self, w, s, t, impl, key="ops_per_s"):
+        rs = self.raw.get((w, s, t, impl))
+        if not rs:
+            return None
+        return statistics.median(float(r[key]) for r in rs)
+
+
+def probe(impl_names, res):
+    """Variants the library refuses are n/a for the whole run."""
+    for i in impl_names:
+        if IMPLS[i][1] == "pool" and run_one(i, "hot", 64, 1, 1) is None:
+            res.na.add(i)
+
+
+def run(args):
+    cells = plan(args.full)
+    res = Results()
+    probe(sorted({c[3] for c in cells}), res)
+    cells = [c for c in cells if c[3] not in res.na]
+    total = len(cells) * args.rounds
+    done = 0
+    start = time.time()
+    tty = sys.stderr.isatty()
+    rng = random.Random(5)
+    for rnd in range(args.rounds):
+        order = cells[:]
+        rng.shuffle(order)
+        for (w, s, t, i) in order:
+            done += 1
+            eta = (time.time() - start) / done * (total - done)
+            msg = (f"[{done:5d}/{total}] round {rnd + 1}/{args.rounds} "
+                   f"{w:8s} {human_size(s):>7s} {t:2d}T {i:18s} eta {eta:4.0f}s")
+            if tty:
+                sys.stderr.write("\r" + msg + "   ")
+            elif done % 25 == 0 or done == total:
+                sys.stderr.write(msg + "\n")
+            sys.stderr.flush()
+            r = run_one(i, w, s, t, args.ms)
+            if r is None:
+                res.na.add(i)
+                continue
+            r["round"] = str(rnd)
+            res.raw.setdefault((w, s, t, i), []).append(r)
+    if tty:
+        sys.stderr.write("\n")
+    return cells, res, time.time() - start
+
+
+# ---- output -----------------------------------------------------------------
+
+def write_csv(path, res):
+    keys = ["workload", "size", "threads", "impl", "round", "ops_per_s", "ops", "secs",
+            "window", "cache_size", "rss_base_kib", "rss_peak_kib", "rss_after_kib",
+            "rss_delta_kib"]
+    with open(path, "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(keys)
+        for (w, s, t, i), rs in sorted(res.raw.items()):
+            for r in rs:
+                row = {"workload": w, "size": s, "threads": t, "impl": i, **r}
+                wr.writerow([row.get(k, "") for k in keys])
+
+
+def write_median_csv(path, cells, res):
+    with open(path, "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(["workload", "size", "threads", "impl", "rounds", "median_ops_per_s",
+                     "median_rss_delta_kib"])
+        for (w, s, t, i) in sorted(set(cells)):
+            rs = res.raw.get((w, s, t, i), [])
+            if not rs:
+                continue
+            rss = res.median(w, s, t, i, "rss_delta_kib") if w == "memory" else ""
+            wr.writerow([w, s, t, i, len(rs), f"{res.median(w, s, t, i):.0f}",
+                         "" if rss == "" else f"{rss:.0f}"])
+
+
+def groups(cells):
+    """(workload, threads) -> (sizes, impls) in plan order."""
+    g = {}
+    for (w, s, t, i) in cells:
+        sizes, imps = g.setdefault((w, t), ([], []))
+        if s not in sizes:
+            sizes.append(s)
+        if i not in imps:
+            imps.append(i)
+    return g
+
+
+def ref_for(impl):
+    return "musl/pool-xchg" if impl.startswith("musl") else "pool-xchg"
+
+
+def tables(cells, res):
+    out = []
+    titles = {"hot": "Hot path", "seeds": "Seeds' case", "prodcons": "Producer/consumer",
+              "memory": "Memory"}
+    for (w, t), (sizes, imps) in groups(cells).items():
+        imps = [i for i in imps if i not in res.na] + [i for i in imps if i in res.na]
+        if w == "memory":
+            out.append(f"\n### {titles[w]}, {t} threads: resident KiB above the baseline "
+                       "after pool_flush + pool_gc (malloc_trim for glibc malloc)\n")
+            out.append("| size | " + " | ".join(imps) + " |")
+            out.append("|---" * (len(imps) + 1) + "|")
+            for s in sizes:
+                row = []
+                for i in imps:
+                    v = res.median(w, s, t, i, "rss_delta_kib")
+                    pk = res.median(w, s, t, i, "rss_peak_kib")
+                    base = res.median(w, s, t, i, "rss_base_kib")
+                    row.append("n/a" if v is None else
+                               f"{v:.0f} (peak +{pk - base:.0f})")
+                out.append(f"| {human_size(s)} | " + " | ".join(row) + " |")
+            continue
+        tlabel = f"{t} thread{'s' if t > 1 else ''}"
+        if w == "prodcons":
+            tlabel = f"{max(2, t - t % 2)} threads ({max(1, t // 2)} pairs)"
+        out.append(f"\n### {titles[w]}, {tlabel}: million ops/s (median)\n")
+        out.append("| size | " + " | ".join(imps) + " |")
+        out.append("|---" * (len(imps) + 1) + "|")
+        for s in sizes:
+            out.append(f"| {human_size(s)} | " +
+                       " | ".join(fmt_rate(res.median(w, s, t, i)) for i in imps) + " |")
+        out.append(f"\nRatio: each column's pool-xchg (same libc) over the column "
+                   "(above 1: the pool is faster)\n")
+        others = [i for i in imps if i not in res.na and ref_for(i) != i]
+        out.append("| size | " + " | ".join(others) + " |")
+        out.append("|---" * (len(others) + 1) + "|")
+        for s in sizes:
+            row = []
+            for i in others:
+                a, b = res.median(w, s, t, ref_for(i)), res.median(w, s, t, i)
+                row.append("-" if a is None or not b else f"{a / b:.2f}")
+            out.append(f"| {human_size(s)} | " + " | ".join(row) + " |")
+    return out
+
+
+def targets(res):
+    """The targets of issue #5, each with its measured ratio."""
+    rows = []
+
+    def med(*k):
+        return res.median(*k)
+
+    def verdict(ok):
+        return "holds" if ok else "does not hold"
+
+    def add(target, ratio_txt, ok):
+        rows.append((target, ratio_txt, "not measured" if ok is None else verdict(ok)))
+
+    p, fl = med("hot", 64, 1, "pool-xchg"), med("hot", 64, 1, "freelist")
+    g, m = med("hot", 64, 1, "glibc"), med("hot", 64, 1, "musl")
+    pm, flm = med("hot", 64, 1, "musl/pool-xchg"), med("hot", 64, 1, "musl/freelist")
+    if p and fl:
+        add("hot 64 B 1T: within 1.3x of the bare free list (glibc build)",
+            f"free list / pool = {fl / p:.2f}x", fl / p <= 1.3)
+    if pm and flm:
+        add("hot 64 B 1T: within 1.3x of the bare free list (musl build)",
+            f"free list / pool = {flm / pm:.2f}x", flm / pm <= 1.3)
+    if p and g:
+        add("hot 64 B 1T: at least 2x glibc malloc", f"pool / glibc = {p / g:.2f}x", p / g >= 2)
+    if pm and m:
+        add("hot 64 B 1T: at least 2x musl malloc (musl build)",
+            f"pool / musl = {pm / m:.2f}x", pm / m >= 2)
+    seeds = sorted({(s, t) for (w, s, t, i) in res.raw if w == "seeds" and t >= 4})
+    for (s, t) in seeds:
+        x = med("seeds", s, t, "musl/pool-xchg")
+        if not x:
+            continue
+        if s == 2 * MIB:
+            for other, need, label in (("musl/pool-none", 2.6, "at least 2.6x none"),
+                                       ("musl/pool-locked", 1.0, "faster than locked"),
+                                       ("musl/pool-dwcas", 0.9, "within 10 % of dwcas")):
+                o = med("seeds", s, t, other)
+                add(f"seeds musl 2 MiB {t}T: {label}",
+                    f"xchg / {other.split('/')[1][5:]} = "
+                    + ("n/a (variant not in the library)" if o is None else f"{x / o:.2f}x"),
+                    None if o is None else (x / o > need if need == 1.0 else x / o >= need))
+        if s >= 48 * KIB:
+            worst = None
+            for other in POOLS_M:
+                o = med("seeds", s, t, other)
+                if o and other != "musl/pool-xchg":
+                    r = x / o
+                    if worst is None or r < worst[0]:
+                        worst = (r, other)
+            if worst:
+                add(f"seeds musl {human_size(s)} {t}T: as fast as every variant",
+                    f"xchg / slowest-beaten {worst[1].split('/')[1]} = {worst[0]:.2f}x "
+                    "(lowest ratio over the measured variants)", worst[0] >= 1.0)
+    for (w, s, t, i) in sorted(res.raw):
+        if w != "prodcons" or i != "pool-xchg":
+            continue
+        x = med(w, s, t, i)
+        for other in ("jemalloc", "mimalloc"):
+            o = med(w, s, t, other)
+            if o:
+                add(f"producer/consumer {human_size(s)} {max(2, t)}T: at least {other}",
+                    f"pool / {other} = {x / o:.2f}x", x >= o)
+    for (w, s, t, i) in sorted(res.raw):
+        if w != "memory" or i not in ("pool-xchg", "musl/pool-xchg"):
+            continue
+        d = med(w, s, t, i, "rss_delta_kib")
+        libc = "musl" if i.startswith("musl") else "glibc"
+        base = med(w, s, t, libc, "rss_delta_kib")
+        add(f"memory {libc} {human_size(s)} {t}T: within 1 MiB of the baseline",
+            f"+{d:.0f} KiB (plain {libc} malloc: "
+            + ("-" if base is None else f"+{base:.0f} KiB") + ")", d <= 1024)
+    out = ["\n## Targets of issue #5\n", "| target | measured | verdict |", "|---|---|---|"]
+    out += [f"| {a} | {b} | {c} |" for (a, b, c) in rows]
+    return out
+
+
+def plot(path, cells, res, title):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        sys.stderr.write("bench: matplotlib missing, no PNG (bench/ensure-deps.sh installs it)\n")
+        return False
+    gs = [(k, v) for k, v in groups(cells).items() if k[0] != "memory"]
+    # one panel per workload: the thread count with the most sizes, smallest first
+    panels = {}
+    for (w, t), (sizes, imps) in gs:
+        if w not in panels or len(sizes) > len(panels[w][1][0]):
+            panels[w] = ((w, t), (sizes, imps))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5.5), squeeze=False)
+    styles = {}
+    cmap = plt.get_cmap("tab20")
+    for ax, ((w, t), (sizes, imps)) in zip(axes[0], panels.values()):
+        for i in imps:
+            if i in res.na:
+                continue
+            xs, ys = [], []
+            for s in sizes:
+                v = res.median(w, s, t, i)
+                if v:
+                    xs.append(s)
+                    ys.append(v)
+            if not xs:
+                continue
+            if i not in styles:
+                styles[i] = cmap(len(styles) % 20)
+            ax.plot(xs, ys, marker="o", label=i, color=styles[i],
+                    linestyle="--" if i.startswith("musl") else "-",
+                    linewidth=2.5 if i.endswith("pool-xchg") else 1.2)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(sizes)
+        ax.set_xticklabels([human_size(s) for s in sizes], rotation=30)
+        ax.set_xlabel("object size")
+        ax.set_ylabel("ops/s (alloc + free), median")
+        ax.set_title(f"{w}, {t} thread{'s' if t > 1 else ''}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="every size and thread count")
+    ap.add_argument("--quick", action="store_true", help="the make bench subset (default)")
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--ms", type=int, default=None, help="measured ms per cell")
+    ap.add_argument("--out", default=os.path.join(ROOT, "results"))
+    ap.add_argument("--name", default=None, help="file name stem (quick or full)")
+    args = ap.parse_args()
+    args.rounds = args.rounds or (5 if args.full else 5)
+    args.ms = args.ms or (200 if args.full else 120)
+    name = args.name or ("full" if args.full else "quick")
+    os.makedirs(args.out, exist_ok=True)
+
+    mach = machine()
+    cells, res, took = run(args)
+    write_csv(os.path.join(args.out, f"{name}-raw.csv"), res)
+    write_median_csv(os.path.join(args.out, f"{name}.csv"), cells, res)
+    cmd = "make bench-full" if args.full else "make bench"
+    if sys.argv[1:] not in ([], ["--quick"], ["--full"]):
+        cmd = "bench/run.py " + " ".join(sys.argv[1:])
+    head = [f"# Benchmark results: `{cmd}`\n",
+            f"Generated by bench/run.py on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+            f"commit {mach['commit']}, in {took:.0f} s: {args.rounds} interleaved rounds "
+            f"of {args.ms} ms per cell (after a {args.ms // 5} ms warm-up), medians.\n",
+            f"- machine: {mach['cpu']}, kernel {mach['kernel']}, "
+            f"load average at start {mach['loadavg']}",
+            f"- {mach['glibc']}; musl {mach['musl']}; jemalloc {mach['jemalloc']} and "
+            f"mimalloc {mach['mimalloc']} (Debian packages, LD_PRELOAD)",
+            "- n/a: variants the library refuses (`pool_set_shared_cache` returns -1): "
+            + (", ".join(sorted(res.na)) or "none"),
+            "- pool-nocache is `POOL_SHARED_CACHE=none POOL_CACHE_SIZE=0`; "
+            "musl/... runs the `musl-gcc -static` build"]
+    body = tables(cells, res)
+    tg = targets(res)
+    png = os.path.join(args.out, f"{name}.png")
+    if plot(png, cells, res, f"libpools {cmd} ({mach['cpu']})"):
+        head.append(f"\n![ops/s against object size]({name}.png)")
+    text = "\n".join(head + tg + ["\n## Tables"] + body) + "\n"
+    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
