@@ -115,6 +115,8 @@ def run_one(impl, w, s, t, ms):
                        capture_output=True, text=True, timeout=120)
     if p.returncode == 2:
         return None
+    if p.returncode < 0:
+        return {"crash": str(-p.returncode)}
     if p.returncode != 0:
         sys.exit(f"bench: {impl} {w} {s} {t} failed ({p.returncode}):\n{p.stderr}{p.stdout}")
     for line in p.stdout.splitlines():
@@ -128,7 +130,9 @@ def human_size(s):
         f"{s // KIB} KiB" if s >= KIB else f"{s} B")
 
 
-def fmt_rate(x):
+def fmt_rate(x, crashed=0):
+    if crashed:
+        return (fmt_rate(x) if x is not None else "crash") + f" ({crashed} crash)"
     if x is None:
         return "n/a"
     m = x / 1e6
@@ -159,6 +163,7 @@ class Results:
     def __init__(self):
         self.raw = {}  # cell -> list of result dicts
         self.na = set()  # impl names refused by the library
+        self.crashes = {}  # cell -> signals of the rounds that crashed
 
     def median(self, w, s, t, impl, key="ops_per_s"):
         rs = self.raw.get((w, s, t, impl))
@@ -200,6 +205,9 @@ def run(args):
             r = run_one(i, w, s, t, args.ms)
             if r is None:
                 res.na.add(i)
+                continue
+            if "crash" in r:
+                res.crashes.setdefault((w, s, t, i), []).append(int(r["crash"]))
                 continue
             r["round"] = str(rnd)
             res.raw.setdefault((w, s, t, i), []).append(r)
@@ -282,7 +290,9 @@ def tables(cells, res):
         out.append("|---" * (len(imps) + 1) + "|")
         for s in sizes:
             out.append(f"| {human_size(s)} | " +
-                       " | ".join(fmt_rate(res.median(w, s, t, i)) for i in imps) + " |")
+                       " | ".join(fmt_rate(res.median(w, s, t, i),
+                                           len(res.crashes.get((w, s, t, i), [])))
+                                  for i in imps) + " |")
         out.append(f"\nRatio: each column's pool-xchg (same libc) over the column "
                    "(above 1: the pool is faster)\n")
         others = [i for i in imps if i not in res.na and ref_for(i) != i]
@@ -492,6 +502,10 @@ def main():
             + (", ".join(sorted(res.na)) or "none"),
             "- pool-nocache is `POOL_SHARED_CACHE=none POOL_CACHE_SIZE=0`; "
             "musl/... runs the `musl-gcc -static` build"]
+    if res.crashes:
+        head.append("- crashed rounds (killed by a signal; left out of the medians): " +
+                    "; ".join(f"{i} {w} {human_size(s)} {t}T: {len(v)} (signal {v[0]})"
+                              for (w, s, t, i), v in sorted(res.crashes.items())))
     body = tables(cells, res)
     tg = targets(res)
     png = os.path.join(args.out, f"{name}.png")
