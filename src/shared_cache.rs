@@ -460,12 +460,16 @@ mod loom_tests {
     /// and the run takes about a second. A third thread makes even a bound
     /// of 2 run for more than ten minutes, so the models keep to two.
     fn model(f: impl Fn() + Sync + Send + 'static) {
+        model_bounded(30, f)
+    }
+
+    fn model_bounded(bound: usize, f: impl Fn() + Sync + Send + 'static) {
         let mut model = loom::model::Builder::new();
         // Every atomic access is a branch point and spinners add more: the
         // default cap of 1,000 per execution is too small here.
         model.max_branches = 100_000;
         if model.preemption_bound.is_none() {
-            model.preemption_bound = Some(30);
+            model.preemption_bound = Some(bound);
         }
         let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = std::sync::Arc::clone(&runs);
@@ -546,6 +550,34 @@ mod loom_tests {
             }
             worker.join().unwrap();
             assert_eq!(taken.load(SeqCst), 2, "each taker gets one cluster");
+            finish(&cache, &released, objs);
+        });
+    }
+
+    /// Two threads take and put back while a third flushes. Three threads
+    /// make the state space explode: one preemption gives 23 executions in
+    /// a blink, two ran for more than five minutes without finishing. So
+    /// it runs with a bound of 1 (LOOM_MAX_PREEMPTIONS raises it).
+    #[test]
+    fn loom_two_takers_and_flush() {
+        model_bounded(1, || {
+            let cache = Arc::new(SharedCache::new());
+            let objs = fill(&cache, 2);
+            let released = Arc::new(AtomicUsize::new(0));
+            let workers: Vec<_> = (0..2)
+                .map(|t| {
+                    let cache = Arc::clone(&cache);
+                    thread::spawn(move || {
+                        if let Some(c) = cache.take(t) {
+                            cache.put(t, c);
+                        }
+                    })
+                })
+                .collect();
+            drain(&cache, &released);
+            for w in workers {
+                w.join().unwrap();
+            }
             finish(&cache, &released, objs);
         });
     }
