@@ -578,8 +578,9 @@ int main(int argc, char **argv)
 		gc_all(im);
 		long rss_after = rss_kib();
 		printf(" rss_base_kib=%ld rss_peak_kib=%ld rss_freed_kib=%ld rss_after_kib=%ld"
-		       " rss_delta_kib=%ld",
-		       rss_base, rss_peak, rss_freed, rss_after, rss_after - rss_base);
+		       " rss_delta_kib=%ld pool_allocated_after=%llu",
+		       rss_base, rss_peak, rss_freed, rss_after, rss_after - rss_base,
+		       im == I_POOL ? pool_total_allocated() : 0ull);
 	}
 	printf("\n");
 
