@@ -227,7 +227,7 @@ def write_csv(path, res):
         wr.writerow(keys)
         for (w, s, t, i), rs in sorted(res.raw.items()):
             for r in rs:
-                row = {"workload": w, "size": s, "threads": t, "impl": i, **r}
+                row = {**r, "workload": w, "size": s, "threads": t, "impl": i}
                 wr.writerow([row.get(k, "") for k in keys])
 
 
@@ -422,12 +422,15 @@ def plot(path, cells, res, title):
     except ImportError:
         sys.stderr.write("bench: matplotlib missing, no PNG (bench/ensure-deps.sh installs it)\n")
         return False
-    gs = [(k, v) for k, v in groups(cells).items() if k[0] != "memory"]
-    # one panel per workload: the thread count with the most sizes, smallest first
-    panels = {}
-    for (w, t), (sizes, imps) in gs:
-        if w not in panels or len(sizes) > len(panels[w][1][0]):
-            panels[w] = ((w, t), (sizes, imps))
+    g = groups(cells)
+    # the panels of issue #5: hot path on 1 thread, the seeds' case on 4
+    # threads (and 16 when measured), producer/consumer on 2 threads; else
+    # the thread count with the most sizes
+    want = [("hot", 1), ("seeds", 4), ("prodcons", 2), ("seeds", 16)]
+    panels = {k: ((k), g[k]) for k in want if k in g}
+    for (w, t), v in g.items():
+        if w != "memory" and not any(k[0] == w for k in panels):
+            panels[(w, t)] = ((w, t), v)
     ncol = 2 if len(panels) > 1 else 1
     nrow = (len(panels) + ncol - 1) // ncol
     fig, axes = plt.subplots(nrow, ncol, figsize=(8 * ncol, 6 * nrow), squeeze=False)
@@ -459,7 +462,9 @@ def plot(path, cells, res, title):
         ax.set_xticklabels([human_size(s) for s in sizes], rotation=30)
         ax.set_xlabel("object size")
         ax.set_ylabel("ops/s (alloc + free), median")
-        ax.set_title(f"{w}, {t} thread{'s' if t > 1 else ''}")
+        nt = max(2, t - t % 2) if w == "prodcons" else t
+        ax.set_title(f"{w}, {nt} thread{'s' if nt > 1 else ''}"
+                     + (f" ({max(1, t // 2)} pair{'s' if t > 3 else ''})" if w == "prodcons" else ""))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
     fig.suptitle(title)
@@ -477,11 +482,29 @@ def main():
     ap.add_argument("--ms", type=int, default=None, help="measured ms per cell")
     ap.add_argument("--out", default=os.path.join(ROOT, "results"))
     ap.add_argument("--name", default=None, help="file name stem (quick or full)")
+    ap.add_argument("--replot", metavar="RAW_CSV",
+                    help="only redraw the PNG from a -raw.csv of an earlier run")
     args = ap.parse_args()
     args.rounds = args.rounds or (5 if args.full else 5)
     args.ms = args.ms or (200 if args.full else 120)
     name = args.name or ("full" if args.full else "quick")
     os.makedirs(args.out, exist_ok=True)
+
+    if args.replot:
+        res = Results()
+        cells = []
+        with open(args.replot) as f:
+            for row in csv.DictReader(f):
+                key = (row["workload"], int(row["size"]), int(row["threads"]), row["impl"])
+                res.raw.setdefault(key, []).append(row)
+                if key not in cells:
+                    cells.append(key)
+        order = {i: n for n, i in enumerate(IMPLS)}
+        cells.sort(key=lambda c: (c[0], c[2], c[1], order.get(c[3], 99)))
+        base = os.path.basename(args.replot).replace("-raw.csv", "")
+        plot(os.path.join(args.out, f"{base}.png"), cells, res,
+             f"libpools {args.name or base} ({machine()['cpu']})")
+        return
 
     mach = machine()
     cells, res, took = run(args)
