@@ -127,8 +127,18 @@ impl Registry {
 /// Whether the hot path's fence can be a compiler fence (membarrier works).
 static ASYMMETRIC: AtomicBool = AtomicBool::new(false);
 
+/// Decides between the asymmetric handshake (compiler fence on the owner's
+/// hot path, membarrier on the claimer's side) and symmetric SeqCst fences.
+///
+/// Symmetric under Miri, which has no membarrier syscall, and under
+/// ThreadSanitizer (`--cfg pools_tsan`, set by `scripts/verify-tsan.sh`
+/// together with `-Zsanitizer=thread`): TSan does not know that membarrier
+/// is a fence on every other thread, so it could not follow the asymmetric
+/// handshake, while SeqCst fences on both sides are the textbook Dekker it
+/// is built to understand.
+#[allow(unexpected_cfgs)] // `pools_tsan` is only ever set by RUSTFLAGS.
 fn init_fences() {
-    #[cfg(not(miri))]
+    #[cfg(not(any(miri, pools_tsan)))]
     {
         const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
         // SAFETY: registering for private expedited membarrier has no effect
@@ -330,12 +340,20 @@ pub fn destroy(pool: &'static Pool) -> Result<Destroyed, Error> {
     if done == Destroyed::Released && pool.users.load(Relaxed) == 0 {
         pool.flush();
         debug_assert_eq!(pool.shared.allocated(), 0);
-        unlink_pool(&mut reg, pool);
+        // The list's own pointer to the head, not one made from `&Pool`:
+        // `create` rewrites the whole head through it when recycling, which a
+        // pointer derived from a shared reference may not do (Miri reports
+        // it under Stacked Borrows).
+        let head = unlink_pool(&mut reg, pool);
         if let Some(name) = pool.name.take() {
             // SAFETY: the copy made at creation; the pool is dead.
             unsafe { os::release(name.cast()) };
         }
-        let head = ptr::from_ref(pool).cast_mut();
+        let head = if head.is_null() {
+            ptr::from_ref(pool).cast_mut()
+        } else {
+            head
+        };
         pool.reg_next.set(ptr::null_mut());
         match NonNull::new(reg.free_last) {
             // SAFETY: a free head, under the lock.
@@ -347,16 +365,20 @@ pub fn destroy(pool: &'static Pool) -> Result<Destroyed, Error> {
     Ok(done)
 }
 
-fn unlink_pool(reg: &mut Registry, pool: &Pool) {
+/// Unlinks `pool` from the live list; returns the list's pointer to it
+/// (null if it was not there).
+fn unlink_pool(reg: &mut Registry, pool: &Pool) -> *mut Pool {
     let mut link: *mut *mut Pool = &mut reg.pools;
     // SAFETY: walking the list of live pools under the lock.
     unsafe {
         while !(*link).is_null() && !ptr::eq(*link, pool) {
             link = (**link).reg_next.as_ptr();
         }
-        if !(*link).is_null() {
+        let found = *link;
+        if !found.is_null() {
             *link = pool.reg_next.get();
         }
+        found
     }
 }
 
