@@ -164,6 +164,18 @@ impl ThreadCache {
 
     #[cold]
     fn create() -> Option<&'static ThreadCache> {
+        // Creating a cache maps memory and takes the registry lock, either
+        // of which may set errno; the call that got here (a pool_free, say)
+        // must not report an error it did not have.
+        // SAFETY: __errno_location returns this thread's errno slot.
+        let errno = unsafe { *libc::__errno_location() };
+        let tc = Self::create_registered();
+        // SAFETY: as above.
+        unsafe { *libc::__errno_location() = errno };
+        tc
+    }
+
+    fn create_registered() -> Option<&'static ThreadCache> {
         let tc = os::map_zeroed(size_of::<ThreadCache>())?.cast::<ThreadCache>();
         // SAFETY: a fresh zeroed mapping of the right size is a valid
         // ThreadCache (every field is valid all-zero) that only we see.

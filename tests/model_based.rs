@@ -32,9 +32,9 @@
 //! The seeds are fixed (override with `MODEL_SEED=<u64>`); every assertion
 //! message names the seed and the step.
 //!
-//! Known library bug, kept as an ignored test:
-//! `first_pool_free_of_a_thread_keeps_errno` (a successful pool_free can
-//! leave errno set to EAGAIN when it is a thread's first pool call).
+//! `first_pool_free_of_a_thread_keeps_errno` is the regression test of a
+//! bug this test found: a successful pool_free left errno set to EAGAIN when
+//! it was a thread's first pool call.
 //!
 //! All tests of this binary share the process-wide registry and options, so
 //! every test here takes `SERIAL`, and the cache budget is restored at the
@@ -1750,16 +1750,14 @@ fn model_based_api() {
     assert!(missing.is_empty(), "cases never exercised: {missing:?}");
 }
 
-/// KNOWN LIBRARY BUG (found by `model_based_api`, ignored until fixed in
-/// src/): a successful `pool_free` can leave errno set (EAGAIN seen) when it
-/// is the first pool call of a thread. That call creates the thread's cache
+/// Regression test (found by `model_based_api`): a successful `pool_free`
+/// left errno set (EAGAIN seen) when it was the first pool call of a thread. That call creates the thread's cache
 /// and registers it under the registry mutex; a contended std mutex waits in
 /// futex(), which can fail with EAGAIN and leave errno behind. pool_free
 /// returns nothing and reports a refused object only through errno (EINVAL),
 /// so a caller that clears errno and checks it afterwards sees a false
-/// failure. Run: cargo test --release --test model_based -- --ignored
+/// failure. Fixed by saving errno around the thread cache's creation.
 #[test]
-#[ignore = "library bug: errno left set by the first pool_free of a thread"]
 fn first_pool_free_of_a_thread_keeps_errno() {
     let _serial = serial();
     let p = create_raw(c"errno-repro", 16 * 1021, 0);
