@@ -7,9 +7,10 @@
 //! other: an object is often freed by another thread than the one that
 //! allocated it. Meanwhile a janitor thread calls `flush`, `gc`, statistics
 //! and evicts its own cache at random moments, and a churn thread creates
-//! short-lived pools whose objects sit in the warm caches of live, blocked
-//! threads when it destroys them (the claim handshake of `pool_destroy`), and
-//! of threads that already exited. Every thread exits with a warm cache.
+//! short-lived pools whose objects sit in the warm caches of live threads
+//! when it destroys them (the claim handshake of `pool_destroy`), threads
+//! busy with another pool or idle, and of threads that already exited.
+//! Every thread exits with a warm cache.
 //!
 //! Each object carries a unique token at both ends while the application
 //! holds it; the token is checked when the object is freed, so an object
@@ -187,22 +188,34 @@ fn janitor(pools: Vec<P>, stop: Arc<AtomicBool>) {
     }
 }
 
+/// What the helpers of a short-lived pool do while it is destroyed.
+#[derive(Clone, Copy, PartialEq)]
+enum During {
+    /// Keep allocating and freeing objects of another pool: the claim
+    /// handshake races with their own operations on the same cache.
+    Busy,
+    /// Already exited: their caches were drained to the shared cache.
+    Exited,
+    /// Wait, idle, on a barrier.
+    Idle,
+}
+
 /// Creates a short-lived pool, lets helper threads warm their caches with
 /// its objects, and destroys it: refused while they hold objects, then
-/// accepted while they are alive and idle (their caches are claimed and the
-/// pool's objects taken back) or after they exited.
+/// accepted while they are busy with another pool, idle, or exited (the
+/// dying pool's objects are taken back from their caches).
 fn churn(main_pool: P, iterations: usize) {
     let per_helper = if cfg!(miri) { 3 } else { 50 };
     for it in 0..iterations {
         let size = [64, 320, 4096][it % 3];
+        let during = [During::Busy, During::Exited, During::Idle][it % 3];
         let tmp = registry::create(c"stress-tmp", size, 0).expect("pool_create");
         let helpers = 2;
-        // Four rendezvous: objects held / objects freed / destroyed / done.
         let sync = Arc::new(Barrier::new(helpers + 1));
-        let exit_early = it % 2 == 1;
+        let stop = Arc::new(AtomicBool::new(false));
         let handles: Vec<_> = (0..helpers)
             .map(|h| {
-                let sync = Arc::clone(&sync);
+                let (sync, stop) = (Arc::clone(&sync), Arc::clone(&stop));
                 thread::spawn(move || {
                     let pools = [(tmp, size), main_pool];
                     let objs: Vec<_> = (0..per_helper).map(|_| alloc(&pools, 0)).collect();
@@ -211,17 +224,27 @@ fn churn(main_pool: P, iterations: usize) {
                     for o in objs {
                         free(&pools, o);
                     }
-                    if exit_early {
+                    if during == During::Exited {
                         return;
                     }
                     sync.wait(); // freed: warm caches
-                    sync.wait(); // destroyed
-                                 // The cache keeps working for the other pools.
                     let mut rng = Rng::new(h as u64 + 100);
-                    let objs: Vec<_> = (0..per_helper + rng.below(5) as usize)
-                        .map(|_| alloc(&pools, 1))
-                        .collect();
-                    objs.into_iter().for_each(|o| free(&pools, o));
+                    let mut held = Vec::new();
+                    // Busy: until the pool is destroyed. Idle: afterwards,
+                    // the cache keeps working for the other pools.
+                    if during == During::Idle {
+                        sync.wait(); // destroyed
+                    }
+                    let mut n = 0;
+                    while n < per_helper || (during == During::Busy && !stop.load(Relaxed)) {
+                        held.push(alloc(&pools, 1));
+                        if held.len() > 8 || rng.below(2) == 0 {
+                            let k = rng.below(held.len() as u64) as usize;
+                            free(&pools, held.swap_remove(k));
+                        }
+                        n += 1;
+                    }
+                    held.into_iter().for_each(|o| free(&pools, o));
                 })
             })
             .collect();
@@ -229,7 +252,7 @@ fn churn(main_pool: P, iterations: usize) {
         assert_eq!(registry::destroy(tmp), Ok(Destroyed::InUse));
         assert_eq!(registry::stats(tmp).used, helpers * per_helper);
         sync.wait(); // destroy refused
-        if exit_early {
+        if during == During::Exited {
             handles.into_iter().for_each(|h| h.join().unwrap());
             let s = registry::stats(tmp);
             assert_eq!((s.used, s.cached), (0, 0), "{s:?}");
@@ -240,7 +263,10 @@ fn churn(main_pool: P, iterations: usize) {
             assert_eq!(s.used, 0, "{s:?}");
             assert_eq!(s.allocated, s.cached + s.shared, "{s:?}");
             assert_eq!(registry::destroy(tmp), Ok(Destroyed::Released));
-            sync.wait(); // destroyed
+            if during == During::Idle {
+                sync.wait(); // destroyed
+            }
+            stop.store(true, Relaxed);
             handles.into_iter().for_each(|h| h.join().unwrap());
         }
         // Only this thread creates pools during the run, so the head is not
