@@ -26,16 +26,8 @@ for c in miri rust-src; do
     fi
 done
 
-# Skipped, and why (remove a line once its test is Miri-clean):
-# - legacy_cache::...every_mode_loses_and_duplicates_nothing: the legacy
-#   `dwcas` pop reads `head->next` with a plain (volatile) read while a pusher
-#   writes it with a plain store: the seed's race, a data race by design,
-#   which Miri rightly reports. The `rwlock` and `locked` modes in the same
-#   test are clean but cannot be run alone.
-skip=(--skip legacy_cache::tests::every_mode_loses_and_duplicates_nothing)
-
 cargo +nightly miri setup
-cargo +nightly miri test --lib --test stress -- "${skip[@]}"
+cargo +nightly miri test --lib --test stress
 
 # The stress test again over more schedules: Miri picks thread switches and
 # weak-memory outcomes from a seeded generator; each seed is one more run

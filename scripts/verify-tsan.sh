@@ -29,16 +29,9 @@ export RUSTDOCFLAGS="$RUSTFLAGS"
 export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 ${TSAN_OPTIONS:-}"
 export STRESS_ROUNDS="${STRESS_ROUNDS:-1000000}"
 
-# Skipped, and why (remove a line once its test is clean):
-# - legacy_cache::...every_mode_loses_and_duplicates_nothing: the legacy
-#   `dwcas` pop reads `head->next` with a plain (volatile) read while a pusher
-#   writes it with a plain store: the seed's race, a data race by design,
-#   which TSan rightly reports (as Miri does).
-skip=(--skip legacy_cache::tests::every_mode_loses_and_duplicates_nothing)
-
 # panic=unwind: the test harness needs it, and with the release profile's
 # panic=abort -Zbuild-std would build two standard libraries side by side.
 cargo +nightly test -Zbuild-std --target "$TARGET" --target-dir target/tsan \
     --release --config 'profile.release.panic="unwind"' \
-    --lib --test stress -- --test-threads=2 "${skip[@]}"
+    --lib --test stress -- --test-threads=2
 echo "verify-tsan: unit tests and stress test clean under ThreadSanitizer"

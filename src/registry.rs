@@ -136,7 +136,6 @@ static ASYMMETRIC: AtomicBool = AtomicBool::new(false);
 /// is a fence on every other thread, so it could not follow the asymmetric
 /// handshake, while SeqCst fences on both sides are the textbook Dekker it
 /// is built to understand.
-#[allow(unexpected_cfgs)] // `pools_tsan` is only ever set by RUSTFLAGS.
 fn init_fences() {
     #[cfg(not(any(miri, pools_tsan)))]
     {
