@@ -201,28 +201,8 @@ impl LegacyCache {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::shared_cache::tests::{collect, free_all, make_cluster};
     use std::sync::Arc;
-
-    fn cluster(objs: &mut Vec<usize>, len: usize) -> Cluster {
-        let mut first: *mut Item = ptr::null_mut();
-        for _ in 0..len {
-            let item = Box::into_raw(Box::new(Item {
-                next: ptr::null_mut(),
-                down: first,
-            }));
-            objs.push(item as usize);
-            first = item;
-        }
-        Cluster {
-            first: NonNull::new(first).unwrap(),
-            len,
-        }
-    }
-
-    fn collect(c: Cluster, out: &mut Vec<usize>) {
-        // SAFETY: the cluster came out of the cache, so it is ours.
-        unsafe { c.for_each(|i| out.push(i.as_ptr() as usize)) };
-    }
 
     /// Every mode passes clusters between threads without losing or
     /// duplicating an object. `dwcas` is left out under Miri and
@@ -240,7 +220,7 @@ mod tests {
             let cache = Arc::new(LegacyCache::new());
             let mut objs = Vec::new();
             for i in 0..4 {
-                cache.put(mode, cluster(&mut objs, 1 + i));
+                cache.put(mode, make_cluster(&mut objs, 1 + i));
             }
             let rounds = if cfg!(miri) { 20 } else { 5_000 };
             let threads: Vec<_> = (0..3)
@@ -271,10 +251,7 @@ mod tests {
             assert_eq!(got, want, "{mode:?}");
             assert_eq!(cache.objects(), 0);
             assert!(cache.take(mode).is_none());
-            for o in objs {
-                // SAFETY: boxed once above, freed once here.
-                drop(unsafe { Box::from_raw(o as *mut Item) });
-            }
+            free_all(&objs);
         }
     }
 }

@@ -270,14 +270,14 @@ unsafe fn cluster_len(first: NonNull<Item>) -> usize {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::HashSet;
     use std::sync::Arc;
 
     /// Test objects: boxed slots, addresses tracked as integers so the test
     /// can free every one at the end.
-    fn make_cluster(objs: &mut Vec<usize>, len: usize) -> Cluster {
+    pub(crate) fn make_cluster(objs: &mut Vec<usize>, len: usize) -> Cluster {
         let mut first: *mut Item = ptr::null_mut();
         for _ in 0..len {
             let item = Box::into_raw(Box::new(Item {
@@ -293,12 +293,12 @@ mod tests {
         }
     }
 
-    fn collect(c: Cluster, out: &mut Vec<usize>) {
+    pub(crate) fn collect(c: Cluster, out: &mut Vec<usize>) {
         // SAFETY: the cluster came out of the cache, so it is ours.
         unsafe { c.for_each(|i| out.push(i.as_ptr() as usize)) };
     }
 
-    fn free_all(objs: &[usize]) {
+    pub(crate) fn free_all(objs: &[usize]) {
         for &o in objs {
             // SAFETY: every address came from Box::into_raw and is freed once.
             drop(unsafe { Box::from_raw(o as *mut Item) });
