@@ -10,17 +10,7 @@ missing_pkgs=()
 [ -e "/usr/lib/$arch/libmimalloc.so.2" ] || missing_pkgs+=(libmimalloc2.0)
 command -v python3 >/dev/null 2>&1 || missing_pkgs+=(python3)
 
-if [ ${#missing_pkgs[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "bench/ensure-deps: installing ${missing_pkgs[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_pkgs[@]}" >/dev/null
-    else
-        echo "bench/ensure-deps: missing ${missing_pkgs[*]}; run:" >&2
-        echo "    sudo apt-get install -y ${missing_pkgs[*]}" >&2
-        exit 1
-    fi
-fi
+scripts/apt-install.sh bench/ensure-deps "${missing_pkgs[@]}"
 
 if ! python3 -c 'import matplotlib' >/dev/null 2>&1; then
     echo "bench/ensure-deps: installing matplotlib with pip"

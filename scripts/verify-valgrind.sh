@@ -13,17 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v valgrind >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "verify-valgrind: installing valgrind"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
-    else
-        echo "verify-valgrind: valgrind is missing; run:" >&2
-        echo "    sudo apt-get install -y valgrind" >&2
-        exit 1
-    fi
-fi
+command -v valgrind >/dev/null 2>&1 || scripts/apt-install.sh verify-valgrind valgrind
 
 CC=${CC:-gcc}
 OUT=target/c-tests/glibc
