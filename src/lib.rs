@@ -27,6 +27,7 @@ pub mod registry;
 mod shared_cache;
 mod sync;
 mod thread_cache;
+mod tls;
 
 pub use options::{cache_size, set_cache_size, shared_cache_name, POOL_DEFAULT_CACHE_SIZE};
 pub use pool::{Pool, Stats, POOL_F_EXACT, POOL_F_SHARED, POOL_MAX_SIZE};

@@ -137,6 +137,7 @@ impl Pool {
     /// tries once more, then counts a failure.
     ///
     /// Counters: cached or shared drop, or allocated grows; used grows.
+    #[inline]
     pub fn alloc(&self) -> Option<NonNull<u8>> {
         let p = match ThreadCache::current() {
             Some(tc) => {
@@ -214,6 +215,7 @@ impl Pool {
     ///
     /// # Safety
     /// `obj` came from `alloc` of this pool and is not used any more.
+    #[inline]
     pub unsafe fn free(&self, obj: NonNull<u8>) {
         let budget = options::cache_size();
         let tc = ThreadCache::current();

@@ -1,11 +1,18 @@
 //! Per-thread caches: the hot path.
 //!
 //! Each thread that touches a pool gets one [`ThreadCache`]: a page-mapped
-//! block holding the thread's LRU list of all cached objects and a table of
-//! per-pool lists indexed by the pool's slot. A freed object is linked at the
-//! head of both lists (newest first); an allocation unlinks the newest object
-//! of its pool. When the thread's cached bytes exceed the budget, the oldest
-//! objects leave in clusters of one pool for the shared cache.
+//! block holding a table of per-pool lists indexed by the pool's slot. A
+//! freed object is linked at the head of its pool's list (newest first) and
+//! stamped with the thread's *tick*, a count of its frees; an allocation
+//! unlinks the newest object of its pool. When the thread's cached bytes
+//! exceed the budget, the oldest objects leave in clusters of one pool for
+//! the shared cache: the pool whose oldest object has the smallest tick goes
+//! first, so eviction is oldest-first across all pools of the thread.
+//!
+//! There is no LRU list across pools: keeping one costs two more unlinks per
+//! allocation and two more links per free, on the hot path. Instead each
+//! entry remembers the tick of its oldest object, and eviction (the cold
+//! path) scans the entries that hold objects, which are few.
 //!
 //! Only the owner thread touches its cache, with plain loads and stores, with
 //! one exception: `pool_destroy` must take back a dying pool's objects from
@@ -19,7 +26,7 @@
 
 use crate::pool::Pool;
 use crate::shared_cache::{Cluster, Item, CLUSTER};
-use crate::{os, registry};
+use crate::{os, registry, tls};
 use core::cell::{Cell, UnsafeCell};
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
@@ -36,8 +43,9 @@ pub(crate) const MAX_POOLS: usize = 4096;
 #[cfg(miri)]
 pub(crate) const MAX_POOLS: usize = 256;
 
-/// Smallest object: a cached object holds two list links.
-pub(crate) const MIN_OBJECT: usize = size_of::<CachedItem>();
+/// Smallest object: a cached object holds a list link and a tick (24 bytes),
+/// and the allocator underneath hands out multiples of `OBJECT_ALIGN` anyway.
+pub(crate) const MIN_OBJECT: usize = size_of::<CachedItem>().next_multiple_of(os::OBJECT_ALIGN);
 
 /// A doubly-linked list node; a list's head is a sentinel node.
 #[repr(C)]
@@ -49,11 +57,11 @@ struct Link {
 /// What an object holds while it sits in a thread cache.
 #[repr(C)]
 struct CachedItem {
-    /// In its pool's list of this thread; first, so a `by_pool` link is
-    /// also the item's address.
-    by_pool: Link,
-    /// In the thread's LRU list across pools.
-    by_lru: Link,
+    /// In its pool's list of this thread; first, so a link is also the
+    /// item's address.
+    link: Link,
+    /// The thread's tick when the object was cached.
+    tick: u64,
 }
 
 /// One pool's objects in one thread, newest first.
@@ -72,6 +80,11 @@ struct PoolCache {
     /// Objects in `list`. Written by the owner (or a claimer); read by
     /// statistics from any thread.
     count: AtomicUsize,
+    /// Tick of the oldest object in `list`, while `count > 0`.
+    oldest: Cell<u64>,
+    /// In the thread's list of entries that may hold objects (`listed`).
+    is_listed: Cell<bool>,
+    next_listed: Cell<*mut PoolCache>,
 }
 
 impl PoolCache {
@@ -103,8 +116,12 @@ pub(crate) struct ThreadCache {
     pub(crate) home: usize,
     /// Bytes of objects in this cache.
     bytes: Cell<usize>,
-    /// Sentinel of the LRU list: `next` is the newest object.
-    lru: UnsafeCell<Link>,
+    /// Frees so far: the age of cached objects.
+    tick: Cell<u64>,
+    /// Entries that may hold objects, linked through `next_listed`: every
+    /// entry with `count > 0` is on it; emptied ones leave it lazily, when
+    /// eviction walks it.
+    listed: Cell<*mut PoolCache>,
     /// The registry's list of thread caches (under the registry lock).
     pub(crate) reg_next: Cell<*mut ThreadCache>,
     /// Per-pool lists, indexed by `Pool::slot`.
@@ -112,8 +129,9 @@ pub(crate) struct ThreadCache {
 }
 
 thread_local! {
-    /// This thread's cache, created on first use; its destructor gives every
-    /// cached object back when the thread exits.
+    /// Owns this thread's cache for the thread-exit drain. The hot path reads
+    /// the same pointer from [`tls`](crate::tls), which is cheaper to reach;
+    /// this one is touched only when the cache is created and at exit.
     static LOCAL: Local = const { Local(Cell::new(ptr::null_mut())) };
 }
 
@@ -122,6 +140,10 @@ struct Local(Cell<*mut ThreadCache>);
 impl Drop for Local {
     fn drop(&mut self) {
         if let Some(tc) = NonNull::new(self.0.replace(ptr::null_mut())) {
+            // Later calls on this thread (from other TLS destructors) find no
+            // cache, and `create` refuses, since `LOCAL` is gone: they take
+            // the cache-less path.
+            tls::set(ptr::null_mut());
             registry::thread_exit(tc);
         }
     }
@@ -153,10 +175,9 @@ impl ThreadCache {
     /// it cannot be had (the thread is exiting, or no memory for the table).
     #[inline]
     pub(crate) fn current() -> Option<&'static ThreadCache> {
-        let tc = LOCAL.try_with(|l| l.0.get()).ok()?;
-        match NonNull::new(tc) {
-            // SAFETY: a registered cache stays mapped until this thread's
-            // `Local` destructor, after which `try_with` fails.
+        match NonNull::new(tls::get().cast::<ThreadCache>()) {
+            // SAFETY: the word holds a registered cache, which stays mapped
+            // until this thread's `Local` destructor clears the word.
             Some(tc) => Some(unsafe { &*tc.as_ptr() }),
             None => Self::create(),
         }
@@ -183,20 +204,14 @@ impl ThreadCache {
             (*tc.as_ptr()).home = registry::next_home();
             &*tc.as_ptr()
         };
-        let lru = r.lru.get();
-        // SAFETY: the sentinel is ours; an empty list links to itself.
-        unsafe {
-            *lru = Link {
-                next: lru,
-                prev: lru,
-            }
-        };
         if LOCAL.try_with(|l| l.0.set(tc.as_ptr())).is_err() {
+            // The thread is exiting: no cache any more.
             // SAFETY: never registered nor shared: nobody else can see it.
             unsafe { os::unmap(tc.cast(), size_of::<ThreadCache>()) };
             return None;
         }
         registry::thread_start(tc);
+        tls::set(tc.as_ptr().cast());
         Some(r)
     }
 
@@ -314,7 +329,7 @@ impl Held<'_> {
         // SAFETY: the cache is held; `n > 0` so `list.next` is an object.
         let item = unsafe { (*pc.sentinel()).next };
         // SAFETY: `item` is a cached object of this held cache.
-        unsafe { unlink_both(item.cast()) };
+        unsafe { unlink(item) };
         pc.count.store(n - 1, Relaxed);
         self.bytes.set(self.bytes.get() - pool.obj_size);
         NonNull::new(item.cast())
@@ -331,17 +346,35 @@ impl Held<'_> {
     pub(crate) unsafe fn put(&self, pool: &Pool, obj: NonNull<u8>, budget: usize) {
         let pc = self.entry(pool);
         let item = obj.as_ptr().cast::<CachedItem>();
+        let tick = self.tick.get();
+        self.tick.set(tick + 1);
         // SAFETY: the cache is held; `item` is free memory of at least
-        // MIN_OBJECT bytes (caller's contract), both sentinels are live.
+        // MIN_OBJECT bytes (caller's contract), the sentinel is live.
         unsafe {
-            push_front(pc.sentinel(), ptr::addr_of_mut!((*item).by_pool));
-            push_front(self.lru.get(), ptr::addr_of_mut!((*item).by_lru));
+            (*item).tick = tick;
+            push_front(pc.sentinel(), ptr::addr_of_mut!((*item).link));
         }
-        pc.count.store(pc.count.load(Relaxed) + 1, Relaxed);
+        let n = pc.count.load(Relaxed);
+        if n == 0 {
+            self.first_object(pc, tick);
+        }
+        pc.count.store(n + 1, Relaxed);
         let bytes = self.bytes.get() + pool.obj_size;
         self.bytes.set(bytes);
         if bytes > budget {
             self.evict_to(budget - budget / 8);
+        }
+    }
+
+    /// `pc` gets its only object, cached at `tick`: it is also the oldest,
+    /// and the entry must be on the `listed` list.
+    #[inline]
+    fn first_object(&self, pc: &PoolCache, tick: u64) {
+        pc.oldest.set(tick);
+        if !pc.is_listed.get() {
+            pc.is_listed.set(true);
+            pc.next_listed.set(self.listed.get());
+            self.listed.set(ptr::from_ref(pc).cast_mut());
         }
     }
 
@@ -369,20 +402,39 @@ impl Held<'_> {
 /// # Safety
 /// The caller holds `tc` (owner operation, claim, or exiting owner).
 pub(crate) unsafe fn evict_to(tc: &ThreadCache, target: usize) {
-    let lru = tc.lru.get();
     while tc.bytes.get() > target {
-        // SAFETY: the cache is held; the LRU is non-empty since bytes > 0.
-        let oldest = unsafe { (*lru).prev };
-        if oldest == lru {
+        // SAFETY: the caller holds `tc`.
+        let Some(pc) = (unsafe { oldest_entry(tc) }) else {
             break;
-        }
-        // The oldest object of the thread is also the oldest of its pool, so
-        // its `by_pool.next` is the pool's sentinel, the start of PoolCache.
-        // SAFETY: `oldest` is the `by_lru` link of a cached item.
-        let pc = unsafe { (*item_of_lru(oldest)).by_pool.next }.cast::<PoolCache>();
+        };
         // SAFETY: `pc` is an entry of this held cache.
-        unsafe { evict_cluster(tc, &*pc, CLUSTER) };
+        unsafe { evict_cluster(tc, pc, CLUSTER) };
     }
+}
+
+/// The entry holding the thread's oldest object, dropping emptied entries
+/// from the `listed` list on the way.
+///
+/// # Safety
+/// The caller holds `tc`.
+unsafe fn oldest_entry(tc: &ThreadCache) -> Option<&PoolCache> {
+    let mut best: Option<&PoolCache> = None;
+    let mut link = &tc.listed;
+    // SAFETY: listed entries are entries of `tc`'s table, which lives as
+    // long as `tc`; only the holder walks or changes the list.
+    while let Some(pc) = unsafe { link.get().as_ref() } {
+        // Relaxed: the holder is the only writer of `count`.
+        if pc.count.load(Relaxed) == 0 {
+            link.set(pc.next_listed.get());
+            pc.is_listed.set(false);
+            continue;
+        }
+        if best.is_none_or(|b| pc.oldest.get() < b.oldest.get()) {
+            best = Some(pc);
+        }
+        link = &pc.next_listed;
+    }
+    best
 }
 
 /// Unlinks up to `max` oldest objects of one pool and gives them to the
@@ -400,19 +452,24 @@ unsafe fn evict_cluster(tc: &ThreadCache, pc: &PoolCache, max: usize) -> usize {
         if oldest == sentinel {
             break;
         }
-        let item = oldest.cast::<CachedItem>();
-        // SAFETY: `item` is cached here; once unlinked it is ours to
+        // SAFETY: `oldest` is cached here; once unlinked it is ours to
         // reuse as a shared-cache Item.
         unsafe {
-            unlink_both(item);
-            let it = item.cast::<Item>();
+            unlink(oldest);
+            let it = oldest.cast::<Item>();
             (*it).down = first;
             first = it;
         }
         n += 1;
     }
     if let Some(first) = NonNull::new(first) {
-        pc.count.store(pc.count.load(Relaxed) - n, Relaxed);
+        let left = pc.count.load(Relaxed) - n;
+        if left > 0 {
+            // SAFETY: the list still holds objects; its last is the oldest.
+            pc.oldest
+                .set(unsafe { (*(*sentinel).prev.cast::<CachedItem>()).tick });
+        }
+        pc.count.store(left, Relaxed);
         // SAFETY: an entry in use points to its live pool.
         let pool = unsafe { &*pc.pool.load(Relaxed) };
         tc.bytes.set(tc.bytes.get() - n * pool.obj_size);
@@ -450,12 +507,14 @@ pub(crate) unsafe fn reclaim_pool(tc: &ThreadCache, pool: &Pool) {
         }
         // SAFETY: a cached object of the held cache; unlinked, it is ours.
         unsafe {
-            unlink_both(item.cast());
+            unlink(item);
             pool.release_to_os(tc.home, NonNull::new_unchecked(item.cast()));
         }
         released += 1;
     }
     tc.bytes.set(tc.bytes.get() - released * pool.obj_size);
+    // The entry may stay on the owner's `listed` list: being empty, the
+    // next eviction drops it (the claimer leaves that list alone).
     pc.count.store(0, Relaxed);
     pc.pool.store(ptr::null_mut(), Relaxed);
 }
@@ -467,13 +526,6 @@ pub(crate) unsafe fn reclaim_pool(tc: &ThreadCache, pool: &Pool) {
 pub(crate) unsafe fn unmap(tc: NonNull<ThreadCache>) {
     // SAFETY: the mapping was made by `create` with this size.
     unsafe { os::unmap(tc.cast(), size_of::<ThreadCache>()) };
-}
-
-/// The cached item whose `by_lru` link is `l`.
-fn item_of_lru(l: *mut Link) -> *mut CachedItem {
-    l.cast::<u8>()
-        .wrapping_sub(core::mem::offset_of!(CachedItem, by_lru))
-        .cast()
 }
 
 /// Links `node` right after the sentinel `head`.
@@ -504,22 +556,11 @@ unsafe fn unlink(node: *mut Link) {
     }
 }
 
-/// Unlinks a cached item from both of its lists.
-///
-/// # Safety
-/// `item` is cached in a held thread cache.
-unsafe fn unlink_both(item: *mut CachedItem) {
-    // SAFETY: forwarded: a cached item is in both lists.
-    unsafe {
-        unlink(ptr::addr_of_mut!((*item).by_pool));
-        unlink(ptr::addr_of_mut!((*item).by_lru));
-    }
-}
-
 #[cfg(all(test, not(loom)))]
 mod tests {
     use crate::pool::Pool;
     use crate::registry::{self, Destroyed};
+    use crate::shared_cache::CLUSTER;
     use core::ptr::NonNull;
     use std::collections::HashMap;
     use std::sync::mpsc;
@@ -581,6 +622,38 @@ mod tests {
         for &o in objs[n - s.cached..].iter().chain([&next]) {
             // SAFETY: each object came from `p` and is given back once.
             unsafe { p.free(o) };
+        }
+    }
+
+    /// Eviction is oldest-first across pools, in clusters: with objects of
+    /// two pools freed alternately, both pools keep their newest objects,
+    /// and about as many each (a per-pool order would empty one pool).
+    #[test]
+    fn eviction_is_oldest_first_across_pools() {
+        let size = 4096;
+        let (a, b) = (pool(c"tc-lru-a", size), pool(c"tc-lru-b", size));
+        let budget = crate::options::cache_size();
+        // Twice the budget, half of it from each pool.
+        let n = budget / size;
+        let objs: Vec<_> = (0..n)
+            .flat_map(|_| [(a, a.alloc().unwrap()), (b, b.alloc().unwrap())])
+            .collect();
+        for &(p, o) in &objs {
+            // SAFETY: each object came from `p` and is given back once.
+            unsafe { p.free(o) };
+        }
+        let (sa, sb) = (registry::stats(a), registry::stats(b));
+        assert!((sa.cached + sb.cached) * size <= budget, "{sa:?} {sb:?}");
+        assert!(sa.cached.abs_diff(sb.cached) <= CLUSTER, "{sa:?} {sb:?}");
+        for (p, kept) in [(a, sa.cached), (b, sb.cached)] {
+            let newest = objs.iter().rev().filter(|(q, _)| core::ptr::eq(*q, p));
+            let got: Vec<_> = (0..kept).map(|_| p.alloc().unwrap()).collect();
+            let want: Vec<_> = newest.take(kept).map(|&(_, o)| o).collect();
+            assert_eq!(got, want);
+            for o in got {
+                // SAFETY: as above.
+                unsafe { p.free(o) };
+            }
         }
     }
 

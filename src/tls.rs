@@ -1,0 +1,90 @@
+//! The one thread-local word of the hot path: this thread's cache pointer.
+//!
+//! Rust's `thread_local!` in a shared library uses the general-dynamic TLS
+//! model: every access calls `__tls_get_addr`, which was 18 % of the samples
+//! of the 64-byte hot path (BENCHMARKS.md). On x86-64 Linux this module puts
+//! the word in the *initial-exec* model instead: the symbol lives in the
+//! module's static TLS block and an access is one GOT load plus one
+//! `%fs`-relative load. glibc reserves static TLS for exactly such libraries,
+//! even when they are `dlopen`ed; a static link relaxes the access further,
+//! to a single `%fs` load. Elsewhere (other targets, Miri, loom) a plain
+//! `thread_local!` holds the word.
+//!
+//! The symbol is hidden, so each library that embeds the pools (libpools.so,
+//! libpools_malloc.so) has its own word. The word carries no destructor: the
+//! thread-exit drain stays on a `thread_local!` in `thread_cache`, touched
+//! only when a cache is created.
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri), not(loom)))]
+mod imp {
+    // An 8-byte, 8-aligned, zero-initialised TLS object (`.tbss`).
+    core::arch::global_asm!(
+        ".pushsection .tbss.pools_tls_word,\"awT\",@nobits",
+        ".p2align 3",
+        ".globl pools_tls_word",
+        ".hidden pools_tls_word",
+        ".type pools_tls_word,@object",
+        ".size pools_tls_word,8",
+        "pools_tls_word:",
+        ".zero 8",
+        ".popsection",
+    );
+
+    /// This thread's word.
+    #[inline(always)]
+    pub(crate) fn get() -> *mut u8 {
+        let word: *mut u8;
+        // SAFETY: reads this thread's copy of `pools_tls_word`: the GOT slot
+        // holds its offset from the thread pointer (`%fs` base), which the
+        // loader fills in before any code of this module runs. Reads memory
+        // only, touches no flags the compiler relies on.
+        unsafe {
+            core::arch::asm!(
+                "mov {w}, qword ptr [rip + pools_tls_word@GOTTPOFF]",
+                "mov {w}, qword ptr fs:[{w}]",
+                w = out(reg) word,
+                options(nostack, readonly, preserves_flags, pure),
+            );
+        }
+        word
+    }
+
+    /// Sets this thread's word.
+    #[inline]
+    pub(crate) fn set(word: *mut u8) {
+        // SAFETY: writes this thread's copy of `pools_tls_word` (see `get`);
+        // no other thread can address it.
+        unsafe {
+            core::arch::asm!(
+                "mov {off}, qword ptr [rip + pools_tls_word@GOTTPOFF]",
+                "mov qword ptr fs:[{off}], {w}",
+                off = out(reg) _,
+                w = in(reg) word,
+                options(nostack, preserves_flags),
+            );
+        }
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(miri), not(loom))))]
+mod imp {
+    use core::cell::Cell;
+
+    thread_local! {
+        static WORD: Cell<*mut u8> = const { Cell::new(core::ptr::null_mut()) };
+    }
+
+    /// This thread's word (null while the thread is being torn down).
+    #[inline]
+    pub(crate) fn get() -> *mut u8 {
+        WORD.try_with(Cell::get).unwrap_or(core::ptr::null_mut())
+    }
+
+    /// Sets this thread's word.
+    #[inline]
+    pub(crate) fn set(word: *mut u8) {
+        let _ = WORD.try_with(|w| w.set(word));
+    }
+}
+
+pub(crate) use imp::{get, set};
