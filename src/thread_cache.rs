@@ -26,7 +26,7 @@
 
 use crate::pool::Pool;
 use crate::shared_cache::{Cluster, Item, CLUSTER};
-use crate::{os, registry, tls};
+use crate::{options, os, registry, tls};
 use core::cell::{Cell, UnsafeCell};
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
@@ -407,10 +407,27 @@ pub(crate) unsafe fn evict_to(tc: &ThreadCache, target: usize) {
         let Some(pc) = (unsafe { oldest_entry(tc) }) else {
             break;
         };
+        // SAFETY: an entry that holds objects points to its live pool.
+        let len = cluster_len(unsafe { &*pc.pool.load(Relaxed) });
         // SAFETY: `pc` is an entry of this held cache.
-        unsafe { evict_cluster(tc, pc, CLUSTER) };
+        unsafe { evict_cluster(tc, pc, len) };
     }
 }
+
+/// Objects of `pool` moved to the shared cache as one cluster: about
+/// `CLUSTER_BYTES` (at most a sixteenth of the budget), and at least
+/// `CLUSTER` objects. Small objects move many at a time, so that the shared
+/// cache's atomic operations (one per cluster) stay rare per object; large
+/// ones move few, so that one eviction does not empty most of the budget.
+fn cluster_len(pool: &Pool) -> usize {
+    let bytes = CLUSTER_BYTES.min(options::cache_size() / 16);
+    (bytes / pool.obj_size).clamp(CLUSTER, MAX_CLUSTER)
+}
+
+/// Bytes moved to the shared cache per cluster, for small objects.
+const CLUSTER_BYTES: usize = 4096;
+/// Most objects in one cluster.
+const MAX_CLUSTER: usize = 64;
 
 /// The entry holding the thread's oldest object, dropping emptied entries
 /// from the `listed` list on the way.
@@ -623,6 +640,27 @@ mod tests {
             // SAFETY: each object came from `p` and is given back once.
             unsafe { p.free(o) };
         }
+    }
+
+    /// Small objects leave in clusters of about `CLUSTER_BYTES`, not of
+    /// `CLUSTER` objects.
+    #[test]
+    fn small_objects_leave_in_large_clusters() {
+        let p = pool(c"tc-cluster", 64);
+        let budget = crate::options::cache_size();
+        let len = super::cluster_len(p);
+        assert_eq!(len, super::CLUSTER_BYTES.min(budget / 16) / 64);
+        assert!(len > CLUSTER);
+        let n = budget / 64 + 1;
+        let objs: Vec<_> = (0..n).map(|_| p.alloc().unwrap()).collect();
+        for &o in &objs {
+            // SAFETY: each object came from `p` and is given back once.
+            unsafe { p.free(o) };
+        }
+        let s = registry::stats(p);
+        // The fewest whole clusters that bring the thread to 7/8 of budget.
+        let excess = n - (budget - budget / 8) / 64;
+        assert_eq!(s.shared, excess.div_ceil(len) * len, "{s:?}");
     }
 
     /// Eviction is oldest-first across pools, in clusters: with objects of
