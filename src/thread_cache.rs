@@ -645,6 +645,10 @@ mod tests {
     /// Small objects leave in clusters of about `CLUSTER_BYTES`, not of
     /// `CLUSTER` objects.
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "thousands of objects; eviction's memory safety is covered above"
+    )]
     fn small_objects_leave_in_large_clusters() {
         let p = pool(c"tc-cluster", 64);
         let budget = crate::options::cache_size();
