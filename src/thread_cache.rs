@@ -112,16 +112,33 @@ pub(crate) struct ThreadCache {
 }
 
 thread_local! {
-    /// This thread's cache, created on first use; its destructor gives every
-    /// cached object back when the thread exits.
+    /// This thread's cache, created on first use. No destructor, so touching
+    /// it registers nothing (see `EXIT`).
     static LOCAL: Local = const { Local(Cell::new(ptr::null_mut())) };
+    /// Where this thread is in its cache's life: `IDLE`, `CREATING` (a
+    /// nested allocation made meanwhile, by the TLS destructor registration
+    /// that may call malloc, goes without a cache), or `EXITED`.
+    static CREATE_STATE: Cell<u8> = const { Cell::new(IDLE) };
+    /// Gives every cached object back when the thread exits. Touched only
+    /// while creating the cache, under `CREATE_STATE == CREATING`: its first
+    /// touch registers a TLS destructor, which may call malloc, which inside
+    /// the LD_PRELOAD malloc comes back here.
+    static EXIT: ExitGuard = const { ExitGuard };
 }
+
+const IDLE: u8 = 0;
+const CREATING: u8 = 1;
+const EXITED: u8 = 2;
 
 struct Local(Cell<*mut ThreadCache>);
 
-impl Drop for Local {
+struct ExitGuard;
+
+impl Drop for ExitGuard {
     fn drop(&mut self) {
-        if let Some(tc) = NonNull::new(self.0.replace(ptr::null_mut())) {
+        let _ = CREATE_STATE.try_with(|s| s.set(EXITED));
+        let tc = LOCAL.try_with(|l| l.0.replace(ptr::null_mut()));
+        if let Some(tc) = tc.ok().and_then(NonNull::new) {
             registry::thread_exit(tc);
         }
     }
@@ -164,6 +181,14 @@ impl ThreadCache {
 
     #[cold]
     fn create() -> Option<&'static ThreadCache> {
+        // Re-entrancy guard: a nested call (from the destructor
+        // registration's malloc) or a call after the thread's exit
+        // destructor ran gets no cache; `Pool` then goes cache-less.
+        let state = CREATE_STATE.try_with(Cell::get).unwrap_or(EXITED);
+        if state != IDLE {
+            return None;
+        }
+        let _ = CREATE_STATE.try_with(|s| s.set(CREATING));
         // Creating a cache maps memory and takes the registry lock, either
         // of which may set errno; the call that got here (a pool_free, say)
         // must not report an error it did not have.
@@ -172,6 +197,11 @@ impl ThreadCache {
         let tc = Self::create_registered();
         // SAFETY: as above.
         unsafe { *libc::__errno_location() = errno };
+        let _ = CREATE_STATE.try_with(|s| {
+            if s.get() == CREATING {
+                s.set(IDLE)
+            }
+        });
         tc
     }
 
@@ -191,7 +221,12 @@ impl ThreadCache {
                 prev: lru,
             }
         };
-        if LOCAL.try_with(|l| l.0.set(tc.as_ptr())).is_err() {
+        // Registers the exit destructor; fails once the thread is exiting.
+        let exit_ok = EXIT.try_with(|_| ()).is_ok();
+        if !exit_ok {
+            let _ = CREATE_STATE.try_with(|s| s.set(EXITED));
+        }
+        if !exit_ok || LOCAL.try_with(|l| l.0.set(tc.as_ptr())).is_err() {
             // SAFETY: never registered nor shared: nobody else can see it.
             unsafe { os::unmap(tc.cast(), size_of::<ThreadCache>()) };
             return None;
