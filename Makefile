@@ -46,7 +46,7 @@ demo: lib
 	$(CC) $(CFLAGS) demo/demo.c -o target/demo/demo -L$(REL) -lpools -Wl,-rpath,$(CURDIR)/$(REL)
 	target/demo/demo
 
-test: deps lint unit loom check-header c-tests
+test: deps lint unit loom check-header c-tests test-malloc
 	@echo "make test: all passed"
 
 lint:

@@ -299,7 +299,8 @@ pub fn large_obtain(size: usize, align: usize) -> Option<NonNull<u8>> {
     debug_assert!(align.is_power_of_two());
     let map = region_map()?;
     let off = size_of::<LargeHeader>().next_multiple_of(align.max(16));
-    let len = off.checked_add(size)?.checked_next_multiple_of(4096)?;
+    // At least one byte past `off`, so the block lies inside the mapping.
+    let len = off.checked_add(size.max(1))?.checked_next_multiple_of(4096)?;
     let base = map_aligned(len, align.max(SPAN))?;
     // SAFETY: `off + size <= len`: inside the fresh mapping.
     let user = unsafe { base.as_ptr().add(off) };
