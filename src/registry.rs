@@ -337,7 +337,9 @@ fn copy_name(name: &CStr) -> Option<NonNull<libc::c_char>> {
 /// `name` came from `copy_name` and is not used any more.
 unsafe fn release_name(name: NonNull<libc::c_char>) {
     // SAFETY: the copy is a NUL-terminated string of `meta` (caller).
-    let len = unsafe { CStr::from_ptr(name.as_ptr()) }.to_bytes_with_nul().len();
+    let len = unsafe { CStr::from_ptr(name.as_ptr()) }
+        .to_bytes_with_nul()
+        .len();
     // SAFETY: `len` is the size it was obtained with.
     unsafe { meta::release(name.cast(), len) };
 }

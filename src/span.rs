@@ -137,10 +137,10 @@ fn map_reserve(len: usize) -> Option<NonNull<u8>> {
 fn mark(map: &[AtomicU8], base: usize, len: usize, kind: u8, rest: u8) {
     let first = base >> SPAN_SHIFT;
     let last = (base + len - 1) >> SPAN_SHIFT;
-    for g in first..=last {
+    for (g, entry) in map.iter().enumerate().take(last + 1).skip(first) {
         // Release: a reader that acquires the kind sees the header written
         // before it.
-        map[g].store(if g == first { kind } else { rest }, Release);
+        entry.store(if g == first { kind } else { rest }, Release);
     }
 }
 
@@ -300,7 +300,9 @@ pub fn large_obtain(size: usize, align: usize) -> Option<NonNull<u8>> {
     let map = region_map()?;
     let off = size_of::<LargeHeader>().next_multiple_of(align.max(16));
     // At least one byte past `off`, so the block lies inside the mapping.
-    let len = off.checked_add(size.max(1))?.checked_next_multiple_of(4096)?;
+    let len = off
+        .checked_add(size.max(1))?
+        .checked_next_multiple_of(4096)?;
     let base = map_aligned(len, align.max(SPAN))?;
     // SAFETY: `off + size <= len`: inside the fresh mapping.
     let user = unsafe { base.as_ptr().add(off) };
@@ -313,7 +315,13 @@ pub fn large_obtain(size: usize, align: usize) -> Option<NonNull<u8>> {
             usable: len - off,
         })
     };
-    mark(map, base.as_ptr() as usize, len, KIND_LARGE, KIND_LARGE_CONT);
+    mark(
+        map,
+        base.as_ptr() as usize,
+        len,
+        KIND_LARGE,
+        KIND_LARGE_CONT,
+    );
     NonNull::new(user)
 }
 
@@ -463,6 +471,9 @@ mod tests {
         let x = Box::new([0u64; 4]);
         assert_eq!(owner(ptr::from_ref(&*x).cast()), Owner::Foreign);
         assert_eq!(owner(ptr::null()), Owner::Foreign);
-        assert_eq!(owner(ptr::with_exposed_provenance(usize::MAX & !15)), Owner::Foreign);
+        assert_eq!(
+            owner(ptr::with_exposed_provenance(usize::MAX & !15)),
+            Owner::Foreign
+        );
     }
 }

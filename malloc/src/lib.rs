@@ -74,7 +74,7 @@ fn init() -> bool {
     }
     ONCE.call_once(|| {
         let _ = IN_INIT.try_with(|f| f.set(true));
-        for c in 0..CLASSES {
+        for (c, slot) in POOLS.iter().enumerate() {
             let mut name = *b"malloc-00000\0";
             let size = class_size(c);
             let mut digits = size;
@@ -89,7 +89,7 @@ fn init() -> bool {
             if let Ok(p) = registry::create_span_pool(name, size, c as u32) {
                 // Release: a thread that acquires the pointer sees the pool
                 // initialised.
-                POOLS[c].store(ptr::from_ref(p).cast_mut(), Release);
+                slot.store(ptr::from_ref(p).cast_mut(), Release);
             }
         }
         let _ = IN_INIT.try_with(|f| f.set(false));
@@ -189,7 +189,7 @@ fn release(func: &str, p: *mut c_void) {
             // Acquire: as in `pool`. A span of this tag exists, so its pool
             // was published.
             let pool = POOLS.get(tag as usize).map(|p| p.load(Acquire));
-            match pool.and_then(|p| NonNull::new(p)) {
+            match pool.and_then(NonNull::new) {
                 // SAFETY: `p` is the start of an object of the span of this
                 // pool (span::owner checked it), given back by the caller.
                 Some(pool) => unsafe { pool.as_ref().free(nn) },
