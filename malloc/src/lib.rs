@@ -232,10 +232,11 @@ fn page_size() -> usize {
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
 }
 
+// Not exported under cfg(test): the test harness keeps its own malloc.
 /// Allocates `size` bytes aligned to 16. `malloc(0)` returns a unique
 /// pointer. Returns NULL with errno ENOMEM when no memory is left. The block
 /// belongs to the caller until `free` or `realloc`. Thread-safe.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
     alloc(size)
 }
@@ -246,14 +247,14 @@ pub extern "C" fn malloc(size: usize) -> *mut c_void {
 ///
 /// # Safety
 /// `p` is NULL or a block not yet freed, not used afterwards.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn free(p: *mut c_void) {
     release("free", p)
 }
 
 /// Allocates `n * size` zeroed bytes. Overflow of the product, or no
 /// memory, returns NULL with errno ENOMEM. Thread-safe.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
     let Some(total) = n.checked_mul(size) else {
         set_errno(libc::ENOMEM);
@@ -276,7 +277,7 @@ pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
 ///
 /// # Safety
 /// `p` is NULL or a live block of this malloc.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
     if p.is_null() {
         return alloc(size);
@@ -306,7 +307,7 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
 ///
 /// # Safety
 /// As for [`realloc`].
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void {
     match n.checked_mul(size) {
         // SAFETY: forwarded.
@@ -325,7 +326,7 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> 
 ///
 /// # Safety
 /// `out` is a valid pointer to write to.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
     if !align.is_power_of_two() || align % size_of::<*mut c_void>() != 0 {
         return libc::EINVAL;
@@ -345,7 +346,7 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
 /// A block of `size` bytes aligned to `align`, a power of two; otherwise
 /// NULL with errno EINVAL (C17, glibc 2.38). NULL with ENOMEM when no memory
 /// is left. Thread-safe.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
     if !align.is_power_of_two() {
         set_errno(libc::EINVAL);
@@ -357,7 +358,7 @@ pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
 /// A block of `size` bytes aligned to `align`, rounded up to a power of two
 /// as glibc does. NULL with ENOMEM when no memory is left (or EINVAL for an
 /// alignment beyond any power of two). Thread-safe.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
     match align.checked_next_power_of_two() {
         Some(a) => alloc_aligned(a, size),
@@ -369,14 +370,14 @@ pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
 }
 
 /// A page-aligned block of `size` bytes, or NULL with ENOMEM. Thread-safe.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub extern "C" fn valloc(size: usize) -> *mut c_void {
     alloc_aligned(page_size(), size)
 }
 
 /// A page-aligned block of `size` rounded up to whole pages (one page for
 /// 0), or NULL with ENOMEM (also when the rounding overflows). Thread-safe.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
     let page = page_size();
     match size.max(1).checked_next_multiple_of(page) {
@@ -393,10 +394,33 @@ pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
 ///
 /// # Safety
 /// `p` is NULL or a live block of this malloc.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
     if p.is_null() {
         return 0;
     }
     usable("malloc_usable_size", p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_size_gets_the_smallest_class_that_fits() {
+        for c in 1..CLASSES {
+            assert!(class_size(c) > class_size(c - 1));
+            assert_eq!(class_size(c) % MIN_ALIGN, 0);
+        }
+        assert_eq!(class_size(CLASSES - 1), MAX_SMALL);
+        for n in 0..=MAX_SMALL {
+            let c = class_of(n);
+            assert!(class_size(c) >= n.max(1), "size {n}");
+            assert!(c == 0 || class_size(c - 1) < n, "size {n}");
+        }
+        assert_eq!(
+            [class_of(64), class_of(65), class_of(80), class_of(81)],
+            [3, 4, 4, 5]
+        );
+    }
 }
