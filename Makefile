@@ -46,7 +46,7 @@ demo: lib
 	$(CC) $(CFLAGS) demo/demo.c -o target/demo/demo -L$(REL) -lpools -Wl,-rpath,$(CURDIR)/$(REL)
 	target/demo/demo
 
-test: deps lint unit loom check-header c-tests
+test: deps lint unit loom check-header c-tests test-malloc
 	@echo "make test: all passed"
 
 lint:
@@ -87,7 +87,7 @@ c-tests-musl: musl
 	done
 	@set -e; for t in $(C_TESTS); do echo "== musl $$t"; $(CT_OUT)/musl/$$t; done
 
-install: lib
+install: lib install-malloc
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 644 include/pools.h $(DESTDIR)$(PREFIX)/include/pools.h
 	install -m 755 $(REL)/libpools.so $(DESTDIR)$(PREFIX)/lib/libpools.so

@@ -20,11 +20,13 @@
 
 pub mod ffi;
 mod legacy_cache;
+mod meta;
 mod options;
 mod os;
 pub mod pool;
 pub mod registry;
 mod shared_cache;
+pub mod span;
 mod sync;
 mod thread_cache;
 mod tls;

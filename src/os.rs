@@ -44,6 +44,10 @@ pub(crate) enum Backend {
     /// unmapped when the object goes back: any later use faults at once
     /// (the `uaf` debugging option, and the race tests' backing allocator).
     Guarded,
+    /// Objects carved from the mmap'd spans of this tag (`span`): the
+    /// LD_PRELOAD malloc's size classes, whose objects `free` finds by
+    /// address.
+    Span(u32),
 }
 
 /// One object of `size` bytes, aligned to `OBJECT_ALIGN`, or `None` when the
@@ -55,6 +59,7 @@ pub(crate) fn obtain_object(size: usize, backend: Backend) -> Option<NonNull<u8>
     match backend {
         Backend::Malloc => obtain(size, OBJECT_ALIGN),
         Backend::Guarded => obtain_guarded(size),
+        Backend::Span(tag) => crate::span::obtain(tag, size),
     }
 }
 
@@ -75,6 +80,8 @@ pub(crate) unsafe fn release_object(p: NonNull<u8>, size: usize, backend: Backen
                 guarded_len(size),
             )
         },
+        // SAFETY: a Span object came from the spans of this tag (caller).
+        Backend::Span(tag) => unsafe { crate::span::release(tag, p) },
     }
 }
 

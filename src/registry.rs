@@ -8,7 +8,7 @@
 use crate::pool::{Pool, Stats, KNOWN_FLAGS, POOL_F_EXACT, POOL_F_SHARED, POOL_MAX_SIZE};
 use crate::shared_cache::BUCKETS;
 use crate::thread_cache::{self, ThreadCache, MAX_POOLS};
-use crate::{options, os};
+use crate::{meta, options, os};
 use core::ffi::CStr;
 use core::fmt::{self, Write};
 use core::ptr::{self, NonNull};
@@ -83,6 +83,7 @@ pub fn init() {
     INIT.call_once(|| {
         options::load_env();
         init_fences();
+        register_fork_handlers();
     });
 }
 
@@ -234,6 +235,24 @@ fn with_all_claimed<R>(reg: &Registry, f: impl FnOnce() -> R) -> R {
 /// Creates a pool, or joins an existing one when both are POOL_F_SHARED and
 /// of the same rounded size.
 pub fn create(name: &CStr, size: usize, flags: u32) -> Result<&'static Pool, Error> {
+    create_with(name, size, flags, None)
+}
+
+/// Creates a pool whose objects come from the spans of `tag` (see `span`):
+/// a size class of the LD_PRELOAD malloc. Never merged with another pool.
+pub fn create_span_pool(name: &CStr, size: usize, tag: u32) -> Result<&'static Pool, Error> {
+    if tag as usize >= crate::span::MAX_TAGS || size > crate::span::SPAN / 8 {
+        return Err(Error::Invalid);
+    }
+    create_with(name, size, 0, Some(os::Backend::Span(tag)))
+}
+
+fn create_with(
+    name: &CStr,
+    size: usize,
+    flags: u32,
+    backend: Option<os::Backend>,
+) -> Result<&'static Pool, Error> {
     if size == 0 || size > POOL_MAX_SIZE || flags & !KNOWN_FLAGS != 0 {
         return Err(Error::Invalid);
     }
@@ -245,7 +264,7 @@ pub fn create(name: &CStr, size: usize, flags: u32) -> Result<&'static Pool, Err
     let mut reg = lock();
     reg.created = true;
     // A pool made with `uaf` does not merge with one made without.
-    let backend = options::backend();
+    let backend = backend.unwrap_or_else(options::backend);
     if flags & POOL_F_SHARED != 0 {
         if let Some(p) = reg
             .pools()
@@ -274,17 +293,17 @@ pub fn create(name: &CStr, size: usize, flags: u32) -> Result<&'static Pool, Err
         None => {
             if reg.slots == MAX_POOLS {
                 // SAFETY: the copy is ours and unused.
-                unsafe { os::release(name_copy.cast()) };
+                unsafe { release_name(name_copy) };
                 return Err(Error::NoMemory);
             }
-            let Some(mem) = os::obtain(
-                core::mem::size_of::<Pool>(),
-                core::mem::align_of::<Pool>().max(128),
-            ) else {
+            // From mmap, not malloc: see `meta`. Its blocks are aligned to
+            // their power-of-two size, far beyond a Pool's alignment.
+            let Some(mem) = meta::obtain(core::mem::size_of::<Pool>()) else {
                 // SAFETY: as above.
-                unsafe { os::release(name_copy.cast()) };
+                unsafe { release_name(name_copy) };
                 return Err(Error::NoMemory);
             };
+            debug_assert!(mem.cast::<Pool>().is_aligned());
             let head = mem.cast::<Pool>();
             // SAFETY: fresh memory of the right size and alignment.
             unsafe {
@@ -306,10 +325,23 @@ pub fn create(name: &CStr, size: usize, flags: u32) -> Result<&'static Pool, Err
 
 fn copy_name(name: &CStr) -> Option<NonNull<libc::c_char>> {
     let bytes = name.to_bytes_with_nul();
-    let p = os::obtain(bytes.len(), os::OBJECT_ALIGN)?;
+    let p = meta::obtain(bytes.len())?;
     // SAFETY: `p` has room for the name and its NUL; the regions differ.
     unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), p.as_ptr(), bytes.len()) };
     Some(p.cast())
+}
+
+/// Gives back a name copy from [`copy_name`].
+///
+/// # Safety
+/// `name` came from `copy_name` and is not used any more.
+unsafe fn release_name(name: NonNull<libc::c_char>) {
+    // SAFETY: the copy is a NUL-terminated string of `meta` (caller).
+    let len = unsafe { CStr::from_ptr(name.as_ptr()) }
+        .to_bytes_with_nul()
+        .len();
+    // SAFETY: `len` is the size it was obtained with.
+    unsafe { meta::release(name.cast(), len) };
 }
 
 /// Drops one user of `pool`. Refused while the application holds objects of
@@ -346,7 +378,7 @@ pub fn destroy(pool: &'static Pool) -> Result<Destroyed, Error> {
         let head = unlink_pool(&mut reg, pool);
         if let Some(name) = pool.name.take() {
             // SAFETY: the copy made at creation; the pool is dead.
-            unsafe { os::release(name.cast()) };
+            unsafe { release_name(name) };
         }
         let head = if head.is_null() {
             ptr::from_ref(pool).cast_mut()
@@ -466,6 +498,128 @@ pub fn dump(fd: libc::c_int) {
         options::cache_size(),
     );
     line.write_to(fd);
+}
+
+// ---- fork ----------------------------------------------------------------
+//
+// A threaded program that forks must find usable pools in the child. The
+// prepare handler takes, in the order every other path takes them, the
+// registry lock, every shared-cache head of every pool (with the same xchg
+// lock takers use) and every span lock; the parent and the child put them
+// back. Thread caches of threads other than the forking one do not exist in
+// the child (their owners were not copied, and one may have been mid-change),
+// so the child forgets them: their objects are leaked in the child rather
+// than read, and pool_destroy does not wait for an owner that is gone.
+
+use crate::shared_cache::Item;
+
+/// What the prepare handler holds until the parent or the child handler.
+struct ForkState {
+    guard: Option<MutexGuard<'static, Registry>>,
+    /// The forking thread's cache, which the child keeps.
+    keep: *mut ThreadCache,
+    /// The heads taken from each pool's buckets, by slot.
+    heads: *mut [*mut Item; BUCKETS],
+}
+
+/// Only the forking thread touches it, between its prepare handler and its
+/// parent or child handler; two forking threads are serialised by the
+/// registry lock that prepare takes before writing it.
+struct ForkCell(core::cell::UnsafeCell<ForkState>);
+// SAFETY: see the type's comment: one thread at a time, under the registry
+// lock.
+unsafe impl Sync for ForkCell {}
+
+static FORK: ForkCell = ForkCell(core::cell::UnsafeCell::new(ForkState {
+    guard: None,
+    keep: ptr::null_mut(),
+    heads: ptr::null_mut(),
+}));
+
+/// Bytes of the table of saved heads (one row per possible slot).
+const FORK_HEADS_LEN: usize = MAX_POOLS * core::mem::size_of::<[*mut Item; BUCKETS]>();
+
+/// Registers the handlers, once per process (from `init`).
+fn register_fork_handlers() {
+    // Miri has no pthread_atfork (and runs no fork).
+    if cfg!(miri) {
+        return;
+    }
+    // SAFETY: the three handlers are `extern "C" fn()` that never unwind.
+    unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+}
+
+extern "C" fn fork_prepare() {
+    // The forking thread's cache, created now if needed (it cannot be once
+    // we hold the registry lock, which creation takes).
+    let keep = ThreadCache::current().map_or(ptr::null_mut(), |tc| ptr::from_ref(tc).cast_mut());
+    let reg = lock();
+    // The table of saved heads: mapped once, kept (fork is rare, and the
+    // prepare handler must not call malloc).
+    static HEADS: core::sync::atomic::AtomicPtr<[*mut Item; BUCKETS]> =
+        core::sync::atomic::AtomicPtr::new(ptr::null_mut());
+    // Relaxed: written and read under the registry lock only.
+    let mut heads = HEADS.load(Relaxed);
+    if heads.is_null() {
+        heads = os::map_zeroed(FORK_HEADS_LEN).map_or(ptr::null_mut(), |p| p.as_ptr().cast());
+        HEADS.store(heads, Relaxed);
+    }
+    if !heads.is_null() {
+        for p in reg.pools() {
+            // SAFETY: `slot < MAX_POOLS`, inside the table.
+            unsafe { *heads.add(p.slot) = p.shared.lock_for_fork() };
+        }
+    }
+    crate::span::fork_prepare();
+    // SAFETY: we hold the registry lock: no other thread touches FORK.
+    unsafe {
+        let st = &mut *FORK.0.get();
+        st.keep = keep;
+        st.heads = heads;
+        st.guard = Some(reg);
+    }
+}
+
+/// Puts back what `fork_prepare` took; returns the registry guard.
+fn fork_release() -> Option<MutexGuard<'static, Registry>> {
+    // SAFETY: the forking thread, still holding the registry lock.
+    let st = unsafe { &mut *FORK.0.get() };
+    let reg = st.guard.take()?;
+    crate::span::fork_release();
+    if !st.heads.is_null() {
+        for p in reg.pools() {
+            // SAFETY: saved by `fork_prepare` for this very list of pools.
+            unsafe { p.shared.unlock_after_fork(*st.heads.add(p.slot)) };
+        }
+    }
+    Some(reg)
+}
+
+extern "C" fn fork_parent() {
+    drop(fork_release());
+}
+
+extern "C" fn fork_child() {
+    // SAFETY: the forking thread, as in `fork_release`.
+    let keep = unsafe { (*FORK.0.get()).keep };
+    let Some(mut reg) = fork_release() else {
+        return;
+    };
+    let mut cur = reg.threads;
+    reg.threads = ptr::null_mut();
+    while let Some(tc) = NonNull::new(cur) {
+        // SAFETY: a registered cache, mapped, under the registry lock.
+        cur = unsafe { tc.as_ref() }.reg_next.get();
+        if tc.as_ptr() == keep {
+            // SAFETY: as above.
+            unsafe { tc.as_ref() }.reg_next.set(reg.threads);
+            reg.threads = tc.as_ptr();
+        } else {
+            // Its owner does not exist here: nobody will use it again.
+            // SAFETY: unregistered, and no thread of the child owns it.
+            unsafe { thread_cache::unmap(tc) };
+        }
+    }
 }
 
 /// A line formatted on the stack (no allocation), truncated if too long.

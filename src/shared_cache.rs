@@ -254,6 +254,37 @@ impl SharedCache {
     }
 }
 
+// ---- fork ------------------------------------------------------------------
+
+impl SharedCache {
+    /// Locks every bucket's head, empty or not, for `fork()` (the atfork
+    /// prepare handler): afterwards no taker is between its swap and its
+    /// unlock, so the child inherits whole lists. Returns the heads, for
+    /// [`SharedCache::unlock_after_fork`].
+    pub(crate) fn lock_for_fork(&self) -> [*mut Item; BUCKETS] {
+        core::array::from_fn(|b| {
+            let backoff = Backoff::new();
+            loop {
+                // Acquire: as in `lock`, we take over the list.
+                let head = self.buckets[b].head.swap(busy(), Acquire);
+                if head != busy() {
+                    return head;
+                }
+                backoff.snooze();
+            }
+        })
+    }
+
+    /// Puts back the heads [`SharedCache::lock_for_fork`] took (in the
+    /// parent and in the child).
+    pub(crate) fn unlock_after_fork(&self, heads: [*mut Item; BUCKETS]) {
+        for (bucket, head) in self.buckets.iter().zip(heads) {
+            // Release: as in `take`, hands the list to the next taker.
+            unlock(&bucket.head, head);
+        }
+    }
+}
+
 /// Length of the cluster starting at `first`.
 ///
 /// # Safety

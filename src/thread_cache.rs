@@ -129,21 +129,33 @@ pub(crate) struct ThreadCache {
 }
 
 thread_local! {
-    /// Owns this thread's cache for the thread-exit drain. The hot path reads
-    /// the same pointer from [`tls`](crate::tls), which is cheaper to reach;
-    /// this one is touched only when the cache is created and at exit.
-    static LOCAL: Local = const { Local(Cell::new(ptr::null_mut())) };
+    /// Where this thread is in its cache's life: `IDLE`, `CREATING` (a
+    /// nested allocation made meanwhile, by the TLS destructor registration
+    /// that may call malloc, goes without a cache), or `EXITED`. No
+    /// destructor, so touching it registers nothing.
+    static CREATE_STATE: Cell<u8> = const { Cell::new(IDLE) };
+    /// Gives every cached object back when the thread exits. Touched only
+    /// while creating the cache, under `CREATE_STATE == CREATING`: its first
+    /// touch registers a TLS destructor, which may call malloc, which inside
+    /// the LD_PRELOAD malloc comes back here. The cache pointer itself is in
+    /// [`tls`](crate::tls), cheaper to reach on the hot path.
+    static EXIT: ExitGuard = const { ExitGuard };
 }
 
-struct Local(Cell<*mut ThreadCache>);
+const IDLE: u8 = 0;
+const CREATING: u8 = 1;
+const EXITED: u8 = 2;
 
-impl Drop for Local {
+struct ExitGuard;
+
+impl Drop for ExitGuard {
     fn drop(&mut self) {
-        if let Some(tc) = NonNull::new(self.0.replace(ptr::null_mut())) {
-            // Later calls on this thread (from other TLS destructors) find no
-            // cache, and `create` refuses, since `LOCAL` is gone: they take
-            // the cache-less path.
-            tls::set(ptr::null_mut());
+        // Later calls on this thread (from other TLS destructors) find no
+        // cache, and `create` refuses: they take the cache-less path.
+        let _ = CREATE_STATE.try_with(|s| s.set(EXITED));
+        let tc = tls::get().cast::<ThreadCache>();
+        tls::set(ptr::null_mut());
+        if let Some(tc) = NonNull::new(tc) {
             registry::thread_exit(tc);
         }
     }
@@ -177,7 +189,7 @@ impl ThreadCache {
     pub(crate) fn current() -> Option<&'static ThreadCache> {
         match NonNull::new(tls::get().cast::<ThreadCache>()) {
             // SAFETY: the word holds a registered cache, which stays mapped
-            // until this thread's `Local` destructor clears the word.
+            // until this thread's `ExitGuard` destructor clears the word.
             Some(tc) => Some(unsafe { &*tc.as_ptr() }),
             None => Self::create(),
         }
@@ -185,6 +197,14 @@ impl ThreadCache {
 
     #[cold]
     fn create() -> Option<&'static ThreadCache> {
+        // Re-entrancy guard: a nested call (from the destructor
+        // registration's malloc) or a call after the thread's exit
+        // destructor ran gets no cache; `Pool` then goes cache-less.
+        let state = CREATE_STATE.try_with(Cell::get).unwrap_or(EXITED);
+        if state != IDLE {
+            return None;
+        }
+        let _ = CREATE_STATE.try_with(|s| s.set(CREATING));
         // Creating a cache maps memory and takes the registry lock, either
         // of which may set errno; the call that got here (a pool_free, say)
         // must not report an error it did not have.
@@ -193,6 +213,11 @@ impl ThreadCache {
         let tc = Self::create_registered();
         // SAFETY: as above.
         unsafe { *libc::__errno_location() = errno };
+        let _ = CREATE_STATE.try_with(|s| {
+            if s.get() == CREATING {
+                s.set(IDLE)
+            }
+        });
         tc
     }
 
@@ -204,8 +229,9 @@ impl ThreadCache {
             (*tc.as_ptr()).home = registry::next_home();
             &*tc.as_ptr()
         };
-        if LOCAL.try_with(|l| l.0.set(tc.as_ptr())).is_err() {
-            // The thread is exiting: no cache any more.
+        // Registers the exit destructor; fails once the thread is exiting.
+        if EXIT.try_with(|_| ()).is_err() {
+            let _ = CREATE_STATE.try_with(|s| s.set(EXITED));
             // SAFETY: never registered nor shared: nobody else can see it.
             unsafe { os::unmap(tc.cast(), size_of::<ThreadCache>()) };
             return None;

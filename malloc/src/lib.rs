@@ -1,0 +1,426 @@
+//! `libpools_malloc.so`: the C malloc family on libpools, for
+//! `LD_PRELOAD=libpools_malloc.so program`.
+//!
+//! Requests up to [`MAX_SMALL`] bytes are served by size-class pools of the
+//! core (`malloc-16` ... `malloc-32768`, four classes per power of two), with
+//! the same thread cache and self-locked shared cache as `pool_alloc`; their
+//! objects come from the core's mmap'd spans (`pools::span`), whose header
+//! names the class, so `free` needs no header in front of each object.
+//! Larger requests get a mapping of their own. Pointers that no span or
+//! mapping of ours owns are reported and the process aborts.
+//!
+//! This crate holds only the C entry points, the size classes and the
+//! interposition logic; every pool operation is the core's.
+
+use core::cell::Cell;
+use core::ffi::{c_int, c_void, CStr};
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicPtr, Ordering::Acquire, Ordering::Release};
+use pools::span::{self, Owner};
+use pools::{registry, Pool};
+use std::sync::Once;
+
+/// Largest request served by a size class.
+pub const MAX_SMALL: usize = 32 * 1024;
+/// Size classes: 16, 32, 48, 64, then four per power of two up to MAX_SMALL.
+const CLASSES: usize = 40;
+/// Every block is aligned to at least this (what glibc guarantees on x86-64).
+const MIN_ALIGN: usize = 16;
+/// Largest power-of-two class whose objects are aligned to their size
+/// (`span` aligns such objects up to a page).
+const MAX_ALIGNED_CLASS: usize = 4096;
+
+/// The pool of each class; null until [`init`] ran.
+static POOLS: [AtomicPtr<Pool>; CLASSES] = [const { AtomicPtr::new(ptr::null_mut()) }; CLASSES];
+
+thread_local! {
+    /// This thread is creating the class pools: a nested allocation (made
+    /// by the core's first-use setup, e.g. `pthread_atfork`) is served by a
+    /// mapping of its own instead of waiting for itself. Const and without
+    /// a destructor, so touching it registers nothing.
+    static IN_INIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The class serving `n` bytes (`n <= MAX_SMALL`; 0 is served as 1).
+#[inline]
+fn class_of(n: usize) -> usize {
+    if n <= 64 {
+        n.saturating_sub(1) >> 4
+    } else {
+        let m = n - 1;
+        let k = (usize::BITS - 1 - m.leading_zeros()) as usize; // 6..=14
+        4 + (k - 6) * 4 + ((m >> (k - 2)) & 3)
+    }
+}
+
+/// The bytes of class `c` (what `malloc_usable_size` reports).
+#[inline]
+fn class_size(c: usize) -> usize {
+    if c < 4 {
+        16 * (c + 1)
+    } else {
+        let k = 6 + (c - 4) / 4;
+        (1 << k) + ((c - 4) % 4 + 1) * (1 << (k - 2))
+    }
+}
+
+/// Creates the class pools, once. `false` when they are not usable from
+/// this call (this thread is creating them right now, or creation failed).
+#[cold]
+fn init() -> bool {
+    static ONCE: Once = Once::new();
+    if IN_INIT.try_with(Cell::get).unwrap_or(true) {
+        return false;
+    }
+    ONCE.call_once(|| {
+        let _ = IN_INIT.try_with(|f| f.set(true));
+        for (c, slot) in POOLS.iter().enumerate() {
+            let mut name = *b"malloc-00000\0";
+            let size = class_size(c);
+            let mut digits = size;
+            let mut end = 7 + 1 + size.ilog10() as usize;
+            name[end] = 0;
+            while end > 7 {
+                end -= 1;
+                name[end] = b'0' + (digits % 10) as u8;
+                digits /= 10;
+            }
+            let name = CStr::from_bytes_until_nul(&name).unwrap_or(c"malloc");
+            if let Ok(p) = registry::create_span_pool(name, size, c as u32) {
+                // Release: a thread that acquires the pointer sees the pool
+                // initialised.
+                slot.store(ptr::from_ref(p).cast_mut(), Release);
+            }
+        }
+        let _ = IN_INIT.try_with(|f| f.set(false));
+    });
+    !POOLS[0].load(Acquire).is_null()
+}
+
+/// The pool of class `c`, if the pools exist (creating them on first use).
+#[inline]
+fn pool(c: usize) -> Option<&'static Pool> {
+    // Acquire: pairs with the Release store in `init`.
+    let p = POOLS[c].load(Acquire);
+    if p.is_null() {
+        return pool_slow(c);
+    }
+    // SAFETY: pool heads are never freed; this one was published by init.
+    Some(unsafe { &*p })
+}
+
+#[cold]
+fn pool_slow(c: usize) -> Option<&'static Pool> {
+    if !init() {
+        return None;
+    }
+    // SAFETY: as in `pool`.
+    unsafe { POOLS[c].load(Acquire).as_ref() }
+}
+
+fn set_errno(e: c_int) {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = e };
+}
+
+/// Reports a pointer we did not hand out, and aborts: going on would
+/// corrupt memory silently.
+#[cold]
+fn invalid_pointer(func: &str, p: *const c_void) -> ! {
+    let mut buf = [0u8; 160];
+    let mut len = 0;
+    let mut put = |s: &[u8]| {
+        let n = s.len().min(buf.len() - len);
+        buf[len..len + n].copy_from_slice(&s[..n]);
+        len += n;
+    };
+    put(b"libpools_malloc: ");
+    put(func.as_bytes());
+    put(b"(0x");
+    let a = p as usize;
+    let digits = (usize::BITS - a.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        put(&[b"0123456789abcdef"[(a >> (4 * i)) & 15]]);
+    }
+    put(b"): invalid pointer (not allocated by this malloc, or not the start of a block); aborting\n");
+    // SAFETY: writing our own buffer to fd 2.
+    unsafe { libc::write(2, buf.as_ptr().cast(), len) };
+    // SAFETY: abort has no preconditions.
+    unsafe { libc::abort() }
+}
+
+/// A block of `size` bytes aligned to `MIN_ALIGN`, or null.
+#[inline]
+fn alloc(size: usize) -> *mut c_void {
+    let p = if size <= MAX_SMALL {
+        match pool(class_of(size)) {
+            Some(pool) => pool.alloc(),
+            None => span::large_obtain(size, MIN_ALIGN),
+        }
+    } else {
+        span::large_obtain(size, MIN_ALIGN)
+    };
+    match p {
+        Some(p) => p.as_ptr().cast(),
+        None => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// Bytes usable at `p` (a block of ours), or abort naming `func`.
+fn usable(func: &str, p: *mut c_void) -> usize {
+    match span::owner(p.cast()) {
+        Owner::Span { tag } => class_size(tag as usize),
+        Owner::Large { usable } => usable,
+        Owner::Foreign => invalid_pointer(func, p),
+    }
+}
+
+/// Gives back `p` (non-null), or aborts naming `func` if it is not ours.
+#[inline]
+fn release(func: &str, p: *mut c_void) {
+    let Some(nn) = NonNull::new(p.cast::<u8>()) else {
+        return;
+    };
+    match span::owner(nn.as_ptr()) {
+        Owner::Span { tag } => {
+            // Acquire: as in `pool`. A span of this tag exists, so its pool
+            // was published.
+            let pool = POOLS.get(tag as usize).map(|p| p.load(Acquire));
+            match pool.and_then(NonNull::new) {
+                // SAFETY: `p` is the start of an object of the span of this
+                // pool (span::owner checked it), given back by the caller.
+                Some(pool) => unsafe { pool.as_ref().free(nn) },
+                None => invalid_pointer(func, p),
+            }
+        }
+        // SAFETY: the start of a large block of ours, given back.
+        Owner::Large { .. } => unsafe { span::large_release(nn) },
+        Owner::Foreign => invalid_pointer(func, p),
+    }
+}
+
+/// A block of `size` bytes aligned to `align` (a power of two), or null.
+fn alloc_aligned(align: usize, size: usize) -> *mut c_void {
+    if align <= MIN_ALIGN {
+        return alloc(size);
+    }
+    // A power-of-two class at least as large as the alignment hands out
+    // objects aligned to their size (up to a page): check, in case a debug
+    // option changed the object layout.
+    let need = size.max(align);
+    if need <= MAX_ALIGNED_CLASS {
+        let p = alloc(need.next_power_of_two());
+        if p.is_null() || p as usize % align == 0 {
+            return p;
+        }
+        release("posix_memalign", p);
+    }
+    match span::large_obtain(size, align) {
+        Some(p) => p.as_ptr().cast(),
+        None => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+}
+
+// Not exported under cfg(test): the test harness keeps its own malloc.
+/// Allocates `size` bytes aligned to 16. `malloc(0)` returns a unique
+/// pointer. Returns NULL with errno ENOMEM when no memory is left. The block
+/// belongs to the caller until `free` or `realloc`. Thread-safe.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn malloc(size: usize) -> *mut c_void {
+    alloc(size)
+}
+
+/// Gives back a block of this malloc. NULL is ignored. A pointer this
+/// allocator did not return (or not the start of a block) is reported on
+/// stderr and the process aborts. Thread-safe; any thread may free any block.
+///
+/// # Safety
+/// `p` is NULL or a block not yet freed, not used afterwards.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn free(p: *mut c_void) {
+    release("free", p)
+}
+
+/// Allocates `n * size` zeroed bytes. Overflow of the product, or no
+/// memory, returns NULL with errno ENOMEM. Thread-safe.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
+    let Some(total) = n.checked_mul(size) else {
+        set_errno(libc::ENOMEM);
+        return ptr::null_mut();
+    };
+    let p = alloc(total);
+    // A large block is a fresh mapping, already zero.
+    if !p.is_null() && total <= MAX_SMALL {
+        // SAFETY: the block has at least `total` bytes.
+        unsafe { ptr::write_bytes(p.cast::<u8>(), 0, total) };
+    }
+    p
+}
+
+/// Resizes a block: `realloc(NULL, n)` is `malloc(n)`; `realloc(p, 0)`
+/// frees `p` and returns NULL (as glibc does). Otherwise returns a block of
+/// `size` bytes holding the old contents (the same pointer when it still
+/// fits its class), or NULL with errno ENOMEM, leaving `p` untouched.
+/// Aborts on a pointer that is not ours. Thread-safe.
+///
+/// # Safety
+/// `p` is NULL or a live block of this malloc.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    if p.is_null() {
+        return alloc(size);
+    }
+    if size == 0 {
+        release("realloc", p);
+        return ptr::null_mut();
+    }
+    let old = usable("realloc", p);
+    // Keep the block when the new size fits and would not fit a class at
+    // most half as large.
+    if size <= old && (old <= MAX_SMALL && class_size(class_of(size)) == old || size > old / 2) {
+        return p;
+    }
+    let q = alloc(size);
+    if !q.is_null() {
+        // SAFETY: both blocks are live, distinct, and hold at least the
+        // bytes copied.
+        unsafe { ptr::copy_nonoverlapping(p.cast::<u8>(), q.cast::<u8>(), old.min(size)) };
+        release("realloc", p);
+    }
+    q
+}
+
+/// `realloc(p, n * size)`, except that an overflowing product returns NULL
+/// with errno ENOMEM and leaves `p` untouched.
+///
+/// # Safety
+/// As for [`realloc`].
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void {
+    match n.checked_mul(size) {
+        // SAFETY: forwarded.
+        Some(total) => unsafe { realloc(p, total) },
+        None => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// Stores in `*out` a block of `size` bytes aligned to `align`. Returns 0,
+/// EINVAL (and leaves `*out` alone) when `align` is not a power of two
+/// multiple of `sizeof(void *)`, or ENOMEM. errno is left unchanged, as
+/// POSIX specifies. Thread-safe.
+///
+/// # Safety
+/// `out` is a valid pointer to write to.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
+    if !align.is_power_of_two() || align % size_of::<*mut c_void>() != 0 {
+        return libc::EINVAL;
+    }
+    // SAFETY: reading and restoring this thread's errno.
+    let errno = unsafe { *libc::__errno_location() };
+    let p = alloc_aligned(align, size);
+    set_errno(errno);
+    if p.is_null() {
+        return libc::ENOMEM;
+    }
+    // SAFETY: `out` is writable (caller).
+    unsafe { *out = p };
+    0
+}
+
+/// A block of `size` bytes aligned to `align`, a power of two; otherwise
+/// NULL with errno EINVAL (C17, glibc 2.38). NULL with ENOMEM when no memory
+/// is left. Thread-safe.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    if !align.is_power_of_two() {
+        set_errno(libc::EINVAL);
+        return ptr::null_mut();
+    }
+    alloc_aligned(align, size)
+}
+
+/// A block of `size` bytes aligned to `align`, rounded up to a power of two
+/// as glibc does. NULL with ENOMEM when no memory is left (or EINVAL for an
+/// alignment beyond any power of two). Thread-safe.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    match align.checked_next_power_of_two() {
+        Some(a) => alloc_aligned(a, size),
+        None => {
+            set_errno(libc::EINVAL);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// A page-aligned block of `size` bytes, or NULL with ENOMEM. Thread-safe.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn valloc(size: usize) -> *mut c_void {
+    alloc_aligned(page_size(), size)
+}
+
+/// A page-aligned block of `size` rounded up to whole pages (one page for
+/// 0), or NULL with ENOMEM (also when the rounding overflows). Thread-safe.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    let page = page_size();
+    match size.max(1).checked_next_multiple_of(page) {
+        Some(n) => alloc_aligned(page, n),
+        None => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// Bytes usable in the block `p` (at least what was asked), 0 for NULL.
+/// Aborts on a pointer that is not ours. Thread-safe.
+///
+/// # Safety
+/// `p` is NULL or a live block of this malloc.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
+    if p.is_null() {
+        return 0;
+    }
+    usable("malloc_usable_size", p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_size_gets_the_smallest_class_that_fits() {
+        for c in 1..CLASSES {
+            assert!(class_size(c) > class_size(c - 1));
+            assert_eq!(class_size(c) % MIN_ALIGN, 0);
+        }
+        assert_eq!(class_size(CLASSES - 1), MAX_SMALL);
+        for n in 0..=MAX_SMALL {
+            let c = class_of(n);
+            assert!(class_size(c) >= n.max(1), "size {n}");
+            assert!(c == 0 || class_size(c - 1) < n, "size {n}");
+        }
+        assert_eq!(
+            [class_of(64), class_of(65), class_of(80), class_of(81)],
+            [3, 4, 4, 5]
+        );
+    }
+}

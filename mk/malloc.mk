@@ -1,0 +1,38 @@
+# The LD_PRELOAD malloc (issue #7): target/release/libpools_malloc.so.
+#   make test-malloc      nm check, C tests under the preload, fork with
+#                         -lpools, real programs with and without the preload
+#   make bench-malloc     larson-like benchmark and real programs under glibc,
+#                         the preload, jemalloc and mimalloc (BENCHMARKS.md)
+
+MALLOC_SO  := $(CURDIR)/$(REL)/libpools_malloc.so
+MT_OUT     := $(CT_OUT)/malloc
+MT_CFLAGS  := $(CFLAGS) -fno-builtin
+M_TESTS    := $(basename $(notdir $(wildcard c-tests/malloc/test_*.c)))
+
+.PHONY: test-malloc test-malloc-nm test-malloc-c test-malloc-programs bench-malloc install-malloc
+
+test-malloc: test-malloc-nm test-malloc-c test-malloc-programs
+
+# libpools.so and libpools.a must not replace a program's malloc.
+test-malloc-nm: lib
+	@scripts/check-no-malloc-symbols.sh $(REL)/libpools.so $(REL)/libpools.a $(MALLOC_SO)
+
+test-malloc-c: lib
+	@mkdir -p $(MT_OUT)
+	@set -e; for t in $(M_TESTS); do \
+	  $(CC) $(MT_CFLAGS) c-tests/malloc/$$t.c -o $(MT_OUT)/$$t -ldl; done
+	$(CC) $(MT_CFLAGS) -DPOOLS c-tests/malloc/test_fork.c -o $(MT_OUT)/test_fork_lpools \
+	  -L$(REL) -lpools -Wl,-rpath,$(CURDIR)/$(REL) -ldl
+	@set -e; for t in $(M_TESTS); do echo "== preload $$t"; \
+	  LD_PRELOAD=$(MALLOC_SO) timeout 300 $(MT_OUT)/$$t; done
+	@echo "== -lpools test_fork"; timeout 300 $(MT_OUT)/test_fork_lpools
+
+test-malloc-programs: lib
+	@scripts/malloc-programs.sh $(MALLOC_SO)
+
+bench-malloc: lib bench-deps
+	bench/malloc-bench.sh $(MALLOC_SO) $(BENCH_ARGS)
+
+install-malloc: lib
+	install -d $(DESTDIR)$(PREFIX)/lib
+	install -m 755 $(REL)/libpools_malloc.so $(DESTDIR)$(PREFIX)/lib/libpools_malloc.so

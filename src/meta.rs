@@ -1,0 +1,125 @@
+//! Memory for the library's own metadata (pool heads, name copies), taken
+//! from `mmap` and never from `malloc`: inside the LD_PRELOAD malloc
+//! (`libpools_malloc.so`) a call to the libc allocator would come back into
+//! the pools themselves.
+//!
+//! Blocks are powers of two from 16 bytes to [`ARENA_MAX`], carved from
+//! 64 KiB mapped chunks at offsets that are multiples of their size (so a
+//! block is aligned to its size) and recycled through one free list per size.
+//! Larger blocks get their own mapping. Chunks are never unmapped: metadata
+//! is small and pool heads are recycled, never freed.
+
+use crate::os;
+use core::ptr::{self, NonNull};
+use std::sync::{Mutex, PoisonError};
+
+/// Largest block served from the arena; larger ones are mapped alone.
+const ARENA_MAX: usize = 4096;
+/// Bytes mapped at a time for the arena.
+const CHUNK: usize = 64 * 1024;
+/// Block sizes 16, 32, ..., ARENA_MAX.
+const CLASSES: usize = (ARENA_MAX.trailing_zeros() - 4 + 1) as usize;
+
+struct Arena {
+    /// The current chunk (null before the first), and the bytes used in it.
+    chunk: *mut u8,
+    used: usize,
+    /// Freed blocks, one list per size, linked through their first word.
+    free: [*mut u8; CLASSES],
+}
+
+// SAFETY: the raw pointers are only followed under the mutex; the memory they
+// point to is not tied to any thread.
+unsafe impl Send for Arena {}
+
+static ARENA: Mutex<Arena> = Mutex::new(Arena {
+    chunk: ptr::null_mut(),
+    used: 0,
+    free: [ptr::null_mut(); CLASSES],
+});
+
+/// The block size serving `size` bytes, at least 16.
+fn block_size(size: usize) -> usize {
+    size.max(16).next_power_of_two()
+}
+
+/// `size` bytes of zeroed memory aligned to `block_size(size)` (to the page
+/// beyond `ARENA_MAX`), or `None` when no memory can be mapped.
+pub(crate) fn obtain(size: usize) -> Option<NonNull<u8>> {
+    let bs = block_size(size);
+    if bs > ARENA_MAX {
+        return os::map_zeroed(bs);
+    }
+    let class = (bs.trailing_zeros() - 4) as usize;
+    // A panic cannot happen under this lock; a poisoned arena is still
+    // consistent between statements.
+    let mut a = ARENA.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(p) = NonNull::new(a.free[class]) {
+        // SAFETY: a free block holds the next free block in its first word.
+        a.free[class] = unsafe { p.as_ptr().cast::<*mut u8>().read() };
+        // SAFETY: the block has `bs` bytes and is ours now.
+        unsafe { p.as_ptr().write_bytes(0, bs) };
+        return Some(p);
+    }
+    // Chunks are page-aligned, so an offset that is a multiple of `bs`
+    // gives a block aligned to `bs`.
+    let mut start = a.used.next_multiple_of(bs);
+    if a.chunk.is_null() || start + bs > CHUNK {
+        // The rest of the old chunk is dropped (at most a few KiB): simple,
+        // and metadata allocations are rare.
+        a.chunk = os::map_zeroed(CHUNK)?.as_ptr();
+        start = 0;
+    }
+    a.used = start + bs;
+    // SAFETY: `start + bs <= CHUNK`: inside the chunk; fresh mapped memory
+    // is zeroed.
+    NonNull::new(unsafe { a.chunk.add(start) })
+}
+
+/// Gives back a block from [`obtain`].
+///
+/// # Safety
+/// `p` came from `obtain(size)` with the same `size` and is not used any more.
+pub(crate) unsafe fn release(p: NonNull<u8>, size: usize) {
+    let bs = block_size(size);
+    if bs > ARENA_MAX {
+        // SAFETY: a block of this size is a mapping of its own (caller).
+        unsafe { os::unmap(p, bs) };
+        return;
+    }
+    let class = (bs.trailing_zeros() - 4) as usize;
+    let mut a = ARENA.lock().unwrap_or_else(PoisonError::into_inner);
+    // SAFETY: the block is ours (caller) and at least a pointer wide.
+    unsafe { p.as_ptr().cast::<*mut u8>().write(a.free[class]) };
+    a.free[class] = p.as_ptr();
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_aligned_zeroed_and_recycled() {
+        for size in [1usize, 16, 17, 600, 1000, 4096, 5000, 70_000] {
+            let p = obtain(size).expect("memory");
+            let bs = block_size(size);
+            assert_eq!(p.as_ptr() as usize % bs.min(4096), 0, "size {size}");
+            // SAFETY: the block has `size` bytes, given back once.
+            unsafe {
+                assert!(core::slice::from_raw_parts(p.as_ptr(), size)
+                    .iter()
+                    .all(|&b| b == 0));
+                p.as_ptr().write_bytes(0xa5, size);
+                release(p, size);
+            }
+            let q = obtain(size).expect("memory");
+            // SAFETY: as above.
+            unsafe {
+                assert!(core::slice::from_raw_parts(q.as_ptr(), size)
+                    .iter()
+                    .all(|&b| b == 0));
+                release(q, size);
+            }
+        }
+    }
+}
