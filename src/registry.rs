@@ -83,6 +83,7 @@ pub fn init() {
     INIT.call_once(|| {
         options::load_env();
         init_fences();
+        crate::debug::init();
     });
 }
 
@@ -244,13 +245,22 @@ pub fn create(name: &CStr, size: usize, flags: u32) -> Result<&'static Pool, Err
     };
     let mut reg = lock();
     reg.created = true;
-    // A pool made with `uaf` does not merge with one made without.
+    // A pool made with `uaf` does not merge with one made without, nor
+    // pools with different debugging flags (layout or behaviour); with
+    // `no-merge`, only pools of the same name merge (as in HAProxy).
     let backend = options::backend();
+    let debug = options::pool_debug() | crate::debug::tool_flags();
+    let poison = options::poison_byte();
     if flags & POOL_F_SHARED != 0 {
-        if let Some(p) = reg
-            .pools()
-            .find(|p| p.flags & POOL_F_SHARED != 0 && p.size == size && p.backend == backend)
-        {
+        let no_merge = options::no_merge();
+        if let Some(p) = reg.pools().find(|p| {
+            p.flags & POOL_F_SHARED != 0
+                && p.size == size
+                && p.backend == backend
+                && p.debug == debug
+                && p.poison == poison
+                && (!no_merge || p.name() == name)
+        }) {
             p.users.fetch_add(1, Relaxed);
             return Ok(p);
         }
@@ -268,7 +278,10 @@ pub fn create(name: &CStr, size: usize, flags: u32) -> Result<&'static Pool, Err
             let slot = unsafe { head.as_ref() }.slot;
             // SAFETY: the head is ours; overwriting a dead pool drops nothing
             // that owns memory (its name was freed at destroy).
-            unsafe { head.as_ptr().write(Pool::new(slot, size, flags, backend)) };
+            unsafe {
+                head.as_ptr()
+                    .write(Pool::new(slot, size, flags, backend, debug, poison))
+            };
             head
         }
         None => {
@@ -289,7 +302,7 @@ pub fn create(name: &CStr, size: usize, flags: u32) -> Result<&'static Pool, Err
             // SAFETY: fresh memory of the right size and alignment.
             unsafe {
                 head.as_ptr()
-                    .write(Pool::new(reg.slots, size, flags, backend))
+                    .write(Pool::new(reg.slots, size, flags, backend, debug, poison))
             };
             reg.slots += 1;
             head
@@ -301,6 +314,7 @@ pub fn create(name: &CStr, size: usize, flags: u32) -> Result<&'static Pool, Err
     pool.revive();
     pool.reg_next.set(reg.pools);
     reg.pools = head.as_ptr();
+    crate::debug::on_create(pool);
     Ok(pool)
 }
 
@@ -339,6 +353,7 @@ pub fn destroy(pool: &'static Pool) -> Result<Destroyed, Error> {
     if done == Destroyed::Released && pool.users.load(Relaxed) == 0 {
         pool.flush();
         debug_assert_eq!(pool.shared.allocated(), 0);
+        crate::debug::on_destroy(pool);
         // The list's own pointer to the head, not one made from `&Pool`:
         // `create` rewrites the whole head through it when recycling, which a
         // pointer derived from a shared reference may not do (Miri reports
@@ -424,47 +439,129 @@ pub fn set_shared_cache(name: &CStr) -> Result<(), Error> {
     }
 }
 
+/// The live pool whose head is at `addr`, for the debugging messages
+/// (which name the pool a misplaced object belongs to). `None` when no live
+/// pool is there, or when the registry is busy (an abort must not wait).
+pub(crate) fn pool_at(addr: usize) -> Option<&'static Pool> {
+    let reg = REGISTRY.try_lock().ok()?;
+    reg.pools().find(|p| ptr::from_ref(*p) as usize == addr)
+}
+
+/// The order of `dump_sorted`'s lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DumpOrder {
+    /// Newest pool first.
+    Unsorted,
+    /// By name, A to Z.
+    Name,
+    /// By object size, largest first.
+    Size,
+    /// By bytes allocated, largest first.
+    Usage,
+}
+
 /// Writes one line per pool and a total to `fd`, like HAProxy's
 /// "show pools".
 pub fn dump(fd: libc::c_int) {
+    dump_sorted(fd, DumpOrder::Unsorted, 0);
+}
+
+/// Like `dump`, the pools in `order`, at most `max` of them (0: all); the
+/// total covers every pool. Formats on the stack and sorts in a page
+/// mapping: it calls no malloc (it runs at exit for `POOL_STATS=1`).
+pub fn dump_sorted(fd: libc::c_int, order: DumpOrder, max: usize) {
     let reg = lock();
-    let (mut n, mut bytes_alloc, mut bytes_used) = (0usize, 0usize, 0usize);
+    let len = thread_cache::MAX_POOLS * core::mem::size_of::<(&Pool, usize)>();
+    let table = os::map_zeroed(len);
+    let mut n = 0usize;
+    let (mut total_alloc, mut total_used) = (0usize, 0usize);
     for p in reg.pools() {
         let s = p.stats(reg.cached(p));
-        let mut line = Line::new();
-        let _ = writeln!(
-            line,
-            "  - Pool {} ({} bytes) : {} allocated ({} bytes), {} used, {} cached, {} shared, \
-             {} failures, {} users, minavail {}{}",
-            p.name().to_str().unwrap_or("?"),
-            s.size,
-            s.allocated,
-            s.allocated * s.size,
-            s.used,
-            s.cached,
-            s.shared,
-            s.failed,
-            s.users,
-            s.minavail,
-            if p.flags & POOL_F_SHARED != 0 {
-                " [SHARED]"
-            } else {
-                ""
-            },
-        );
-        line.write_to(fd);
+        total_alloc += s.allocated * s.size;
+        total_used += s.used * s.size;
         n += 1;
-        bytes_alloc += s.allocated * s.size;
-        bytes_used += s.used * s.size;
+    }
+    match table {
+        Some(mem) => {
+            // SAFETY: a fresh mapping with room for MAX_POOLS entries (there
+            // are at most that many live pools), aligned for them; all-zero
+            // is overwritten before being read.
+            let entries = unsafe {
+                core::slice::from_raw_parts_mut(mem.as_ptr().cast::<(&Pool, usize)>(), n)
+            };
+            for (e, p) in entries.iter_mut().zip(reg.pools()) {
+                let key = match order {
+                    DumpOrder::Usage => p.stats(reg.cached(p)).allocated * p.size,
+                    _ => p.size,
+                };
+                // SAFETY: writing a valid value over zeroed memory that held
+                // no value (no drop of the old bytes).
+                unsafe { ptr::write(e, (p, key)) };
+            }
+            match order {
+                DumpOrder::Unsorted => {}
+                DumpOrder::Name => entries.sort_unstable_by(|a, b| a.0.name().cmp(b.0.name())),
+                DumpOrder::Size | DumpOrder::Usage => {
+                    entries.sort_unstable_by_key(|e| core::cmp::Reverse(e.1))
+                }
+            }
+            let shown = if max == 0 { n } else { max.min(n) };
+            for (p, _) in entries[..shown].iter() {
+                dump_line(&reg, p, fd);
+            }
+            // SAFETY: the mapping made above, no longer used.
+            unsafe { os::unmap(mem, len) };
+        }
+        // No memory for the table: unsorted.
+        None => {
+            for p in reg.pools().take(if max == 0 { usize::MAX } else { max }) {
+                dump_line(&reg, p, fd);
+            }
+        }
     }
     let mut line = Line::new();
     let _ = writeln!(
         line,
-        "Total: {n} pools, {bytes_alloc} bytes allocated, {bytes_used} used, shared cache {}, \
+        "Total: {n} pools, {total_alloc} bytes allocated, {total_used} used, shared cache {}, \
          thread cache {} bytes",
         options::shared_cache_name(),
         options::cache_size(),
     );
+    line.write_to(fd);
+}
+
+/// One pool's line of the dump.
+fn dump_line(reg: &Registry, p: &Pool, fd: libc::c_int) {
+    let s = p.stats(reg.cached(p));
+    let mut line = Line::new();
+    let _ = write!(
+        line,
+        "  - Pool {} ({} bytes) : {} allocated ({} bytes), {} used, {} cached, {} shared, \
+         {} failures, {} users, minavail {}",
+        p.name().to_str().unwrap_or("?"),
+        s.size,
+        s.allocated,
+        s.allocated * s.size,
+        s.used,
+        s.cached,
+        s.shared,
+        s.failed,
+        s.users,
+        s.minavail,
+    );
+    let limit = p.limit.load(Relaxed);
+    if limit != 0 {
+        let _ = write!(line, ", limit {limit}");
+    }
+    if p.flags & POOL_F_SHARED != 0 {
+        let _ = write!(line, " [SHARED]");
+    }
+    if p.debug != 0 {
+        let _ = write!(line, " [DEBUG ");
+        options::write_flag_names(&mut line, p.debug);
+        let _ = write!(line, "]");
+    }
+    let _ = writeln!(line);
     line.write_to(fd);
 }
 
