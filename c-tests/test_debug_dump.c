@@ -139,6 +139,22 @@ static void test_dump_sorted(void)
     CHECK(pool_destroy(z) == NULL && pool_destroy(a) == NULL && pool_destroy(m) == NULL);
 }
 
+/* A merged pool is listed under all its names. */
+static void test_merged_names(void)
+{
+    struct pool_head *a = pool_create("mg_one", 3000, POOL_F_SHARED);
+    struct pool_head *b = pool_create("mg_two", 2999, POOL_F_SHARED);
+    struct pool_head *c = pool_create("mg_one", 3000, POOL_F_SHARED);
+    CHECK(a != NULL && a == b && b == c);
+    int rc = -1;
+    const char *out = dump_to_string(POOL_DUMP_BY_NAME, 0, &rc);
+    if (!CHECK(strstr(out, "  - Pool mg_one,mg_two (3008 bytes) : 0 allocated") != NULL))
+        fprintf(stderr, "  dump:\n%s\n", out);
+    CHECK_EQ(STATS(a).users, 3);
+    CHECK(strcmp(STATS(a).name, "mg_one") == 0);
+    CHECK(pool_destroy(a) == NULL && pool_destroy(b) == NULL && pool_destroy(c) == NULL);
+}
+
 /* The re-executed child: a few pools in use when the program exits. */
 static int stats_child(void)
 {
@@ -200,6 +216,7 @@ int main(int argc, char **argv)
         return stats_child();
     test_limit();
     test_dump_sorted();
+    test_merged_names();
     test_stats_at_exit();
     return check_done();
 }

@@ -67,11 +67,14 @@ pub struct Pool {
     pub(crate) backend: os::Backend,
     /// The caller's name, copied; owned by the registry.
     pub(crate) name: Cell<Option<NonNull<libc::c_char>>>,
+    /// The other names the pool was merged under, comma-separated (for
+    /// `pool_dump`); owned by the registry, written under its lock.
+    pub(crate) also: Cell<Option<NonNull<libc::c_char>>>,
     /// The registry's list of pools, or of free heads (under its lock).
     pub(crate) reg_next: Cell<*mut Pool>,
 }
 
-// SAFETY: the `Cell` fields (`name`, `reg_next`) are only written under the
+// SAFETY: the `Cell` fields (`name`, `also`, `reg_next`) are only written under the
 // registry lock, while the pool is not live (name) or only by the registry
 // (list links); everything else is atomic or immutable after creation.
 unsafe impl Sync for Pool {}
@@ -122,6 +125,7 @@ impl Pool {
             legacy: LegacyCache::new(),
             backend,
             name: Cell::new(None),
+            also: Cell::new(None),
             reg_next: Cell::new(core::ptr::null_mut()),
         }
     }
@@ -151,6 +155,16 @@ impl Pool {
     /// Marks a recycled head live again.
     pub(crate) fn revive(&self) {
         self.magic.store(LIVE, Relaxed);
+    }
+
+    /// The other names of a merged pool, comma-separated, or "".
+    pub(crate) fn also(&self) -> &CStr {
+        match self.also.get() {
+            // SAFETY: the registry keeps the string alive as long as the pool
+            // and replaces it only under its lock, which dump holds.
+            Some(n) => unsafe { CStr::from_ptr(n.as_ptr()) },
+            None => c"",
+        }
     }
 
     pub(crate) fn name(&self) -> &CStr {

@@ -262,6 +262,7 @@ pub fn create(name: &CStr, size: usize, flags: u32) -> Result<&'static Pool, Err
                 && (!no_merge || p.name() == name)
         }) {
             p.users.fetch_add(1, Relaxed);
+            add_alias(p, name);
             return Ok(p);
         }
     }
@@ -326,6 +327,35 @@ fn copy_name(name: &CStr) -> Option<NonNull<libc::c_char>> {
     Some(p.cast())
 }
 
+/// Records `name` among the names of the merged pool `p` (for `dump`),
+/// unless it is there already or no memory is left for it. Under the lock.
+fn add_alias(p: &Pool, name: &CStr) {
+    let name = name.to_bytes();
+    let old = p.also().to_bytes();
+    if name == p.name().to_bytes() || old.split(|&b| b == b',').any(|n| n == name) {
+        return;
+    }
+    let sep = usize::from(!old.is_empty());
+    let len = old.len() + sep + name.len() + 1;
+    let Some(new) = os::obtain(len, os::OBJECT_ALIGN) else {
+        return;
+    };
+    // SAFETY: `new` has room for the old list, a comma, the name and a NUL.
+    unsafe {
+        let d = new.as_ptr();
+        ptr::copy_nonoverlapping(old.as_ptr(), d, old.len());
+        if sep == 1 {
+            *d.add(old.len()) = b',';
+        }
+        ptr::copy_nonoverlapping(name.as_ptr(), d.add(old.len() + sep), name.len());
+        *d.add(len - 1) = 0;
+    }
+    if let Some(prev) = p.also.replace(Some(new.cast())) {
+        // SAFETY: the previous list, made here, no longer referenced.
+        unsafe { os::release(prev.cast()) };
+    }
+}
+
 /// Drops one user of `pool`. Refused while the application holds objects of
 /// it. The last user's destroy takes back every object cached by any
 /// thread, releases them and recycles the head.
@@ -362,6 +392,10 @@ pub fn destroy(pool: &'static Pool) -> Result<Destroyed, Error> {
         if let Some(name) = pool.name.take() {
             // SAFETY: the copy made at creation; the pool is dead.
             unsafe { os::release(name.cast()) };
+        }
+        if let Some(also) = pool.also.take() {
+            // SAFETY: made by `add_alias`; the pool is dead.
+            unsafe { os::release(also.cast()) };
         }
         let head = if head.is_null() {
             ptr::from_ref(pool).cast_mut()
@@ -536,9 +570,11 @@ fn dump_line(reg: &Registry, p: &Pool, fd: libc::c_int) {
     let mut line = Line::new();
     let _ = write!(
         line,
-        "  - Pool {} ({} bytes) : {} allocated ({} bytes), {} used, {} cached, {} shared, \
+        "  - Pool {}{}{} ({} bytes) : {} allocated ({} bytes), {} used, {} cached, {} shared, \
          {} failures, {} users, minavail {}",
         p.name().to_str().unwrap_or("?"),
+        if p.also().is_empty() { "" } else { "," },
+        p.also().to_str().unwrap_or("?"),
         s.size,
         s.allocated,
         s.allocated * s.size,
