@@ -126,7 +126,7 @@ static void test_words(void)
     run("tag", all_or_nothing_child, NULL, &o);
     expect_ok("all-or-nothing", &o);
     CHECK(strstr(o.err, "Pool words (64 bytes)") != NULL);
-    CHECK(strstr(o.err, "[DEBUG tag]") != NULL);
+    CHECK(strstr(o.err, "[DEBUG tag") != NULL); /* (",valgrind" under valgrind) */
     CHECK(strstr(o.err, "integrity") == NULL);
     CHECK(strstr(o.err, "poison") == NULL);
 
@@ -209,7 +209,9 @@ static int order_child(void *arg)
     for (int i = 0; i < 3; i++)
         pool_free(p, o[i]);
     void *first = pool_alloc(p);
-    return first == (cold ? o[0] : o[2]) ? 0 : 1;
+    int ok = first == (cold ? o[0] : o[2]);
+    pool_free(p, first);
+    return ok ? 0 : 1;
 }
 
 static void test_cold_first(void)
@@ -454,6 +456,8 @@ static int poison_child(void *arg)
     for (int i = 0; i < 200; i++)
         if (z[i] != 0)
             return 3;
+    pool_free(p, o);
+    pool_free(p, z);
     return 0;
 }
 
@@ -465,8 +469,12 @@ static void test_poison(void)
     expect_ok("poison", &o);
     run("poison=0x41", poison_child, &a, &o);
     expect_ok("poison=0x41", &o);
-    run("poison=0x41,no-poison", poison_child, &none, &o);
-    expect_ok("no-poison", &o); /* the zeros written before pool_free stay */
+    /* The zeros written before pool_free stay (valgrind would rightly call
+     * reading them a use of undefined memory). */
+    if (!under_memory_tool()) {
+        run("poison=0x41,no-poison", poison_child, &none, &o);
+        expect_ok("no-poison", &o);
+    }
 }
 
 /* ---- uaf ----------------------------------------------------------------- */

@@ -38,9 +38,13 @@ pub struct Pool {
     pub(crate) slot: usize,
     /// Object size as the caller sees it (rounded unless POOL_F_EXACT).
     pub(crate) size: usize,
-    /// Bytes obtained per object: `size`, at least `MIN_OBJECT`, plus the
-    /// debugging parts of `layout`.
+    /// Bytes an object counts for in the thread caches' budget: `size`, at
+    /// least `MIN_OBJECT` (the debugging parts are not counted, so that
+    /// debugging options do not change what the caches hold).
     pub(crate) obj_size: usize,
+    /// Bytes obtained per object from the backing allocator: `obj_size`
+    /// plus the debugging parts of `layout`.
+    pub(crate) alloc_size: usize,
     pub(crate) flags: u32,
     /// Debugging flags (`options::DBG_*`), fixed at creation: 0 keeps every
     /// call on the plain path; anything else sends alloc and free to
@@ -111,7 +115,8 @@ impl Pool {
             magic: AtomicU32::new(LIVE),
             slot,
             size,
-            obj_size: layout.total,
+            obj_size: size.max(MIN_OBJECT),
+            alloc_size: layout.total,
             flags,
             debug,
             layout,
@@ -269,7 +274,7 @@ impl Pool {
         if limit != 0 {
             return self.alloc_within_limit(home, limit);
         }
-        let p = os::obtain_object(self.obj_size, self.backend)?;
+        let p = os::obtain_object(self.alloc_size, self.backend)?;
         self.shared.count_allocated(home, 1);
         Some(p)
     }
@@ -290,7 +295,7 @@ impl Pool {
             self.shared.count_allocated(home, -1);
             return None;
         }
-        let p = os::obtain_object(self.obj_size, self.backend);
+        let p = os::obtain_object(self.alloc_size, self.backend);
         if p.is_none() {
             self.shared.count_allocated(home, -1);
         }
@@ -470,7 +475,7 @@ impl Pool {
         }
         // SAFETY: objects come from `os::obtain_object` with this size and
         // backend; the caller gives it up.
-        unsafe { os::release_object(obj, self.obj_size, self.backend) };
+        unsafe { os::release_object(obj, self.alloc_size, self.backend) };
         self.shared.count_allocated(home, -1);
     }
 
