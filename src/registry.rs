@@ -506,7 +506,12 @@ pub fn dump(fd: libc::c_int) {
 pub fn dump_sorted(fd: libc::c_int, order: DumpOrder, max: usize) {
     let reg = lock();
     let len = thread_cache::MAX_POOLS * core::mem::size_of::<(&Pool, usize)>();
-    let table = os::map_zeroed(len);
+    // Unsorted needs no table (and the dump at exit maps nothing).
+    let table = if order == DumpOrder::Unsorted {
+        None
+    } else {
+        os::map_zeroed(len)
+    };
     let mut n = 0usize;
     let (mut total_alloc, mut total_used) = (0usize, 0usize);
     for p in reg.pools() {
@@ -517,21 +522,20 @@ pub fn dump_sorted(fd: libc::c_int, order: DumpOrder, max: usize) {
     }
     match table {
         Some(mem) => {
-            // SAFETY: a fresh mapping with room for MAX_POOLS entries (there
-            // are at most that many live pools), aligned for them; all-zero
-            // is overwritten before being read.
-            let entries = unsafe {
-                core::slice::from_raw_parts_mut(mem.as_ptr().cast::<(&Pool, usize)>(), n)
-            };
-            for (e, p) in entries.iter_mut().zip(reg.pools()) {
+            let base = mem.as_ptr().cast::<(&Pool, usize)>();
+            for (i, p) in reg.pools().enumerate() {
                 let key = match order {
                     DumpOrder::Usage => p.stats(reg.cached(p)).allocated * p.size,
                     _ => p.size,
                 };
-                // SAFETY: writing a valid value over zeroed memory that held
-                // no value (no drop of the old bytes).
-                unsafe { ptr::write(e, (p, key)) };
+                // SAFETY: `i < n <= MAX_POOLS` (the live pools, counted
+                // above under the same lock): inside the fresh mapping,
+                // which is page-aligned, so aligned for the entries.
+                unsafe { base.add(i).write((p, key)) };
             }
+            // SAFETY: the first `n` entries were written just above; the
+            // mapping is ours until unmapped below.
+            let entries = unsafe { core::slice::from_raw_parts_mut(base, n) };
             match order {
                 DumpOrder::Unsorted => {}
                 DumpOrder::Name => entries.sort_unstable_by(|a, b| a.0.name().cmp(b.0.name())),
@@ -546,7 +550,7 @@ pub fn dump_sorted(fd: libc::c_int, order: DumpOrder, max: usize) {
             // SAFETY: the mapping made above, no longer used.
             unsafe { os::unmap(mem, len) };
         }
-        // No memory for the table: unsorted.
+        // Unsorted, or no memory for the table.
         None => {
             for p in reg.pools().take(if max == 0 { usize::MAX } else { max }) {
                 dump_line(&reg, p, fd);
