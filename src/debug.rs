@@ -409,7 +409,10 @@ pub(crate) unsafe fn on_free(pool: &Pool, user: NonNull<u8>, caller: usize) -> N
             die(pool, b, caller, Site::Free, what, Some(tag), None);
         }
     }
-    if d & DBG_INTEGRITY != 0 {
+    // Under valgrind the caller's bytes may be undefined (never written):
+    // reading them here would be reported; valgrind reports a double free
+    // itself (the mempool chunk is not allocated).
+    if d & DBG_INTEGRITY != 0 && d & DBG_MEMCHECK == 0 {
         let range = l.checked(pool.size);
         // SAFETY: the checked range lies inside the object.
         if !range.is_empty() && unsafe { first_unlike_pattern(b, range) }.is_none() {
@@ -427,6 +430,17 @@ pub(crate) unsafe fn on_free(pool: &Pool, user: NonNull<u8>, caller: usize) -> N
     if d & DBG_BACKUP != 0 {
         // SAFETY: the backup area has room for `size` bytes; no overlap.
         unsafe { core::ptr::copy_nonoverlapping(user.as_ptr(), b.add(l.backup), pool.size) };
+        if d & DBG_MEMCHECK != 0 {
+            // The copy is compared byte by byte on reuse: defined for
+            // valgrind, whatever the caller wrote (or did not).
+            // SAFETY: in bounds, as above.
+            vg(
+                VG_MAKE_MEM_DEFINED,
+                unsafe { b.add(l.backup) } as usize,
+                pool.size,
+                0,
+            );
+        }
     }
     if d & DBG_INTEGRITY != 0 {
         let range = l.checked(pool.size);

@@ -465,10 +465,11 @@ pub const POOL_DUMP_BY_USAGE: c_int = 3;
 /// Writes one line per pool and a "Total:" line to the file descriptor `fd`
 /// (HAProxy's "show pools"):
 ///
-///     - Pool buffer (16384 bytes) : 3 allocated (49152 bytes), 1 used,
-///       2 cached, 0 shared, 0 failures, 1 users, minavail 0 [SHARED]
+/// ```text
+///   - Pool buffer (16384 bytes) : 3 allocated (49152 bytes), 1 used, 2 cached, 0 shared, 0 failures, 1 users, minavail 0 [SHARED]
+/// ```
 ///
-/// (one line), then ", limit N" when pool_set_limit set one, " [SHARED]" for
+/// then ", limit N" when pool_set_limit set one, " [SHARED]" for
 /// POOL_F_SHARED pools and " [DEBUG tag,...]" for pools created with
 /// debugging options. Writes with write(2) and allocates no memory with
 /// malloc. Thread-safe; errors writing to `fd` are ignored.
