@@ -13,6 +13,7 @@
 #include "check.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -267,6 +268,23 @@ static void test_layers(void)
     expect_ok("cache,global again", &o);
 }
 
+/* integrity: objects freed again without being written are not double frees,
+ * whether they come back from a cache (holding the pattern they had there)
+ * or from malloc (which may hand out the same bytes, stale pattern and all). */
+static int untouched_child(void *arg)
+{
+    (void)arg;
+    struct pool_head *p = pool_create("untouched", 128, 0);
+    for (int round = 0; round < 50; round++) {
+        void *o = pool_alloc(p);
+        pool_free(p, o);
+        void *again = pool_alloc(p); /* from the cache, not written */
+        pool_free(p, again);
+        pool_evict_local_cache(); /* with no-global: back to malloc */
+    }
+    return 0;
+}
+
 /* ---- integrity and backup: a write after free ---------------------------- */
 
 static char freed_at[32];
@@ -296,6 +314,10 @@ static void test_write_after_free(void)
     expect_abort("backup", &o, backup);
     run("integrity,backup", write_after_free_child, NULL, &o);
     expect_abort("integrity,backup", &o, integrity);
+    run("integrity", untouched_child, NULL, &o);
+    expect_ok("integrity: untouched objects", &o);
+    run("integrity,no-global", untouched_child, NULL, &o);
+    expect_ok("integrity,no-global: untouched objects", &o);
     /* Without them, the write goes unnoticed. */
     run("integrity,no-integrity,backup,no-backup", write_after_free_child, NULL, &o);
     expect_ok("no-integrity,no-backup", &o);
@@ -501,6 +523,76 @@ static void test_uaf(void)
     expect_ok("uaf with caches", &o);
 }
 
+/* ---- all the checks at once, from several threads ------------------------ */
+
+#define T_THREADS 4
+#define T_ROUNDS 20000
+
+static struct pool_head *t_pools[2];
+static void *volatile t_mailbox[T_THREADS];
+
+static void *traffic(void *arg)
+{
+    int self = (int)(intptr_t)arg;
+    unsigned x = 0x9e3779b9u * (unsigned)(self + 1);
+    void *held[8] = {0};
+    for (int r = 0; r < T_ROUNDS; r++) {
+        x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+        int k = x % 8, which = k & 1;
+        if (held[k] != NULL) {
+            pool_free(t_pools[which], held[k]);
+            held[k] = NULL;
+        } else if ((held[k] = pool_alloc(t_pools[which])) != NULL) {
+            memset(held[k], self, which ? 200 : 64);
+        }
+        /* hand an object to the next thread, which frees it */
+        if ((x & 63) == 0) {
+            void *o = pool_alloc(t_pools[0]);
+            void *old = __atomic_exchange_n(&t_mailbox[(self + 1) % T_THREADS], o,
+                                            __ATOMIC_ACQ_REL);
+            if (old != NULL)
+                pool_free(t_pools[0], old);
+        }
+    }
+    for (int k = 0; k < 8; k++)
+        if (held[k] != NULL)
+            pool_free(t_pools[k & 1], held[k]);
+    return NULL;
+}
+
+static int threads_child(void *arg)
+{
+    (void)arg;
+    pthread_t t[T_THREADS];
+    t_pools[0] = pool_create("thr_small", 64, 0);
+    t_pools[1] = pool_create("thr_big", 200, POOL_F_SHARED);
+    for (int i = 0; i < T_THREADS; i++)
+        pthread_create(&t[i], NULL, traffic, (void *)(intptr_t)i);
+    for (int i = 0; i < T_THREADS; i++)
+        pthread_join(t[i], NULL);
+    for (int i = 0; i < T_THREADS; i++)
+        if (t_mailbox[i] != NULL)
+            pool_free(t_pools[0], t_mailbox[i]);
+    for (int i = 0; i < 2; i++) {
+        struct pool_stats s = STATS(t_pools[i]);
+        if (s.used != 0 || s.allocated != s.cached + s.shared)
+            return 1;
+    }
+    return 0;
+}
+
+static void test_threads(void)
+{
+    struct outcome o;
+    /* No false alarm when objects cross threads under every check. */
+    run("tag,integrity,caller,backup,poison", threads_child, NULL, &o);
+    expect_ok("threads: tag,integrity,caller,backup,poison", &o);
+    run("tag,integrity,cold-first,no-global", threads_child, NULL, &o);
+    expect_ok("threads: cold-first,no-global", &o);
+    run("tag,no-cache", threads_child, NULL, &o);
+    expect_ok("threads: no-cache", &o);
+}
+
 int main(void)
 {
     test_words();
@@ -509,6 +601,7 @@ int main(void)
     test_cold_first();
     test_layers();
     test_poison();
+    test_threads();
     if (under_memory_tool()) {
         fprintf(stderr, "note: under ASan or valgrind: the write-after-free cases are skipped\n");
     } else {

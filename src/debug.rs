@@ -367,6 +367,17 @@ pub(crate) unsafe fn on_alloc(
             }
         }
     }
+    if d & DBG_INTEGRITY != 0 {
+        let range = l.checked(pool.size);
+        if !range.is_empty() {
+            // Break the pattern, so that a pool_free of this object before
+            // the application writes into it is not taken for a double
+            // free (an object fresh from the system may also hold a stale
+            // pattern from an earlier life).
+            // SAFETY: the checked range lies inside the object.
+            unsafe { set_word(b, range.start, 0) };
+        }
+    }
     if d & DBG_TAG != 0 {
         // SAFETY: the tag word lies inside the object (pool layout with `tag`).
         unsafe { set_word(b, l.tag, tag_used(pool)) };
