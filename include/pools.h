@@ -34,6 +34,26 @@
 
 
 /**
+ * pool_dump_sorted order: the pools as they are listed (newest first).
+ */
+#define POOL_DUMP_UNSORTED 0
+
+/**
+ * pool_dump_sorted order: by name, A to Z (byte order).
+ */
+#define POOL_DUMP_BY_NAME 1
+
+/**
+ * pool_dump_sorted order: by object size, largest first.
+ */
+#define POOL_DUMP_BY_SIZE 2
+
+/**
+ * pool_dump_sorted order: by bytes allocated, largest first.
+ */
+#define POOL_DUMP_BY_USAGE 3
+
+/**
  * Default per-thread cache budget in bytes (HAProxy's default).
  */
 #define POOL_DEFAULT_CACHE_SIZE (512 * 1024)
@@ -129,11 +149,13 @@ struct pool_head *pool_create_or_abort(const char *name, size_t size, unsigned i
 
 /**
  * Returns an object of the pool, or NULL with errno ENOMEM (the pool's
- * `failed` counter grows) when memory runs out even after pool_gc.
- * NULL with EINVAL when `pool` is NULL or not a live pool.
+ * `failed` counter grows) when memory runs out even after pool_gc, or when
+ * the pool is at its pool_set_limit cap. NULL with EINVAL when `pool` is
+ * NULL or not a live pool.
  *
- * The object is aligned to 16 bytes; its content is undefined. Any thread
- * may call it; the object may be freed by any thread.
+ * The object is aligned to 16 bytes; its content is undefined (filled with
+ * the poison byte under the `poison` debugging option). Any thread may call
+ * it; the object may be freed by any thread.
  */
 void *pool_alloc(struct pool_head *pool);
 
@@ -148,7 +170,10 @@ void *pool_zalloc(struct pool_head *pool);
  * `ptr` must come from pool_alloc/pool_zalloc of the same pool and not be
  * used afterwards; any thread may free it. `pool_free(pool, NULL)` does
  * nothing. A NULL or dead `pool`, or a `ptr` not aligned to 16, sets errno
- * EINVAL and leaves the object to the caller.
+ * EINVAL and leaves the object to the caller. Freeing an object twice or
+ * into the wrong pool is undefined unless the `tag` or `integrity`
+ * debugging option was set when the pool was created (then it aborts with
+ * a message).
  */
 void pool_free(struct pool_head *pool, void *ptr);
 
@@ -219,15 +244,62 @@ size_t pool_get_cache_size(void);
 int pool_set_shared_cache(const char *name);
 
 /**
- * Applies a comma-separated list of debugging options, also read from
- * POOL_DEBUG: "fail=N" makes N percent of the allocations from the backing
- * allocator fail ("no-fail" stops it); "uaf" gives each object of the pools
- * created afterwards its own mapping between guard pages, unmapped when the
- * object goes back, so a later access faults ("no-uaf" stops it); "help"
- * prints the list on stderr. Returns 0, or -1 with EINVAL (changing
- * nothing) for a NULL list or an unknown option.
+ * Applies a comma-separated list of debugging options, also read once
+ * from POOL_DEBUG; HAProxy's `-dM` names. Every option but `fail` is
+ * copied into a pool when it is created: set them before creating the
+ * pools they are for (POOL_F_SHARED pools with different options never
+ * merge). Each has an opposite that clears it.
+ *
+ * - "fail=N" / "no-fail": N percent of the allocations from the backing
+ *   allocator fail (applies at once).
+ * - "no-merge" / "merge": POOL_F_SHARED pools merge only with a pool of the
+ *   same name.
+ * - "cold-first" / "hot-first": the thread cache hands out its oldest
+ *   object of the pool first, not its newest.
+ * - "integrity" / "no-integrity": objects in the caches are filled with a
+ *   changing pattern, checked when handed out again; a write after free
+ *   aborts with the pool name, the address and the first differing offset.
+ *   A second pool_free of a cached object aborts too. Covers the bytes
+ *   from offset 32 (the cache links live before), for objects of more
+ *   than 32 bytes.
+ * - "no-global" / "global": no shared cache: what leaves a thread cache
+ *   goes back to the system.
+ * - "no-cache" / "cache": no thread cache: pool_free goes to the shared
+ *   cache (or, with "no-global", to the system).
+ * - "caller" / "no-caller": (layout) the return addresses of the last
+ *   pool_alloc and pool_free of each object are kept after it and printed
+ *   by the abort messages.
+ * - "tag" / "no-tag": (layout) a word after each object names its pool and
+ *   whether it is free: pool_free into the wrong pool, a double free, or an
+ *   overflow that reaches the tag aborts with a message naming the pools
+ *   and the object's address.
+ * - "poison" / "poison=0xNN" / "no-poison": new allocations are filled
+ *   with the poison byte (default 0x50, 'P').
+ * - "uaf" / "no-uaf": (backend) each object in its own mapping between
+ *   guard pages, unmapped when it goes back to the system; with
+ *   "no-cache,no-global" that happens at pool_free, so any later access
+ *   faults.
+ * - "backup" / "no-backup": (layout) a copy of each freed object is kept
+ *   after it and compared when the object is handed out again (unless
+ *   "integrity" does that check): a write after free aborts.
+ * - "help": prints the list on stderr.
+ *
+ * Returns 0, or -1 with EINVAL (changing nothing) for a NULL list or an
+ * unknown option. Thread-safe; pools being created concurrently see the
+ * old or the new options.
  */
 int pool_set_debugging(const char *opts);
+
+/**
+ * Caps the pool's `allocated` counter at `limit` objects (0: no cap, the
+ * default). At the cap, pool_alloc returns NULL with ENOMEM and counts a
+ * failure, without running pool_gc. A cap below the current count takes
+ * nothing back; it stops new allocations until objects go back to the
+ * system. Concurrent allocations never pass the cap together (one of them
+ * may fail where the cap had room for exactly one). Returns 0, or -1 with
+ * errno EINVAL for a NULL or dead pool. Thread-safe.
+ */
+int pool_set_limit(struct pool_head *pool, unsigned long limit);
 
 /**
  * Bytes of objects allocated (held by the pools or the application), all
@@ -241,10 +313,28 @@ unsigned long long pool_total_allocated(void);
 unsigned long long pool_total_used(void);
 
 /**
- * Writes one line per pool (name, size, counters, users) and a "Total:"
- * line to the file descriptor `fd`.
+ * Writes one line per pool and a "Total:" line to the file descriptor `fd`
+ * (HAProxy's "show pools"):
+ *
+ * ```text
+ *   - Pool buffer (16384 bytes) : 3 allocated (49152 bytes), 1 used, 2 cached, 0 shared, 0 failures, 1 users, minavail 0 [SHARED]
+ * ```
+ *
+ * then ", limit N" when pool_set_limit set one, " [SHARED]" for
+ * POOL_F_SHARED pools and " [DEBUG tag,...]" for pools created with
+ * debugging options. Writes with write(2) and allocates no memory with
+ * malloc. Thread-safe; errors writing to `fd` are ignored.
  */
 void pool_dump(int fd);
+
+/**
+ * Like pool_dump, with the pool lines in the order `how` (POOL_DUMP_BY_NAME,
+ * POOL_DUMP_BY_SIZE, POOL_DUMP_BY_USAGE or POOL_DUMP_UNSORTED) and at most
+ * `max` of them (0: all); the "Total:" line still covers every pool.
+ * Returns 0, or -1 with errno EINVAL (writing nothing) for an unknown `how`
+ * or a negative `max`. Thread-safe.
+ */
+int pool_dump_sorted(int fd, int how, int max);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -130,18 +130,35 @@ pub unsafe extern "C" fn pool_create_or_abort(
 }
 
 /// Returns an object of the pool, or NULL with errno ENOMEM (the pool's
-/// `failed` counter grows) when memory runs out even after pool_gc.
-/// NULL with EINVAL when `pool` is NULL or not a live pool.
+/// `failed` counter grows) when memory runs out even after pool_gc, or when
+/// the pool is at its pool_set_limit cap. NULL with EINVAL when `pool` is
+/// NULL or not a live pool.
 ///
-/// The object is aligned to 16 bytes; its content is undefined. Any thread
-/// may call it; the object may be freed by any thread.
+/// The object is aligned to 16 bytes; its content is undefined (filled with
+/// the poison byte under the `poison` debugging option). Any thread may call
+/// it; the object may be freed by any thread.
+#[cfg_attr(all(target_arch = "x86_64", not(miri)), unsafe(naked))]
 #[no_mangle]
 pub unsafe extern "C" fn pool_alloc(pool: *mut Pool) -> *mut c_void {
+    // The caller's return address (on top of the stack at entry) becomes
+    // the second argument of `pool_alloc_at`, for the `caller` option: a
+    // jump, no frame, no branch.
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    core::arch::naked_asm!("mov rsi, [rsp]", "jmp {}", sym pool_alloc_at);
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    // SAFETY: forwarded; no caller address on this target.
+    unsafe {
+        pool_alloc_at(pool, 0)
+    }
+}
+
+/// pool_alloc called from `caller`.
+unsafe extern "C" fn pool_alloc_at(pool: *mut Pool, caller: usize) -> *mut c_void {
     // SAFETY: `pool` is NULL or a pool handle (C contract).
     let Some(pool) = (unsafe { live(pool) }) else {
         return ptr::null_mut();
     };
-    match pool.alloc() {
+    match pool.alloc_from(caller) {
         Some(p) => p.as_ptr().cast(),
         None => {
             set_errno(libc::ENOMEM);
@@ -151,10 +168,22 @@ pub unsafe extern "C" fn pool_alloc(pool: *mut Pool) -> *mut c_void {
 }
 
 /// Like pool_alloc, with the object's bytes set to zero.
+#[cfg_attr(all(target_arch = "x86_64", not(miri)), unsafe(naked))]
 #[no_mangle]
 pub unsafe extern "C" fn pool_zalloc(pool: *mut Pool) -> *mut c_void {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    core::arch::naked_asm!("mov rsi, [rsp]", "jmp {}", sym pool_zalloc_at);
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    // SAFETY: forwarded; no caller address on this target.
+    unsafe {
+        pool_zalloc_at(pool, 0)
+    }
+}
+
+/// pool_zalloc called from `caller`.
+unsafe extern "C" fn pool_zalloc_at(pool: *mut Pool, caller: usize) -> *mut c_void {
     // SAFETY: same contract as pool_alloc.
-    let p = unsafe { pool_alloc(pool) };
+    let p = unsafe { pool_alloc_at(pool, caller) };
     if !p.is_null() {
         // SAFETY: a non-NULL result is an object of `pool.size` bytes.
         unsafe { ptr::write_bytes(p.cast::<u8>(), 0, (*pool).size) };
@@ -167,9 +196,24 @@ pub unsafe extern "C" fn pool_zalloc(pool: *mut Pool) -> *mut c_void {
 /// `ptr` must come from pool_alloc/pool_zalloc of the same pool and not be
 /// used afterwards; any thread may free it. `pool_free(pool, NULL)` does
 /// nothing. A NULL or dead `pool`, or a `ptr` not aligned to 16, sets errno
-/// EINVAL and leaves the object to the caller.
+/// EINVAL and leaves the object to the caller. Freeing an object twice or
+/// into the wrong pool is undefined unless the `tag` or `integrity`
+/// debugging option was set when the pool was created (then it aborts with
+/// a message).
+#[cfg_attr(all(target_arch = "x86_64", not(miri)), unsafe(naked))]
 #[no_mangle]
 pub unsafe extern "C" fn pool_free(pool: *mut Pool, ptr: *mut c_void) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    core::arch::naked_asm!("mov rdx, [rsp]", "jmp {}", sym pool_free_at);
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    // SAFETY: forwarded; no caller address on this target.
+    unsafe {
+        pool_free_at(pool, ptr, 0)
+    }
+}
+
+/// pool_free called from `caller`.
+unsafe extern "C" fn pool_free_at(pool: *mut Pool, ptr: *mut c_void, caller: usize) {
     let Some(obj) = NonNull::new(ptr.cast::<u8>()) else {
         return;
     };
@@ -177,12 +221,12 @@ pub unsafe extern "C" fn pool_free(pool: *mut Pool, ptr: *mut c_void) {
     let Some(pool) = (unsafe { live(pool) }) else {
         return;
     };
-    if obj.as_ptr() as usize % os::OBJECT_ALIGN != 0 {
+    if !(obj.as_ptr() as usize).is_multiple_of(os::OBJECT_ALIGN) {
         set_errno(libc::EINVAL);
         return;
     }
     // SAFETY: the caller gives back an object of this pool (C contract).
-    unsafe { pool.free(obj) };
+    unsafe { pool.free_from(obj, caller) };
 }
 
 /// Returns every object in the pool's shared cache to the allocator
@@ -324,13 +368,49 @@ pub unsafe extern "C" fn pool_set_shared_cache(name: *const c_char) -> c_int {
     }
 }
 
-/// Applies a comma-separated list of debugging options, also read from
-/// POOL_DEBUG: "fail=N" makes N percent of the allocations from the backing
-/// allocator fail ("no-fail" stops it); "uaf" gives each object of the pools
-/// created afterwards its own mapping between guard pages, unmapped when the
-/// object goes back, so a later access faults ("no-uaf" stops it); "help"
-/// prints the list on stderr. Returns 0, or -1 with EINVAL (changing
-/// nothing) for a NULL list or an unknown option.
+/// Applies a comma-separated list of debugging options, also read once
+/// from POOL_DEBUG; HAProxy's `-dM` names. Every option but `fail` is
+/// copied into a pool when it is created: set them before creating the
+/// pools they are for (POOL_F_SHARED pools with different options never
+/// merge). Each has an opposite that clears it.
+///
+/// - "fail=N" / "no-fail": N percent of the allocations from the backing
+///   allocator fail (applies at once).
+/// - "no-merge" / "merge": POOL_F_SHARED pools merge only with a pool of the
+///   same name.
+/// - "cold-first" / "hot-first": the thread cache hands out its oldest
+///   object of the pool first, not its newest.
+/// - "integrity" / "no-integrity": objects in the caches are filled with a
+///   changing pattern, checked when handed out again; a write after free
+///   aborts with the pool name, the address and the first differing offset.
+///   A second pool_free of a cached object aborts too. Covers the bytes
+///   from offset 32 (the cache links live before), for objects of more
+///   than 32 bytes.
+/// - "no-global" / "global": no shared cache: what leaves a thread cache
+///   goes back to the system.
+/// - "no-cache" / "cache": no thread cache: pool_free goes to the shared
+///   cache (or, with "no-global", to the system).
+/// - "caller" / "no-caller": (layout) the return addresses of the last
+///   pool_alloc and pool_free of each object are kept after it and printed
+///   by the abort messages.
+/// - "tag" / "no-tag": (layout) a word after each object names its pool and
+///   whether it is free: pool_free into the wrong pool, a double free, or an
+///   overflow that reaches the tag aborts with a message naming the pools
+///   and the object's address.
+/// - "poison" / "poison=0xNN" / "no-poison": new allocations are filled
+///   with the poison byte (default 0x50, 'P').
+/// - "uaf" / "no-uaf": (backend) each object in its own mapping between
+///   guard pages, unmapped when it goes back to the system; with
+///   "no-cache,no-global" that happens at pool_free, so any later access
+///   faults.
+/// - "backup" / "no-backup": (layout) a copy of each freed object is kept
+///   after it and compared when the object is handed out again (unless
+///   "integrity" does that check): a write after free aborts.
+/// - "help": prints the list on stderr.
+///
+/// Returns 0, or -1 with EINVAL (changing nothing) for a NULL list or an
+/// unknown option. Thread-safe; pools being created concurrently see the
+/// old or the new options.
 #[no_mangle]
 pub unsafe extern "C" fn pool_set_debugging(opts: *const c_char) -> c_int {
     registry::init();
@@ -340,6 +420,24 @@ pub unsafe extern "C" fn pool_set_debugging(opts: *const c_char) -> c_int {
     }
     set_errno(libc::EINVAL);
     -1
+}
+
+/// Caps the pool's `allocated` counter at `limit` objects (0: no cap, the
+/// default). At the cap, pool_alloc returns NULL with ENOMEM and counts a
+/// failure, without running pool_gc. A cap below the current count takes
+/// nothing back; it stops new allocations until objects go back to the
+/// system. Concurrent allocations never pass the cap together (one of them
+/// may fail where the cap had room for exactly one). Returns 0, or -1 with
+/// errno EINVAL for a NULL or dead pool. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn pool_set_limit(pool: *mut Pool, limit: c_ulong) -> c_int {
+    // SAFETY: `pool` is NULL or a pool handle (C contract).
+    let Some(pool) = (unsafe { live(pool) }) else {
+        return -1;
+    };
+    pool.limit
+        .store(limit as usize, core::sync::atomic::Ordering::Relaxed);
+    0
 }
 
 /// Bytes of objects allocated (held by the pools or the application), all
@@ -355,11 +453,54 @@ pub extern "C" fn pool_total_used() -> c_ulonglong {
     registry::totals().1
 }
 
-/// Writes one line per pool (name, size, counters, users) and a "Total:"
-/// line to the file descriptor `fd`.
+/// pool_dump_sorted order: the pools as they are listed (newest first).
+pub const POOL_DUMP_UNSORTED: c_int = 0;
+/// pool_dump_sorted order: by name, A to Z (byte order).
+pub const POOL_DUMP_BY_NAME: c_int = 1;
+/// pool_dump_sorted order: by object size, largest first.
+pub const POOL_DUMP_BY_SIZE: c_int = 2;
+/// pool_dump_sorted order: by bytes allocated, largest first.
+pub const POOL_DUMP_BY_USAGE: c_int = 3;
+
+/// Writes one line per pool and a "Total:" line to the file descriptor `fd`
+/// (HAProxy's "show pools"):
+///
+/// ```text
+///   - Pool buffer (16384 bytes) : 3 allocated (49152 bytes), 1 used, 2 cached, 0 shared, 0 failures, 1 users, minavail 0 [SHARED]
+/// ```
+///
+/// then ", limit N" when pool_set_limit set one, " [SHARED]" for
+/// POOL_F_SHARED pools and " [DEBUG tag,...]" for pools created with
+/// debugging options. Writes with write(2) and allocates no memory with
+/// malloc. Thread-safe; errors writing to `fd` are ignored.
 #[no_mangle]
 pub extern "C" fn pool_dump(fd: c_int) {
     registry::dump(fd);
+}
+
+/// Like pool_dump, with the pool lines in the order `how` (POOL_DUMP_BY_NAME,
+/// POOL_DUMP_BY_SIZE, POOL_DUMP_BY_USAGE or POOL_DUMP_UNSORTED) and at most
+/// `max` of them (0: all); the "Total:" line still covers every pool.
+/// Returns 0, or -1 with errno EINVAL (writing nothing) for an unknown `how`
+/// or a negative `max`. Thread-safe.
+#[no_mangle]
+pub extern "C" fn pool_dump_sorted(fd: c_int, how: c_int, max: c_int) -> c_int {
+    let order = match how {
+        POOL_DUMP_UNSORTED => registry::DumpOrder::Unsorted,
+        POOL_DUMP_BY_NAME => registry::DumpOrder::Name,
+        POOL_DUMP_BY_SIZE => registry::DumpOrder::Size,
+        POOL_DUMP_BY_USAGE => registry::DumpOrder::Usage,
+        _ => {
+            set_errno(libc::EINVAL);
+            return -1;
+        }
+    };
+    let Ok(max) = usize::try_from(max) else {
+        set_errno(libc::EINVAL);
+        return -1;
+    };
+    registry::dump_sorted(fd, order, max);
+    0
 }
 
 #[cfg(all(test, not(loom)))]

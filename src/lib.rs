@@ -18,6 +18,7 @@
 
 #![warn(unsafe_op_in_unsafe_fn)]
 
+mod debug;
 pub mod ffi;
 mod legacy_cache;
 mod meta;

@@ -7,7 +7,9 @@
 //!   (the default self-locked heads), `none` (what overflows a thread cache
 //!   goes back to the allocator), and the earlier designs kept only to be
 //!   measured and to show the race they had: `dwcas`, `rwlock`, `locked`.
-//! - `POOL_DEBUG`: a comma list of debugging options, [`set_debugging`].
+//! - `POOL_DEBUG`: a comma list of debugging options, [`set_debugging`]
+//!   (HAProxy's `-dM` words; `help` lists them).
+//! - `POOL_STATS=1`: `pool_dump` to stderr at exit (see `debug::init`).
 //! - `POOL_RACE_WINDOW`: test-only; spins this many times (and yields) in a
 //!   shared-cache take between getting the head and reading its `next`, to
 //!   make the legacy `dwcas` race likely within a short test.
@@ -15,7 +17,7 @@
 use crate::os::Backend;
 use core::ffi::CStr;
 use core::sync::atomic::Ordering::Relaxed;
-use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize};
 
 /// Default per-thread cache budget in bytes (HAProxy's default).
 pub const POOL_DEFAULT_CACHE_SIZE: usize = 512 * 1024;
@@ -27,11 +29,124 @@ pub const POOL_DEFAULT_CACHE_SIZE: usize = 512 * 1024;
 static CACHE_SIZE: AtomicUsize = AtomicUsize::new(POOL_DEFAULT_CACHE_SIZE);
 static SHARED_MODE: AtomicU8 = AtomicU8::new(SharedMode::Xchg as u8);
 static RACE_WINDOW: AtomicU32 = AtomicU32::new(0);
-/// Debugging options: `FAIL_MASK` holds the failure rate in percent.
-static DEBUG: AtomicU32 = AtomicU32::new(0);
+/// `POOL_STATS=1`: print `pool_dump` to stderr when the process exits.
+static STATS_AT_EXIT: AtomicBool = AtomicBool::new(false);
+/// Debugging options: the failure rate in percent (`FAIL_MASK`), the
+/// `DBG_*` flags, and the poison byte (`POISON_SHIFT`). One word, so that
+/// `set_debugging` changes all of them at once.
+static DEBUG: AtomicU32 = AtomicU32::new((b'P' as u32) << POISON_SHIFT);
 
-const DEBUG_UAF: u32 = 1 << 8;
 const FAIL_MASK: u32 = 0xff;
+const DEBUG_UAF: u32 = 1 << 8;
+/// `no-merge`: POOL_F_SHARED pools merge only with a pool of the same name.
+const DBG_NO_MERGE: u32 = 1 << 9;
+/// `cold-first`: the thread cache hands out its oldest object of the pool.
+pub(crate) const DBG_COLD_FIRST: u32 = 1 << 10;
+/// `integrity`: cached objects are filled with a pattern, checked on reuse.
+pub(crate) const DBG_INTEGRITY: u32 = 1 << 11;
+/// `no-global`: no shared cache; what leaves a thread cache is released.
+pub(crate) const DBG_NO_GLOBAL: u32 = 1 << 12;
+/// `no-cache`: no thread cache; freed objects go to the shared cache.
+pub(crate) const DBG_NO_CACHE: u32 = 1 << 13;
+/// `caller`: the last alloc and free call sites are kept after the object.
+pub(crate) const DBG_CALLER: u32 = 1 << 14;
+/// `tag`: a word after the object names its pool (and whether it is free).
+pub(crate) const DBG_TAG: u32 = 1 << 15;
+/// `poison`: new allocations are filled with the poison byte.
+pub(crate) const DBG_POISON: u32 = 1 << 16;
+/// `backup`: a copy of a freed object is kept and compared on reuse.
+pub(crate) const DBG_BACKUP: u32 = 1 << 17;
+/// Not an option: set on every pool when valgrind or ASan is detected
+/// (`debug::tools`), so that cached objects are made inaccessible.
+pub(crate) const DBG_MEMCHECK: u32 = 1 << 18;
+/// Not an option: set on every pool when the host program is built with
+/// AddressSanitizer, so that cached objects are poisoned.
+pub(crate) const DBG_ASAN: u32 = 1 << 19;
+/// The flags a pool copies when it is created (`Pool::debug`).
+pub(crate) const DBG_POOL_FLAGS: u32 = DBG_COLD_FIRST
+    | DBG_INTEGRITY
+    | DBG_NO_GLOBAL
+    | DBG_NO_CACHE
+    | DBG_CALLER
+    | DBG_TAG
+    | DBG_POISON
+    | DBG_BACKUP;
+const POISON_SHIFT: u32 = 24;
+
+/// The flag words, their opposites and their help lines, HAProxy's `-dM`
+/// names and meanings.
+const FLAG_WORDS: [(u32, &str, &str, &str); 10] = [
+    (
+        DBG_NO_MERGE,
+        "no-merge",
+        "merge",
+        "POOL_F_SHARED pools merge only with a pool of the same name",
+    ),
+    (
+        DBG_COLD_FIRST,
+        "cold-first",
+        "hot-first",
+        "the thread cache hands out its oldest object first (hot-first: newest)",
+    ),
+    (
+        DBG_INTEGRITY,
+        "integrity",
+        "no-integrity",
+        "fill cached objects with a changing pattern, check it on reuse:\n\
+      \x20            a write after free (or a double free) aborts",
+    ),
+    (
+        DBG_NO_GLOBAL,
+        "no-global",
+        "global",
+        "no shared cache: objects leaving a thread cache are released",
+    ),
+    (
+        DBG_NO_CACHE,
+        "no-cache",
+        "cache",
+        "no thread cache: pool_free goes to the shared cache",
+    ),
+    (
+        DBG_CALLER,
+        "caller",
+        "no-caller",
+        "keep the last alloc and free call sites, print them on errors",
+    ),
+    (
+        DBG_TAG,
+        "tag",
+        "no-tag",
+        "a word after each object names its pool: a free into the wrong\n\
+      \x20            pool, a double free or an overflow onto it aborts",
+    ),
+    (
+        DBG_POISON,
+        "poison",
+        "no-poison",
+        "fill new allocations with the poison byte (poison=0xNN sets it,\n\
+      \x20            default 0x50 'P')",
+    ),
+    (
+        DEBUG_UAF,
+        "uaf",
+        "no-uaf",
+        "one guarded mapping per object, unmapped when released to the\n\
+      \x20            system; with no-cache,no-global that is at pool_free",
+    ),
+    (
+        DBG_BACKUP,
+        "backup",
+        "no-backup",
+        "keep a copy of each freed object, compare it on reuse: a write\n\
+      \x20            after free aborts",
+    ),
+];
+
+/// Whether `POOL_STATS=1` asked for a dump at exit.
+pub(crate) fn stats_at_exit() -> bool {
+    STATS_AT_EXIT.load(Relaxed)
+}
 
 /// The per-thread cache budget in bytes.
 #[inline]
@@ -137,24 +252,62 @@ pub(crate) fn fail_rate() -> u32 {
     DEBUG.load(Relaxed) & FAIL_MASK
 }
 
-/// One line per debugging option, for `help`.
-const HELP: &str = "\
-libpools POOL_DEBUG / pool_set_debugging options (comma-separated):
-  fail=N     fail N percent of the allocations from the backing allocator
-  no-fail    inject no failure (default)
-  uaf        one guarded mapping per object, unmapped on free: any use after
-             a return to the allocator faults (pools created afterwards)
-  no-uaf     objects from malloc (default; pools created afterwards)
-  help       print this list
-";
+/// The pool-shaping debugging flags of a pool created now (copied into
+/// `Pool::debug`), without the failure rate or the poison byte.
+pub(crate) fn pool_debug() -> u32 {
+    DEBUG.load(Relaxed) & DBG_POOL_FLAGS
+}
 
-/// Applies a comma list of debugging options (`fail=5,uaf`). Either every
+/// The poison byte of a pool created now (`poison=0xNN`).
+pub(crate) fn poison_byte() -> u8 {
+    (DEBUG.load(Relaxed) >> POISON_SHIFT) as u8
+}
+
+/// Whether `no-merge` is set: shareable pools merge only by name.
+pub(crate) fn no_merge() -> bool {
+    DEBUG.load(Relaxed) & DBG_NO_MERGE != 0
+}
+
+/// Writes the names of a pool's debugging flags, comma-separated.
+pub(crate) fn write_flag_names(w: &mut impl core::fmt::Write, flags: u32) {
+    let mut sep = "";
+    let tools = [(DBG_MEMCHECK, "valgrind"), (DBG_ASAN, "asan")];
+    let words = FLAG_WORDS.iter().map(|(f, set, _, _)| (*f, *set));
+    for (_, name) in words.chain(tools).filter(|(f, _)| flags & f != 0) {
+        let _ = write!(w, "{sep}{name}");
+        sep = ",";
+    }
+}
+
+/// Prints one line per debugging option, for `help`.
+fn print_help() {
+    let mut out = crate::registry::Line::new();
+    let _ = core::fmt::Write::write_str(
+        &mut out,
+        "libpools POOL_DEBUG / pool_set_debugging options (comma-separated;\n\
+         every one but fail applies to the pools created afterwards):\n\
+         \x20 fail=N     fail N percent of the allocations from the backing allocator\n\
+         \x20 no-fail    inject no failure (default)\n",
+    );
+    out.write_to(2);
+    for (_, set, clr, help) in FLAG_WORDS {
+        let mut line = crate::registry::Line::new();
+        let _ = core::fmt::Write::write_fmt(
+            &mut line,
+            format_args!("  {set:<10} {help}\n  {clr:<10} the opposite\n"),
+        );
+        line.write_to(2);
+    }
+    write_stderr(b"  help       print this list\n");
+}
+
+/// Applies a comma list of debugging options (`fail=5,tag`). Either every
 /// word is known and all apply, or nothing changes and `false` returns.
 pub(crate) fn set_debugging(opts: &[u8]) -> bool {
     match parse_debugging(DEBUG.load(Relaxed), opts) {
         Some(debug) => {
             if opts.split(|&b| b == b',').any(|w| w == b"help") {
-                write_stderr(HELP.as_bytes());
+                print_help();
             }
             DEBUG.store(debug, Relaxed);
             true
@@ -166,18 +319,46 @@ pub(crate) fn set_debugging(opts: &[u8]) -> bool {
 /// `debug` with the options of `opts` applied, or `None` for a bad word.
 fn parse_debugging(mut debug: u32, opts: &[u8]) -> Option<u32> {
     for word in opts.split(|&b| b == b',').filter(|w| !w.is_empty()) {
+        if let Some((flag, set, _, _)) = FLAG_WORDS
+            .iter()
+            .find(|(_, set, clr, _)| word == set.as_bytes() || word == clr.as_bytes())
+        {
+            if word == set.as_bytes() {
+                debug |= flag;
+            } else {
+                debug &= !flag;
+            }
+            continue;
+        }
         match word {
-            b"uaf" => debug |= DEBUG_UAF,
-            b"no-uaf" => debug &= !DEBUG_UAF,
             b"no-fail" => debug &= !FAIL_MASK,
             b"help" => {}
             _ => {
-                debug =
-                    (debug & !FAIL_MASK) | word.strip_prefix(b"fail=").and_then(parse_percent)?
+                if let Some(rate) = word.strip_prefix(b"fail=") {
+                    debug = (debug & !FAIL_MASK) | parse_percent(rate)?;
+                } else {
+                    let byte = parse_byte(word.strip_prefix(b"poison=")?)?;
+                    debug = (debug & !(0xff << POISON_SHIFT))
+                        | (u32::from(byte) << POISON_SHIFT)
+                        | DBG_POISON;
+                }
             }
         }
     }
     Some(debug)
+}
+
+/// `0x50` or `80`: a byte value.
+fn parse_byte(s: &[u8]) -> Option<u8> {
+    let s = core::str::from_utf8(s).ok()?;
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            u8::from_str_radix(hex, 16).ok()
+        }
+        Some(_) => None,
+        None if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
+        None => None,
+    }
 }
 
 fn parse_percent(s: &[u8]) -> Option<u32> {
@@ -207,6 +388,13 @@ pub(crate) fn load_env() {
     if let Some(v) = getenv(c"POOL_DEBUG") {
         if !set_debugging(v) {
             warn(c"POOL_DEBUG", v);
+        }
+    }
+    if let Some(v) = getenv(c"POOL_STATS") {
+        match v {
+            b"1" | b"yes" => STATS_AT_EXIT.store(true, Relaxed),
+            b"0" | b"no" | b"" => {}
+            _ => warn(c"POOL_STATS", v),
         }
     }
     if let Some(v) = getenv(c"POOL_RACE_WINDOW") {
@@ -290,5 +478,35 @@ mod tests {
         assert_eq!(parse_debugging(DEBUG_UAF | 7, b"no-fail"), Some(DEBUG_UAF));
         assert_eq!(parse_debugging(DEBUG_UAF | 7, b"no-uaf,"), Some(7));
         assert_eq!(parse_debugging(3, b""), Some(3));
+    }
+
+    #[test]
+    fn every_flag_word_sets_and_its_opposite_clears() {
+        for (flag, set, clr, help) in FLAG_WORDS {
+            assert!(!help.is_empty());
+            assert_eq!(parse_debugging(0, set.as_bytes()), Some(flag), "{set}");
+            assert_eq!(parse_debugging(!0, clr.as_bytes()), Some(!flag), "{clr}");
+        }
+        let all = parse_debugging(0, b"tag,integrity,caller,backup,no-cache").unwrap();
+        assert_eq!(
+            all,
+            DBG_TAG | DBG_INTEGRITY | DBG_CALLER | DBG_BACKUP | DBG_NO_CACHE
+        );
+        assert_eq!(parse_debugging(0, b"tag,bogus"), None);
+        assert_eq!(parse_debugging(0, b"Tag"), None);
+    }
+
+    #[test]
+    fn poison_takes_an_optional_byte() {
+        let p = |s: &[u8]| parse_debugging(0, s);
+        assert_eq!(p(b"poison"), Some(DBG_POISON));
+        assert_eq!(p(b"poison=0x41"), Some(DBG_POISON | 0x41 << POISON_SHIFT));
+        assert_eq!(p(b"poison=255"), Some(DBG_POISON | 0xff << POISON_SHIFT));
+        assert_eq!(p(b"poison=256"), None);
+        assert_eq!(p(b"poison=0x"), None);
+        assert_eq!(p(b"poison=0xzz"), None);
+        assert_eq!(p(b"poison="), None);
+        let byte = 0x41 << POISON_SHIFT;
+        assert_eq!(parse_debugging(DBG_POISON | byte, b"no-poison"), Some(byte));
     }
 }

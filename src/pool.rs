@@ -1,16 +1,17 @@
 //! One pool: its object size, flags and counters, and the alloc/free path
 //! through thread cache, shared cache and backing allocator.
 
+use crate::debug::{self, Layout};
 use crate::legacy_cache::LegacyCache;
-use crate::options::SharedMode;
+use crate::options::{SharedMode, DBG_COLD_FIRST, DBG_NO_CACHE, DBG_NO_GLOBAL};
 use crate::shared_cache::{Cluster, Item, SharedCache};
 use crate::thread_cache::{ThreadCache, MIN_OBJECT};
 use crate::{options, os, registry};
 use core::cell::Cell;
 use core::ffi::CStr;
 use core::ptr::NonNull;
-use core::sync::atomic::Ordering::Relaxed;
-use core::sync::atomic::{AtomicU32, AtomicUsize};
+use core::sync::atomic::Ordering::{Relaxed, SeqCst};
+use core::sync::atomic::{fence, AtomicU32, AtomicUsize};
 
 /// May be merged with another shareable pool of the same rounded size.
 pub const POOL_F_SHARED: u32 = 1;
@@ -37,9 +38,26 @@ pub struct Pool {
     pub(crate) slot: usize,
     /// Object size as the caller sees it (rounded unless POOL_F_EXACT).
     pub(crate) size: usize,
-    /// Bytes obtained per object: `size`, at least `MIN_OBJECT`.
+    /// Bytes an object counts for in the thread caches' budget: `size`, at
+    /// least `MIN_OBJECT` (the debugging parts are not counted, so that
+    /// debugging options do not change what the caches hold).
     pub(crate) obj_size: usize,
+    /// Bytes obtained per object from the backing allocator: `obj_size`
+    /// plus the debugging parts of `layout`.
+    pub(crate) alloc_size: usize,
     pub(crate) flags: u32,
+    /// Debugging flags (`options::DBG_*`), fixed at creation: 0 keeps every
+    /// call on the plain path; anything else sends alloc and free to
+    /// `alloc_debug` / `free_debug`.
+    pub(crate) debug: u32,
+    /// Where an object's parts are (see `debug`); fixed at creation.
+    pub(crate) layout: Layout,
+    /// The byte `poison` fills new allocations with.
+    pub(crate) poison: u8,
+    /// Hard cap on `allocated` (0: none), `pool_set_limit`.
+    pub(crate) limit: AtomicUsize,
+    /// Fills so far, to vary the `integrity` pattern.
+    pub(crate) pattern: AtomicUsize,
     /// Handles given out by `pool_create` (merging adds one).
     pub(crate) users: AtomicU32,
     /// Idle objects `pool_gc` leaves in place.
@@ -53,11 +71,14 @@ pub struct Pool {
     pub(crate) backend: os::Backend,
     /// The caller's name, copied; owned by the registry.
     pub(crate) name: Cell<Option<NonNull<libc::c_char>>>,
+    /// The other names the pool was merged under, comma-separated (for
+    /// `pool_dump`); owned by the registry, written under its lock.
+    pub(crate) also: Cell<Option<NonNull<libc::c_char>>>,
     /// The registry's list of pools, or of free heads (under its lock).
     pub(crate) reg_next: Cell<*mut Pool>,
 }
 
-// SAFETY: the `Cell` fields (`name`, `reg_next`) are only written under the
+// SAFETY: the `Cell` fields (`name`, `also`, `reg_next`) are only written under the
 // registry lock, while the pool is not live (name) or only by the registry
 // (list links); everything else is atomic or immutable after creation.
 unsafe impl Sync for Pool {}
@@ -78,14 +99,30 @@ pub struct Stats {
 }
 
 impl Pool {
-    /// A live, empty pool in slot `slot`, its objects from `backend`.
-    pub(crate) fn new(slot: usize, size: usize, flags: u32, backend: os::Backend) -> Pool {
+    /// A live, empty pool in slot `slot`, its objects from `backend`, with
+    /// the debugging flags `debug` (`poison` the poison byte).
+    pub(crate) fn new(
+        slot: usize,
+        size: usize,
+        flags: u32,
+        backend: os::Backend,
+        debug: u32,
+        poison: u8,
+    ) -> Pool {
+        let layout = Layout::new(size, debug);
+        debug_assert!(layout.total >= size.max(MIN_OBJECT));
         Pool {
             magic: AtomicU32::new(LIVE),
             slot,
             size,
             obj_size: size.max(MIN_OBJECT),
+            alloc_size: layout.total,
             flags,
+            debug,
+            layout,
+            poison,
+            limit: AtomicUsize::new(0),
+            pattern: AtomicUsize::new(0),
             users: AtomicU32::new(1),
             minavail: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
@@ -93,6 +130,7 @@ impl Pool {
             legacy: LegacyCache::new(),
             backend,
             name: Cell::new(None),
+            also: Cell::new(None),
             reg_next: Cell::new(core::ptr::null_mut()),
         }
     }
@@ -124,6 +162,16 @@ impl Pool {
         self.magic.store(LIVE, Relaxed);
     }
 
+    /// The other names of a merged pool, comma-separated, or "".
+    pub(crate) fn also(&self) -> &CStr {
+        match self.also.get() {
+            // SAFETY: the registry keeps the string alive as long as the pool
+            // and replaces it only under its lock, which dump holds.
+            Some(n) => unsafe { CStr::from_ptr(n.as_ptr()) },
+            None => c"",
+        }
+    }
+
     pub(crate) fn name(&self) -> &CStr {
         match self.name.get() {
             // SAFETY: the registry keeps the copy alive as long as the pool.
@@ -139,6 +187,17 @@ impl Pool {
     /// Counters: cached or shared drop, or allocated grows; used grows.
     #[inline]
     pub fn alloc(&self) -> Option<NonNull<u8>> {
+        self.alloc_from(0)
+    }
+
+    /// [`Pool::alloc`] for a call made from the return address `caller`
+    /// (kept by the `caller` debugging option).
+    #[inline]
+    pub fn alloc_from(&self, caller: usize) -> Option<NonNull<u8>> {
+        // The one test on the hot path for every debugging option.
+        if self.debug != 0 {
+            return self.alloc_debug(caller);
+        }
         let p = match ThreadCache::current() {
             Some(tc) => {
                 let held = tc.enter();
@@ -153,6 +212,12 @@ impl Pool {
 
     #[cold]
     fn alloc_after_gc(&self) -> Option<NonNull<u8>> {
+        let limit = self.limit.load(Relaxed);
+        if limit != 0 && self.shared.allocated() >= limit {
+            // At its cap: a gc would not make room in this pool.
+            self.failed.fetch_add(1, Relaxed);
+            return None;
+        }
         registry::gc();
         let p = self.alloc_from_os(0);
         if p.is_none() {
@@ -203,9 +268,69 @@ impl Pool {
     ///
     /// Counter: allocated grows.
     fn alloc_from_os(&self, home: usize) -> Option<NonNull<u8>> {
-        let p = os::obtain_object(self.obj_size, self.backend)?;
+        // Relaxed: a setting; an allocation racing with pool_set_limit may
+        // see either value.
+        let limit = self.limit.load(Relaxed);
+        if limit != 0 {
+            return self.alloc_within_limit(home, limit);
+        }
+        let p = os::obtain_object(self.alloc_size, self.backend)?;
         self.shared.count_allocated(home, 1);
         Some(p)
+    }
+
+    /// A new object if `allocated` stays at most `limit`: counts it first,
+    /// then checks the sum, and takes the count back when over.
+    ///
+    /// Counter: allocated grows (or stays).
+    #[cold]
+    fn alloc_within_limit(&self, home: usize, limit: usize) -> Option<NonNull<u8>> {
+        self.shared.count_allocated(home, 1);
+        // SeqCst fence between our increment and our reading of the sum: of
+        // two racing allocations, the one whose fence comes second sees the
+        // other's increment, so they cannot both pass a cap that has room
+        // for one (both may fail, a spurious ENOMEM at the boundary).
+        fence(SeqCst);
+        if self.shared.allocated() > limit {
+            self.shared.count_allocated(home, -1);
+            return None;
+        }
+        let p = os::obtain_object(self.alloc_size, self.backend);
+        if p.is_none() {
+            self.shared.count_allocated(home, -1);
+        }
+        p
+    }
+
+    /// The alloc path of a pool with debugging flags: the same layers, with
+    /// `cold-first`, `no-cache` and `no-global` applied, and the object
+    /// checked and prepared by `debug::on_alloc`.
+    #[cold]
+    #[inline(never)]
+    fn alloc_debug(&self, caller: usize) -> Option<NonNull<u8>> {
+        let tc = ThreadCache::current();
+        let home = tc.map_or(0, |tc| tc.home);
+        let cached = match tc.filter(|_| self.debug & DBG_NO_CACHE == 0) {
+            Some(tc) => {
+                let held = tc.enter();
+                let p = if self.debug & DBG_COLD_FIRST != 0 {
+                    held.take_oldest(self)
+                } else {
+                    held.take(self)
+                };
+                p.or_else(|| self.refill(&held))
+            }
+            None => self.take_shared(home),
+        };
+        let (base, from_cache) = match cached {
+            Some(p) => (p, true),
+            None => (
+                self.alloc_from_os(home).or_else(|| self.alloc_after_gc())?,
+                false,
+            ),
+        };
+        // SAFETY: `base` is an object of this pool that we own.
+        Some(unsafe { debug::on_alloc(self, base, from_cache, caller) })
     }
 
     /// Takes back an object: into this thread's cache, or straight into the
@@ -217,6 +342,59 @@ impl Pool {
     /// `obj` came from `alloc` of this pool and is not used any more.
     #[inline]
     pub unsafe fn free(&self, obj: NonNull<u8>) {
+        // SAFETY: forwarded.
+        unsafe { self.free_from(obj, 0) }
+    }
+
+    /// [`Pool::free`] for a call made from the return address `caller`.
+    ///
+    /// # Safety
+    /// As for [`Pool::free`].
+    #[inline]
+    pub unsafe fn free_from(&self, obj: NonNull<u8>, caller: usize) {
+        // The one test on the hot path for every debugging option.
+        if self.debug != 0 {
+            // SAFETY: forwarded.
+            return unsafe { self.free_debug(obj, caller) };
+        }
+        // SAFETY: forwarded.
+        unsafe { self.free_object(obj) }
+    }
+
+    /// The free path of a pool with debugging flags: `debug::on_free`
+    /// checks and prepares the object, then it goes to the thread cache, or
+    /// with `no-cache` to the shared cache (or to the system).
+    ///
+    /// # Safety
+    /// As for [`Pool::free`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_debug(&self, obj: NonNull<u8>, caller: usize) {
+        // SAFETY: the caller gives `obj` up (it came from `alloc_debug`).
+        let base = unsafe { debug::on_free(self, obj, caller) };
+        if self.debug & DBG_NO_CACHE == 0 {
+            // SAFETY: `base` is an object of this pool nobody uses.
+            return unsafe { self.free_object(base) };
+        }
+        let item = base.cast::<Item>();
+        // SAFETY: the object is ours; a lone object is a cluster of one.
+        unsafe { (*item.as_ptr()).down = core::ptr::null_mut() };
+        self.release_cluster(
+            0,
+            Cluster {
+                first: item,
+                len: 1,
+            },
+        );
+    }
+
+    /// Puts an object (as the caches hold it) into this thread's cache, or
+    /// into the shared cache when it is too large to cache per thread.
+    ///
+    /// # Safety
+    /// As for [`Pool::free`].
+    #[inline(always)]
+    unsafe fn free_object(&self, obj: NonNull<u8>) {
         let budget = options::cache_size();
         let tc = ThreadCache::current();
         if let Some(tc) = tc.filter(|_| self.obj_size <= budget / 8) {
@@ -242,6 +420,11 @@ impl Pool {
     ///
     /// Counters: shared grows (or allocated drops).
     pub(crate) fn release_cluster(&self, home: usize, cluster: Cluster) {
+        if self.debug & DBG_NO_GLOBAL != 0 {
+            // SAFETY: the cluster is ours; each object is released once.
+            unsafe { cluster.for_each(|i| self.release_to_os(home, i.cast())) };
+            return;
+        }
         match options::shared_mode() {
             SharedMode::Xchg => self.shared.put(home, cluster),
             SharedMode::None => {
@@ -256,6 +439,9 @@ impl Pool {
     ///
     /// Counter: shared drops by its length.
     fn take_from_shared(&self, home: usize) -> Option<Cluster> {
+        if self.debug & DBG_NO_GLOBAL != 0 {
+            return None;
+        }
         match options::shared_mode() {
             SharedMode::Xchg => self.shared.take(home),
             SharedMode::None => None,
@@ -284,9 +470,12 @@ impl Pool {
     /// # Safety
     /// `obj` is an object of this pool that nobody holds.
     pub(crate) unsafe fn release_to_os(&self, home: usize, obj: NonNull<u8>) {
+        if self.debug != 0 {
+            debug::before_release(self, obj);
+        }
         // SAFETY: objects come from `os::obtain_object` with this size and
         // backend; the caller gives it up.
-        unsafe { os::release_object(obj, self.obj_size, self.backend) };
+        unsafe { os::release_object(obj, self.alloc_size, self.backend) };
         self.shared.count_allocated(home, -1);
     }
 

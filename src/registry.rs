@@ -84,6 +84,7 @@ pub fn init() {
         options::load_env();
         init_fences();
         register_fork_handlers();
+        crate::debug::init();
     });
 }
 
@@ -263,14 +264,30 @@ fn create_with(
     };
     let mut reg = lock();
     reg.created = true;
-    // A pool made with `uaf` does not merge with one made without.
+    // A pool made with `uaf` does not merge with one made without, nor
+    // pools with different debugging flags (layout or behaviour); with
+    // `no-merge`, only pools of the same name merge (as in HAProxy).
     let backend = backend.unwrap_or_else(options::backend);
+    let mut debug = options::pool_debug() | crate::debug::tool_flags();
+    if matches!(backend, os::Backend::Span(_)) {
+        // Span objects start at their slot (the LD_PRELOAD malloc finds
+        // their pool from the address, and hands them out as they are):
+        // no option that moves the caller's bytes or adds words around them.
+        debug &= !crate::debug::LAYOUT_FLAGS;
+    }
+    let poison = options::poison_byte();
     if flags & POOL_F_SHARED != 0 {
-        if let Some(p) = reg
-            .pools()
-            .find(|p| p.flags & POOL_F_SHARED != 0 && p.size == size && p.backend == backend)
-        {
+        let no_merge = options::no_merge();
+        if let Some(p) = reg.pools().find(|p| {
+            p.flags & POOL_F_SHARED != 0
+                && p.size == size
+                && p.backend == backend
+                && p.debug == debug
+                && p.poison == poison
+                && (!no_merge || p.name() == name)
+        }) {
             p.users.fetch_add(1, Relaxed);
+            add_alias(p, name);
             return Ok(p);
         }
     }
@@ -287,7 +304,10 @@ fn create_with(
             let slot = unsafe { head.as_ref() }.slot;
             // SAFETY: the head is ours; overwriting a dead pool drops nothing
             // that owns memory (its name was freed at destroy).
-            unsafe { head.as_ptr().write(Pool::new(slot, size, flags, backend)) };
+            unsafe {
+                head.as_ptr()
+                    .write(Pool::new(slot, size, flags, backend, debug, poison))
+            };
             head
         }
         None => {
@@ -308,7 +328,7 @@ fn create_with(
             // SAFETY: fresh memory of the right size and alignment.
             unsafe {
                 head.as_ptr()
-                    .write(Pool::new(reg.slots, size, flags, backend))
+                    .write(Pool::new(reg.slots, size, flags, backend, debug, poison))
             };
             reg.slots += 1;
             head
@@ -320,6 +340,7 @@ fn create_with(
     pool.revive();
     pool.reg_next.set(reg.pools);
     reg.pools = head.as_ptr();
+    crate::debug::on_create(pool);
     Ok(pool)
 }
 
@@ -342,6 +363,36 @@ unsafe fn release_name(name: NonNull<libc::c_char>) {
         .len();
     // SAFETY: `len` is the size it was obtained with.
     unsafe { meta::release(name.cast(), len) };
+}
+
+/// Records `name` among the names of the merged pool `p` (for `dump`),
+/// unless it is there already or no memory is left for it. Under the lock.
+fn add_alias(p: &Pool, name: &CStr) {
+    let name = name.to_bytes();
+    let old = p.also().to_bytes();
+    if name == p.name().to_bytes() || old.split(|&b| b == b',').any(|n| n == name) {
+        return;
+    }
+    let sep = usize::from(!old.is_empty());
+    let len = old.len() + sep + name.len() + 1;
+    let Some(new) = meta::obtain(len) else {
+        return;
+    };
+    // SAFETY: `new` has room for the old list, a comma, the name and a NUL.
+    unsafe {
+        let d = new.as_ptr();
+        ptr::copy_nonoverlapping(old.as_ptr(), d, old.len());
+        if sep == 1 {
+            *d.add(old.len()) = b',';
+        }
+        ptr::copy_nonoverlapping(name.as_ptr(), d.add(old.len() + sep), name.len());
+        *d.add(len - 1) = 0;
+    }
+    if let Some(prev) = p.also.replace(Some(new.cast())) {
+        // SAFETY: the previous list, a NUL-terminated string of `meta` made
+        // here, no longer referenced.
+        unsafe { release_name(prev) };
+    }
 }
 
 /// Drops one user of `pool`. Refused while the application holds objects of
@@ -371,6 +422,7 @@ pub fn destroy(pool: &'static Pool) -> Result<Destroyed, Error> {
     if done == Destroyed::Released && pool.users.load(Relaxed) == 0 {
         pool.flush();
         debug_assert_eq!(pool.shared.allocated(), 0);
+        crate::debug::on_destroy(pool);
         // The list's own pointer to the head, not one made from `&Pool`:
         // `create` rewrites the whole head through it when recycling, which a
         // pointer derived from a shared reference may not do (Miri reports
@@ -379,6 +431,11 @@ pub fn destroy(pool: &'static Pool) -> Result<Destroyed, Error> {
         if let Some(name) = pool.name.take() {
             // SAFETY: the copy made at creation; the pool is dead.
             unsafe { release_name(name) };
+        }
+        if let Some(also) = pool.also.take() {
+            // SAFETY: made by `add_alias` (a string of `meta`); the pool is
+            // dead.
+            unsafe { release_name(also) };
         }
         let head = if head.is_null() {
             ptr::from_ref(pool).cast_mut()
@@ -456,43 +513,94 @@ pub fn set_shared_cache(name: &CStr) -> Result<(), Error> {
     }
 }
 
+/// The live pool whose head is at `addr`, for the debugging messages
+/// (which name the pool a misplaced object belongs to). `None` when no live
+/// pool is there, or when the registry is busy (an abort must not wait).
+pub(crate) fn pool_at(addr: usize) -> Option<&'static Pool> {
+    let reg = REGISTRY.try_lock().ok()?;
+    reg.pools().find(|p| ptr::from_ref(*p) as usize == addr)
+}
+
+/// The order of `dump_sorted`'s lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DumpOrder {
+    /// Newest pool first.
+    Unsorted,
+    /// By name, A to Z.
+    Name,
+    /// By object size, largest first.
+    Size,
+    /// By bytes allocated, largest first.
+    Usage,
+}
+
 /// Writes one line per pool and a total to `fd`, like HAProxy's
 /// "show pools".
 pub fn dump(fd: libc::c_int) {
+    dump_sorted(fd, DumpOrder::Unsorted, 0);
+}
+
+/// Like `dump`, the pools in `order`, at most `max` of them (0: all); the
+/// total covers every pool. Formats on the stack and sorts in a page
+/// mapping: it calls no malloc (it runs at exit for `POOL_STATS=1`).
+pub fn dump_sorted(fd: libc::c_int, order: DumpOrder, max: usize) {
     let reg = lock();
-    let (mut n, mut bytes_alloc, mut bytes_used) = (0usize, 0usize, 0usize);
+    let len = thread_cache::MAX_POOLS * core::mem::size_of::<(&Pool, usize)>();
+    // Unsorted needs no table (and the dump at exit maps nothing).
+    let table = if order == DumpOrder::Unsorted {
+        None
+    } else {
+        os::map_zeroed(len)
+    };
+    let mut n = 0usize;
+    let (mut total_alloc, mut total_used) = (0usize, 0usize);
     for p in reg.pools() {
         let s = p.stats(reg.cached(p));
-        let mut line = Line::new();
-        let _ = writeln!(
-            line,
-            "  - Pool {} ({} bytes) : {} allocated ({} bytes), {} used, {} cached, {} shared, \
-             {} failures, {} users, minavail {}{}",
-            p.name().to_str().unwrap_or("?"),
-            s.size,
-            s.allocated,
-            s.allocated * s.size,
-            s.used,
-            s.cached,
-            s.shared,
-            s.failed,
-            s.users,
-            s.minavail,
-            if p.flags & POOL_F_SHARED != 0 {
-                " [SHARED]"
-            } else {
-                ""
-            },
-        );
-        line.write_to(fd);
+        total_alloc += s.allocated * s.size;
+        total_used += s.used * s.size;
         n += 1;
-        bytes_alloc += s.allocated * s.size;
-        bytes_used += s.used * s.size;
+    }
+    match table {
+        Some(mem) => {
+            let base = mem.as_ptr().cast::<(&Pool, usize)>();
+            for (i, p) in reg.pools().enumerate() {
+                let key = match order {
+                    DumpOrder::Usage => p.stats(reg.cached(p)).allocated * p.size,
+                    _ => p.size,
+                };
+                // SAFETY: `i < n <= MAX_POOLS` (the live pools, counted
+                // above under the same lock): inside the fresh mapping,
+                // which is page-aligned, so aligned for the entries.
+                unsafe { base.add(i).write((p, key)) };
+            }
+            // SAFETY: the first `n` entries were written just above; the
+            // mapping is ours until unmapped below.
+            let entries = unsafe { core::slice::from_raw_parts_mut(base, n) };
+            match order {
+                DumpOrder::Unsorted => {}
+                DumpOrder::Name => entries.sort_unstable_by(|a, b| a.0.name().cmp(b.0.name())),
+                DumpOrder::Size | DumpOrder::Usage => {
+                    entries.sort_unstable_by_key(|e| core::cmp::Reverse(e.1))
+                }
+            }
+            let shown = if max == 0 { n } else { max.min(n) };
+            for (p, _) in entries[..shown].iter() {
+                dump_line(&reg, p, fd);
+            }
+            // SAFETY: the mapping made above, no longer used.
+            unsafe { os::unmap(mem, len) };
+        }
+        // Unsorted, or no memory for the table.
+        None => {
+            for p in reg.pools().take(if max == 0 { usize::MAX } else { max }) {
+                dump_line(&reg, p, fd);
+            }
+        }
     }
     let mut line = Line::new();
     let _ = writeln!(
         line,
-        "Total: {n} pools, {bytes_alloc} bytes allocated, {bytes_used} used, shared cache {}, \
+        "Total: {n} pools, {total_alloc} bytes allocated, {total_used} used, shared cache {}, \
          thread cache {} bytes",
         options::shared_cache_name(),
         options::cache_size(),
@@ -620,6 +728,43 @@ extern "C" fn fork_child() {
             unsafe { thread_cache::unmap(tc) };
         }
     }
+}
+
+/// One pool's line of the dump.
+fn dump_line(reg: &Registry, p: &Pool, fd: libc::c_int) {
+    let s = p.stats(reg.cached(p));
+    let mut line = Line::new();
+    let _ = write!(
+        line,
+        "  - Pool {}{}{} ({} bytes) : {} allocated ({} bytes), {} used, {} cached, {} shared, \
+         {} failures, {} users, minavail {}",
+        p.name().to_str().unwrap_or("?"),
+        if p.also().is_empty() { "" } else { "," },
+        p.also().to_str().unwrap_or("?"),
+        s.size,
+        s.allocated,
+        s.allocated * s.size,
+        s.used,
+        s.cached,
+        s.shared,
+        s.failed,
+        s.users,
+        s.minavail,
+    );
+    let limit = p.limit.load(Relaxed);
+    if limit != 0 {
+        let _ = write!(line, ", limit {limit}");
+    }
+    if p.flags & POOL_F_SHARED != 0 {
+        let _ = write!(line, " [SHARED]");
+    }
+    if p.debug != 0 {
+        let _ = write!(line, " [DEBUG ");
+        options::write_flag_names(&mut line, p.debug);
+        let _ = write!(line, "]");
+    }
+    let _ = writeln!(line);
+    line.write_to(fd);
 }
 
 /// A line formatted on the stack (no allocation), truncated if too long.

@@ -233,7 +233,7 @@ fn data_offset(obj_size: usize) -> usize {
 /// span can be mapped. Every call for one tag must pass the same size.
 pub(crate) fn obtain(tag: u32, obj_size: usize) -> Option<NonNull<u8>> {
     let t = TAGS.get(tag as usize)?;
-    debug_assert!(obj_size % os::OBJECT_ALIGN == 0 && obj_size <= SPAN / 8);
+    debug_assert!(obj_size.is_multiple_of(os::OBJECT_ALIGN) && obj_size <= SPAN / 8);
     t.lock.lock();
     // SAFETY: we hold the tag's lock.
     let st = unsafe { &mut *t.inner.get() };
@@ -364,7 +364,7 @@ fn large_base(map: &[AtomicU8], addr: usize) -> Option<*mut u8> {
 /// memory that may be unmapped.
 pub fn owner(p: *const u8) -> Owner {
     let addr = p as usize;
-    if addr >> ADDR_BITS != 0 || addr % os::OBJECT_ALIGN != 0 {
+    if addr >> ADDR_BITS != 0 || !addr.is_multiple_of(os::OBJECT_ALIGN) {
         return Owner::Foreign;
     }
     let Some(map) = region_map_if_any() else {

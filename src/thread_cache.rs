@@ -599,6 +599,35 @@ unsafe fn unlink(node: *mut Link) {
     }
 }
 
+/// For the `cold-first` debugging option (HAProxy's `-dMcold-first`): kept
+/// apart from the hot path, which always takes the newest object.
+impl Held<'_> {
+    /// Unlinks and returns the oldest object of `pool` in this thread.
+    ///
+    /// Counters: the pool's `count` and the thread's `bytes` drop.
+    pub(crate) fn take_oldest(&self, pool: &Pool) -> Option<NonNull<u8>> {
+        let pc = self.entry(pool);
+        // Relaxed: only this thread writes `count` while it is held.
+        let n = pc.count.load(Relaxed);
+        if n == 0 {
+            return None;
+        }
+        let sentinel = pc.sentinel();
+        // SAFETY: the cache is held; `n > 0` so `list.prev` is an object.
+        let item = unsafe { (*sentinel).prev };
+        // SAFETY: `item` is a cached object of this held cache.
+        unsafe { unlink(item) };
+        if n > 1 {
+            // SAFETY: the list still holds objects; its last is the oldest.
+            pc.oldest
+                .set(unsafe { (*(*sentinel).prev.cast::<CachedItem>()).tick });
+        }
+        pc.count.store(n - 1, Relaxed);
+        self.bytes.set(self.bytes.get() - pool.obj_size);
+        NonNull::new(item.cast())
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use crate::pool::Pool;

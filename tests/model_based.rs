@@ -1095,7 +1095,7 @@ impl Worker<'_> {
             for _ in 0..OPS {
                 self.step();
             }
-            if self.tid % 2 == 0 && self.rng.chance(50) {
+            if self.tid.is_multiple_of(2) && self.rng.chance(50) {
                 self.helper();
             }
             let mut rng = Rng::new(self.w.seed ^ (self.e.epoch * 1000 + round) as u64);
