@@ -437,9 +437,14 @@ pub(crate) mod tests {
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
-    use loom::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-    use loom::sync::Arc;
     use loom::thread;
+    // The model's own bookkeeping uses std types: loom runs one thread at a
+    // time, so they are exact, and unlike loom's they add no branch points
+    // (each loom atomic is one more place to preempt, which made the
+    // three-thread model blow up). Only the shared cache's own atomics are
+    // loom's.
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
 
     /// A model object: a header plus a "freed" flag that a read after
     /// release would trip over.
