@@ -7,8 +7,8 @@
 
 use crate::pool::{Pool, Stats, KNOWN_FLAGS, POOL_F_EXACT, POOL_F_SHARED, POOL_MAX_SIZE};
 use crate::shared_cache::BUCKETS;
-use crate::thread_cache::{self, ThreadCache, MAX_POOLS};
-use crate::{meta, options, os};
+use crate::thread_cache::{self, ThreadCache, MAX_POOLS, MIN_OBJECT};
+use crate::{meta, options, os, span};
 use core::ffi::CStr;
 use core::fmt::{self, Write};
 use core::ptr::{self, NonNull};
@@ -239,9 +239,11 @@ pub fn create(name: &CStr, size: usize, flags: u32) -> Result<&'static Pool, Err
 }
 
 /// Creates a pool whose objects come from the spans of `tag` (see `span`):
-/// a size class of the LD_PRELOAD malloc. Never merged with another pool.
+/// a size class of the LD_PRELOAD malloc, one of the tags below
+/// `span::RESERVED_TAGS`, bound to this size by the first call. Never merged
+/// with another pool.
 pub fn create_span_pool(name: &CStr, size: usize, tag: u32) -> Result<&'static Pool, Error> {
-    if tag as usize >= crate::span::MAX_TAGS || size > crate::span::SPAN / 8 {
+    if size == 0 || !span::reserve(tag, size.next_multiple_of(os::OBJECT_ALIGN).max(MIN_OBJECT)) {
         return Err(Error::Invalid);
     }
     create_with(name, size, 0, Some(os::Backend::Span(tag)))
@@ -413,8 +415,9 @@ fn unlink_pool(reg: &mut Registry, pool: &Pool) -> *mut Pool {
     }
 }
 
-/// For every pool, releases shared objects beyond its `minavail`, then asks
-/// the allocator underneath to return free memory to the OS.
+/// For every pool, releases shared objects beyond its `minavail`, then
+/// unmaps the spare spans and asks the allocator underneath to return free
+/// memory to the OS.
 pub fn gc() {
     {
         let reg = lock();
@@ -422,6 +425,7 @@ pub fn gc() {
             pool.gc(reg.cached(pool));
         }
     }
+    span::trim();
     os::trim();
 }
 
