@@ -7,6 +7,9 @@
 //!   (the default self-locked heads), `none` (what overflows a thread cache
 //!   goes back to the allocator), and the earlier designs kept only to be
 //!   measured and to show the race they had: `dwcas`, `rwlock`, `locked`.
+//! - `POOL_BACKEND`: where pools of small objects get memory: `spans` (the
+//!   default: mmap'd spans that go back to the OS once empty, see `span`)
+//!   or `malloc` (the libc's, or a malloc preloaded underneath the pools).
 //! - `POOL_DEBUG`: a comma list of debugging options, [`set_debugging`].
 //! - `POOL_RACE_WINDOW`: test-only; spins this many times (and yields) in a
 //!   shared-cache take between getting the head and reading its `next`, to
@@ -15,7 +18,7 @@
 use crate::os::Backend;
 use core::ffi::CStr;
 use core::sync::atomic::Ordering::Relaxed;
-use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize};
 
 /// Default per-thread cache budget in bytes (HAProxy's default).
 pub const POOL_DEFAULT_CACHE_SIZE: usize = 512 * 1024;
@@ -27,6 +30,8 @@ pub const POOL_DEFAULT_CACHE_SIZE: usize = 512 * 1024;
 static CACHE_SIZE: AtomicUsize = AtomicUsize::new(POOL_DEFAULT_CACHE_SIZE);
 static SHARED_MODE: AtomicU8 = AtomicU8::new(SharedMode::Xchg as u8);
 static RACE_WINDOW: AtomicU32 = AtomicU32::new(0);
+/// `POOL_BACKEND=malloc`: pools of small objects use malloc, not spans.
+static SPANS_OFF: AtomicBool = AtomicBool::new(false);
 /// Debugging options: `FAIL_MASK` holds the failure rate in percent.
 static DEBUG: AtomicU32 = AtomicU32::new(0);
 
@@ -131,6 +136,24 @@ pub(crate) fn backend() -> Backend {
     }
 }
 
+/// Whether pools of small objects created now may take their objects from
+/// spans (`POOL_BACKEND=spans`, the default) rather than from malloc. A
+/// debugging backend ([`backend`] other than malloc) takes priority.
+pub(crate) fn spans_enabled() -> bool {
+    !SPANS_OFF.load(Relaxed)
+}
+
+/// Selects the backend of small objects by name (`spans`, `malloc`);
+/// `false` for an unknown name.
+fn set_backend(name: &[u8]) -> bool {
+    match name {
+        b"spans" => SPANS_OFF.store(false, Relaxed),
+        b"malloc" => SPANS_OFF.store(true, Relaxed),
+        _ => return false,
+    }
+    true
+}
+
 /// The injected allocation failure rate, in percent (`fail=N`).
 #[inline]
 pub(crate) fn fail_rate() -> u32 {
@@ -202,6 +225,11 @@ pub(crate) fn load_env() {
     if let Some(v) = getenv(c"POOL_SHARED_CACHE") {
         if !set_shared_cache(v) {
             warn(c"POOL_SHARED_CACHE", v);
+        }
+    }
+    if let Some(v) = getenv(c"POOL_BACKEND") {
+        if !set_backend(v) {
+            warn(c"POOL_BACKEND", v);
         }
     }
     if let Some(v) = getenv(c"POOL_DEBUG") {
@@ -276,6 +304,15 @@ mod tests {
             assert!(!name.is_empty());
         }
         assert!(!set_shared_cache(b"bogus"));
+    }
+
+    #[test]
+    fn backends_parse_by_name() {
+        assert!(!set_backend(b"jemalloc"));
+        assert!(!set_backend(b""));
+        assert!(spans_enabled(), "an unknown name changed the default");
+        assert!(set_backend(b"spans"));
+        assert!(spans_enabled());
     }
 
     #[test]

@@ -249,6 +249,25 @@ pub fn create_span_pool(name: &CStr, size: usize, tag: u32) -> Result<&'static P
     create_with(name, size, 0, Some(os::Backend::Span(tag)))
 }
 
+/// Largest object a pool takes from spans by default: one span holds at
+/// least 63 of them, so at most 1/64 of a span is lost to its header and end.
+pub(crate) const SPAN_POOL_MAX: usize = 32 * 1024;
+
+/// Where a pool of `size`-byte objects created now gets them: a debugging
+/// backend if one is selected (`uaf`); otherwise, up to [`SPAN_POOL_MAX`],
+/// the spans of the tag of its object size (given back to the OS when
+/// empty, which glibc's per-thread arenas do not do), unless
+/// `POOL_BACKEND=malloc` or every tag is bound to other sizes; otherwise
+/// malloc.
+fn default_backend(size: usize) -> os::Backend {
+    match options::backend() {
+        os::Backend::Malloc if options::spans_enabled() && size <= SPAN_POOL_MAX => {
+            span::tag_for_size(size.max(MIN_OBJECT)).map_or(os::Backend::Malloc, os::Backend::Span)
+        }
+        debug => debug,
+    }
+}
+
 fn create_with(
     name: &CStr,
     size: usize,
@@ -266,7 +285,7 @@ fn create_with(
     let mut reg = lock();
     reg.created = true;
     // A pool made with `uaf` does not merge with one made without.
-    let backend = backend.unwrap_or_else(options::backend);
+    let backend = backend.unwrap_or_else(|| default_backend(size));
     if flags & POOL_F_SHARED != 0 {
         if let Some(p) = reg
             .pools()
