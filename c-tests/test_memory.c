@@ -10,7 +10,8 @@
  * live in glibc's per-thread arenas, whose memory malloc_trim does not give
  * back; measured by hand on the 2-core machine:
  *   POOL_BACKEND=malloc target/c-tests/glibc/test_memory force
- *   -> "rss above baseline: 56700 KiB" and a failed check.
+ *   -> "rss above baseline: 46600 KiB" and a failed check (75308 KiB in
+ *   another run; 67040 KiB with jemalloc preloaded).
  * So the check runs only where spans are in use: not with
  * POOL_BACKEND=malloc (as `make c-tests-jemalloc` runs the tests), unless
  * the first argument is "force".

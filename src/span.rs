@@ -330,7 +330,6 @@ const _: () = assert!(size_of::<SpanHeader>() <= 128);
 /// # Safety
 /// `s` is a mapped span of the tag whose lock the caller holds, and no other
 /// reference to its state is alive.
-#[allow(clippy::mut_from_ref)]
 unsafe fn state<'a>(s: *mut SpanHeader) -> &'a mut SpanState {
     // SAFETY: the state is only touched under the tag's lock (caller).
     unsafe { &mut *(*s).state.get() }
@@ -496,6 +495,9 @@ pub(crate) unsafe fn release(tag: u32, p: NonNull<u8>) {
         .as_ptr()
         .map_addr(|a| a & !(SPAN - 1))
         .cast::<SpanHeader>();
+    // SAFETY: the span holds the live `p` (caller), so it is mapped; `tag`
+    // is written once before the span was published.
+    debug_assert_eq!(unsafe { (*s).tag }, tag);
     t.lock.lock();
     // SAFETY: we hold the tag's lock; `p` is an object of span `s` of this
     // tag (caller), which is mapped since `p` counts as live in it.
