@@ -135,6 +135,14 @@ extern "C" {
  * POOL_F_SHARED pool of the same rounded size is returned instead, with one
  * more user.
  *
+ * Memory: objects up to 32 KiB come from 2 MiB spans mapped with mmap and
+ * shared by the pools of one object size; a span goes back to the OS as
+ * soon as none of its objects is held by a pool or the application
+ * (pool_flush, pool_gc). Larger objects, and every object when the
+ * environment says POOL_BACKEND=malloc (to put jemalloc or mimalloc under
+ * the pools), come from the libc's malloc. The `uaf` debugging option takes
+ * priority over both.
+ *
  * Returns NULL with errno EINVAL for a NULL name, a size of 0 or above
  * POOL_MAX_SIZE, or an unknown flag; NULL with ENOMEM when memory or pool
  * slots (4096 live pools) run out. Thread-safe.
@@ -179,15 +187,16 @@ void pool_free(struct pool_head *pool, void *ptr);
 
 /**
  * Returns every object in the pool's shared cache to the allocator
- * underneath. Objects in thread caches stay. NULL does nothing.
+ * underneath (a span is unmapped once all its objects are back, see
+ * pool_create). Objects in thread caches stay. NULL does nothing.
  */
 void pool_flush(struct pool_head *pool);
 
 /**
  * For every pool, returns shared-cache objects to the allocator until the
- * pool keeps at most `minavail` idle objects, then asks the libc to trim
- * (malloc_trim, where the malloc in use has it). The argument is unused:
- * pass NULL.
+ * pool keeps at most `minavail` idle objects, then unmaps the empty spans
+ * kept as spares and asks the libc to trim (malloc_trim, where the malloc
+ * in use has it). The argument is unused: pass NULL.
  */
 void pool_gc(struct pool_head *pool);
 

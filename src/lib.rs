@@ -9,7 +9,8 @@
 //!         |                      byte budget, oldest evicted in clusters
 //!  shared cache                  shared_cache.rs: per pool, buckets of
 //!         |                      self-locked list heads (xchg to BUSY)
-//!  backing allocator             os.rs: posix_memalign/free, malloc_trim
+//!  backing allocator             os.rs: spans (span.rs, objects up to
+//!                                32 KiB), posix_memalign/free, malloc_trim
 //! ```
 //!
 //! `pool.rs` orchestrates one pool's path through these layers and

@@ -7,6 +7,9 @@
 //!   (the default self-locked heads), `none` (what overflows a thread cache
 //!   goes back to the allocator), and the earlier designs kept only to be
 //!   measured and to show the race they had: `dwcas`, `rwlock`, `locked`.
+//! - `POOL_BACKEND`: where pools of small objects get memory: `spans` (the
+//!   default: mmap'd spans that go back to the OS once empty, see `span`)
+//!   or `malloc` (the libc's, or a malloc preloaded underneath the pools).
 //! - `POOL_DEBUG`: a comma list of debugging options, [`set_debugging`]
 //!   (HAProxy's `-dM` words; `help` lists them).
 //! - `POOL_STATS=1`: `pool_dump` to stderr at exit (see `debug::init`).
@@ -35,6 +38,8 @@ static STATS_AT_EXIT: AtomicBool = AtomicBool::new(false);
 /// `DBG_*` flags, and the poison byte (`POISON_SHIFT`). One word, so that
 /// `set_debugging` changes all of them at once.
 static DEBUG: AtomicU32 = AtomicU32::new((b'P' as u32) << POISON_SHIFT);
+/// `POOL_BACKEND=malloc`: pools of small objects use malloc, not spans.
+static SPANS_OFF: AtomicBool = AtomicBool::new(false);
 
 const FAIL_MASK: u32 = 0xff;
 const DEBUG_UAF: u32 = 1 << 8;
@@ -246,6 +251,27 @@ pub(crate) fn backend() -> Backend {
     }
 }
 
+/// Whether pools of small objects created now may take their objects from
+/// spans (`POOL_BACKEND=spans`, the default) rather than from malloc. A
+/// debugging backend ([`backend`] other than malloc) takes priority.
+///
+/// Never under Miri, which cannot unmap part of a mapping (spans are aligned
+/// by trimming a larger one): the unit tests run on malloc there.
+pub(crate) fn spans_enabled() -> bool {
+    !cfg!(miri) && !SPANS_OFF.load(Relaxed)
+}
+
+/// Selects the backend of small objects by name (`spans`, `malloc`);
+/// `false` for an unknown name.
+fn set_backend(name: &[u8]) -> bool {
+    match name {
+        b"spans" => SPANS_OFF.store(false, Relaxed),
+        b"malloc" => SPANS_OFF.store(true, Relaxed),
+        _ => return false,
+    }
+    true
+}
+
 /// The injected allocation failure rate, in percent (`fail=N`).
 #[inline]
 pub(crate) fn fail_rate() -> u32 {
@@ -385,6 +411,11 @@ pub(crate) fn load_env() {
             warn(c"POOL_SHARED_CACHE", v);
         }
     }
+    if let Some(v) = getenv(c"POOL_BACKEND") {
+        if !set_backend(v) {
+            warn(c"POOL_BACKEND", v);
+        }
+    }
     if let Some(v) = getenv(c"POOL_DEBUG") {
         if !set_debugging(v) {
             warn(c"POOL_DEBUG", v);
@@ -464,6 +495,15 @@ mod tests {
             assert!(!name.is_empty());
         }
         assert!(!set_shared_cache(b"bogus"));
+    }
+
+    #[test]
+    fn backends_parse_by_name() {
+        assert!(!set_backend(b"jemalloc"));
+        assert!(!set_backend(b""));
+        assert!(spans_enabled(), "an unknown name changed the default");
+        assert!(set_backend(b"spans"));
+        assert!(spans_enabled());
     }
 
     #[test]

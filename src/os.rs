@@ -46,7 +46,9 @@ pub(crate) enum Backend {
     Guarded,
     /// Objects carved from the mmap'd spans of this tag (`span`): the
     /// LD_PRELOAD malloc's size classes, whose objects `free` finds by
-    /// address.
+    /// address, and by default the pools of objects up to
+    /// `registry::SPAN_POOL_MAX` bytes (one tag per object size). A span is
+    /// unmapped when its last object comes back.
     Span(u32),
 }
 

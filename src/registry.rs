@@ -7,8 +7,8 @@
 
 use crate::pool::{Pool, Stats, KNOWN_FLAGS, POOL_F_EXACT, POOL_F_SHARED, POOL_MAX_SIZE};
 use crate::shared_cache::BUCKETS;
-use crate::thread_cache::{self, ThreadCache, MAX_POOLS};
-use crate::{meta, options, os};
+use crate::thread_cache::{self, ThreadCache, MAX_POOLS, MIN_OBJECT};
+use crate::{meta, options, os, span};
 use core::ffi::CStr;
 use core::fmt::{self, Write};
 use core::ptr::{self, NonNull};
@@ -240,12 +240,33 @@ pub fn create(name: &CStr, size: usize, flags: u32) -> Result<&'static Pool, Err
 }
 
 /// Creates a pool whose objects come from the spans of `tag` (see `span`):
-/// a size class of the LD_PRELOAD malloc. Never merged with another pool.
+/// a size class of the LD_PRELOAD malloc, one of the tags below
+/// `span::RESERVED_TAGS`, bound to this size by the first call. Never merged
+/// with another pool.
 pub fn create_span_pool(name: &CStr, size: usize, tag: u32) -> Result<&'static Pool, Error> {
-    if tag as usize >= crate::span::MAX_TAGS || size > crate::span::SPAN / 8 {
+    if size == 0 || !span::reserve(tag, size.next_multiple_of(os::OBJECT_ALIGN).max(MIN_OBJECT)) {
         return Err(Error::Invalid);
     }
     create_with(name, size, 0, Some(os::Backend::Span(tag)))
+}
+
+/// Largest object a pool takes from spans by default: one span holds at
+/// least 63 of them, so at most 1/64 of a span is lost to its header and end.
+pub(crate) const SPAN_POOL_MAX: usize = 32 * 1024;
+
+/// Where a pool of `size`-byte objects created now gets them: a debugging
+/// backend if one is selected (`uaf`); otherwise, up to [`SPAN_POOL_MAX`],
+/// the spans of the tag of its object size (given back to the OS when
+/// empty, which glibc's per-thread arenas do not do), unless
+/// `POOL_BACKEND=malloc` or every tag is bound to other sizes; otherwise
+/// malloc.
+fn default_backend(size: usize) -> os::Backend {
+    match options::backend() {
+        os::Backend::Malloc if options::spans_enabled() && size <= SPAN_POOL_MAX => {
+            span::tag_for_size(size.max(MIN_OBJECT)).map_or(os::Backend::Malloc, os::Backend::Span)
+        }
+        debug => debug,
+    }
 }
 
 fn create_with(
@@ -267,15 +288,18 @@ fn create_with(
     // A pool made with `uaf` does not merge with one made without, nor
     // pools with different debugging flags (layout or behaviour); with
     // `no-merge`, only pools of the same name merge (as in HAProxy).
-    let backend = backend.unwrap_or_else(options::backend);
     let mut debug = options::pool_debug() | crate::debug::tool_flags();
-    if matches!(backend, os::Backend::Span(_)) {
-        // Span objects start at their slot (the LD_PRELOAD malloc finds
-        // their pool from the address, and hands them out as they are):
-        // no option that moves the caller's bytes or adds words around them.
+    if backend.is_some() {
+        // A size class of the LD_PRELOAD malloc (`create_span_pool`): its
+        // objects must start at their span slot, since the preload finds
+        // their pool from the address and hands them out as they are: no
+        // option that moves the caller's bytes or adds words around them.
         debug &= !crate::debug::LAYOUT_FLAGS;
     }
     let poison = options::poison_byte();
+    // The backing allocator serves whole objects, debugging words included.
+    let backend =
+        backend.unwrap_or_else(|| default_backend(crate::debug::Layout::new(size, debug).total));
     if flags & POOL_F_SHARED != 0 {
         let no_merge = options::no_merge();
         if let Some(p) = reg.pools().find(|p| {
@@ -470,8 +494,9 @@ fn unlink_pool(reg: &mut Registry, pool: &Pool) -> *mut Pool {
     }
 }
 
-/// For every pool, releases shared objects beyond its `minavail`, then asks
-/// the allocator underneath to return free memory to the OS.
+/// For every pool, releases shared objects beyond its `minavail`, then
+/// unmaps the spare spans and asks the allocator underneath to return free
+/// memory to the OS.
 pub fn gc() {
     {
         let reg = lock();
@@ -479,6 +504,7 @@ pub fn gc() {
             pool.gc(reg.cached(pool));
         }
     }
+    span::trim();
     os::trim();
 }
 

@@ -1,12 +1,21 @@
 //! Spans: the backing allocator of the LD_PRELOAD malloc's size-class pools
-//! (`os::Backend::Span`), and its mappings for requests above the largest
-//! class. Nothing here calls `malloc`.
+//! and of libpools' own pools of small objects (`os::Backend::Span`), and
+//! the mappings for requests above the largest malloc class. Nothing here
+//! calls `malloc`.
 //!
 //! A span is a [`SPAN`]-byte mapping aligned to its size. Its first bytes are
-//! a [`SpanHeader`] (magic, tag, object size); objects follow, carved in
-//! order by a bump pointer and recycled through a free list per tag when a
-//! pool gives them back. So the span of any object is found by masking its
-//! address, with no header in front of each object.
+//! a [`SpanHeader`] (magic, tag, object size, and the span's own free list and
+//! count of live objects); objects follow, carved in order by a bump pointer
+//! and recycled through the span's free list. So the span of any object is
+//! found by masking its address, with no header in front of each object.
+//!
+//! A *tag* is one object size: the malloc's classes reserve theirs by number
+//! ([`reserve`]), other pools get one per object size on demand
+//! ([`tag_for_size`]). Each tag has a spinlock (the slow path: objects reach
+//! spans only when the thread and shared caches miss or overflow), a list of
+//! its spans with room, and at most one empty spare span. A span whose last
+//! live object comes back is unmarked and unmapped, unless it becomes the
+//! spare; [`trim`] (from `pool_gc`) unmaps the spares.
 //!
 //! A large mapping starts at a `SPAN`-aligned address with a
 //! [`LargeHeader`]; the caller's block follows at the requested alignment.
@@ -15,12 +24,14 @@
 //! `SPAN`-sized granule of an address is ours at all: one byte per granule
 //! of the 47-bit user address space (64 MiB of reserved, lazily backed
 //! zero pages). So a pointer that no span or large mapping owns is rejected
-//! without reading memory that may be unmapped.
+//! without reading memory that may be unmapped. Spans and large mappings
+//! are unmarked before they are unmapped.
 
 use crate::os;
+use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU8};
 use crossbeam_utils::Backoff;
 
 /// log2 of the span size and of the region map's granule.
@@ -31,8 +42,11 @@ pub(crate) const SPAN: usize = 1 << SPAN_SHIFT;
 const ADDR_BITS: u32 = 47;
 const GRANULES: usize = 1 << (ADDR_BITS - SPAN_SHIFT);
 
-/// Most tags (size classes) spans serve.
-pub(crate) const MAX_TAGS: usize = 64;
+/// Most tags (object sizes) spans serve.
+pub(crate) const MAX_TAGS: usize = 256;
+/// Tags below this are numbered by their user ([`reserve`]: the LD_PRELOAD
+/// malloc's size classes); the others are bound by size ([`tag_for_size`]).
+pub(crate) const RESERVED_TAGS: usize = 64;
 
 const SPAN_MAGIC: u64 = 0x7370_616e_706f_6f6c; // "spanpool"
 const LARGE_MAGIC: u64 = 0x6c61_7267_706f_6f6c; // "largpool"
@@ -44,18 +58,37 @@ const KIND_LARGE: u8 = 2;
 /// A later granule of a large mapping: its header is in an earlier one.
 const KIND_LARGE_CONT: u8 = 3;
 
-/// The start of every span.
+/// The start of every span. Everything but `state` is written once, before
+/// the span is marked in the region map, and read by [`owner`] without lock.
 #[repr(C)]
 struct SpanHeader {
     magic: u64,
     tag: u32,
-    /// Bytes per object (the pool's `obj_size`).
+    /// Bytes per object (the tag's size).
     obj_size: u32,
     /// Offset of the first object.
     data: u32,
+    /// Objects the span holds: `(SPAN - data) / obj_size`.
+    capacity: u32,
     /// `u64::MAX / obj_size + 1`: `off * div <= div - 1` (wrapping) holds
     /// exactly when `obj_size` divides `off` (Lemire's divisibility test).
     div: u64,
+    /// Under the tag's lock only.
+    state: UnsafeCell<SpanState>,
+}
+
+/// The part of a span header that changes, under its tag's lock.
+struct SpanState {
+    /// Objects given back, linked through their first word.
+    free: *mut u8,
+    /// Offset of the next object never handed out.
+    bump: usize,
+    /// Objects handed out and not released.
+    live: usize,
+    /// Links in the tag's list of spans with room, and whether it is in.
+    prev: *mut SpanHeader,
+    next: *mut SpanHeader,
+    listed: bool,
 }
 
 /// The start of every large mapping.
@@ -190,18 +223,23 @@ impl SpinLock {
     }
 }
 
-/// Carving state of one tag, under its lock.
+/// State of one tag, under its lock.
 struct TagState {
     lock: SpinLock,
-    inner: core::cell::UnsafeCell<TagInner>,
+    inner: UnsafeCell<TagInner>,
 }
 
 struct TagInner {
-    /// The span being carved (null before the first) and its next offset.
-    span: *mut u8,
-    next: usize,
-    /// Objects given back, linked through their first word.
-    free: *mut u8,
+    /// Spans with room and at least one live object, linked through their
+    /// `SpanState::prev`/`next`. `obtain` takes from the first; a span that
+    /// regains room (its first free after being full) is pushed in front.
+    avail: *mut SpanHeader,
+    /// An empty span kept mapped so that a tag oscillating around a span
+    /// boundary does not map and unmap at every turn; [`trim`] drops it.
+    spare: *mut SpanHeader,
+    /// Spans mapped (the spare included) and objects handed out.
+    spans: usize,
+    live: usize,
 }
 
 // SAFETY: `inner` is only touched under `lock`.
@@ -210,13 +248,69 @@ unsafe impl Sync for TagState {}
 static TAGS: [TagState; MAX_TAGS] = [const {
     TagState {
         lock: SpinLock(AtomicBool::new(false)),
-        inner: core::cell::UnsafeCell::new(TagInner {
-            span: ptr::null_mut(),
-            next: 0,
-            free: ptr::null_mut(),
+        inner: UnsafeCell::new(TagInner {
+            avail: ptr::null_mut(),
+            spare: ptr::null_mut(),
+            spans: 0,
+            live: 0,
         }),
     }
 }; MAX_TAGS];
+
+/// Object size of each tag (a multiple of `OBJECT_ALIGN`), 0 while unbound.
+/// A tag is bound once and keeps its size for the life of the process.
+//
+// Relaxed on every access: each entry is one word written once (0 to its
+// size); readers need only that value (coherence of one location), and a
+// caller of `obtain` learnt its tag through whatever published the pool,
+// which happens after the binding.
+static SIZES: [AtomicU32; MAX_TAGS] = [const { AtomicU32::new(0) }; MAX_TAGS];
+
+/// The object size spans use for objects of `obj_size` bytes: a multiple of
+/// `OBJECT_ALIGN`, or `None` beyond `SPAN / 8` (or 0).
+fn stride(obj_size: usize) -> Option<u32> {
+    let s = obj_size.checked_next_multiple_of(os::OBJECT_ALIGN)?;
+    (s != 0 && s <= SPAN / 8).then_some(s as u32)
+}
+
+/// Binds `tag`, one of the first [`RESERVED_TAGS`] (numbered by their user:
+/// the LD_PRELOAD malloc's size classes), to objects of `obj_size` bytes.
+/// `false` if the tag is out of that range, the size unsupported, or the tag
+/// bound to another size.
+pub(crate) fn reserve(tag: u32, obj_size: usize) -> bool {
+    let Some(size) = stride(obj_size) else {
+        return false;
+    };
+    let Some(slot) = SIZES[..RESERVED_TAGS].get(tag as usize) else {
+        return false;
+    };
+    // Relaxed: see SIZES.
+    match slot.compare_exchange(0, size, Relaxed, Relaxed) {
+        Ok(_) => true,
+        Err(bound) => bound == size,
+    }
+}
+
+/// The tag serving objects of `obj_size` bytes, shared by every caller with
+/// the same rounded size and bound on first use, from the tags above
+/// [`RESERVED_TAGS`]. `None` when every tag is bound to other sizes or the
+/// size is above `SPAN / 8`.
+pub(crate) fn tag_for_size(obj_size: usize) -> Option<u32> {
+    let size = stride(obj_size)?;
+    // Tags are bound in index order and never unbound, so a size already
+    // bound is met before the first unbound tag; two threads binding the
+    // same size race on that first tag's CAS and the loser sees the
+    // winner's size.
+    for (tag, slot) in SIZES.iter().enumerate().skip(RESERVED_TAGS) {
+        // Relaxed: see SIZES.
+        match slot.compare_exchange(0, size, Relaxed, Relaxed) {
+            Ok(_) => return Some(tag as u32),
+            Err(bound) if bound == size => return Some(tag as u32),
+            Err(_) => {}
+        }
+    }
+    None
+}
 
 /// Offset of the first object of a span of `obj_size`-byte objects: past
 /// the header, and for a power-of-two size up to a page, aligned to the size
@@ -229,66 +323,287 @@ fn data_offset(obj_size: usize) -> usize {
     }
 }
 
+const _: () = assert!(size_of::<SpanHeader>() <= 128);
+
+/// The mutable state of span `s`.
+///
+/// # Safety
+/// `s` is a mapped span of the tag whose lock the caller holds, and no other
+/// reference to its state is alive.
+unsafe fn state<'a>(s: *mut SpanHeader) -> &'a mut SpanState {
+    // SAFETY: the state is only touched under the tag's lock (caller).
+    unsafe { &mut *(*s).state.get() }
+}
+
+/// Puts span `s` first in its tag's list of spans with room.
+///
+/// # Safety
+/// Under the tag's lock; `s` is a mapped span of the tag, not listed.
+unsafe fn push_avail(st: &mut TagInner, s: *mut SpanHeader) {
+    // SAFETY: under the lock; `s` and the old head are mapped spans of the
+    // tag (listed spans are never unmapped).
+    unsafe {
+        let ss = state(s);
+        debug_assert!(!ss.listed);
+        ss.prev = ptr::null_mut();
+        ss.next = st.avail;
+        ss.listed = true;
+        if !st.avail.is_null() {
+            state(st.avail).prev = s;
+        }
+    }
+    st.avail = s;
+}
+
+/// Takes span `s` out of its tag's list of spans with room.
+///
+/// # Safety
+/// Under the tag's lock; `s` is a listed span of the tag.
+unsafe fn unlink_avail(st: &mut TagInner, s: *mut SpanHeader) {
+    // SAFETY: under the lock; `s` and its neighbours are listed, mapped
+    // spans of the tag.
+    unsafe {
+        let ss = state(s);
+        debug_assert!(ss.listed);
+        let (prev, next) = (ss.prev, ss.next);
+        if prev.is_null() {
+            st.avail = next;
+        } else {
+            state(prev).next = next;
+        }
+        if !next.is_null() {
+            state(next).prev = prev;
+        }
+        ss.prev = ptr::null_mut();
+        ss.next = ptr::null_mut();
+        ss.listed = false;
+    }
+}
+
 /// One object of `obj_size` bytes from the spans of `tag`, or `None` when no
-/// span can be mapped. Every call for one tag must pass the same size.
+/// span can be mapped. The tag was bound ([`reserve`], [`tag_for_size`]) to
+/// a size of at least `obj_size`.
+///
+/// Counters: the span's and the tag's live objects grow by one.
 pub(crate) fn obtain(tag: u32, obj_size: usize) -> Option<NonNull<u8>> {
     let t = TAGS.get(tag as usize)?;
-    debug_assert!(obj_size.is_multiple_of(os::OBJECT_ALIGN) && obj_size <= SPAN / 8);
+    // Relaxed: see SIZES.
+    let size = SIZES[tag as usize].load(Relaxed) as usize;
+    if size == 0 || obj_size > size {
+        debug_assert!(false, "tag {tag} is bound to {size}, not {obj_size}");
+        return None;
+    }
     t.lock.lock();
     // SAFETY: we hold the tag's lock.
-    let st = unsafe { &mut *t.inner.get() };
-    let p = obtain_locked(st, tag, obj_size);
+    let p = unsafe { obtain_locked(&mut *t.inner.get(), tag, size) };
     t.lock.unlock();
     p
 }
 
-fn obtain_locked(st: &mut TagInner, tag: u32, obj_size: usize) -> Option<NonNull<u8>> {
-    if let Some(p) = NonNull::new(st.free) {
+/// Takes an object from the first span with room; when none has, reuses the
+/// spare or maps a new span.
+///
+/// Why the first span, and why a span that regains room goes in front: a
+/// span leaves the list when full and comes back at its first release, so
+/// the front is the span that was full most recently, which has at most a
+/// few free slots: this approximates "fullest first" in O(1) under a
+/// spinlock. Spans deeper in the list are not allocated from while the front
+/// absorbs allocations, so their objects keep coming back until they empty
+/// and are unmapped; the front's memory is also the most recently touched.
+///
+/// # Safety
+/// Under the lock of `tag`, bound to `size`.
+unsafe fn obtain_locked(st: &mut TagInner, tag: u32, size: usize) -> Option<NonNull<u8>> {
+    let mut s = st.avail;
+    if s.is_null() {
+        s = if st.spare.is_null() {
+            let fresh = new_span(tag, size)?.as_ptr();
+            st.spans += 1;
+            fresh
+        } else {
+            core::mem::replace(&mut st.spare, ptr::null_mut())
+        };
+        // SAFETY: under the lock; an empty span is never listed.
+        unsafe { push_avail(st, s) };
+    }
+    // SAFETY: under the lock; listed spans are mapped spans of this tag.
+    let ss = unsafe { state(s) };
+    let p = if let Some(p) = NonNull::new(ss.free) {
         // SAFETY: a free object holds the next one in its first word.
-        st.free = unsafe { p.as_ptr().cast::<*mut u8>().read() };
-        return Some(p);
+        ss.free = unsafe { p.as_ptr().cast::<*mut u8>().read() };
+        p
+    } else {
+        // A listed span has room: no free object, so the bump pointer
+        // still has `size` bytes before the span's end.
+        debug_assert!(ss.bump + size <= SPAN);
+        // SAFETY: `bump + size <= SPAN`: inside the span.
+        let p = unsafe { s.cast::<u8>().add(ss.bump) };
+        ss.bump += size;
+        // SAFETY: inside a mapping, so not null.
+        unsafe { NonNull::new_unchecked(p) }
+    };
+    ss.live += 1;
+    st.live += 1;
+    // SAFETY: `s` is a mapped span.
+    if ss.live == unsafe { (*s).capacity } as usize {
+        // SAFETY: under the lock; `s` is listed.
+        unsafe { unlink_avail(st, s) };
     }
-    if st.span.is_null() || st.next + obj_size > SPAN {
-        st.span = new_span(tag, obj_size)?.as_ptr();
-        st.next = data_offset(obj_size);
-    }
-    // SAFETY: `next + obj_size <= SPAN`: inside the span.
-    let p = unsafe { st.span.add(st.next) };
-    st.next += obj_size;
-    NonNull::new(p)
+    Some(p)
 }
 
-fn new_span(tag: u32, obj_size: usize) -> Option<NonNull<u8>> {
+fn new_span(tag: u32, obj_size: usize) -> Option<NonNull<SpanHeader>> {
     let map = region_map()?;
     let base = map_aligned(SPAN, SPAN)?;
+    let data = data_offset(obj_size);
     // SAFETY: a fresh, writable, SPAN-aligned mapping of SPAN bytes.
     unsafe {
         base.as_ptr().cast::<SpanHeader>().write(SpanHeader {
             magic: SPAN_MAGIC,
             tag,
             obj_size: obj_size as u32,
-            data: data_offset(obj_size) as u32,
+            data: data as u32,
+            capacity: ((SPAN - data) / obj_size) as u32,
             div: u64::MAX / obj_size as u64 + 1,
+            state: UnsafeCell::new(SpanState {
+                free: ptr::null_mut(),
+                bump: data,
+                live: 0,
+                prev: ptr::null_mut(),
+                next: ptr::null_mut(),
+                listed: false,
+            }),
         })
     };
     mark(map, base.as_ptr() as usize, SPAN, KIND_SPAN, KIND_SPAN);
-    Some(base)
+    Some(base.cast())
 }
 
-/// Takes back an object of [`obtain`], for reuse by the same tag.
+/// Takes back an object of [`obtain`]: onto its own span's free list. A span
+/// left with no live object becomes the tag's spare if it has none, and is
+/// otherwise unmarked and unmapped.
+///
+/// Counters: the span's and the tag's live objects drop by one.
 ///
 /// # Safety
 /// `p` came from `obtain(tag, _)` and is not used any more.
 pub(crate) unsafe fn release(tag: u32, p: NonNull<u8>) {
     let t = &TAGS[tag as usize];
+    // The span's header is at the start of its SPAN-aligned granule; the
+    // pointer keeps `p`'s provenance, that of the whole span mapping.
+    let s = p
+        .as_ptr()
+        .map_addr(|a| a & !(SPAN - 1))
+        .cast::<SpanHeader>();
+    // SAFETY: the span holds the live `p` (caller), so it is mapped; `tag`
+    // is written once before the span was published.
+    debug_assert_eq!(unsafe { (*s).tag }, tag);
     t.lock.lock();
-    // SAFETY: we hold the tag's lock; the object is ours (caller).
-    unsafe {
-        let st = &mut *t.inner.get();
-        p.as_ptr().cast::<*mut u8>().write(st.free);
-        st.free = p.as_ptr();
+    // SAFETY: we hold the tag's lock; `p` is an object of span `s` of this
+    // tag (caller), which is mapped since `p` counts as live in it.
+    let dead = unsafe { release_locked(&mut *t.inner.get(), s, p) };
+    t.lock.unlock();
+    if let Some(dead) = dead {
+        // SAFETY: unlinked and unmarked under the lock, with no live
+        // object: nobody can reach it any more.
+        unsafe { os::unmap(dead.cast(), SPAN) };
+    }
+}
+
+/// Puts `p` on span `s`'s free list; returns `s` when the caller must unmap
+/// it (already unmarked: see `large_release`).
+///
+/// # Safety
+/// Under the lock of `s`'s tag; `p` is a live object of `s`.
+unsafe fn release_locked(
+    st: &mut TagInner,
+    s: *mut SpanHeader,
+    p: NonNull<u8>,
+) -> Option<NonNull<SpanHeader>> {
+    // SAFETY: under the lock; `s` is mapped (it holds the live `p`).
+    let ss = unsafe { state(s) };
+    debug_assert!(ss.live > 0);
+    // SAFETY: the object is ours (caller): its first word holds the link.
+    unsafe { p.as_ptr().cast::<*mut u8>().write(ss.free) };
+    ss.free = p.as_ptr();
+    ss.live -= 1;
+    st.live -= 1;
+    if ss.live > 0 {
+        if !ss.listed {
+            // It was full: it has room again.
+            // SAFETY: under the lock; `s` is not listed.
+            unsafe { push_avail(st, s) };
+        }
+        return None;
+    }
+    if ss.listed {
+        // SAFETY: under the lock; `s` is listed (`ss` is not used after).
+        unsafe { unlink_avail(st, s) };
+    }
+    if st.spare.is_null() {
+        // Start over from a clean span: nothing in it is live.
+        // SAFETY: under the lock; `s` is mapped; no other state reference
+        // is alive.
+        let ss = unsafe { state(s) };
+        ss.free = ptr::null_mut();
+        // SAFETY: `s` is mapped.
+        ss.bump = unsafe { (*s).data } as usize;
+        st.spare = s;
+        return None;
+    }
+    st.spans -= 1;
+    unmark_span(s);
+    NonNull::new(s)
+}
+
+/// Marks the granule of span `s` foreign, so that [`owner`] stops reading
+/// its header before the span is unmapped and its range reused by anyone.
+fn unmark_span(s: *mut SpanHeader) {
+    if let Some(map) = region_map_if_any() {
+        mark(map, s as usize, SPAN, FOREIGN, FOREIGN);
+    }
+}
+
+/// Unmaps every tag's spare span (from `pool_gc`): afterwards a span is
+/// mapped only while it holds live objects.
+pub(crate) fn trim() {
+    for (t, size) in TAGS.iter().zip(&SIZES) {
+        // Relaxed: see SIZES; an unbound tag has no span.
+        if size.load(Relaxed) == 0 {
+            continue;
+        }
+        if let Some(spare) = take_spare(t) {
+            // SAFETY: taken out of the tag and unmarked under its lock; it
+            // holds no live object.
+            unsafe { os::unmap(spare.cast(), SPAN) };
+        }
+    }
+}
+
+/// Takes the spare of tag `t`, unmarked, or `None`.
+fn take_spare(t: &TagState) -> Option<NonNull<SpanHeader>> {
+    t.lock.lock();
+    // SAFETY: we hold the tag's lock.
+    let st = unsafe { &mut *t.inner.get() };
+    let spare = NonNull::new(core::mem::replace(&mut st.spare, ptr::null_mut()));
+    if let Some(s) = spare {
+        st.spans -= 1;
+        unmark_span(s.as_ptr());
     }
     t.lock.unlock();
+    spare
+}
+
+/// Spans mapped for `tag` (its spare included) and objects handed out.
+#[cfg(test)]
+fn tag_counts(tag: u32) -> (usize, usize) {
+    let t = &TAGS[tag as usize];
+    t.lock.lock();
+    // SAFETY: we hold the tag's lock.
+    let st = unsafe { &*t.inner.get() };
+    let r = (st.spans, st.live);
+    t.lock.unlock();
+    r
 }
 
 // ---- large mappings -----------------------------------------------------------
@@ -417,13 +732,230 @@ pub(crate) fn fork_release() {
     TAGS.iter().for_each(|t| t.lock.unlock());
 }
 
+// Not under Miri: spans are mmap'd (and the region map is a 64 MiB
+// MAP_NORESERVE mapping), and the tests use fork and mincore.
 #[cfg(all(test, not(loom), not(miri)))]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    /// The tag of `size`, which no other test (of any module) may use, so
+    /// that its counters are this test's alone.
+    fn own_tag(size: usize) -> u32 {
+        let tag = tag_for_size(size).expect("a free tag");
+        assert_eq!(tag_counts(tag), (0, 0), "size {size} is used elsewhere");
+        tag
+    }
+
+    fn base_of(p: NonNull<u8>) -> usize {
+        p.as_ptr() as usize & !(SPAN - 1)
+    }
+
+    /// Whether any page of the span at `base` is mapped (mincore fails with
+    /// ENOMEM on an unmapped range).
+    fn mapped(base: usize) -> bool {
+        let mut v = vec![0u8; SPAN / 4096];
+        // SAFETY: mincore only inspects the range; `v` has a byte per page.
+        let rc =
+            unsafe { libc::mincore(ptr::with_exposed_provenance_mut(base), SPAN, v.as_mut_ptr()) };
+        rc == 0
+    }
+
+    /// Runs `f` in a forked child, where no other test thread can map memory
+    /// at an address we just unmapped; fails if `f` panics there.
+    fn in_child(f: fn()) {
+        // SAFETY: the child runs `f` (which uses only its own tag, the
+        // region map and malloc, fork-safe in glibc) and leaves by _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let ok = std::panic::catch_unwind(f).is_ok();
+            if !ok {
+                let msg = b"span test: assertion failed in the child (see above)\n";
+                // SAFETY: writing a buffer to fd 2.
+                unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+            }
+            // SAFETY: ends the child without running the parent's exit
+            // handlers or test harness.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child; `status` is a valid out-pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child failed: status {status:#x}"
+        );
+    }
+
+    #[test]
+    fn empty_spans_are_unmapped() {
+        in_child(|| {
+            let size = 2064;
+            let tag = own_tag(size);
+            let cap = (SPAN - data_offset(size)) / size;
+            let objs: Vec<_> = (0..3 * cap).map(|_| obtain(tag, size).unwrap()).collect();
+            let bases: Vec<usize> = objs.chunks(cap).map(|c| base_of(c[0])).collect();
+            assert_eq!(tag_counts(tag), (3, 3 * cap));
+            for chunk in objs.chunks(cap) {
+                assert!(chunk.iter().all(|&o| base_of(o) == base_of(chunk[0])));
+            }
+            for &o in &objs {
+                // SAFETY: each object is given back once.
+                unsafe { release(tag, o) };
+            }
+            // The first span to empty is kept as the spare; the others are
+            // gone: unmarked, then unmapped.
+            assert_eq!(tag_counts(tag), (1, 0));
+            assert!(mapped(bases[0]));
+            assert_eq!(owner(objs[0].as_ptr()), Owner::Span { tag });
+            for (i, &b) in bases.iter().enumerate().skip(1) {
+                assert!(!mapped(b), "span {i} is still mapped");
+                assert_eq!(owner(objs[i * cap].as_ptr()), Owner::Foreign);
+            }
+            // trim takes every tag's lock, which a parent thread may have
+            // held at fork time: drop this tag's spare alone.
+            let spare = take_spare(&TAGS[tag as usize]).expect("a spare");
+            // SAFETY: as in `trim`.
+            unsafe { os::unmap(spare.cast(), SPAN) };
+            assert_eq!(tag_counts(tag), (0, 0));
+            assert!(!mapped(bases[0]), "the spare is still mapped");
+            assert_eq!(owner(objs[0].as_ptr()), Owner::Foreign);
+        });
+    }
+
+    #[test]
+    fn spans_with_room_are_used_before_new_ones() {
+        let size = 3088;
+        let tag = own_tag(size);
+        let cap = (SPAN - data_offset(size)) / size;
+        // One full span A, and a span B with 5 objects out.
+        let mut objs: Vec<_> = (0..cap + 5).map(|_| obtain(tag, size).unwrap()).collect();
+        let (a, b) = (base_of(objs[0]), base_of(objs[cap]));
+        assert!(objs[..cap].iter().all(|&o| base_of(o) == a));
+        assert_ne!(a, b);
+        assert_eq!(tag_counts(tag), (2, cap + 5));
+        // A regains room: it goes in front of B, whose bump pointer still
+        // has room, and its freed slots are used before anything else.
+        let back: HashSet<_> = objs.drain(10..20).collect();
+        for &o in &back {
+            // SAFETY: each object is given back once.
+            unsafe { release(tag, o) };
+        }
+        let again: HashSet<_> = (0..10).map(|_| obtain(tag, size).unwrap()).collect();
+        assert_eq!(
+            again, back,
+            "the freed slots of the fuller span were not reused"
+        );
+        objs.extend(again);
+        // Both spans have room: nothing new is mapped.
+        objs.push(obtain(tag, size).unwrap());
+        assert_eq!(base_of(*objs.last().unwrap()), b);
+        assert_eq!(tag_counts(tag), (2, cap + 6));
+        for o in objs {
+            // SAFETY: each object is given back once.
+            unsafe { release(tag, o) };
+        }
+        assert_eq!(tag_counts(tag), (1, 0));
+        // The spare serves the next object: no new span.
+        let o = obtain(tag, size).unwrap();
+        assert_eq!(tag_counts(tag), (1, 1));
+        // SAFETY: given back once.
+        unsafe { release(tag, o) };
+    }
+
+    #[test]
+    fn live_counts_survive_threads() {
+        let size = 5136;
+        let tag = own_tag(size);
+        // Objects handed out and not released, across all threads: one
+        // handed out twice would be a broken free list or bump pointer.
+        let live = Mutex::new(HashSet::new());
+        // Objects handed from one thread to another, released by the taker.
+        let passed = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let (live, passed) = (&live, &passed);
+                s.spawn(move || {
+                    let mut mine = Vec::new();
+                    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ t;
+                    for _ in 0..20_000 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        match x % 4 {
+                            0 | 1 => {
+                                let o = obtain(tag, size).unwrap();
+                                assert!(live.lock().unwrap().insert(o.as_ptr() as usize));
+                                // SAFETY: a fresh object of `size` bytes.
+                                unsafe { o.as_ptr().add(8).cast::<u64>().write(t) };
+                                mine.push(o);
+                            }
+                            2 => {
+                                if let Some(o) = mine.pop() {
+                                    passed.lock().unwrap().push(o.as_ptr() as usize);
+                                }
+                            }
+                            _ => {
+                                let o = if x & 8 == 0 {
+                                    mine.pop()
+                                } else {
+                                    passed.lock().unwrap().pop().and_then(|a| {
+                                        NonNull::new(ptr::with_exposed_provenance_mut(a))
+                                    })
+                                };
+                                if let Some(o) = o {
+                                    assert!(live.lock().unwrap().remove(&(o.as_ptr() as usize)));
+                                    // SAFETY: each object is given back once.
+                                    unsafe { release(tag, o) };
+                                }
+                            }
+                        }
+                    }
+                    for o in mine {
+                        assert!(live.lock().unwrap().remove(&(o.as_ptr() as usize)));
+                        // SAFETY: as above.
+                        unsafe { release(tag, o) };
+                    }
+                });
+            }
+        });
+        let (spans, out) = tag_counts(tag);
+        let rest = passed.into_inner().unwrap();
+        assert_eq!(out, rest.len(), "live count != objects not released");
+        assert!(spans >= 1);
+        for a in rest {
+            // SAFETY: the objects left in `passed`, each given back once.
+            unsafe {
+                release(
+                    tag,
+                    NonNull::new(ptr::with_exposed_provenance_mut(a)).unwrap(),
+                )
+            };
+        }
+        // Every span emptied: only the spare is left, and trim drops it.
+        assert_eq!(tag_counts(tag), (1, 0));
+        trim();
+        assert_eq!(tag_counts(tag), (0, 0));
+    }
+
+    #[test]
+    fn tags_are_bound_once_per_size() {
+        let a = tag_for_size(7000).unwrap();
+        assert_eq!(tag_for_size(6999), Some(a), "sizes round up to 16");
+        assert!(a as usize >= RESERVED_TAGS);
+        assert_ne!(tag_for_size(7024), Some(a));
+        assert_eq!(tag_for_size(SPAN / 8 + 16), None);
+        assert!(!reserve(RESERVED_TAGS as u32, 64), "not a reserved tag");
+        assert!(reserve(RESERVED_TAGS as u32 - 1, 9000));
+        assert!(reserve(RESERVED_TAGS as u32 - 1, 9000));
+        assert!(!reserve(RESERVED_TAGS as u32 - 1, 9024), "rebound");
+    }
 
     #[test]
     fn span_objects_are_found_by_their_address() {
-        let tag = MAX_TAGS as u32 - 1;
+        let tag = tag_for_size(1040).unwrap();
         let objs: Vec<_> = (0..3000).map(|_| obtain(tag, 1040).unwrap()).collect();
         for &o in &objs {
             assert_eq!(owner(o.as_ptr()), Owner::Span { tag });
@@ -436,14 +968,18 @@ mod tests {
         }
         let again = obtain(tag, 1040).unwrap();
         assert_eq!(owner(again.as_ptr()), Owner::Span { tag });
+        // SAFETY: given back once.
+        unsafe { release(tag, again) };
     }
 
     #[test]
     fn power_of_two_objects_are_aligned_to_their_size() {
-        let tag = MAX_TAGS as u32 - 2;
-        for _ in 0..600 {
-            let o = obtain(tag, 4096).unwrap();
+        let tag = tag_for_size(4096).unwrap();
+        let objs: Vec<_> = (0..600).map(|_| obtain(tag, 4096).unwrap()).collect();
+        for o in objs {
             assert_eq!(o.as_ptr() as usize % 4096, 0);
+            // SAFETY: each object is given back once.
+            unsafe { release(tag, o) };
         }
     }
 
