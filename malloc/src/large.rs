@@ -1,0 +1,328 @@
+//! Requests above the largest size class: a mapping each
+//! (`pools::span::large_obtain`), with a bounded cache of freed mappings so
+//! that a program that frees and allocates large blocks in turn (sort's
+//! buffers, gcc's obstacks, python's big strings and lists) does not pay an
+//! `mmap`/`munmap` pair and the page faults of fresh memory every time.
+//!
+//! Mapping lengths are rounded up to **page classes** (four per power of two
+//! of pages, like the small classes), so a freed mapping serves any later
+//! request of its class. The cache keeps one list per class, linked through
+//! the first word of each cached block; it holds at most [`CACHE_MAX`] bytes
+//! and at most an eighth of the large bytes mapped (but always
+//! [`CACHE_FLOOR`]), and only mappings up to [`MAX_CACHED_MAP`] bytes.
+//! `malloc_trim` (hence `pool_gc`, which calls the `malloc_trim` of the
+//! malloc in use) unmaps everything it holds.
+//!
+//! Thread safety: one spin lock guards the lists and the cached byte count;
+//! no system call and no other lock is taken under it. Fork safety: the
+//! handlers registered by [`register_fork_handlers`] take it in `fork`'s
+//! prepare step and release it in the parent and the child.
+//!
+//! A cached block stays marked as a large block in the span region map: the
+//! cache owns it, and `span::owner` still recognises it.
+
+use core::cell::UnsafeCell;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use core::sync::atomic::{AtomicBool, AtomicUsize};
+use pools::span;
+
+const PAGE: usize = 4096;
+/// Largest mapping the cache keeps (and the largest rounded to a class).
+pub(crate) const MAX_CACHED_MAP: usize = 32 << 20;
+/// Most bytes the cache holds.
+pub(crate) const CACHE_MAX: usize = 64 << 20;
+/// The cache may always hold this much, even when an eighth of what is
+/// mapped is less.
+pub(crate) const CACHE_FLOOR: usize = 16 << 20;
+/// Page classes up to MAX_CACHED_MAP (8192 pages: class 44).
+const BINS: usize = 45;
+
+/// Floor class of a mapping of `pages` pages (`pages >= 4`): the largest
+/// class length that is at most `pages`.
+#[inline]
+fn bin_floor(pages: usize) -> usize {
+    let k = (usize::BITS - 1 - pages.leading_zeros()) as usize;
+    (k - 2) * 4 + ((pages >> (k - 2)) & 3)
+}
+
+/// Pages of class `b`.
+#[inline]
+fn bin_pages(b: usize) -> usize {
+    (4 + b % 4) << (b / 4)
+}
+
+/// The smallest class of at least `pages` pages.
+#[inline]
+fn bin_ceil(pages: usize) -> usize {
+    let b = bin_floor(pages);
+    if bin_pages(b) < pages {
+        b + 1
+    } else {
+        b
+    }
+}
+
+/// A lock a `pthread_atfork` prepare handler can take and the parent and
+/// child handlers release (a std guard could not be carried across).
+struct SpinLock(AtomicBool);
+
+impl SpinLock {
+    fn lock(&self) {
+        // Acquire: see what the previous holder wrote under the lock.
+        while self
+            .0
+            .compare_exchange_weak(false, true, Acquire, Relaxed)
+            .is_err()
+        {
+            // Relaxed: only a hint to retry; the CAS above synchronises.
+            while self.0.load(Relaxed) {
+                // SAFETY: sched_yield has no preconditions. The holder never
+                // blocks under the lock, so yielding is enough.
+                unsafe { libc::sched_yield() };
+            }
+        }
+    }
+
+    fn unlock(&self) {
+        // Release: hand our writes to the next holder.
+        self.0.store(false, Release);
+    }
+}
+
+struct Lists {
+    /// Cached blocks of each class, linked through their first word.
+    head: [*mut u8; BINS],
+    /// Bytes of the mappings in `head`.
+    bytes: usize,
+}
+
+struct Cache {
+    lock: SpinLock,
+    lists: UnsafeCell<Lists>,
+}
+
+// SAFETY: `lists` is only touched under `lock`.
+unsafe impl Sync for Cache {}
+
+static CACHE: Cache = Cache {
+    lock: SpinLock(AtomicBool::new(false)),
+    lists: UnsafeCell::new(Lists {
+        head: [ptr::null_mut(); BINS],
+        bytes: 0,
+    }),
+};
+
+/// Bytes of large mappings in existence (live and cached): the base of the
+/// one-eighth bound. Relaxed: a heuristic; no memory is reached through it.
+static MAPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// MAPPED -= n, stopping at 0 (a block mapped before the count started, or
+/// a mapping that was not rounded, may make it run short).
+fn sub_mapped(n: usize) {
+    // Relaxed: as for MAPPED.
+    let _ = MAPPED.fetch_update(Relaxed, Relaxed, |m| Some(m.saturating_sub(n)));
+}
+
+/// Cache off (`POOL_DEBUG=uaf`): every large block is unmapped on free.
+static BYPASS: AtomicBool = AtomicBool::new(false);
+
+/// Runs `f` on the lists under the lock.
+fn with_lists<R>(f: impl FnOnce(&mut Lists) -> R) -> R {
+    CACHE.lock.lock();
+    // SAFETY: we hold the lock: nobody else touches the lists.
+    let r = f(unsafe { &mut *CACHE.lists.get() });
+    CACHE.lock.unlock();
+    r
+}
+
+/// Switches the cache off for the life of the process (`uaf`).
+pub(crate) fn bypass() {
+    // Relaxed: set during initialisation, before any large block is freed
+    // through the cache; a late reader would only cache one block.
+    BYPASS.store(true, Relaxed);
+}
+
+/// Whether the cache is off (`uaf`): realloc then always moves.
+pub(crate) fn bypassed() -> bool {
+    // Relaxed: as in `bypass`.
+    BYPASS.load(Relaxed)
+}
+
+/// Mapping length for a block of `size` bytes at the default offset.
+#[inline]
+fn map_len_for(size: usize) -> Option<usize> {
+    span::large_offset()
+        .checked_add(size)?
+        .checked_next_multiple_of(PAGE)
+}
+
+/// The block size to ask `large_obtain` or `large_resize` for, so that a
+/// request of `size` bytes gets a mapping of a whole page class (when it is
+/// small enough to be cached); `size` itself beyond.
+pub(crate) fn rounded_request(size: usize) -> usize {
+    match map_len_for(size) {
+        Some(len) if (4 * PAGE..=MAX_CACHED_MAP).contains(&len) => {
+            bin_pages(bin_ceil(len / PAGE)) * PAGE - span::large_offset()
+        }
+        _ => size,
+    }
+}
+
+/// A large block of at least `size` bytes aligned to 16 (a cached one when
+/// there is one of its class), or `None` when none can be mapped. `zero`:
+/// the first `size` bytes must read as zero (a fresh mapping already does).
+pub(crate) fn obtain(size: usize, zero: bool) -> Option<NonNull<u8>> {
+    let req = rounded_request(size);
+    if let Some(len) = map_len_for(req).filter(|l| (4 * PAGE..=MAX_CACHED_MAP).contains(l)) {
+        let b = bin_floor(len / PAGE);
+        let hit = with_lists(|l| {
+            let p = l.head[b];
+            if !p.is_null() {
+                // SAFETY: a cached block holds the next one in its first
+                // word; the cache owns it.
+                l.head[b] = unsafe { p.cast::<*mut u8>().read() };
+                l.bytes -= len;
+            }
+            p
+        });
+        if let Some(p) = NonNull::new(hit) {
+            // SAFETY: the block has at least `req >= size` bytes (its class)
+            // and is now the caller's.
+            unsafe {
+                if zero {
+                    p.as_ptr().write_bytes(0, size);
+                } else {
+                    // The link is not the caller's data; leave no pointer.
+                    p.as_ptr().cast::<*mut u8>().write(ptr::null_mut());
+                }
+            }
+            return Some(p);
+        }
+    }
+    let p = span::large_obtain(req, 16)?;
+    if let Some(len) = map_len_for(req) {
+        MAPPED.fetch_add(len, Relaxed);
+    }
+    Some(p)
+}
+
+/// Takes back the large block `p` of `usable` bytes (what `span::owner`
+/// said): into the cache when it fits the bounds, else unmapped.
+///
+/// # Safety
+/// `p` is a live large block of ours that the caller gives up.
+pub(crate) unsafe fn release(p: NonNull<u8>, usable: usize) {
+    let len = span::large_offset() + usable;
+    // Only default-offset blocks of a whole class are cached: a block of an
+    // aligned request may start further in, or have an odd length.
+    let cacheable = !BYPASS.load(Relaxed)
+        && p.as_ptr() as usize % span::large_align() == span::large_offset()
+        && (4 * PAGE..=MAX_CACHED_MAP).contains(&len)
+        && len % PAGE == 0
+        && bin_pages(bin_floor(len / PAGE)) * PAGE == len;
+    if cacheable {
+        let limit = (MAPPED.load(Relaxed) / 8).clamp(CACHE_FLOOR, CACHE_MAX);
+        let b = bin_floor(len / PAGE);
+        let kept = with_lists(|l| {
+            if l.bytes + len > limit {
+                return false;
+            }
+            // SAFETY: the block is given up to us (caller) and has room for
+            // a link.
+            unsafe { p.as_ptr().cast::<*mut u8>().write(l.head[b]) };
+            l.head[b] = p.as_ptr();
+            l.bytes += len;
+            true
+        });
+        if kept {
+            return;
+        }
+    }
+    sub_mapped(len);
+    // SAFETY: a live large block given up by the caller.
+    unsafe { span::large_release(p) };
+}
+
+/// Resizes the large block `p` of `old` usable bytes to hold `size` bytes
+/// (`size` above the small classes) by remapping; `None` leaves it as is.
+///
+/// # Safety
+/// `p` is a live large block of the caller's.
+pub(crate) unsafe fn resize(p: NonNull<u8>, old: usize, size: usize) -> Option<NonNull<u8>> {
+    // SAFETY: forwarded (caller's contract).
+    let q = unsafe { span::large_resize(p, rounded_request(size)) }?;
+    let new = match span::owner(q.as_ptr()) {
+        span::Owner::Large { usable } => usable,
+        _ => old,
+    };
+    if new >= old {
+        MAPPED.fetch_add(new - old, Relaxed);
+    } else {
+        sub_mapped(old - new);
+    }
+    Some(q)
+}
+
+/// Unmaps every cached mapping; returns whether there was any.
+pub(crate) fn trim() -> bool {
+    let (heads, bytes) = with_lists(|l| {
+        let bytes = l.bytes;
+        l.bytes = 0;
+        (
+            core::mem::replace(&mut l.head, [ptr::null_mut(); BINS]),
+            bytes,
+        )
+    });
+    for mut p in heads {
+        while let Some(nn) = NonNull::new(p) {
+            // SAFETY: a cached block, now ours alone: read its link, then
+            // unmap it.
+            unsafe {
+                p = p.cast::<*mut u8>().read();
+                span::large_release(nn);
+            }
+        }
+    }
+    sub_mapped(bytes);
+    bytes != 0
+}
+
+extern "C" fn fork_prepare() {
+    CACHE.lock.lock();
+}
+
+extern "C" fn fork_release() {
+    CACHE.lock.unlock();
+}
+
+/// Registers the cache's own `pthread_atfork` handlers: prepare takes the
+/// cache lock, parent and child release it. No path holds this lock while
+/// taking another (nor the reverse), so the order relative to the core's
+/// handlers (registry, shared caches, spans) does not matter for deadlock;
+/// registered after them, its prepare runs first.
+pub(crate) fn register_fork_handlers() {
+    // SAFETY: the handlers are `extern "C" fn()` that never unwind.
+    unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_release), Some(fork_release)) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_classes_cover_every_length() {
+        for b in 1..BINS {
+            assert!(bin_pages(b) > bin_pages(b - 1));
+        }
+        assert_eq!(bin_pages(BINS - 1) * PAGE, MAX_CACHED_MAP);
+        for pages in 4..=MAX_CACHED_MAP / PAGE {
+            let (f, c) = (bin_floor(pages), bin_ceil(pages));
+            assert!(bin_pages(f) <= pages && bin_pages(f + 1) > pages, "{pages}");
+            assert!(bin_pages(c) >= pages && (c == 0 || bin_pages(c - 1) < pages));
+        }
+        let r = rounded_request(40_000);
+        assert_eq!((r + span::large_offset()) % PAGE, 0);
+        assert!(r >= 40_000);
+    }
+}
