@@ -3,8 +3,10 @@
 # The preload against glibc's malloc, jemalloc and mimalloc (Debian packages,
 # preloaded the same way): bench/larson.c (larson-like, 2 threads, cross-
 # thread frees; ops/s) and the real programs of scripts/malloc-programs.sh
-# (wall seconds). Rounds interleave the allocators; medians are reported, and
-# ratios to glibc (and to mimalloc for larson). Prints a markdown table.
+# (wall seconds, and CPU seconds: user + system of the program and its
+# children, less sensitive to other load on a shared machine). Rounds
+# interleave the allocators; medians are reported, and ratios to glibc (and
+# to mimalloc). Prints markdown tables.
 set -euo pipefail
 so=$1
 rounds=${2:-5}
@@ -19,37 +21,48 @@ MALLOC_PROGRAMS_LIB=1 source scripts/malloc-programs.sh
 prepare
 raw="$out/raw.csv"
 : > "$raw"
-now() { date +%s.%N; }
+export WORK
+export -f $(for w in $WORKLOADS; do echo "run_$w"; done)
 for r in $(seq 1 "$rounds"); do
     for a in $ALLOCS; do
         v=$(LD_PRELOAD="${LIB[$a]}" "$out/larson" 2 1.5 1000)
-        echo "larson,$a,$v" >> "$raw"
+        echo "larson,$a,$v,0" >> "$raw"
         for w in $WORKLOADS; do
-            t0=$(now)
-            LD_PRELOAD="${LIB[$a]}" "run_$w" > /dev/null
-            t1=$(now)
-            echo "$w,$a,$(echo "$t1 - $t0" | bc -l)" >> "$raw"
+            # GNU time reports the rusage of the program and every
+            # descendant it waited for: wall, user and system seconds.
+            /usr/bin/time -f "%e %U %S" -o "$out/time" \
+                env LD_PRELOAD="${LIB[$a]}" bash -c "run_$w" > /dev/null
+            read -r wall user sys < "$out/time"
+            echo "$w,$a,$wall,$(echo "$user + $sys" | bc -l)" >> "$raw"
         done
     done
     echo "round $r/$rounds done" >&2
 done
 python3 - "$raw" <<'PY'
 import csv, statistics, sys
-m = {}
-for w, a, v in csv.reader(open(sys.argv[1])):
+m, cpu = {}, {}
+for w, a, v, c in csv.reader(open(sys.argv[1])):
     m.setdefault((w, a), []).append(float(v))
-med = {k: statistics.median(v) for k, v in m.items()}
+    cpu.setdefault((w, a), []).append(float(c))
 allocs = ["glibc", "pools", "jemalloc", "mimalloc"]
-print("| workload | unit | " + " | ".join(allocs) + " | pools vs glibc | pools vs mimalloc |")
-print("|---|---|" + "---|" * (len(allocs) + 2))
-for w in ["larson", "python", "sort", "gcc", "git"]:
-    unit = "Mops/s (higher is better)" if w == "larson" else "s (lower is better)"
-    scale = 1e-6 if w == "larson" else 1
-    vals = " | ".join("%.3f" % (med[(w, a)] * scale) for a in allocs)
-    if w == "larson":   # speed ratio: >1 is faster than the other
-        g = med[(w, "pools")] / med[(w, "glibc")]; mi = med[(w, "pools")] / med[(w, "mimalloc")]
-    else:
-        g = med[(w, "glibc")] / med[(w, "pools")]; mi = med[(w, "mimalloc")] / med[(w, "pools")]
-    print("| %s | %s | %s | %.2fx | %.2fx |" % (w, unit, vals, g, mi))
-print("\nRatios are speed ratios (pools speed / other speed): above 1.00x, the preload is faster.")
+def table(title, data, works):
+    med = {k: statistics.median(v) for k, v in data.items()}
+    print(title + "\n")
+    print("| workload | unit | " + " | ".join(allocs) + " | pools vs glibc | pools vs mimalloc |")
+    print("|---|---|" + "---|" * (len(allocs) + 2))
+    for w in works:
+        unit = "Mops/s (higher is better)" if w == "larson" else "s (lower is better)"
+        scale = 1e-6 if w == "larson" else 1
+        vals = " | ".join("%.3f" % (med[(w, a)] * scale) for a in allocs)
+        if w == "larson":   # speed ratio: >1 is faster than the other
+            g = med[(w, "pools")] / med[(w, "glibc")]; mi = med[(w, "pools")] / med[(w, "mimalloc")]
+        else:
+            g = med[(w, "glibc")] / med[(w, "pools")]; mi = med[(w, "mimalloc")] / med[(w, "pools")]
+        print("| %s | %s | %s | %.2fx | %.2fx |" % (w, unit, vals, g, mi))
+    print()
+table("Wall time (larson: throughput), medians of %d rounds" % len(m[("larson", "glibc")]),
+      m, ["larson", "python", "sort", "gcc", "git"])
+table("CPU time (user + system, program and children), medians", cpu,
+      ["python", "sort", "gcc", "git"])
+print("Ratios are speed ratios (pools speed / other speed): above 1.00x, the preload is faster.")
 PY

@@ -39,13 +39,23 @@ static void fill(unsigned char *p, size_t n, unsigned seed)
         p[i] = (unsigned char)((i * 131 + seed) ^ (i >> 12));
 }
 
-static void growth_and_shrink(void)
+/* Growth by realloc, with the large cache empty (mremap) or holding blocks
+ * of the target sizes (cached block and copy, for blocks up to 4 MiB). */
+static void growth_and_shrink(int warm)
 {
     static const size_t sizes[] = {
         40000,     100000,    1 << 20,   3 << 20,   (10 << 20) + 5, 40 << 20,
         5 << 20,   200000,    40000,     1000,      2 << 20,        33 << 20,
         34000,     70 << 20,  100,       5000000,
     };
+    malloc_trim(0);
+    if (warm)
+        for (size_t k = 1; k < sizeof sizes / sizeof sizes[0]; k++) {
+            unsigned char *c = malloc(sizes[k]);
+            CHECK(c != NULL);
+            memset(c, 0xee, sizes[k]);
+            free(c);
+        }
     size_t n = sizes[0];
     unsigned char *p = malloc(n);
     CHECK(p != NULL);
@@ -65,7 +75,8 @@ static void growth_and_shrink(void)
         n = m;
     }
     free(p);
-    printf("large realloc keeps contents through growth and shrink: ok\n");
+    printf("large realloc keeps contents through growth and shrink (%s cache): ok\n",
+           warm ? "warm" : "empty");
 }
 
 static void no_copy(void)
@@ -104,7 +115,8 @@ static void no_copy(void)
 int main(void)
 {
     require_preload();
-    growth_and_shrink();
+    growth_and_shrink(0);
+    growth_and_shrink(1);
     no_copy();
     return 0;
 }

@@ -169,37 +169,51 @@ pub(crate) fn rounded_request(size: usize) -> usize {
     }
 }
 
+/// Bins searched above a request's own class: a cached block up to two
+/// classes larger (at most about 1.5 times the pages) serves it too.
+const BIN_SLACK: usize = 2;
+
+/// A cached block of at least `size` bytes (its first word cleared), or
+/// `None` when the cache has none of its class or the next [`BIN_SLACK`].
+fn take_cached(size: usize) -> Option<NonNull<u8>> {
+    let len = map_len_for(rounded_request(size))?;
+    if !(4 * PAGE..=MAX_CACHED_MAP).contains(&len) {
+        return None;
+    }
+    let b = bin_floor(len / PAGE);
+    let hit = with_lists(|l| {
+        for j in b..(b + 1 + BIN_SLACK).min(BINS) {
+            let p = l.head[j];
+            if !p.is_null() {
+                // SAFETY: a cached block holds the next one in its first
+                // word; the cache owns it.
+                l.head[j] = unsafe { p.cast::<*mut u8>().read() };
+                // Only mappings of exactly their class length are cached.
+                l.bytes -= bin_pages(j) * PAGE;
+                return p;
+            }
+        }
+        ptr::null_mut()
+    });
+    let p = NonNull::new(hit)?;
+    // SAFETY: the block is now ours; the link is not the caller's data.
+    unsafe { p.as_ptr().cast::<*mut u8>().write(ptr::null_mut()) };
+    Some(p)
+}
+
 /// A large block of at least `size` bytes aligned to 16 (a cached one when
 /// there is one of its class), or `None` when none can be mapped. `zero`:
 /// the first `size` bytes must read as zero (a fresh mapping already does).
 pub(crate) fn obtain(size: usize, zero: bool) -> Option<NonNull<u8>> {
-    let req = rounded_request(size);
-    if let Some(len) = map_len_for(req).filter(|l| (4 * PAGE..=MAX_CACHED_MAP).contains(l)) {
-        let b = bin_floor(len / PAGE);
-        let hit = with_lists(|l| {
-            let p = l.head[b];
-            if !p.is_null() {
-                // SAFETY: a cached block holds the next one in its first
-                // word; the cache owns it.
-                l.head[b] = unsafe { p.cast::<*mut u8>().read() };
-                l.bytes -= len;
-            }
-            p
-        });
-        if let Some(p) = NonNull::new(hit) {
-            // SAFETY: the block has at least `req >= size` bytes (its class)
-            // and is now the caller's.
-            unsafe {
-                if zero {
-                    p.as_ptr().write_bytes(0, size);
-                } else {
-                    // The link is not the caller's data; leave no pointer.
-                    p.as_ptr().cast::<*mut u8>().write(ptr::null_mut());
-                }
-            }
-            return Some(p);
+    if let Some(p) = take_cached(size) {
+        if zero {
+            // SAFETY: the block has at least `size` bytes (its class) and
+            // is the caller's.
+            unsafe { p.as_ptr().write_bytes(0, size) };
         }
+        return Some(p);
     }
+    let req = rounded_request(size);
     let p = span::large_obtain(req, 16)?;
     if let Some(len) = map_len_for(req) {
         MAPPED.fetch_add(len, Relaxed);
@@ -244,12 +258,32 @@ pub(crate) unsafe fn release(p: NonNull<u8>, usable: usize) {
     unsafe { span::large_release(p) };
 }
 
+/// Growth up to this old size prefers a cached block and a copy to
+/// `mremap`: the cached block's pages are already faulted in, while the
+/// pages `mremap` adds are fresh and fault one by one as they are written
+/// (a copy of a few MiB costs less than those faults).
+const COPY_MAX: usize = 4 << 20;
+
 /// Resizes the large block `p` of `old` usable bytes to hold `size` bytes
-/// (`size` above the small classes) by remapping; `None` leaves it as is.
+/// (`size` above the small classes): into a cached block when growing a
+/// block of at most [`COPY_MAX`] bytes and the cache has one, else by
+/// remapping. `None` leaves the block as it is.
 ///
 /// # Safety
-/// `p` is a live large block of the caller's.
+/// `p` is a live large block of the caller's, which it gives up if the
+/// result is another block.
 pub(crate) unsafe fn resize(p: NonNull<u8>, old: usize, size: usize) -> Option<NonNull<u8>> {
+    if size > old && old <= COPY_MAX {
+        if let Some(q) = take_cached(size) {
+            // SAFETY: `p` has `old` live bytes and `q` at least `size >
+            // old`; two distinct blocks. Then `p` is given back (caller).
+            unsafe {
+                ptr::copy_nonoverlapping(p.as_ptr(), q.as_ptr(), old);
+                release(p, old);
+            }
+            return Some(q);
+        }
+    }
     // SAFETY: forwarded (caller's contract).
     let q = unsafe { span::large_resize(p, rounded_request(size)) }?;
     let new = match span::owner(q.as_ptr()) {
