@@ -15,8 +15,9 @@
 //!
 //! Thread safety: one spin lock guards the lists and the cached byte count;
 //! no system call and no other lock is taken under it. Fork safety: the
-//! handlers registered by [`register_fork_handlers`] take it in `fork`'s
-//! prepare step and release it in the parent and the child.
+//! handlers registered by [`register_fork_handlers`] (the cache's own, on
+//! its first use) take it in `fork`'s prepare step and release it in the
+//! parent and the child.
 //!
 //! A cached block stays marked as a large block in the span region map: the
 //! cache owns it, and `span::owner` still recognises it.
@@ -24,7 +25,7 @@
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use core::sync::atomic::{AtomicBool, AtomicUsize};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize};
 use pools::span;
 
 const PAGE: usize = 4096;
@@ -129,6 +130,7 @@ static BYPASS: AtomicBool = AtomicBool::new(false);
 
 /// Runs `f` on the lists under the lock.
 fn with_lists<R>(f: impl FnOnce(&mut Lists) -> R) -> R {
+    register_fork_handlers();
     CACHE.lock.lock();
     // SAFETY: we hold the lock: nobody else touches the lists.
     let r = f(unsafe { &mut *CACHE.lists.get() });
@@ -330,14 +332,23 @@ extern "C" fn fork_release() {
     CACHE.lock.unlock();
 }
 
-/// Registers the cache's own `pthread_atfork` handlers: prepare takes the
-/// cache lock, parent and child release it. No path holds this lock while
-/// taking another (nor the reverse), so the order relative to the core's
-/// handlers (registry, shared caches, spans) does not matter for deadlock;
-/// registered after them, its prepare runs first.
-pub(crate) fn register_fork_handlers() {
+/// Registers, on the first use of the cache, its own `pthread_atfork`
+/// handlers: prepare takes the cache lock, parent and child release it. No
+/// path holds this lock while taking another (nor the reverse), so the order
+/// relative to the core's handlers (registry, shared caches, spans) does
+/// not matter for deadlock. Not a `Once`: `pthread_atfork` may call malloc,
+/// which may come back here on the same thread; that nested call (or
+/// another thread meanwhile) goes on without waiting.
+fn register_fork_handlers() {
+    static STATE: AtomicU8 = AtomicU8::new(0);
+    // Relaxed: the state only decides who registers; the handlers touch
+    // nothing that this publishes.
+    if STATE.load(Relaxed) == 2 || STATE.compare_exchange(0, 1, Relaxed, Relaxed).is_err() {
+        return;
+    }
     // SAFETY: the handlers are `extern "C" fn()` that never unwind.
     unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_release), Some(fork_release)) };
+    STATE.store(2, Relaxed);
 }
 
 #[cfg(test)]

@@ -123,7 +123,6 @@ fn init() -> bool {
                 slot.store(ptr::from_ref(p).cast_mut(), Release);
             }
         }
-        large::register_fork_handlers();
         let _ = IN_INIT.try_with(|f| f.set(false));
     });
     !POOLS[0].load(Acquire).is_null()
