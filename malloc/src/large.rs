@@ -126,7 +126,11 @@ fn sub_mapped(n: usize) {
 }
 
 /// Cache off (`POOL_DEBUG=uaf`): every large block is unmapped on free.
-static BYPASS: AtomicBool = AtomicBool::new(false);
+/// `UNKNOWN` until the environment is first read.
+static BYPASS: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 0;
+const CACHE_ON: u8 = 1;
+const CACHE_OFF: u8 = 2;
 
 /// Runs `f` on the lists under the lock.
 fn with_lists<R>(f: impl FnOnce(&mut Lists) -> R) -> R {
@@ -138,17 +142,21 @@ fn with_lists<R>(f: impl FnOnce(&mut Lists) -> R) -> R {
     r
 }
 
-/// Switches the cache off for the life of the process (`uaf`).
-pub(crate) fn bypass() {
-    // Relaxed: set during initialisation, before any large block is freed
-    // through the cache; a late reader would only cache one block.
-    BYPASS.store(true, Relaxed);
-}
-
-/// Whether the cache is off (`uaf`): realloc then always moves.
+/// Whether the cache is off for the life of the process: `POOL_DEBUG=uaf`
+/// at the first call (from the first large request or free, or from the
+/// creation of the class pools, whichever comes first). Realloc then always
+/// moves.
 pub(crate) fn bypassed() -> bool {
-    // Relaxed: as in `bypass`.
-    BYPASS.load(Relaxed)
+    // Relaxed: one independent word; every thread that reads the
+    // environment finds the same answer, so a racing store is harmless.
+    match BYPASS.load(Relaxed) {
+        UNKNOWN => {
+            let off = crate::uaf_requested();
+            BYPASS.store(if off { CACHE_OFF } else { CACHE_ON }, Relaxed);
+            off
+        }
+        s => s == CACHE_OFF,
+    }
 }
 
 /// Mapping length for a block of `size` bytes at the default offset.
@@ -232,7 +240,7 @@ pub(crate) unsafe fn release(p: NonNull<u8>, usable: usize) {
     let len = span::large_offset() + usable;
     // Only default-offset blocks of a whole class are cached: a block of an
     // aligned request may start further in, or have an odd length.
-    let cacheable = !BYPASS.load(Relaxed)
+    let cacheable = !bypassed()
         && p.as_ptr() as usize % span::large_align() == span::large_offset()
         && (4 * PAGE..=MAX_CACHED_MAP).contains(&len)
         && len % PAGE == 0

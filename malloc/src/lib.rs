@@ -73,7 +73,7 @@ fn class_size(c: usize) -> usize {
 
 /// Whether `POOL_DEBUG` (a comma list) turns `uaf` on: the last of `uaf`
 /// and `no-uaf` wins, as in the core's parser.
-fn uaf_requested() -> bool {
+pub(crate) fn uaf_requested() -> bool {
     // SAFETY: getenv returns null or a NUL-terminated string of the
     // environment, read before any thread of ours could change it; it does
     // not allocate.
@@ -100,11 +100,9 @@ fn init() -> bool {
     }
     ONCE.call_once(|| {
         let _ = IN_INIT.try_with(|f| f.set(true));
-        let uaf = uaf_requested();
-        if uaf {
-            // No pools: every block is a mapping of its own, never cached.
-            large::bypass();
-        }
+        // With `uaf`, no pools: every block is a mapping of its own, never
+        // cached.
+        let uaf = large::bypassed();
         for (c, slot) in POOLS.iter().enumerate().filter(|_| !uaf) {
             let mut name = *b"malloc-00000\0";
             let size = class_size(c);
