@@ -183,7 +183,31 @@ pub(crate) fn rounded_request(size: usize) -> usize {
 /// classes larger (at most about 1.5 times the pages) serves it too.
 const BIN_SLACK: usize = 2;
 
-/// A cached block of at least `size` bytes (its first word cleared), or
+/// The second word of a cached block: this value, xor its address. A block
+/// given back with it in place may be freed twice: the list says for sure.
+const CACHED_MARK: usize = 0x6c61_7267_6361_6368; // "largcach"
+
+/// The word that marks `p` as cached.
+#[inline]
+fn mark_of(p: NonNull<u8>) -> *mut usize {
+    // SAFETY: a large block has at least 32 KiB: its second word is inside.
+    unsafe { p.as_ptr().cast::<usize>().add(1) }
+}
+
+/// Whether the list starting at `head` holds `p`.
+fn list_holds(mut head: *mut u8, p: NonNull<u8>) -> bool {
+    while !head.is_null() {
+        if head == p.as_ptr() {
+            return true;
+        }
+        // SAFETY: a cached block holds the next one in its first word; the
+        // caller holds the lock.
+        head = unsafe { head.cast::<*mut u8>().read() };
+    }
+    false
+}
+
+/// A cached block of at least `size` bytes (its first words cleared), or
 /// `None` when the cache has none of its class or the next [`BIN_SLACK`].
 fn take_cached(size: usize) -> Option<NonNull<u8>> {
     let len = map_len_for(rounded_request(size))?;
@@ -206,8 +230,12 @@ fn take_cached(size: usize) -> Option<NonNull<u8>> {
         ptr::null_mut()
     });
     let p = NonNull::new(hit)?;
-    // SAFETY: the block is now ours; the link is not the caller's data.
-    unsafe { p.as_ptr().cast::<*mut u8>().write(ptr::null_mut()) };
+    // SAFETY: the block is now ours; the link and the mark are not the
+    // caller's data.
+    unsafe {
+        p.as_ptr().cast::<*mut u8>().write(ptr::null_mut());
+        mark_of(p).write(0);
+    }
     Some(p)
 }
 
@@ -232,11 +260,14 @@ pub(crate) fn obtain(size: usize, zero: bool) -> Option<NonNull<u8>> {
 }
 
 /// Takes back the large block `p` of `usable` bytes (what `span::owner`
-/// said): into the cache when it fits the bounds, else unmapped.
+/// said): into the cache when it fits the bounds, else unmapped. A block
+/// the cache already holds (freed twice) is reported, naming `func`, and
+/// the process aborts.
 ///
 /// # Safety
-/// `p` is a live large block of ours that the caller gives up.
-pub(crate) unsafe fn release(p: NonNull<u8>, usable: usize) {
+/// `p` is a large block of ours that the caller gives up: live, or (a
+/// caller's bug, caught here) sitting in the cache.
+pub(crate) unsafe fn release(func: &str, p: NonNull<u8>, usable: usize) {
     let len = span::large_offset() + usable;
     // Only default-offset blocks of a whole class are cached: a block of an
     // aligned request may start further in, or have an odd length.
@@ -248,17 +279,30 @@ pub(crate) unsafe fn release(p: NonNull<u8>, usable: usize) {
     if cacheable {
         let limit = (MAPPED.load(Relaxed) / 8).clamp(CACHE_FLOOR, CACHE_MAX);
         let b = bin_floor(len / PAGE);
+        let mark = CACHED_MARK ^ p.as_ptr() as usize;
+        // SAFETY: the block is mapped (ours, live or cached): read its
+        // second word. Only a match costs a walk of the list.
+        let suspect = unsafe { mark_of(p).read() } == mark;
         let kept = with_lists(|l| {
+            if suspect && list_holds(l.head[b], p) {
+                return None;
+            }
             if l.bytes + len > limit {
-                return false;
+                return Some(false);
             }
             // SAFETY: the block is given up to us (caller) and has room for
-            // a link.
-            unsafe { p.as_ptr().cast::<*mut u8>().write(l.head[b]) };
+            // a link and the mark.
+            unsafe {
+                p.as_ptr().cast::<*mut u8>().write(l.head[b]);
+                mark_of(p).write(mark);
+            }
             l.head[b] = p.as_ptr();
             l.bytes += len;
-            true
+            Some(true)
         });
+        let Some(kept) = kept else {
+            crate::double_free(func, p.as_ptr().cast())
+        };
         if kept {
             return;
         }
@@ -289,7 +333,7 @@ pub(crate) unsafe fn resize(p: NonNull<u8>, old: usize, size: usize) -> Option<N
             // old`; two distinct blocks. Then `p` is given back (caller).
             unsafe {
                 ptr::copy_nonoverlapping(p.as_ptr(), q.as_ptr(), old);
-                release(p, old);
+                release("realloc", p, old);
             }
             return Some(q);
         }

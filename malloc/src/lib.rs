@@ -156,7 +156,25 @@ fn set_errno(e: c_int) {
 /// corrupt memory silently.
 #[cold]
 fn invalid_pointer(func: &str, p: *const c_void) -> ! {
-    let mut buf = [0u8; 160];
+    report_and_abort(
+        func,
+        p,
+        b"not allocated by this malloc, or not the start of a block",
+    )
+}
+
+/// Reports a large block given back while the cache already holds it (freed
+/// twice), and aborts: the cache would hand it out twice.
+#[cold]
+pub(crate) fn double_free(func: &str, p: *const c_void) -> ! {
+    report_and_abort(func, p, b"double free of a large block")
+}
+
+/// Writes `libpools_malloc: FUNC(0xADDR): invalid pointer (WHY); aborting`
+/// to stderr without allocating, and aborts.
+#[cold]
+fn report_and_abort(func: &str, p: *const c_void, why: &[u8]) -> ! {
+    let mut buf = [0u8; 200];
     let mut len = 0;
     let mut put = |s: &[u8]| {
         let n = s.len().min(buf.len() - len);
@@ -171,7 +189,9 @@ fn invalid_pointer(func: &str, p: *const c_void) -> ! {
     for i in (0..digits).rev() {
         put(&[b"0123456789abcdef"[(a >> (4 * i)) & 15]]);
     }
-    put(b"): invalid pointer (not allocated by this malloc, or not the start of a block); aborting\n");
+    put(b"): invalid pointer (");
+    put(why);
+    put(b"); aborting\n");
     // SAFETY: writing our own buffer to fd 2.
     unsafe { libc::write(2, buf.as_ptr().cast(), len) };
     // SAFETY: abort has no preconditions.
@@ -227,7 +247,7 @@ fn release(func: &str, p: *mut c_void) {
             }
         }
         // SAFETY: the start of a large block of ours, given back.
-        Owner::Large { usable } => unsafe { large::release(nn, usable) },
+        Owner::Large { usable } => unsafe { large::release(func, nn, usable) },
         Owner::Foreign => invalid_pointer(func, p),
     }
 }
