@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# bench/malloc-bench.sh LIBPOOLS_MALLOC.so [ROUNDS]
+# bench/malloc-bench.sh LIBPOOLS_MALLOC.so [ROUNDS] [BASELINE.so]
 # The preload against glibc's malloc, jemalloc and mimalloc (Debian packages,
 # preloaded the same way): bench/larson.c (larson-like, 2 threads, cross-
 # thread frees; ops/s) and the real programs of scripts/malloc-programs.sh
-# (wall seconds). Rounds interleave the allocators; medians are reported, and
-# ratios to glibc (and to mimalloc for larson). Prints a markdown table.
+# (wall seconds, and CPU seconds: user + system of the program and its
+# children, less sensitive to other load on a shared machine). Rounds
+# interleave the allocators; medians are reported, and ratios to glibc (and
+# to mimalloc). With BASELINE.so (an earlier build of the preload), it runs
+# as "base" in the same rounds and a "pools vs base" column is added: a
+# before/after comparison under the same machine load. Prints markdown tables.
 set -euo pipefail
 so=$1
 rounds=${2:-5}
@@ -12,6 +16,10 @@ arch="$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)"
 declare -A LIB=([glibc]="" [pools]="$so" [jemalloc]="/usr/lib/$arch/libjemalloc.so.2"
                 [mimalloc]="/usr/lib/$arch/libmimalloc.so.2")
 ALLOCS="glibc pools jemalloc mimalloc"
+if [ -n "${3:-}" ]; then
+    LIB[base]=$3
+    ALLOCS="$ALLOCS base"
+fi
 out=target/bench-malloc
 mkdir -p "$out"
 gcc -O2 -g -pthread bench/larson.c -o "$out/larson"
@@ -19,37 +27,53 @@ MALLOC_PROGRAMS_LIB=1 source scripts/malloc-programs.sh
 prepare
 raw="$out/raw.csv"
 : > "$raw"
-now() { date +%s.%N; }
+export WORK
+export -f $(for w in $WORKLOADS; do echo "run_$w"; done)
 for r in $(seq 1 "$rounds"); do
     for a in $ALLOCS; do
         v=$(LD_PRELOAD="${LIB[$a]}" "$out/larson" 2 1.5 1000)
-        echo "larson,$a,$v" >> "$raw"
+        echo "larson,$a,$v,0" >> "$raw"
         for w in $WORKLOADS; do
-            t0=$(now)
-            LD_PRELOAD="${LIB[$a]}" "run_$w" > /dev/null
-            t1=$(now)
-            echo "$w,$a,$(echo "$t1 - $t0" | bc -l)" >> "$raw"
+            # GNU time reports the rusage of the program and every
+            # descendant it waited for: wall, user and system seconds.
+            /usr/bin/time -f "%e %U %S" -o "$out/time" \
+                env LD_PRELOAD="${LIB[$a]}" bash -c "run_$w" > /dev/null
+            read -r wall user sys < "$out/time"
+            echo "$w,$a,$wall,$(echo "$user + $sys" | bc -l)" >> "$raw"
         done
     done
     echo "round $r/$rounds done" >&2
 done
 python3 - "$raw" <<'PY'
 import csv, statistics, sys
-m = {}
-for w, a, v in csv.reader(open(sys.argv[1])):
+m, cpu = {}, {}
+for w, a, v, c in csv.reader(open(sys.argv[1])):
     m.setdefault((w, a), []).append(float(v))
-med = {k: statistics.median(v) for k, v in m.items()}
+    cpu.setdefault((w, a), []).append(float(c))
 allocs = ["glibc", "pools", "jemalloc", "mimalloc"]
-print("| workload | unit | " + " | ".join(allocs) + " | pools vs glibc | pools vs mimalloc |")
-print("|---|---|" + "---|" * (len(allocs) + 2))
-for w in ["larson", "python", "sort", "gcc", "git"]:
-    unit = "Mops/s (higher is better)" if w == "larson" else "s (lower is better)"
-    scale = 1e-6 if w == "larson" else 1
-    vals = " | ".join("%.3f" % (med[(w, a)] * scale) for a in allocs)
-    if w == "larson":   # speed ratio: >1 is faster than the other
-        g = med[(w, "pools")] / med[(w, "glibc")]; mi = med[(w, "pools")] / med[(w, "mimalloc")]
-    else:
-        g = med[(w, "glibc")] / med[(w, "pools")]; mi = med[(w, "mimalloc")] / med[(w, "pools")]
-    print("| %s | %s | %s | %.2fx | %.2fx |" % (w, unit, vals, g, mi))
-print("\nRatios are speed ratios (pools speed / other speed): above 1.00x, the preload is faster.")
+base = ("larson", "base") in m
+if base:
+    allocs.append("base")
+def table(title, data, works):
+    med = {k: statistics.median(v) for k, v in data.items()}
+    print(title + "\n")
+    print("| workload | unit | " + " | ".join(allocs) + " | pools vs glibc | pools vs mimalloc |"
+          + (" pools vs base |" if base else ""))
+    print("|---|---|" + "---|" * (len(allocs) + 2 + base))
+    for w in works:
+        unit = "Mops/s (higher is better)" if w == "larson" else "s (lower is better)"
+        scale = 1e-6 if w == "larson" else 1
+        vals = " | ".join("%.3f" % (med[(w, a)] * scale) for a in allocs)
+        def ratio(other):   # speed ratio: >1 is faster than the other
+            if w == "larson":
+                return med[(w, "pools")] / med[(w, other)]
+            return med[(w, other)] / med[(w, "pools")]
+        extra = " %.2fx |" % ratio("base") if base else ""
+        print("| %s | %s | %s | %.2fx | %.2fx |%s" % (w, unit, vals, ratio("glibc"), ratio("mimalloc"), extra))
+    print()
+table("Wall time (larson: throughput), medians of %d rounds" % len(m[("larson", "glibc")]),
+      m, ["larson", "python", "sort", "gcc", "git"])
+table("CPU time (user + system, program and children), medians", cpu,
+      ["python", "sort", "gcc", "git"])
+print("Ratios are speed ratios (pools speed / other speed): above 1.00x, the preload is faster.")
 PY

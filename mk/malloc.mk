@@ -25,6 +25,8 @@ test-malloc-c: lib
 	  -L$(REL) -lpools -Wl,-rpath,$(CURDIR)/$(REL) -ldl
 	@set -e; for t in $(M_TESTS); do echo "== preload $$t"; \
 	  LD_PRELOAD=$(MALLOC_SO) timeout 300 $(MT_OUT)/$$t; done
+	@echo "== preload POOL_DEBUG=uaf test_conformance"; \
+	  POOL_DEBUG=uaf LD_PRELOAD=$(MALLOC_SO) timeout 300 $(MT_OUT)/test_conformance
 	@echo "== -lpools test_fork"; timeout 300 $(MT_OUT)/test_fork_lpools
 
 test-malloc-programs: lib

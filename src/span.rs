@@ -640,6 +640,116 @@ pub fn large_obtain(size: usize, align: usize) -> Option<NonNull<u8>> {
     NonNull::new(user)
 }
 
+/// Where a block of `large_obtain(size, align)` with `align <= 16` starts in
+/// its mapping: its mapping is `large_offset() + usable` bytes from a
+/// [`large_align`]-aligned base, so a caller that asks for `len -
+/// large_offset()` bytes (`len` a multiple of 4096) gets a mapping of
+/// exactly `len` bytes. (Functions, not constants: cbindgen would copy
+/// constants into the C header.)
+#[inline]
+pub const fn large_offset() -> usize {
+    size_of::<LargeHeader>().next_multiple_of(16)
+}
+
+/// Every large mapping starts at a multiple of this (the span size).
+#[inline]
+pub const fn large_align() -> usize {
+    SPAN
+}
+
+/// Resizes the large block `p` to at least `size` bytes without copying:
+/// shrinks its mapping in place, grows it in place when the addresses after
+/// it are free, or else moves its pages with `mremap` to a fresh
+/// `SPAN`-aligned range. Returns the block's (possibly new) address, whose
+/// contents up to `min(old usable, size)` are the old ones and whose usable
+/// size [`owner`] reports; `None` (the block untouched, still at `p`) when
+/// the size overflows or the kernel refuses. The block keeps its offset in
+/// the mapping; after a move only the 16-byte alignment is kept.
+///
+/// # Safety
+/// `p` is a live block of [`large_obtain`] (as [`owner`] says) that the
+/// caller owns: no other thread uses or frees it meanwhile.
+pub unsafe fn large_resize(p: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
+    let map = region_map_if_any()?;
+    let base = large_base(map, p.as_ptr() as usize)?;
+    let h = base.cast::<LargeHeader>();
+    // SAFETY: a large mapping's header is at its base; the block is the
+    // caller's, so nobody changes the header meanwhile.
+    let (old_len, user) = unsafe { ((*h).map_len, (*h).user) };
+    let off = user as usize - base as usize;
+    let new_len = off
+        .checked_add(size.max(1))?
+        .checked_next_multiple_of(4096)?;
+    let b = base as usize;
+    // The new base, and whether its granules must be marked (after the
+    // header is rewritten, so that a reader acquiring the kind sees it).
+    let (new_base, to_mark) = if new_len == old_len {
+        (base, false)
+    } else if new_len < old_len {
+        // Unmark the granules that no longer hold any of the mapping first:
+        // once unmapped, their addresses may be mapped again by anyone.
+        let keep_last = (b + new_len - 1) >> SPAN_SHIFT;
+        let old_last = (b + old_len - 1) >> SPAN_SHIFT;
+        if old_last > keep_last {
+            let from = (keep_last + 1) << SPAN_SHIFT;
+            mark(map, from, b + old_len - from, FOREIGN, FOREIGN);
+        }
+        // SAFETY: shrinking our own mapping in place (no MAYMOVE): the
+        // pages cut off belong to this block, which nobody else uses.
+        let r = unsafe { libc::mremap(base.cast(), old_len, new_len, 0) };
+        if r != base.cast() {
+            mark(map, b, old_len, KIND_LARGE, KIND_LARGE_CONT);
+            return None;
+        }
+        (base, false)
+    } else {
+        // SAFETY: growing our own mapping in place (no MAYMOVE): the kernel
+        // only extends it over addresses nobody has mapped.
+        let r = unsafe { libc::mremap(base.cast(), old_len, new_len, 0) };
+        if r == base.cast() {
+            (base, true)
+        } else {
+            // A SPAN-aligned range of the new length, for the header lookup.
+            let dest = map_aligned(new_len, SPAN)?;
+            // Unmark the old range first: once moved, its addresses may be
+            // mapped again by anyone.
+            mark(map, b, old_len, FOREIGN, FOREIGN);
+            // SAFETY: moves the pages of our own mapping (nobody else uses
+            // the block) over `dest`, a fresh mapping of ours of `new_len`
+            // bytes, which MREMAP_FIXED replaces.
+            let r = unsafe {
+                libc::mremap(
+                    base.cast(),
+                    old_len,
+                    new_len,
+                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                    dest.as_ptr().cast::<libc::c_void>(),
+                )
+            };
+            if r != dest.as_ptr().cast() {
+                // SAFETY: `dest` is still our fresh, unused mapping.
+                unsafe { os::unmap(dest, new_len) };
+                mark(map, b, old_len, KIND_LARGE, KIND_LARGE_CONT);
+                return None;
+            }
+            (dest.as_ptr(), true)
+        }
+    };
+    // SAFETY: the header moved with the mapping's first page; `off +
+    // size <= new_len`: the block lies inside the mapping.
+    let user = unsafe {
+        let h = new_base.cast::<LargeHeader>();
+        (*h).map_len = new_len;
+        (*h).user = new_base.add(off);
+        (*h).usable = new_len - off;
+        (*h).user
+    };
+    if to_mark {
+        mark(map, new_base as usize, new_len, KIND_LARGE, KIND_LARGE_CONT);
+    }
+    NonNull::new(user)
+}
+
 /// Unmaps a block of [`large_obtain`].
 ///
 /// # Safety
@@ -1000,6 +1110,37 @@ mod tests {
             }
             assert_eq!(owner(p.as_ptr()), Owner::Foreign);
         }
+    }
+
+    #[test]
+    fn large_blocks_resize_keeping_their_contents() {
+        let mut p = large_obtain(100_000, 16).unwrap();
+        let fill = |p: NonNull<u8>, n: usize| {
+            // SAFETY: `n` writable bytes of a live block.
+            unsafe { (0..n).for_each(|i| p.as_ptr().add(i).write(i as u8 ^ (i >> 12) as u8)) }
+        };
+        let check = |p: NonNull<u8>, n: usize| {
+            // SAFETY: `n` readable bytes of a live block.
+            (0..n).all(|i| unsafe { p.as_ptr().add(i).read() } == i as u8 ^ (i >> 12) as u8)
+        };
+        fill(p, 100_000);
+        let mut kept = 100_000;
+        // Grow past several granules (in place or moved), then shrink.
+        for size in [3 << 20, 9 << 20, 5 << 20, 50_000, 7 << 20] {
+            // SAFETY: a live large block of ours, resized by its owner.
+            p = unsafe { large_resize(p, size) }.unwrap();
+            kept = kept.min(size);
+            assert!(check(p, kept), "contents lost at {size}");
+            match owner(p.as_ptr()) {
+                Owner::Large { usable } => assert!(usable >= size && usable < size + 8192),
+                o => panic!("{o:?}"),
+            }
+            fill(p, size);
+            kept = size;
+        }
+        // SAFETY: released once.
+        unsafe { large_release(p) };
+        assert_eq!(owner(p.as_ptr()), Owner::Foreign);
     }
 
     #[test]

@@ -55,6 +55,13 @@ static void free_large_inner(void)
     char *p = malloc(1 << 20);
     free(p + 4096);
 }
+/* Freed twice: the first free puts it in the cache of large mappings. */
+static void free_large_twice(void)
+{
+    char *p = malloc(100000);
+    free(p);
+    free(p);
+}
 static void free_mmap(void)
 {
     void *p = mmap(NULL, 1 << 22, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -78,6 +85,7 @@ int main(void)
     expect_abort("free(global)", free_global);
     expect_abort("free(inside a block)", free_inner);
     expect_abort("free(inside a large block)", free_large_inner);
+    expect_abort("free(large block twice)", free_large_twice);
     expect_abort("free(foreign mmap)", free_mmap);
     expect_abort("free(unmapped)", free_unmapped);
     expect_abort("realloc(global)", realloc_global);

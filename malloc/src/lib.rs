@@ -6,8 +6,13 @@
 //! the same thread cache and self-locked shared cache as `pool_alloc`; their
 //! objects come from the core's mmap'd spans (`pools::span`), whose header
 //! names the class, so `free` needs no header in front of each object.
-//! Larger requests get a mapping of their own. Pointers that no span or
-//! mapping of ours owns are reported and the process aborts.
+//! Larger requests get a mapping of their own, recycled through a bounded
+//! cache of freed mappings and resized with `mremap` ([`large`]). Pointers
+//! that no span or mapping of ours owns are reported and the process aborts.
+//!
+//! With `POOL_DEBUG=uaf` in the environment at startup, no class pool is
+//! created: every block is a mapping of its own, unmapped on free (no cache),
+//! so that a use after free faults.
 //!
 //! This crate holds only the C entry points, the size classes and the
 //! interposition logic; every pool operation is the core's.
@@ -19,6 +24,8 @@ use core::sync::atomic::{AtomicPtr, Ordering::Acquire, Ordering::Release};
 use pools::span::{self, Owner};
 use pools::{registry, Pool};
 use std::sync::Once;
+
+mod large;
 
 /// Largest request served by a size class.
 pub const MAX_SMALL: usize = 32 * 1024;
@@ -64,6 +71,25 @@ fn class_size(c: usize) -> usize {
     }
 }
 
+/// Whether `POOL_DEBUG` (a comma list) turns `uaf` on: the last of `uaf`
+/// and `no-uaf` wins, as in the core's parser.
+pub(crate) fn uaf_requested() -> bool {
+    // SAFETY: getenv returns null or a NUL-terminated string of the
+    // environment, read before any thread of ours could change it; it does
+    // not allocate.
+    let v = unsafe { libc::getenv(c"POOL_DEBUG".as_ptr()) };
+    if v.is_null() {
+        return false;
+    }
+    // SAFETY: as above.
+    let v = unsafe { CStr::from_ptr(v) }.to_bytes();
+    v.split(|&b| b == b',').fold(false, |on, t| match t {
+        b"uaf" => true,
+        b"no-uaf" => false,
+        _ => on,
+    })
+}
+
 /// Creates the class pools, once. `false` when they are not usable from
 /// this call (this thread is creating them right now, or creation failed).
 #[cold]
@@ -74,7 +100,10 @@ fn init() -> bool {
     }
     ONCE.call_once(|| {
         let _ = IN_INIT.try_with(|f| f.set(true));
-        for (c, slot) in POOLS.iter().enumerate() {
+        // With `uaf`, no pools: every block is a mapping of its own, never
+        // cached.
+        let uaf = large::bypassed();
+        for (c, slot) in POOLS.iter().enumerate().filter(|_| !uaf) {
             let mut name = *b"malloc-00000\0";
             let size = class_size(c);
             let mut digits = size;
@@ -127,7 +156,25 @@ fn set_errno(e: c_int) {
 /// corrupt memory silently.
 #[cold]
 fn invalid_pointer(func: &str, p: *const c_void) -> ! {
-    let mut buf = [0u8; 160];
+    report_and_abort(
+        func,
+        p,
+        b"not allocated by this malloc, or not the start of a block",
+    )
+}
+
+/// Reports a large block given back while the cache already holds it (freed
+/// twice), and aborts: the cache would hand it out twice.
+#[cold]
+pub(crate) fn double_free(func: &str, p: *const c_void) -> ! {
+    report_and_abort(func, p, b"double free of a large block")
+}
+
+/// Writes `libpools_malloc: FUNC(0xADDR): invalid pointer (WHY); aborting`
+/// to stderr without allocating, and aborts.
+#[cold]
+fn report_and_abort(func: &str, p: *const c_void, why: &[u8]) -> ! {
+    let mut buf = [0u8; 200];
     let mut len = 0;
     let mut put = |s: &[u8]| {
         let n = s.len().min(buf.len() - len);
@@ -142,7 +189,9 @@ fn invalid_pointer(func: &str, p: *const c_void) -> ! {
     for i in (0..digits).rev() {
         put(&[b"0123456789abcdef"[(a >> (4 * i)) & 15]]);
     }
-    put(b"): invalid pointer (not allocated by this malloc, or not the start of a block); aborting\n");
+    put(b"): invalid pointer (");
+    put(why);
+    put(b"); aborting\n");
     // SAFETY: writing our own buffer to fd 2.
     unsafe { libc::write(2, buf.as_ptr().cast(), len) };
     // SAFETY: abort has no preconditions.
@@ -155,10 +204,11 @@ fn alloc(size: usize) -> *mut c_void {
     let p = if size <= MAX_SMALL {
         match pool(class_of(size)) {
             Some(pool) => pool.alloc(),
+            // During init, or with `uaf`: a mapping of its own.
             None => span::large_obtain(size, MIN_ALIGN),
         }
     } else {
-        span::large_obtain(size, MIN_ALIGN)
+        large::obtain(size, false)
     };
     match p {
         Some(p) => p.as_ptr().cast(),
@@ -197,7 +247,7 @@ fn release(func: &str, p: *mut c_void) {
             }
         }
         // SAFETY: the start of a large block of ours, given back.
-        Owner::Large { .. } => unsafe { span::large_release(nn) },
+        Owner::Large { usable } => unsafe { large::release(func, nn, usable) },
         Owner::Foreign => invalid_pointer(func, p),
     }
 }
@@ -260,9 +310,18 @@ pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
         set_errno(libc::ENOMEM);
         return ptr::null_mut();
     };
+    if total > MAX_SMALL {
+        // Zeroed by the cache when it reuses a mapping; fresh ones are zero.
+        return match large::obtain(total, true) {
+            Some(p) => p.as_ptr().cast(),
+            None => {
+                set_errno(libc::ENOMEM);
+                ptr::null_mut()
+            }
+        };
+    }
     let p = alloc(total);
-    // A large block is a fresh mapping, already zero.
-    if !p.is_null() && total <= MAX_SMALL {
+    if !p.is_null() {
         // SAFETY: the block has at least `total` bytes.
         unsafe { ptr::write_bytes(p.cast::<u8>(), 0, total) };
     }
@@ -286,12 +345,33 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         release("realloc", p);
         return ptr::null_mut();
     }
-    let old = usable("realloc", p);
+    let owner = span::owner(p.cast());
+    let old = match owner {
+        Owner::Span { tag } => class_size(tag as usize),
+        Owner::Large { usable } => usable,
+        Owner::Foreign => invalid_pointer("realloc", p),
+    };
+    // With `uaf`, always move: the old address must fault afterwards.
+    if large::bypassed() {
+        return realloc_move(p, old, size);
+    }
     // Keep the block when the new size fits and would not fit a class at
     // most half as large.
     if size <= old && (old <= MAX_SMALL && class_size(class_of(size)) == old || size > old / 2) {
         return p;
     }
+    if matches!(owner, Owner::Large { .. }) && size > MAX_SMALL {
+        // SAFETY: a live large block of the caller's (owner said so),
+        // which the caller gives to realloc.
+        if let Some(q) = unsafe { large::resize(NonNull::new_unchecked(p.cast()), old, size) } {
+            return q.as_ptr().cast();
+        }
+    }
+    realloc_move(p, old, size)
+}
+
+/// The copying realloc: a new block, the contents, the old block freed.
+fn realloc_move(p: *mut c_void, old: usize, size: usize) -> *mut c_void {
     let q = alloc(size);
     if !q.is_null() {
         // SAFETY: both blocks are live, distinct, and hold at least the
@@ -387,6 +467,15 @@ pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
             ptr::null_mut()
         }
     }
+}
+
+/// Returns to the OS the large mappings this malloc keeps for reuse (the
+/// small-class spans are kept). `pad` is ignored. Returns 1 if memory was
+/// released, 0 otherwise, as glibc does. The core's `pool_gc` calls it too
+/// (it calls the `malloc_trim` of the malloc in use). Thread-safe.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
+    c_int::from(large::trim())
 }
 
 /// Bytes usable in the block `p` (at least what was asked), 0 for NULL.
