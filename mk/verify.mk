@@ -8,10 +8,11 @@
 #   make verify-tsan       Rust unit tests + tests/stress.rs under TSan
 #   make verify-asan       every C test with ASan + LeakSanitizer
 #   make verify-valgrind   every C test under valgrind memcheck
+#   make verify-loom       the three-thread loom model at preemption bound 40
 
-.PHONY: verify verify-miri verify-tsan verify-asan verify-valgrind
+.PHONY: verify verify-miri verify-tsan verify-asan verify-valgrind verify-loom
 
-verify: verify-miri verify-tsan verify-asan verify-valgrind
+verify: verify-miri verify-tsan verify-asan verify-valgrind verify-loom
 
 verify-miri:
 	scripts/verify-miri.sh
@@ -24,3 +25,9 @@ verify-asan:
 
 verify-valgrind:
 	scripts/verify-valgrind.sh
+
+# make test runs every loom model at its default bound; this runs the
+# three-thread taker/putter/flusher model far deeper (minutes).
+verify-loom:
+	LOOM_MAX_PREEMPTIONS=40 RUSTFLAGS="--cfg loom" $(CARGO) test --release --lib \
+	  --target-dir target/loom loom_taker_putter_flusher -- --nocapture
