@@ -454,7 +454,7 @@ unsafe fn obtain_locked(st: &mut TagInner, tag: u32, size: usize) -> Option<NonN
 
 fn new_span(tag: u32, obj_size: usize) -> Option<NonNull<SpanHeader>> {
     let map = region_map()?;
-    let base = map_aligned(SPAN, SPAN)?;
+    let base = reserved_span()?;
     let data = data_offset(obj_size);
     // SAFETY: a fresh, writable, SPAN-aligned mapping of SPAN bytes.
     unsafe {
@@ -477,6 +477,68 @@ fn new_span(tag: u32, obj_size: usize) -> Option<NonNull<SpanHeader>> {
     };
     mark(map, base.as_ptr() as usize, SPAN, KIND_SPAN, KIND_SPAN);
     Some(base.cast())
+}
+
+/// Spans mapped ahead, [`BATCH`] at a time: one `mmap` and two trimming
+/// `munmap`s per batch instead of per span. A short process that touches a
+/// few dozen size classes (each `git` command under the preload) otherwise
+/// made three system calls per class. Spans not handed out yet are only
+/// address space: nothing is resident until a span is written.
+struct Reserve {
+    lock: SpinLock,
+    /// The next span to hand out, and how many follow it in the batch.
+    inner: UnsafeCell<(*mut u8, usize)>,
+}
+
+// SAFETY: `inner` is only touched under `lock`.
+unsafe impl Sync for Reserve {}
+
+/// Spans per batch of [`Reserve`].
+const BATCH: usize = 16;
+
+static RESERVE: Reserve = Reserve {
+    lock: SpinLock(AtomicBool::new(false)),
+    inner: UnsafeCell::new((ptr::null_mut(), 0)),
+};
+
+/// A fresh SPAN-aligned, zeroed mapping of SPAN bytes: the next one of the
+/// reserve, mapping a new batch when it is empty (or a single span when a
+/// batch cannot be mapped). Called under a tag's lock: the reserve's lock
+/// nests inside tag locks, never the other way round.
+fn reserved_span() -> Option<NonNull<u8>> {
+    RESERVE.lock.lock();
+    // SAFETY: we hold the reserve's lock.
+    let st = unsafe { &mut *RESERVE.inner.get() };
+    if st.1 == 0 {
+        if let Some(batch) = map_aligned(SPAN * BATCH, SPAN) {
+            *st = (batch.as_ptr(), BATCH);
+        }
+    }
+    let span = if st.1 == 0 {
+        None
+    } else {
+        let span = st.0;
+        st.1 -= 1;
+        // SAFETY: when spans are left, the next one lies inside the batch
+        // mapping; after the last, this points one past its end, unused.
+        st.0 = unsafe { span.add(SPAN) };
+        NonNull::new(span)
+    };
+    RESERVE.lock.unlock();
+    span.or_else(|| map_aligned(SPAN, SPAN))
+}
+
+/// Unmaps the spans of the reserve that were never handed out.
+fn trim_reserve() {
+    RESERVE.lock.lock();
+    // SAFETY: we hold the reserve's lock.
+    let st = unsafe { &mut *RESERVE.inner.get() };
+    let (next, left) = core::mem::replace(st, (ptr::null_mut(), 0));
+    RESERVE.lock.unlock();
+    if let Some(next) = NonNull::new(next).filter(|_| left > 0) {
+        // SAFETY: the rest of a batch mapping that nobody was given.
+        unsafe { os::unmap(next, left * SPAN) };
+    }
 }
 
 /// Takes back an object of [`obtain`]: onto its own span's free list. A span
@@ -578,6 +640,7 @@ pub(crate) fn trim() {
             unsafe { os::unmap(spare.cast(), SPAN) };
         }
     }
+    trim_reserve();
 }
 
 /// Takes the spare of tag `t`, unmarked, or `None`.
@@ -832,13 +895,16 @@ pub fn owner(p: *const u8) -> Owner {
 
 // ---- fork ------------------------------------------------------------------------
 
-/// Takes every tag's lock, so that no span state is mid-change at `fork()`.
+/// Takes every tag's lock, then the reserve's (the order `new_span` nests
+/// them in), so that no span state is mid-change at `fork()`.
 pub(crate) fn fork_prepare() {
     TAGS.iter().for_each(|t| t.lock.lock());
+    RESERVE.lock.lock();
 }
 
 /// Releases what [`fork_prepare`] took (in the parent and in the child).
 pub(crate) fn fork_release() {
+    RESERVE.lock.unlock();
     TAGS.iter().for_each(|t| t.lock.unlock());
 }
 
