@@ -13,24 +13,31 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* Runs pool_dump_sorted(fd, how, max) into a pipe; returns its output. */
-static char *dump_to_string(int how, int max, int *rc)
+/* Reads `fd` to its end into `buf` (NUL-terminated, truncated to fit),
+ * then closes it. */
+static void read_all(int fd, char *buf, size_t size)
 {
-    static char buf[65536];
-    int fds[2];
     size_t len = 0;
-    if (!CHECK(pipe(fds) == 0))
-        return "";
-    *rc = pool_dump_sorted(fds[1], how, max);
-    close(fds[1]);
     for (;;) {
-        ssize_t n = read(fds[0], buf + len, sizeof buf - 1 - len);
+        ssize_t n = read(fd, buf + len, size - 1 - len);
         if (n <= 0)
             break;
         len += (size_t)n;
     }
     buf[len] = 0;
-    close(fds[0]);
+    close(fd);
+}
+
+/* Runs pool_dump_sorted(fd, how, max) into a pipe; returns its output. */
+static char *dump_to_string(int how, int max, int *rc)
+{
+    static char buf[65536];
+    int fds[2];
+    if (!CHECK(pipe(fds) == 0))
+        return "";
+    *rc = pool_dump_sorted(fds[1], how, max);
+    close(fds[1]);
+    read_all(fds[0], buf, sizeof buf);
     return buf;
 }
 
@@ -174,7 +181,6 @@ static const char *run_stats_child(const char *value, int *status)
 {
     static char buf[16384];
     int fds[2];
-    size_t len = 0;
     buf[0] = 0;
     if (!CHECK(pipe(fds) == 0))
         return buf;
@@ -189,14 +195,7 @@ static const char *run_stats_child(const char *value, int *status)
         _exit(127);
     }
     close(fds[1]);
-    for (;;) {
-        ssize_t n = read(fds[0], buf + len, sizeof buf - 1 - len);
-        if (n <= 0)
-            break;
-        len += (size_t)n;
-    }
-    buf[len] = 0;
-    close(fds[0]);
+    read_all(fds[0], buf, sizeof buf);
     CHECK(waitpid(pid, status, 0) == pid);
     return buf;
 }

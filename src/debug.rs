@@ -343,32 +343,25 @@ pub(crate) unsafe fn on_alloc(
                 die(pool, b, caller, Site::Alloc, what, Some(tag), None);
             }
         }
-        if d & DBG_INTEGRITY != 0 {
+        let changed = if d & DBG_INTEGRITY != 0 {
             // SAFETY: the checked range lies inside the object.
-            if let Some(at) = unsafe { first_unlike_pattern(b, l.checked(pool.size)) } {
-                die(
-                    pool,
-                    b,
-                    caller,
-                    Site::Alloc,
-                    "write after free",
-                    None,
-                    Some(at),
-                );
-            }
+            unsafe { first_unlike_pattern(b, l.checked(pool.size)) }
         } else if d & DBG_BACKUP != 0 {
             // SAFETY: the pool has a backup area (`backup` set), inside the object.
-            if let Some(at) = unsafe { first_unlike_backup(b, &l, pool.size) } {
-                die(
-                    pool,
-                    b,
-                    caller,
-                    Site::Alloc,
-                    "write after free",
-                    None,
-                    Some(at),
-                );
-            }
+            unsafe { first_unlike_backup(b, &l, pool.size) }
+        } else {
+            None
+        };
+        if let Some(at) = changed {
+            die(
+                pool,
+                b,
+                caller,
+                Site::Alloc,
+                "write after free",
+                None,
+                Some(at),
+            );
         }
     }
     if d & DBG_INTEGRITY != 0 {
