@@ -1038,6 +1038,17 @@ impl Worker<'_> {
         self.w.lock_objs()[&a].pool
     }
 
+    /// Frees every object this thread holds of pool `h`.
+    fn free_all_of(&mut self, h: usize) {
+        let (of_h, keep) = std::mem::take(&mut self.mine)
+            .into_iter()
+            .partition::<Vec<_>, _>(|&a| self.pool_of(a) == h);
+        self.mine = keep;
+        for a in of_h {
+            self.free(a);
+        }
+    }
+
     fn is_private(&self, h: usize) -> bool {
         self.privs.iter().any(|p| p.0 == h)
     }
@@ -1284,15 +1295,7 @@ impl Worker<'_> {
                 if !self.privs.is_empty() {
                     let i = self.rng.below(self.privs.len());
                     let h = self.privs[i].0;
-                    let mut keep = Vec::new();
-                    for a in std::mem::take(&mut self.mine) {
-                        if self.pool_of(a) == h {
-                            self.free(a);
-                        } else {
-                            keep.push(a);
-                        }
-                    }
-                    self.mine = keep;
+                    self.free_all_of(h);
                     self.destroy_private(i);
                 }
             }
@@ -1360,15 +1363,7 @@ impl Worker<'_> {
             cover("mt private destroy refused: objects held");
             return;
         }
-        let mut keep = Vec::new();
-        for a in std::mem::take(&mut self.mine) {
-            if self.pool_of(a) == h {
-                self.free(a);
-            } else {
-                keep.push(a);
-            }
-        }
-        self.mine = keep;
+        self.free_all_of(h);
         let mut pools = self.w.lock_pools();
         assert_eq!(destroy_raw(h), 0, "{}", self.ctx());
         self.privs[i].2 -= 1;

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CHECK(cond)                                                        \
     do {                                                                   \
@@ -28,5 +29,16 @@ static inline void require_preload(void)
                 info.dli_fname);
         exit(1);
     }
+}
+
+/* Resident memory of this process, in KiB. */
+static inline size_t rss_kib(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    CHECK(f != NULL);
+    unsigned long size, resident;
+    CHECK(fscanf(f, "%lu %lu", &size, &resident) == 2);
+    fclose(f);
+    return resident * (size_t)sysconf(_SC_PAGESIZE) / 1024;
 }
 #endif

@@ -12,16 +12,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static size_t rss_kib(void)
-{
-    FILE *f = fopen("/proc/self/statm", "r");
-    CHECK(f != NULL);
-    unsigned long size, resident;
-    CHECK(fscanf(f, "%lu %lu", &size, &resident) == 2);
-    fclose(f);
-    return resident * (size_t)sysconf(_SC_PAGESIZE) / 1024;
-}
-
 static void reuse(void)
 {
     size_t n = 100000;

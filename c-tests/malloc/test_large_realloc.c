@@ -15,16 +15,6 @@ static long minor_faults(void)
     return ru.ru_minflt;
 }
 
-static size_t rss_kib(void)
-{
-    FILE *f = fopen("/proc/self/statm", "r");
-    CHECK(f != NULL);
-    unsigned long size, resident;
-    CHECK(fscanf(f, "%lu %lu", &size, &resident) == 2);
-    fclose(f);
-    return resident * (size_t)sysconf(_SC_PAGESIZE) / 1024;
-}
-
 static uint64_t sum(const unsigned char *p, size_t n)
 {
     uint64_t h = 1469598103934665603ull;
