@@ -4,10 +4,11 @@
 //! calls `malloc`.
 //!
 //! A span is a [`SPAN`]-byte mapping aligned to its size. Its first bytes are
-//! a [`SpanHeader`] (magic, tag, object size, and the span's own free list and
-//! count of live objects); objects follow, carved in order by a bump pointer
-//! and recycled through the span's free list. So the span of any object is
-//! found by masking its address, with no header in front of each object.
+//! a [`SpanHeader`] (the span's own free list and count of live objects);
+//! objects follow, carved in order by a bump pointer and recycled through the
+//! span's free list. So the span of any object is found by masking its
+//! address, with no header in front of each object; its tag (its object
+//! size) is in the region map.
 //!
 //! A *tag* is one object size: the malloc's classes reserve theirs by number
 //! ([`reserve`]), other pools get one per object size on demand
@@ -21,17 +22,21 @@
 //! [`LargeHeader`]; the caller's block follows at the requested alignment.
 //!
 //! Before any header is read, the **region map** says whether the
-//! `SPAN`-sized granule of an address is ours at all: one byte per granule
-//! of the 47-bit user address space (64 MiB of reserved, lazily backed
+//! `SPAN`-sized granule of an address is ours at all: two bytes per granule
+//! of the 47-bit user address space (128 MiB of reserved, lazily backed
 //! zero pages). So a pointer that no span or large mapping owns is rejected
 //! without reading memory that may be unmapped. Spans and large mappings
-//! are unmarked before they are unmapped.
+//! are unmarked before they are unmapped. A span's entry also holds its tag,
+//! so [`owner`] (on every `free` of the LD_PRELOAD malloc) reads no span
+//! header: headers sit at 2 MiB-aligned addresses, which all compete for the
+//! same few sets of the CPU caches, and reading them missed often enough to
+//! be the largest cost of `free` in the larson benchmark.
 
 use crate::os;
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU8};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU32, AtomicU64};
 use crossbeam_utils::Backoff;
 
 /// log2 of the span size and of the region map's granule.
@@ -48,31 +53,25 @@ pub(crate) const MAX_TAGS: usize = 256;
 /// malloc's size classes); the others are bound by size ([`tag_for_size`]).
 pub(crate) const RESERVED_TAGS: usize = 64;
 
-const SPAN_MAGIC: u64 = 0x7370_616e_706f_6f6c; // "spanpool"
 const LARGE_MAGIC: u64 = 0x6c61_7267_706f_6f6c; // "largpool"
 
 /// Region map values.
-const FOREIGN: u8 = 0;
-const KIND_SPAN: u8 = 1;
-const KIND_LARGE: u8 = 2;
+const FOREIGN: u16 = 0;
+const KIND_LARGE: u16 = 2;
 /// A later granule of a large mapping: its header is in an earlier one.
-const KIND_LARGE_CONT: u8 = 3;
+const KIND_LARGE_CONT: u16 = 3;
+/// A span: this bit, or'ed with the span's tag.
+const KIND_SPAN: u16 = 0x100;
+const _: () = assert!(MAX_TAGS <= 0x100);
 
 /// The start of every span. Everything but `state` is written once, before
-/// the span is marked in the region map, and read by [`owner`] without lock.
+/// the span is marked in the region map.
 #[repr(C)]
 struct SpanHeader {
-    magic: u64,
-    tag: u32,
-    /// Bytes per object (the tag's size).
-    obj_size: u32,
     /// Offset of the first object.
     data: u32,
     /// Objects the span holds: `(SPAN - data) / obj_size`.
     capacity: u32,
-    /// `u64::MAX / obj_size + 1`: `off * div <= div - 1` (wrapping) holds
-    /// exactly when `obj_size` divides `off` (Lemire's divisibility test).
-    div: u64,
     /// Under the tag's lock only.
     state: UnsafeCell<SpanState>,
 }
@@ -116,32 +115,33 @@ pub enum Owner {
 
 // ---- region map ------------------------------------------------------------
 
-static MAP: AtomicPtr<AtomicU8> = AtomicPtr::new(ptr::null_mut());
+static MAP: AtomicPtr<AtomicU16> = AtomicPtr::new(ptr::null_mut());
+const MAP_BYTES: usize = GRANULES * size_of::<u16>();
 
 /// The region map, created on first use; `None` if it cannot be mapped.
-fn region_map() -> Option<&'static [AtomicU8]> {
+fn region_map() -> Option<&'static [AtomicU16]> {
     // Acquire: pairs with the Release CAS that published the mapping.
     let mut m = MAP.load(Acquire);
     if m.is_null() {
-        let fresh = map_reserve(GRANULES)?.cast::<AtomicU8>().as_ptr();
+        let fresh = map_reserve(MAP_BYTES)?.cast::<AtomicU16>().as_ptr();
         // AcqRel on success: publish the fresh (zeroed) mapping; Acquire on
         // failure: take the winner's.
         match MAP.compare_exchange(ptr::null_mut(), fresh, Release, Acquire) {
             Ok(_) => m = fresh,
             Err(won) => {
                 // SAFETY: our mapping was never published.
-                unsafe { os::unmap(NonNull::new_unchecked(fresh.cast()), GRANULES) };
+                unsafe { os::unmap(NonNull::new_unchecked(fresh.cast()), MAP_BYTES) };
                 m = won;
             }
         }
     }
-    // SAFETY: a live mapping of GRANULES zero-initialised bytes, never
-    // unmapped; AtomicU8 has the layout of u8.
+    // SAFETY: a live mapping of GRANULES zero-initialised, page-aligned
+    // u16s, never unmapped; AtomicU16 has the layout of u16.
     Some(unsafe { core::slice::from_raw_parts(m, GRANULES) })
 }
 
 /// The region map if it exists (a lookup never creates it).
-fn region_map_if_any() -> Option<&'static [AtomicU8]> {
+fn region_map_if_any() -> Option<&'static [AtomicU16]> {
     // Acquire: as in `region_map`.
     let m = MAP.load(Acquire);
     // SAFETY: as in `region_map`.
@@ -167,7 +167,7 @@ fn map_reserve(len: usize) -> Option<NonNull<u8>> {
 
 /// Marks the granules of `[base, base + len)` with `kind` (the first) and
 /// `rest` (the others).
-fn mark(map: &[AtomicU8], base: usize, len: usize, kind: u8, rest: u8) {
+fn mark(map: &[AtomicU16], base: usize, len: usize, kind: u16, rest: u16) {
     let first = base >> SPAN_SHIFT;
     let last = (base + len - 1) >> SPAN_SHIFT;
     for (g, entry) in map.iter().enumerate().take(last + 1).skip(first) {
@@ -265,6 +265,26 @@ static TAGS: [TagState; MAX_TAGS] = [const {
 // caller of `obtain` learnt its tag through whatever published the pool,
 // which happens after the binding.
 static SIZES: [AtomicU32; MAX_TAGS] = [const { AtomicU32::new(0) }; MAX_TAGS];
+
+/// What [`owner`] needs of a tag's spans, so that it reads no span header:
+/// where objects start and how large they are, and `u64::MAX / size + 1`
+/// to test whether `size` divides an offset without a division (`off * div
+/// <= div - 1`, wrapping, holds exactly then: Lemire's divisibility test).
+/// Written by `new_span` under the tag's lock, before it marks the span
+/// (always the same values for a tag), and read by `owner` after it
+/// acquired the mark.
+struct Geometry {
+    /// `data << 32 | size`.
+    data_size: AtomicU64,
+    div: AtomicU64,
+}
+
+static GEOMETRY: [Geometry; MAX_TAGS] = [const {
+    Geometry {
+        data_size: AtomicU64::new(0),
+        div: AtomicU64::new(0),
+    }
+}; MAX_TAGS];
 
 /// The object size spans use for objects of `obj_size` bytes: a multiple of
 /// `OBJECT_ALIGN`, or `None` beyond `SPAN / 8` (or 0).
@@ -456,15 +476,16 @@ fn new_span(tag: u32, obj_size: usize) -> Option<NonNull<SpanHeader>> {
     let map = region_map()?;
     let base = reserved_span()?;
     let data = data_offset(obj_size);
+    let g = &GEOMETRY[tag as usize];
+    // Relaxed: published by the Release of `mark` below.
+    g.data_size
+        .store((data as u64) << 32 | obj_size as u64, Relaxed);
+    g.div.store(u64::MAX / obj_size as u64 + 1, Relaxed);
     // SAFETY: a fresh, writable, SPAN-aligned mapping of SPAN bytes.
     unsafe {
         base.as_ptr().cast::<SpanHeader>().write(SpanHeader {
-            magic: SPAN_MAGIC,
-            tag,
-            obj_size: obj_size as u32,
             data: data as u32,
             capacity: ((SPAN - data) / obj_size) as u32,
-            div: u64::MAX / obj_size as u64 + 1,
             state: UnsafeCell::new(SpanState {
                 free: ptr::null_mut(),
                 bump: data,
@@ -475,7 +496,8 @@ fn new_span(tag: u32, obj_size: usize) -> Option<NonNull<SpanHeader>> {
             }),
         })
     };
-    mark(map, base.as_ptr() as usize, SPAN, KIND_SPAN, KIND_SPAN);
+    let kind = KIND_SPAN | tag as u16;
+    mark(map, base.as_ptr() as usize, SPAN, kind, kind);
     Some(base.cast())
 }
 
@@ -557,9 +579,7 @@ pub(crate) unsafe fn release(tag: u32, p: NonNull<u8>) {
         .as_ptr()
         .map_addr(|a| a & !(SPAN - 1))
         .cast::<SpanHeader>();
-    // SAFETY: the span holds the live `p` (caller), so it is mapped; `tag`
-    // is written once before the span was published.
-    debug_assert_eq!(unsafe { (*s).tag }, tag);
+    debug_assert_eq!(owner(p.as_ptr()), Owner::Span { tag });
     t.lock.lock();
     // SAFETY: we hold the tag's lock; `p` is an object of span `s` of this
     // tag (caller), which is mapped since `p` counts as live in it.
@@ -833,7 +853,7 @@ pub unsafe fn large_release(p: NonNull<u8>) {
 }
 
 /// The base of the large mapping whose granules cover `addr`.
-fn large_base(map: &[AtomicU8], addr: usize) -> Option<*mut u8> {
+fn large_base(map: &[AtomicU16], addr: usize) -> Option<*mut u8> {
     let mut g = addr >> SPAN_SHIFT;
     loop {
         // Acquire: pairs with `mark`, so the header is visible.
@@ -850,6 +870,7 @@ fn large_base(map: &[AtomicU8], addr: usize) -> Option<*mut u8> {
 /// Who owns `p`: a span object, a large block, or neither. Reads a header
 /// only in a granule the region map says is ours, so it never touches
 /// memory that may be unmapped.
+#[inline]
 pub fn owner(p: *const u8) -> Owner {
     let addr = p as usize;
     if addr >> ADDR_BITS != 0 || !addr.is_multiple_of(os::OBJECT_ALIGN) {
@@ -860,22 +881,19 @@ pub fn owner(p: *const u8) -> Owner {
     };
     // Acquire: pairs with `mark`'s Release, so the header is visible.
     match map[addr >> SPAN_SHIFT].load(Acquire) {
-        KIND_SPAN => {
-            let base = addr & !(SPAN - 1);
-            // SAFETY: the map says a span starts at `base`: mapped, with a
-            // header written before the span was marked.
-            let h = unsafe { &*ptr::with_exposed_provenance::<SpanHeader>(base) };
-            let off = (addr - base) as u64;
-            let data = u64::from(h.data);
+        v if v & KIND_SPAN != 0 => {
+            let tag = usize::from(v & !KIND_SPAN);
+            let g = &GEOMETRY[tag];
+            // Relaxed: stored before the span was marked; the Acquire above
+            // pairs with `mark`'s Release.
+            let (data_size, div) = (g.data_size.load(Relaxed), g.div.load(Relaxed));
+            let (data, size) = (data_size >> 32, data_size & u64::from(u32::MAX));
+            let off = (addr & (SPAN - 1)) as u64;
             let rel = off.wrapping_sub(data);
-            if h.magic != SPAN_MAGIC
-                || off < data
-                || rel + u64::from(h.obj_size) > SPAN as u64
-                || rel.wrapping_mul(h.div) > h.div - 1
-            {
+            if off < data || rel + size > SPAN as u64 || rel.wrapping_mul(div) > div - 1 {
                 return Owner::Foreign;
             }
-            Owner::Span { tag: h.tag }
+            Owner::Span { tag: tag as u32 }
         }
         KIND_LARGE | KIND_LARGE_CONT => {
             let Some(base) = large_base(map, addr) else {
