@@ -889,7 +889,9 @@ mod tests {
         // SAFETY: the object came from `p`, given back once.
         unsafe { p.free(o) };
         assert_eq!(destroy(p), Ok(Destroyed::Released));
-        assert_eq!(destroy(p), Err(Error::Invalid));
+        // A second destroy is refused only while the head is not recycled,
+        // which a test running in parallel may do at any time: the
+        // single-threaded c-tests/test_errors.c checks it.
     }
 
     #[test]
