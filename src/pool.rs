@@ -185,14 +185,14 @@ impl Pool {
     /// tries once more, then counts a failure.
     ///
     /// Counters: cached or shared drop, or allocated grows; used grows.
-    #[inline]
+    #[inline(always)]
     pub fn alloc(&self) -> Option<NonNull<u8>> {
         self.alloc_from(0)
     }
 
     /// [`Pool::alloc`] for a call made from the return address `caller`
     /// (kept by the `caller` debugging option).
-    #[inline]
+    #[inline(always)]
     pub fn alloc_from(&self, caller: usize) -> Option<NonNull<u8>> {
         // The one test on the hot path for every debugging option.
         if self.debug != 0 {
@@ -340,7 +340,7 @@ impl Pool {
     ///
     /// # Safety
     /// `obj` came from `alloc` of this pool and is not used any more.
-    #[inline]
+    #[inline(always)]
     pub unsafe fn free(&self, obj: NonNull<u8>) {
         // SAFETY: forwarded.
         unsafe { self.free_from(obj, 0) }
@@ -350,7 +350,7 @@ impl Pool {
     ///
     /// # Safety
     /// As for [`Pool::free`].
-    #[inline]
+    #[inline(always)]
     pub unsafe fn free_from(&self, obj: NonNull<u8>, caller: usize) {
         // The one test on the hot path for every debugging option.
         if self.debug != 0 {

@@ -182,7 +182,7 @@ impl core::ops::Deref for Held<'_> {
 impl ThreadCache {
     /// This thread's cache, created and registered on first use; `None` when
     /// it cannot be had (the thread is exiting, or no memory for the table).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn current() -> Option<&'static ThreadCache> {
         match NonNull::new(tls::get().cast::<ThreadCache>()) {
             // SAFETY: the word holds a registered cache, which stays mapped
@@ -240,7 +240,7 @@ impl ThreadCache {
 
     /// Starts an owner operation. While the guard lives, no claimer touches
     /// this cache.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn enter(&self) -> Held<'_> {
         // Relaxed, then the light fence: the claimer's heavy fence orders
         // this store before our load of `claimed` (see the module docs).
@@ -296,10 +296,12 @@ impl ThreadCache {
     }
 
     /// The entry of `pool` in this thread, set up on first use.
-    #[inline]
+    #[inline(always)]
     fn entry(&self, pool: &Pool) -> &PoolCache {
-        // `slot < MAX_POOLS` is checked once, at pool creation.
-        let pc = &self.table[pool.slot];
+        debug_assert!(pool.slot < MAX_POOLS);
+        // SAFETY: a pool's slot is below MAX_POOLS, checked once at its
+        // creation (`registry::create_with`), and never changes.
+        let pc = unsafe { self.table.get_unchecked(pool.slot) };
         if !pc.serves(pool) {
             Self::init_entry(pc, pool);
         }
@@ -332,7 +334,7 @@ impl Held<'_> {
     /// Unlinks and returns the newest object of `pool` in this thread.
     ///
     /// Counters: the pool's `count` and the thread's `bytes` drop.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn take(&self, pool: &Pool) -> Option<NonNull<u8>> {
         let pc = self.entry(pool);
         // Relaxed: only this thread writes `count` while it is held.
@@ -357,7 +359,7 @@ impl Held<'_> {
     ///
     /// # Safety
     /// `obj` is an object of `pool` that nobody uses any more.
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn put(&self, pool: &Pool, obj: NonNull<u8>, budget: usize) {
         let pc = self.entry(pool);
         let item = obj.as_ptr().cast::<CachedItem>();

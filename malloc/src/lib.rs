@@ -199,7 +199,7 @@ fn report_and_abort(func: &str, p: *const c_void, why: &[u8]) -> ! {
 }
 
 /// A block of `size` bytes aligned to `MIN_ALIGN`, or null.
-#[inline]
+#[inline(always)]
 fn alloc(size: usize) -> *mut c_void {
     let p = if size <= MAX_SMALL {
         match pool(class_of(size)) {
@@ -229,7 +229,7 @@ fn usable(func: &str, p: *mut c_void) -> usize {
 }
 
 /// Gives back `p` (non-null), or aborts naming `func` if it is not ours.
-#[inline]
+#[inline(always)]
 fn release(func: &str, p: *mut c_void) {
     let Some(nn) = NonNull::new(p.cast::<u8>()) else {
         return;
