@@ -198,6 +198,21 @@ impl Pool {
         if self.debug != 0 {
             return self.alloc_debug(caller);
         }
+        if let Some(tc) = ThreadCache::existing() {
+            let held = tc.enter();
+            if let Some(p) = held.take(self) {
+                return Some(p);
+            }
+        }
+        self.alloc_slow()
+    }
+
+    /// [`Pool::alloc_from`] when this thread has no cache yet or no object
+    /// of this pool in it: out of line, so that the common case needs few
+    /// registers.
+    #[cold]
+    #[inline(never)]
+    fn alloc_slow(&self) -> Option<NonNull<u8>> {
         let p = match ThreadCache::current() {
             Some(tc) => {
                 let held = tc.enter();
@@ -396,6 +411,27 @@ impl Pool {
     #[inline(always)]
     unsafe fn free_object(&self, obj: NonNull<u8>) {
         let budget = options::cache_size();
+        if let Some(tc) = ThreadCache::existing() {
+            if self.obj_size <= budget / 8 {
+                let held = tc.enter();
+                // SAFETY: the caller gives `obj` up; it is of this pool.
+                unsafe { held.put(self, obj, budget) };
+                return;
+            }
+        }
+        // SAFETY: forwarded.
+        unsafe { self.free_object_slow(obj, budget) }
+    }
+
+    /// [`Pool::free_object`] when this thread has no cache yet, or the
+    /// object is too large to cache per thread: out of line, so that the
+    /// common case needs few registers.
+    ///
+    /// # Safety
+    /// As for [`Pool::free`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_object_slow(&self, obj: NonNull<u8>, budget: usize) {
         let tc = ThreadCache::current();
         if let Some(tc) = tc.filter(|_| self.obj_size <= budget / 8) {
             let held = tc.enter();

@@ -62,7 +62,7 @@ const KIND_LARGE: u16 = 2;
 const KIND_LARGE_CONT: u16 = 3;
 /// A span: this bit, or'ed with the span's tag.
 const KIND_SPAN: u16 = 0x100;
-const _: () = assert!(MAX_TAGS <= 0x100);
+const _: () = assert!(MAX_TAGS == 0x100);
 
 /// The start of every span. Everything but `state` is written once, before
 /// the span is marked in the region map.
@@ -869,45 +869,58 @@ fn large_base(map: &[AtomicU16], addr: usize) -> Option<*mut u8> {
 
 /// Who owns `p`: a span object, a large block, or neither. Reads a header
 /// only in a granule the region map says is ours, so it never touches
-/// memory that may be unmapped.
-#[inline]
+/// memory that may be unmapped. The span case (the LD_PRELOAD malloc's
+/// every `free` of a small block) is inline and reads no memory but the
+/// region map and its tag's [`Geometry`].
+#[inline(always)]
 pub fn owner(p: *const u8) -> Owner {
     let addr = p as usize;
-    if addr >> ADDR_BITS != 0 || !addr.is_multiple_of(os::OBJECT_ALIGN) {
+    if addr >> ADDR_BITS != 0 {
         return Owner::Foreign;
     }
     let Some(map) = region_map_if_any() else {
         return Owner::Foreign;
     };
-    // Acquire: pairs with `mark`'s Release, so the header is visible.
-    match map[addr >> SPAN_SHIFT].load(Acquire) {
-        v if v & KIND_SPAN != 0 => {
-            let tag = usize::from(v & !KIND_SPAN);
-            let g = &GEOMETRY[tag];
-            // Relaxed: stored before the span was marked; the Acquire above
-            // pairs with `mark`'s Release.
-            let (data_size, div) = (g.data_size.load(Relaxed), g.div.load(Relaxed));
-            let (data, size) = (data_size >> 32, data_size & u64::from(u32::MAX));
-            let off = (addr & (SPAN - 1)) as u64;
-            let rel = off.wrapping_sub(data);
-            if off < data || rel + size > SPAN as u64 || rel.wrapping_mul(div) > div - 1 {
-                return Owner::Foreign;
-            }
-            Owner::Span { tag: tag as u32 }
-        }
-        KIND_LARGE | KIND_LARGE_CONT => {
-            let Some(base) = large_base(map, addr) else {
-                return Owner::Foreign;
-            };
-            // SAFETY: the map says a large mapping starts at `base`.
-            let h = unsafe { &*base.cast::<LargeHeader>() };
-            if h.magic == LARGE_MAGIC && h.user as usize == addr {
-                Owner::Large { usable: h.usable }
-            } else {
-                Owner::Foreign
-            }
-        }
-        _ => Owner::Foreign,
+    // SAFETY: `addr < 2^ADDR_BITS`, so its granule is below GRANULES.
+    let entry = unsafe { map.get_unchecked(addr >> SPAN_SHIFT) };
+    // Acquire: pairs with `mark`'s Release, so the tag's geometry (or the
+    // large mapping's header) is visible.
+    let v = entry.load(Acquire);
+    if v & KIND_SPAN == 0 {
+        return large_owner(map, v, addr);
+    }
+    // The low byte is the tag (MAX_TAGS is 256: no bounds check).
+    let tag = usize::from(v as u8);
+    let g = &GEOMETRY[tag];
+    // Relaxed: stored before the span was marked (see the Acquire above).
+    let (data_size, div) = (g.data_size.load(Relaxed), g.div.load(Relaxed));
+    let (data, size) = (data_size >> 32, data_size & u64::from(u32::MAX));
+    let off = (addr & (SPAN - 1)) as u64;
+    let rel = off.wrapping_sub(data);
+    // The start of an object: past the header, inside the span, and a
+    // multiple of the size from the first object (so also aligned).
+    if off < data || rel + size > SPAN as u64 || rel.wrapping_mul(div) > div - 1 {
+        return Owner::Foreign;
+    }
+    Owner::Span { tag: tag as u32 }
+}
+
+/// [`owner`] for an address whose granule holds no span (map value `v`).
+#[cold]
+#[inline(never)]
+fn large_owner(map: &[AtomicU16], v: u16, addr: usize) -> Owner {
+    if !(v == KIND_LARGE || v == KIND_LARGE_CONT) || !addr.is_multiple_of(os::OBJECT_ALIGN) {
+        return Owner::Foreign;
+    }
+    let Some(base) = large_base(map, addr) else {
+        return Owner::Foreign;
+    };
+    // SAFETY: the map says a large mapping starts at `base`.
+    let h = unsafe { &*base.cast::<LargeHeader>() };
+    if h.magic == LARGE_MAGIC && h.user as usize == addr {
+        Owner::Large { usable: h.usable }
+    } else {
+        Owner::Foreign
     }
 }
 

@@ -192,6 +192,13 @@ impl ThreadCache {
         }
     }
 
+    /// This thread's cache if it has one already.
+    #[inline(always)]
+    pub(crate) fn existing() -> Option<&'static ThreadCache> {
+        // SAFETY: as in `current`.
+        NonNull::new(tls::get().cast::<ThreadCache>()).map(|tc| unsafe { &*tc.as_ptr() })
+    }
+
     #[cold]
     fn create() -> Option<&'static ThreadCache> {
         // Re-entrancy guard: a nested call (from the destructor

@@ -228,27 +228,35 @@ fn usable(func: &str, p: *mut c_void) -> usize {
     }
 }
 
-/// Gives back `p` (non-null), or aborts naming `func` if it is not ours.
+/// Gives back `p` (NULL is ignored), or aborts naming `func` if it is not
+/// ours. A small block (the common case) goes back to its class pool here,
+/// inline; anything else is [`release_other`]'s.
 #[inline(always)]
 fn release(func: &str, p: *mut c_void) {
     let Some(nn) = NonNull::new(p.cast::<u8>()) else {
         return;
     };
-    match span::owner(nn.as_ptr()) {
-        Owner::Span { tag } => {
-            // Acquire: as in `pool`. A span of this tag exists, so its pool
-            // was published.
-            let pool = POOLS.get(tag as usize).map(|p| p.load(Acquire));
-            match pool.and_then(NonNull::new) {
-                // SAFETY: `p` is the start of an object of the span of this
-                // pool (span::owner checked it), given back by the caller.
-                Some(pool) => unsafe { pool.as_ref().free(nn) },
-                None => invalid_pointer(func, p),
-            }
+    if let Owner::Span { tag } = span::owner(nn.as_ptr()) {
+        // Acquire: as in `pool`. A span of this tag exists, so its pool was
+        // published.
+        let pool = POOLS.get(tag as usize).map(|p| p.load(Acquire));
+        if let Some(pool) = pool.and_then(NonNull::new) {
+            // SAFETY: `p` is the start of an object of the span of this pool
+            // (span::owner checked it), given back by the caller.
+            return unsafe { pool.as_ref().free(nn) };
         }
+    }
+    release_other(func, nn)
+}
+
+/// [`release`] of a large block, or of a pointer that is not ours.
+#[cold]
+#[inline(never)]
+fn release_other(func: &str, p: NonNull<u8>) {
+    match span::owner(p.as_ptr()) {
         // SAFETY: the start of a large block of ours, given back.
-        Owner::Large { usable } => unsafe { large::release(func, nn, usable) },
-        Owner::Foreign => invalid_pointer(func, p),
+        Owner::Large { usable } => unsafe { large::release(func, p, usable) },
+        _ => invalid_pointer(func, p.as_ptr().cast()),
     }
 }
 
