@@ -48,9 +48,36 @@ thread_local! {
     static IN_INIT: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Requests up to this many bytes find their class in [`SMALL_CLASS`].
+const TABLE_MAX: usize = 1024;
+
+/// The class of every request of at most `TABLE_MAX` bytes, by 16-byte
+/// steps: `SMALL_CLASS[(n + 15) / 16]`. Most requests are small; a load is
+/// cheaper than `class_of`'s arithmetic.
+static SMALL_CLASS: [u8; TABLE_MAX / MIN_ALIGN + 1] = {
+    let mut t = [0u8; TABLE_MAX / MIN_ALIGN + 1];
+    let mut i = 0;
+    while i < t.len() {
+        t[i] = class_by_size(i * MIN_ALIGN) as u8;
+        i += 1;
+    }
+    t
+};
+
 /// The class serving `n` bytes (`n <= MAX_SMALL`; 0 is served as 1).
 #[inline]
 fn class_of(n: usize) -> usize {
+    if n <= TABLE_MAX {
+        // Every size in a 16-byte step has the same class: classes are
+        // multiples of 16.
+        usize::from(SMALL_CLASS[n.div_ceil(MIN_ALIGN)])
+    } else {
+        class_by_size(n)
+    }
+}
+
+/// [`class_of`], computed.
+const fn class_by_size(n: usize) -> usize {
     if n <= 64 {
         n.saturating_sub(1) >> 4
     } else {
