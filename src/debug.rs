@@ -167,7 +167,49 @@ fn vg(request: usize, a: usize, b: usize, c: usize) {
     client_request(0, request, [a, b, c, 0, 0]);
 }
 
-#[cfg(not(miri))]
+// Weak references to ASan's functions: the dynamic linker resolves them at
+// load time, to null when no object of the process defines them (and a
+// static link does so at link time).
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+core::arch::global_asm!(
+    ".weak __asan_poison_memory_region",
+    ".weak __asan_unpoison_memory_region",
+);
+
+/// ASan's poisoning functions, if its runtime is in the process.
+///
+/// Read from weak references rather than with `dlsym`: a `dlsym` that finds
+/// nothing makes glibc format an error message with `malloc`, which under
+/// the LD_PRELOAD malloc is the preload itself, in the middle of creating
+/// its first pool (three nested blocks, ten system calls per process).
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+fn find_asan() -> Option<(AsanFn, AsanFn)> {
+    let (p, u): (*const (), *const ());
+    // SAFETY: loads the two GOT slots of the weak references, which the
+    // dynamic linker fills in before any code of this module runs (or the
+    // static linker, with null). Reads memory only.
+    unsafe {
+        core::arch::asm!(
+            "mov {p}, qword ptr [rip + __asan_poison_memory_region@GOTPCREL]",
+            "mov {u}, qword ptr [rip + __asan_unpoison_memory_region@GOTPCREL]",
+            p = out(reg) p,
+            u = out(reg) u,
+            options(nostack, readonly, preserves_flags, pure),
+        );
+    }
+    if p.is_null() || u.is_null() {
+        return None;
+    }
+    // SAFETY: both are ASan's `void f(void const volatile *, size_t)`.
+    unsafe {
+        Some((
+            core::mem::transmute::<*const (), AsanFn>(p),
+            core::mem::transmute::<*const (), AsanFn>(u),
+        ))
+    }
+}
+
+#[cfg(all(not(miri), not(all(target_arch = "x86_64", target_os = "linux"))))]
 fn find_asan() -> Option<(AsanFn, AsanFn)> {
     // SAFETY: dlsym only reads the symbol tables; the names are literals.
     // A static musl program has no dynamic symbols: dlsym returns NULL.

@@ -6,8 +6,11 @@
 //! Blocks are powers of two from 16 bytes to [`ARENA_MAX`], carved from
 //! 64 KiB mapped chunks at offsets that are multiples of their size (so a
 //! block is aligned to its size) and recycled through one free list per size.
-//! Larger blocks get their own mapping. Chunks are never unmapped: metadata
-//! is small and pool heads are recycled, never freed.
+//! Blocks up to [`SMALL_MAX`] (name copies) and larger ones (pool heads) are
+//! carved from separate chunks: a name between two heads would leave a gap
+//! as large as a head before the next one. Larger blocks get their own
+//! mapping. Chunks are never unmapped: metadata is small and pool heads are
+//! recycled, never freed.
 
 use crate::os;
 use core::ptr::{self, NonNull};
@@ -19,11 +22,20 @@ const ARENA_MAX: usize = 4096;
 const CHUNK: usize = 64 * 1024;
 /// Block sizes 16, 32, ..., ARENA_MAX.
 const CLASSES: usize = (ARENA_MAX.trailing_zeros() - 4 + 1) as usize;
+/// Largest block carved from the chunks of small blocks. 40 pool heads
+/// (1 KiB blocks) with their names (16 bytes) interleaved in one chunk took
+/// 20 pages, each name pushing the next head 1 KiB further.
+const SMALL_MAX: usize = 256;
 
-struct Arena {
-    /// The current chunk (null before the first), and the bytes used in it.
+/// A chunk being carved: null before the first, and the bytes used in it.
+struct Bump {
     chunk: *mut u8,
     used: usize,
+}
+
+struct Arena {
+    /// The chunk of blocks up to `SMALL_MAX` bytes, and that of larger ones.
+    bump: [Bump; 2],
     /// Freed blocks, one list per size, linked through their first word.
     free: [*mut u8; CLASSES],
 }
@@ -33,8 +45,12 @@ struct Arena {
 unsafe impl Send for Arena {}
 
 static ARENA: Mutex<Arena> = Mutex::new(Arena {
-    chunk: ptr::null_mut(),
-    used: 0,
+    bump: [const {
+        Bump {
+            chunk: ptr::null_mut(),
+            used: 0,
+        }
+    }; 2],
     free: [ptr::null_mut(); CLASSES],
 });
 
@@ -61,19 +77,20 @@ pub(crate) fn obtain(size: usize) -> Option<NonNull<u8>> {
         unsafe { p.as_ptr().write_bytes(0, bs) };
         return Some(p);
     }
+    let b = &mut a.bump[usize::from(bs > SMALL_MAX)];
     // Chunks are page-aligned, so an offset that is a multiple of `bs`
     // gives a block aligned to `bs`.
-    let mut start = a.used.next_multiple_of(bs);
-    if a.chunk.is_null() || start + bs > CHUNK {
+    let mut start = b.used.next_multiple_of(bs);
+    if b.chunk.is_null() || start + bs > CHUNK {
         // The rest of the old chunk is dropped (at most a few KiB): simple,
         // and metadata allocations are rare.
-        a.chunk = os::map_zeroed(CHUNK)?.as_ptr();
+        b.chunk = os::map_zeroed(CHUNK)?.as_ptr();
         start = 0;
     }
-    a.used = start + bs;
+    b.used = start + bs;
     // SAFETY: `start + bs <= CHUNK`: inside the chunk; fresh mapped memory
     // is zeroed.
-    NonNull::new(unsafe { a.chunk.add(start) })
+    NonNull::new(unsafe { b.chunk.add(start) })
 }
 
 /// Gives back a block from [`obtain`].

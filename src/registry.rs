@@ -239,10 +239,12 @@ pub fn create(name: &CStr, size: usize, flags: u32) -> Result<&'static Pool, Err
     create_with(name, size, flags, None)
 }
 
-/// Creates a pool whose objects come from the spans of `tag` (see `span`):
-/// a size class of the LD_PRELOAD malloc, one of the tags below
-/// `span::RESERVED_TAGS`, bound to this size by the first call. Never merged
-/// with another pool.
+/// The pool whose objects come from the spans of `tag` (see `span`): a
+/// size class of the LD_PRELOAD malloc, one of the tags below
+/// `span::RESERVED_TAGS`, bound to this size by the first call. The first
+/// call creates it; a later one (two threads racing to create a class on
+/// its first use) returns the same pool, counted as one more user, as a
+/// merge is. Never merged with any other pool.
 pub fn create_span_pool(name: &CStr, size: usize, tag: u32) -> Result<&'static Pool, Error> {
     if size == 0 || !span::reserve(tag, size.next_multiple_of(os::OBJECT_ALIGN).max(MIN_OBJECT)) {
         return Err(Error::Invalid);
@@ -289,11 +291,18 @@ fn create_with(
     // pools with different debugging flags (layout or behaviour); with
     // `no-merge`, only pools of the same name merge (as in HAProxy).
     let mut debug = options::pool_debug() | crate::debug::tool_flags();
-    if backend.is_some() {
-        // A size class of the LD_PRELOAD malloc (`create_span_pool`): its
-        // objects must start at their span slot, since the preload finds
-        // their pool from the address and hands them out as they are: no
-        // option that moves the caller's bytes or adds words around them.
+    if let Some(tag) = backend {
+        // A size class of the LD_PRELOAD malloc (`create_span_pool`): one
+        // pool per tag, whoever asks first creates it.
+        if let Some(p) = reg.pools().find(|p| p.backend == tag) {
+            // Relaxed: `users` changes under the registry lock we hold.
+            p.users.fetch_add(1, Relaxed);
+            return Ok(p);
+        }
+        // Its objects must start at their span slot, since the preload
+        // finds their pool from the address and hands them out as they
+        // are: no option that moves the caller's bytes or adds words
+        // around them.
         debug &= !crate::debug::LAYOUT_FLAGS;
     }
     let poison = options::poison_byte();
@@ -878,6 +887,20 @@ mod tests {
         assert_eq!(stats(b).users, 1);
         assert_eq!(destroy(b), Ok(Destroyed::Released));
         assert_eq!(destroy(c), Ok(Destroyed::Released));
+    }
+
+    #[test]
+    fn a_span_tag_has_one_pool() {
+        // A reserved tag no other test binds (span's tests bind the last).
+        let tag = span::RESERVED_TAGS as u32 - 2;
+        let p = create_span_pool(c"tag-a", 48, tag).unwrap();
+        let q = create_span_pool(c"tag-b", 48, tag).unwrap();
+        assert!(core::ptr::eq(p, q));
+        assert_eq!(stats(p).users, 2);
+        assert!(matches!(
+            create_span_pool(c"tag-c", 64, tag),
+            Err(Error::Invalid)
+        ));
     }
 
     #[test]

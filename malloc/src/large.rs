@@ -144,7 +144,7 @@ fn with_lists<R>(f: impl FnOnce(&mut Lists) -> R) -> R {
 
 /// Whether the cache is off for the life of the process: `POOL_DEBUG=uaf`
 /// at the first call (from the first large request or free, or from the
-/// creation of the class pools, whichever comes first). Realloc then always
+/// first use of a small class, whichever comes first). Realloc then always
 /// moves.
 pub(crate) fn bypassed() -> bool {
     // Relaxed: one independent word; every thread that reads the

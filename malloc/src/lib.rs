@@ -23,7 +23,6 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, Ordering::Acquire, Ordering::Release};
 use pools::span::{self, Owner};
 use pools::{registry, Pool};
-use std::sync::Once;
 
 mod large;
 
@@ -37,12 +36,12 @@ const MIN_ALIGN: usize = 16;
 /// (`span` aligns such objects up to a page).
 const MAX_ALIGNED_CLASS: usize = 4096;
 
-/// The pool of each class; null until [`init`] ran.
+/// The pool of each class; null until the class is first used.
 static POOLS: [AtomicPtr<Pool>; CLASSES] = [const { AtomicPtr::new(ptr::null_mut()) }; CLASSES];
 
 thread_local! {
-    /// This thread is creating the class pools: a nested allocation (made
-    /// by the core's first-use setup, e.g. `pthread_atfork`) is served by a
+    /// This thread is creating a class pool: a nested allocation (made by
+    /// the core's first-use setup, e.g. `pthread_atfork`) is served by a
     /// mapping of its own instead of waiting for itself. Const and without
     /// a destructor, so touching it registers nothing.
     static IN_INIT: Cell<bool> = const { Cell::new(false) };
@@ -117,61 +116,56 @@ pub(crate) fn uaf_requested() -> bool {
     })
 }
 
-/// Creates the class pools, once. `false` when they are not usable from
-/// this call (this thread is creating them right now, or creation failed).
+/// Creates the pool of class `c` on its first use; a thread that races us
+/// gets the same pool from the registry. `None` when the pool is not usable
+/// from this call: this thread is creating a class pool right now (a nested
+/// allocation of the core's first-use setup), `uaf` is on, or creation
+/// failed.
+///
+/// One class at a time, not all 40 at the first `malloc`: a short process
+/// uses about 20 of them (`git --version`: 17), and each pool head costs a
+/// creation and a quarter of a page.
 #[cold]
-fn init() -> bool {
-    static ONCE: Once = Once::new();
+fn create(c: usize) -> Option<&'static Pool> {
     if IN_INIT.try_with(Cell::get).unwrap_or(true) {
-        return false;
-    }
-    ONCE.call_once(|| {
-        let _ = IN_INIT.try_with(|f| f.set(true));
-        // With `uaf`, no pools: every block is a mapping of its own, never
-        // cached.
-        let uaf = large::bypassed();
-        for (c, slot) in POOLS.iter().enumerate().filter(|_| !uaf) {
-            let mut name = *b"malloc-00000\0";
-            let size = class_size(c);
-            let mut digits = size;
-            let mut end = 7 + 1 + size.ilog10() as usize;
-            name[end] = 0;
-            while end > 7 {
-                end -= 1;
-                name[end] = b'0' + (digits % 10) as u8;
-                digits /= 10;
-            }
-            let name = CStr::from_bytes_until_nul(&name).unwrap_or(c"malloc");
-            if let Ok(p) = registry::create_span_pool(name, size, c as u32) {
-                // Release: a thread that acquires the pointer sees the pool
-                // initialised.
-                slot.store(ptr::from_ref(p).cast_mut(), Release);
-            }
-        }
-        let _ = IN_INIT.try_with(|f| f.set(false));
-    });
-    !POOLS[0].load(Acquire).is_null()
-}
-
-/// The pool of class `c`, if the pools exist (creating them on first use).
-#[inline]
-fn pool(c: usize) -> Option<&'static Pool> {
-    // Acquire: pairs with the Release store in `init`.
-    let p = POOLS[c].load(Acquire);
-    if p.is_null() {
-        return pool_slow(c);
-    }
-    // SAFETY: pool heads are never freed; this one was published by init.
-    Some(unsafe { &*p })
-}
-
-#[cold]
-fn pool_slow(c: usize) -> Option<&'static Pool> {
-    if !init() {
         return None;
     }
-    // SAFETY: as in `pool`.
-    unsafe { POOLS[c].load(Acquire).as_ref() }
+    // With `uaf`, no pools: every block is a mapping of its own, never
+    // cached.
+    if large::bypassed() {
+        return None;
+    }
+    let mut name = *b"malloc-00000\0";
+    let size = class_size(c);
+    let mut digits = size;
+    let mut end = 7 + 1 + size.ilog10() as usize;
+    name[end] = 0;
+    while end > 7 {
+        end -= 1;
+        name[end] = b'0' + (digits % 10) as u8;
+        digits /= 10;
+    }
+    let name = CStr::from_bytes_until_nul(&name).unwrap_or(c"malloc");
+    let _ = IN_INIT.try_with(|f| f.set(true));
+    let pool = registry::create_span_pool(name, size, c as u32).ok();
+    let _ = IN_INIT.try_with(|f| f.set(false));
+    let pool = pool?;
+    // Release: a thread that acquires the pointer sees the pool initialised.
+    // Racing creators store the same pool.
+    POOLS[c].store(ptr::from_ref(pool).cast_mut(), Release);
+    Some(pool)
+}
+
+/// The pool of class `c`, if it can be used (creating it on first use).
+#[inline]
+fn pool(c: usize) -> Option<&'static Pool> {
+    // Acquire: pairs with the Release store in `create`.
+    let p = POOLS[c].load(Acquire);
+    if p.is_null() {
+        return create(c);
+    }
+    // SAFETY: pool heads are never freed; this one was published by create.
+    Some(unsafe { &*p })
 }
 
 fn set_errno(e: c_int) {
@@ -231,7 +225,8 @@ fn alloc(size: usize) -> *mut c_void {
     let p = if size <= MAX_SMALL {
         match pool(class_of(size)) {
             Some(pool) => pool.alloc(),
-            // During init, or with `uaf`: a mapping of its own.
+            // While this thread creates a class pool, or with `uaf`: a
+            // mapping of its own.
             None => span::large_obtain(size, MIN_ALIGN),
         }
     } else {
