@@ -184,18 +184,14 @@ impl ThreadCache {
     /// it cannot be had (the thread is exiting, or no memory for the table).
     #[inline(always)]
     pub(crate) fn current() -> Option<&'static ThreadCache> {
-        match NonNull::new(tls::get().cast::<ThreadCache>()) {
-            // SAFETY: the word holds a registered cache, which stays mapped
-            // until this thread's `ExitGuard` destructor clears the word.
-            Some(tc) => Some(unsafe { &*tc.as_ptr() }),
-            None => Self::create(),
-        }
+        Self::existing().or_else(Self::create)
     }
 
     /// This thread's cache if it has one already.
     #[inline(always)]
     pub(crate) fn existing() -> Option<&'static ThreadCache> {
-        // SAFETY: as in `current`.
+        // SAFETY: the word holds null or a registered cache, which stays
+        // mapped until this thread's `ExitGuard` destructor clears the word.
         NonNull::new(tls::get().cast::<ThreadCache>()).map(|tc| unsafe { &*tc.as_ptr() })
     }
 
