@@ -178,10 +178,12 @@ void *pool_zalloc(struct pool_head *pool);
  * `ptr` must come from pool_alloc/pool_zalloc of the same pool and not be
  * used afterwards; any thread may free it. `pool_free(pool, NULL)` does
  * nothing. A NULL or dead `pool`, or a `ptr` not aligned to 16, sets errno
- * EINVAL and leaves the object to the caller. Freeing an object twice or
- * into the wrong pool is undefined unless the `tag` or `integrity`
- * debugging option was set when the pool was created (then it aborts with
- * a message).
+ * EINVAL and leaves the object to the caller (a dead pool's object is
+ * reported on stderr). Freeing an object twice aborts with a message while
+ * the object is still free (in a thread cache, the shared cache or a span);
+ * freeing it into the wrong pool is undefined unless the `tag` or
+ * `integrity` debugging option was set when the pool was created (then it
+ * aborts with a message).
  */
 void pool_free(struct pool_head *pool, void *ptr);
 
@@ -232,7 +234,9 @@ void pool_evict_local_cache(void);
 /**
  * Sets the per-thread cache budget in bytes, for all threads (default
  * 512 KiB, or POOL_CACHE_SIZE from the environment). Objects larger than
- * an eighth of it skip the thread cache. Returns 0.
+ * an eighth of it skip the thread cache. The calling thread's cache fits
+ * the new budget at once; another thread's at its next refill of a cluster
+ * (at most one cluster per pool later). Returns 0.
  */
 int pool_set_cache_size(size_t bytes);
 

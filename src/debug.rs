@@ -560,6 +560,22 @@ enum Site {
     Free,
 }
 
+/// A free of `obj`, which already carries `pool`'s free-object key (see
+/// `thread_cache`): aborts with a message naming the object and the pool.
+#[cold]
+#[inline(never)]
+pub(crate) fn double_free(pool: &Pool, obj: NonNull<u8>) -> ! {
+    die(
+        pool,
+        obj.as_ptr(),
+        0,
+        Site::Free,
+        "double free (the object is already free)",
+        None,
+        None,
+    )
+}
+
 /// Prints what went wrong with object `b` of `pool`, with the call sites
 /// known, and aborts.
 #[cold]

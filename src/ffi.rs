@@ -45,6 +45,11 @@ pub struct pool_stats {
     pub minavail: c_ulong,
 }
 
+fn errno() -> c_int {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
 fn set_errno(e: c_int) {
     // SAFETY: __errno_location returns this thread's errno slot, on glibc
     // and musl alike.
@@ -145,12 +150,26 @@ pub unsafe extern "C" fn pool_create_or_abort(
 /// The object is aligned to 16 bytes; its content is undefined (filled with
 /// the poison byte under the `poison` debugging option). Any thread may call
 /// it; the object may be freed by any thread.
-#[cfg_attr(all(target_arch = "x86_64", not(miri)), unsafe(naked))]
 #[no_mangle]
 pub unsafe extern "C" fn pool_alloc(pool: *mut Pool) -> *mut c_void {
-    // The caller's return address (on top of the stack at entry) becomes
-    // the second argument of `pool_alloc_at`, for the `caller` option: a
-    // jump, no frame, no branch.
+    if !pool.is_null() {
+        // SAFETY: a non-null `pool` is a handle from pool_create (C
+        // contract), live or destroyed: heads are never unmapped.
+        if let Some(p) = unsafe { &*pool }.alloc_hit() {
+            return p.as_ptr().cast();
+        }
+    }
+    // A tail call: the stub finds our caller's return address on top of
+    // the stack.
+    // SAFETY: forwarded.
+    unsafe { pool_alloc_miss(pool) }
+}
+
+/// pool_alloc past the hit path. The caller's return address (on top of
+/// the stack at entry, since pool_alloc jumps here) becomes the second
+/// argument of `pool_alloc_at`, for the `caller` option: a jump, no frame.
+#[cfg_attr(all(target_arch = "x86_64", not(miri)), unsafe(naked))]
+unsafe extern "C" fn pool_alloc_miss(pool: *mut Pool) -> *mut c_void {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     core::arch::naked_asm!("mov rsi, [rsp]", "jmp {}", sym pool_alloc_at);
     #[cfg(not(all(target_arch = "x86_64", not(miri))))]
@@ -160,16 +179,27 @@ pub unsafe extern "C" fn pool_alloc(pool: *mut Pool) -> *mut c_void {
     }
 }
 
-/// pool_alloc called from `caller`.
+/// pool_alloc called from `caller`, past the hit path.
 unsafe extern "C" fn pool_alloc_at(pool: *mut Pool, caller: usize) -> *mut c_void {
     // SAFETY: `pool` is NULL or a pool handle (C contract).
     let Some(pool) = (unsafe { live(pool) }) else {
         return ptr::null_mut();
     };
-    match pool.alloc_from(caller) {
-        Some(p) => p.as_ptr().cast(),
+    // The slow path may take locks and map memory, which can leave errno
+    // set by a call that succeeded: a successful pool_alloc keeps it.
+    let saved = errno();
+    match pool.alloc_slow(caller) {
+        Some(p) => {
+            set_errno(saved);
+            p.as_ptr().cast()
+        }
         None => {
-            set_errno(libc::ENOMEM);
+            // Dead: destroyed while this call was under way.
+            set_errno(if pool.is_dead() {
+                libc::EINVAL
+            } else {
+                libc::ENOMEM
+            });
             ptr::null_mut()
         }
     }
@@ -190,13 +220,21 @@ pub unsafe extern "C" fn pool_zalloc(pool: *mut Pool) -> *mut c_void {
 
 /// pool_zalloc called from `caller`.
 unsafe extern "C" fn pool_zalloc_at(pool: *mut Pool, caller: usize) -> *mut c_void {
-    // SAFETY: same contract as pool_alloc.
-    let p = unsafe { pool_alloc_at(pool, caller) };
-    if !p.is_null() {
-        // SAFETY: a non-NULL result is an object of `pool.size` bytes.
-        unsafe { ptr::write_bytes(p.cast::<u8>(), 0, (*pool).size) };
+    // SAFETY: `pool` is NULL or a pool handle (C contract).
+    let Some(pool) = (unsafe { live(pool) }) else {
+        return ptr::null_mut();
+    };
+    match pool.alloc_from(caller) {
+        Some(p) => {
+            // SAFETY: an object of `pool.size` bytes, ours.
+            unsafe { ptr::write_bytes(p.as_ptr(), 0, pool.size) };
+            p.as_ptr().cast()
+        }
+        None => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
     }
-    p
 }
 
 /// Gives an object back to its pool (to the calling thread's cache).
@@ -204,13 +242,37 @@ unsafe extern "C" fn pool_zalloc_at(pool: *mut Pool, caller: usize) -> *mut c_vo
 /// `ptr` must come from pool_alloc/pool_zalloc of the same pool and not be
 /// used afterwards; any thread may free it. `pool_free(pool, NULL)` does
 /// nothing. A NULL or dead `pool`, or a `ptr` not aligned to 16, sets errno
-/// EINVAL and leaves the object to the caller. Freeing an object twice or
-/// into the wrong pool is undefined unless the `tag` or `integrity`
-/// debugging option was set when the pool was created (then it aborts with
-/// a message).
-#[cfg_attr(all(target_arch = "x86_64", not(miri)), unsafe(naked))]
+/// EINVAL and leaves the object to the caller (a dead pool's object is
+/// reported on stderr). Freeing an object twice aborts with a message while
+/// the object is still free (in a thread cache, the shared cache or a span);
+/// freeing it into the wrong pool is undefined unless the `tag` or
+/// `integrity` debugging option was set when the pool was created (then it
+/// aborts with a message).
 #[no_mangle]
 pub unsafe extern "C" fn pool_free(pool: *mut Pool, ptr: *mut c_void) {
+    let Some(obj) = NonNull::new(ptr.cast::<u8>()) else {
+        return;
+    };
+    // Each test ends in a tail call (two different ones, so that the two
+    // tests stay two branches).
+    if !(obj.as_ptr() as usize).is_multiple_of(os::OBJECT_ALIGN) {
+        return set_errno(libc::EINVAL);
+    }
+    if pool.is_null() {
+        // SAFETY: forwarded.
+        return unsafe { pool_free_miss(pool, ptr) };
+    }
+    // SAFETY: a non-null `pool` is a handle from pool_create (C contract);
+    // the caller gives `obj` back.
+    if !unsafe { (*pool).free_hit(obj) } {
+        // SAFETY: forwarded.
+        unsafe { pool_free_miss(pool, ptr) }
+    }
+}
+
+/// pool_free past the hit path (see `pool_alloc_miss`).
+#[cfg_attr(all(target_arch = "x86_64", not(miri)), unsafe(naked))]
+unsafe extern "C" fn pool_free_miss(pool: *mut Pool, ptr: *mut c_void) {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     core::arch::naked_asm!("mov rdx, [rsp]", "jmp {}", sym pool_free_at);
     #[cfg(not(all(target_arch = "x86_64", not(miri))))]
@@ -220,21 +282,52 @@ pub unsafe extern "C" fn pool_free(pool: *mut Pool, ptr: *mut c_void) {
     }
 }
 
-/// pool_free called from `caller`.
+/// pool_free called from `caller`, past the hit path.
 unsafe extern "C" fn pool_free_at(pool: *mut Pool, ptr: *mut c_void, caller: usize) {
     let Some(obj) = NonNull::new(ptr.cast::<u8>()) else {
         return;
     };
     // SAFETY: `pool` is NULL or a pool handle (C contract).
     let Some(pool) = (unsafe { live(pool) }) else {
+        // SAFETY: as above; a destroyed head stays mapped.
+        if !pool.is_null() && unsafe { Pool::is_destroyed_handle(pool) } {
+            dead_pool_free(pool, obj);
+        }
         return;
     };
     if !(obj.as_ptr() as usize).is_multiple_of(os::OBJECT_ALIGN) {
         set_errno(libc::EINVAL);
         return;
     }
+    // A successful pool_free keeps errno (see pool_alloc_at).
+    let saved = errno();
     // SAFETY: the caller gives back an object of this pool (C contract).
-    unsafe { pool.free_from(obj, caller) };
+    if unsafe { pool.free_slow(obj, caller) } {
+        set_errno(saved);
+    } else {
+        dead_pool_free(pool, obj);
+    }
+}
+
+/// pool_free into a pool that is dead: EINVAL, and a line on stderr (for
+/// the first few), since the object is lost to the caller's bookkeeping.
+#[cold]
+fn dead_pool_free(pool: *const Pool, obj: NonNull<u8>) {
+    use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    static SHOWN: AtomicU32 = AtomicU32::new(0);
+    set_errno(libc::EINVAL);
+    // Relaxed: a count of messages.
+    if SHOWN.fetch_add(1, Relaxed) >= 8 {
+        return;
+    }
+    let mut line = registry::Line::new();
+    let _ = core::fmt::Write::write_fmt(
+        &mut line,
+        format_args!(
+            "libpools: pool_free({pool:p}, {obj:p}): the pool was destroyed; the object is left to the caller\n"
+        ),
+    );
+    line.write_to(2);
 }
 
 /// Returns every object in the pool's shared cache to the allocator
@@ -340,11 +433,13 @@ pub extern "C" fn pool_evict_local_cache() {
 
 /// Sets the per-thread cache budget in bytes, for all threads (default
 /// 512 KiB, or POOL_CACHE_SIZE from the environment). Objects larger than
-/// an eighth of it skip the thread cache. Returns 0.
+/// an eighth of it skip the thread cache. The calling thread's cache fits
+/// the new budget at once; another thread's at its next refill of a cluster
+/// (at most one cluster per pool later). Returns 0.
 #[no_mangle]
 pub extern "C" fn pool_set_cache_size(bytes: usize) -> c_int {
     registry::init();
-    options::set_cache_size(bytes);
+    crate::set_cache_size(bytes);
     0
 }
 

@@ -22,6 +22,7 @@
 mod debug;
 pub mod ffi;
 mod legacy_cache;
+mod lifecycle;
 mod meta;
 mod options;
 mod os;
@@ -33,12 +34,17 @@ mod sync;
 mod thread_cache;
 mod tls;
 
-pub use options::{cache_size, set_cache_size, shared_cache_name, POOL_DEFAULT_CACHE_SIZE};
+pub use options::{cache_size, shared_cache_name, POOL_DEFAULT_CACHE_SIZE};
 pub use pool::{Pool, Stats, POOL_F_EXACT, POOL_F_SHARED, POOL_MAX_SIZE};
+
+/// Sets the per-thread cache budget; the calling thread's cache fits it
+/// at once, other threads' at their next grant (see `thread_cache`).
+pub fn set_cache_size(bytes: usize) {
+    options::set_cache_size(bytes);
+    thread_cache::fit_budget();
+}
 
 /// Moves every object the calling thread caches to the shared caches.
 pub fn evict_local_cache() {
-    if let Some(tc) = thread_cache::ThreadCache::current() {
-        tc.enter().evict_to(0);
-    }
+    thread_cache::evict_all();
 }

@@ -3,15 +3,16 @@
 
 use crate::debug::{self, Layout};
 use crate::legacy_cache::LegacyCache;
+use crate::lifecycle::{Lifecycle, Unpinned};
 use crate::options::{SharedMode, DBG_COLD_FIRST, DBG_NO_CACHE, DBG_NO_GLOBAL};
 use crate::shared_cache::{Cluster, Item, SharedCache};
-use crate::thread_cache::{ThreadCache, MIN_OBJECT};
+use crate::thread_cache::{self, ThreadCache, MIN_OBJECT};
 use crate::{options, os, registry};
 use core::cell::Cell;
 use core::ffi::CStr;
 use core::ptr::NonNull;
-use core::sync::atomic::Ordering::{Relaxed, SeqCst};
-use core::sync::atomic::{fence, AtomicU32, AtomicUsize};
+use core::sync::atomic::Ordering::{Relaxed, Release, SeqCst};
+use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize};
 
 /// May be merged with another shareable pool of the same rounded size.
 pub const POOL_F_SHARED: u32 = 1;
@@ -26,14 +27,28 @@ pub const POOL_MAX_SIZE: usize = 1 << 30;
 /// `magic` of a live pool; anything else is a destroyed or foreign head.
 const LIVE: u32 = 0x706f_6f6c; // "pool"
 const DEAD: u32 = 0x6465_6164; // "dead"
+/// `magic` of a dead head on the registry's free list.
+const FREE: u32 = 0x6672_6565; // "free"
 
 /// A pool of objects of one size: the opaque handle pool_create returns.
 //
-// Heads live in memory from the backing allocator and are recycled, never
-// released, so a stale handle still reads a DEAD magic (until its head is
-// reused by a new pool).
+// Heads live in metadata memory and are recycled, never released, so a
+// stale handle still reads a DEAD magic until its head is reused, which the
+// registry does only once no object and no thread-cache entry of the dead
+// pool is left.
 pub struct Pool {
+    /// What the hit path compares with a thread-cache entry's key: `key`
+    /// while the pool is live and has no debugging flags, `key | 1`
+    /// otherwise, which no entry holds (see `thread_cache`).
+    pub(crate) stamp: AtomicU64,
+    /// Byte offset of this pool's entry in every thread cache's table.
+    pub(crate) entry_off: u32,
     magic: AtomicU32,
+    /// This incarnation's random key (bit 0 clear, never 0): bound entries
+    /// hold it, and so does every free object of the pool.
+    pub(crate) key: u64,
+    /// Live, dead or free, and the thread-cache entries that pin the head.
+    life: Lifecycle,
     /// Index of this pool in every thread cache's table.
     pub(crate) slot: usize,
     /// Object size as the caller sees it (rounded unless POOL_F_EXACT).
@@ -85,6 +100,15 @@ unsafe impl Sync for Pool {}
 // SAFETY: as above; a Pool holds no thread-bound state.
 unsafe impl Send for Pool {}
 
+/// A pin a call holds on its pool (see `lifecycle`), dropped at its end.
+pub(crate) struct Pin<'a>(&'a Pool);
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        self.0.unbind();
+    }
+}
+
 /// Point-in-time counters of a pool (exact when no call is in flight).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stats {
@@ -108,11 +132,17 @@ impl Pool {
         backend: os::Backend,
         debug: u32,
         poison: u8,
+        key: u64,
     ) -> Pool {
         let layout = Layout::new(size, debug);
         debug_assert!(layout.total >= size.max(MIN_OBJECT));
+        debug_assert!(key != 0 && key & 1 == 0);
         Pool {
+            stamp: AtomicU64::new(if debug == 0 { key } else { key | 1 }),
+            entry_off: thread_cache::entry_offset(slot),
             magic: AtomicU32::new(LIVE),
+            key,
+            life: Lifecycle::new(),
             slot,
             size,
             obj_size: size.max(MIN_OBJECT),
@@ -152,14 +182,88 @@ impl Pool {
         (pool.magic.load(Relaxed) == LIVE).then_some(pool)
     }
 
-    /// Marks the head destroyed, so later calls with it fail with EINVAL.
-    pub(crate) fn kill(&self) {
-        self.magic.store(DEAD, Relaxed);
+    /// Whether a handle that is not live is a destroyed pool (rather than a
+    /// recycled head or something else), for the message of a free into it.
+    ///
+    /// # Safety
+    /// As for [`Pool::from_handle`], and `p` is not null.
+    pub(crate) unsafe fn is_destroyed_handle(p: *const Pool) -> bool {
+        // SAFETY: per the contract.
+        p.is_aligned() && unsafe { (*p).magic.load(Relaxed) } == DEAD
     }
 
-    /// Marks a recycled head live again.
+    /// Marks the head destroyed, so later calls with it fail with EINVAL
+    /// and no thread binds an entry to it any more (see `lifecycle`).
+    pub(crate) fn kill(&self) {
+        // Relaxed: the hit path's and the handle check's hints; the
+        // handshake with the thread caches is the lifecycle word.
+        self.stamp.store(self.key | 1, Relaxed);
+        self.magic.store(DEAD, Relaxed);
+        self.life.kill();
+    }
+
+    /// Whether the pool was destroyed.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.life.is_dead()
+    }
+
+    /// Switches debugging flags on for a live pool: from now on its calls
+    /// take the debug paths (objects already cached keep their layout, so
+    /// only flags that leave the layout alone may be added).
+    #[allow(dead_code)]
+    pub(crate) fn enable_debug(&self, bits: u32) {
+        debug_assert!(bits & crate::debug::LAYOUT_FLAGS == 0);
+        // Relaxed: a switch; a call in flight may still take the plain path.
+        self.stamp.store(self.key | 1, Relaxed);
+        let _ = bits;
+    }
+
+    /// Pins the pool for one call, or `None` if it is dead.
+    pub(crate) fn pin(&self) -> Option<Pin<'_>> {
+        self.bind().then_some(Pin(self))
+    }
+
+    /// A thread-cache entry binds to (pins) this pool; false, and no pin,
+    /// if the pool is dead.
+    pub(crate) fn bind(&self) -> bool {
+        match self.life.bind() {
+            Ok(()) => true,
+            Err(u) => {
+                self.after_unpin(u);
+                false
+            }
+        }
+    }
+
+    /// A thread-cache entry unbinds, after giving its objects back.
+    pub(crate) fn unbind(&self) {
+        self.after_unpin(self.life.unbind());
+    }
+
+    /// The last pin of a dead pool is gone: what its entries put into the
+    /// shared cache after the destroyer's flush goes back, and the head may
+    /// be recycled.
+    fn after_unpin(&self, u: Unpinned) {
+        if u == Unpinned::LastOfDead {
+            self.flush();
+            registry::recycle(self);
+        }
+    }
+
+    /// Claims a dead head without pins for the free list (the registry,
+    /// under its lock, once no object is out).
+    pub(crate) fn claim_free(&self) -> bool {
+        let free = self.life.claim_free();
+        if free {
+            self.magic.store(FREE, Relaxed);
+        }
+        free
+    }
+
+    /// Marks a recycled head (or a new one) live.
     pub(crate) fn revive(&self) {
-        self.magic.store(LIVE, Relaxed);
+        self.life.revive();
+        self.magic.store(LIVE, Release);
     }
 
     /// The other names of a merged pool, comma-separated, or "".
@@ -190,39 +294,62 @@ impl Pool {
         self.alloc_from(0)
     }
 
+    /// The hit path of [`Pool::alloc`] alone (see `thread_cache`).
+    #[inline(always)]
+    pub(crate) fn alloc_hit(&self) -> Option<NonNull<u8>> {
+        thread_cache::alloc_hit(self)
+    }
+
+    /// The hit path of [`Pool::free`] alone: false if the object must take
+    /// the slow path.
+    ///
+    /// # Safety
+    /// As for [`Pool::free`], with `obj` aligned.
+    #[inline(always)]
+    pub(crate) unsafe fn free_hit(&self, obj: NonNull<u8>) -> bool {
+        // SAFETY: forwarded.
+        unsafe { thread_cache::free_hit(self, obj) }
+    }
+
     /// [`Pool::alloc`] for a call made from the return address `caller`
     /// (kept by the `caller` debugging option).
     #[inline(always)]
     pub fn alloc_from(&self, caller: usize) -> Option<NonNull<u8>> {
-        // The one test on the hot path for every debugging option.
-        if self.debug != 0 {
-            return self.alloc_debug(caller);
-        }
-        if let Some(tc) = ThreadCache::existing() {
-            let held = tc.enter();
-            if let Some(p) = held.take(self) {
+        thread_cache::alloc_hit(self).or_else(|| self.alloc_slow(caller))
+    }
+
+    /// [`Pool::alloc_from`] past the hit path: a debugging pool, no thread
+    /// cache yet, or no object of this pool above the low water.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn alloc_slow(&self, caller: usize) -> Option<NonNull<u8>> {
+        if self.debug == 0 {
+            // The common slow case, a pop below the low water: the bound
+            // entry pins the pool, nothing more to do.
+            if let Some(p) = ThreadCache::existing().and_then(|tc| tc.take_cached(self)) {
                 return Some(p);
             }
         }
-        self.alloc_slow()
-    }
-
-    /// [`Pool::alloc_from`] when this thread has no cache yet or no object
-    /// of this pool in it: out of line, so that the common case needs few
-    /// registers.
-    #[cold]
-    #[inline(never)]
-    fn alloc_slow(&self) -> Option<NonNull<u8>> {
+        // Everything else may take objects from the shared cache or the
+        // system: pinned, so that a destroy racing with this call (the
+        // caller's bug) cannot recycle the head before the object is counted.
+        let _pin = self.pin()?;
+        if self.debug != 0 {
+            return self.alloc_debug(caller);
+        }
         let p = match ThreadCache::current() {
-            Some(tc) => {
-                let held = tc.enter();
-                held.take(self)
-                    .or_else(|| self.refill(&held))
-                    .or_else(|| self.alloc_from_os(tc.home))
-            }
+            // `take` refills from the shared cache when the entry is bound;
+            // objects too large for the thread cache come from it here.
+            Some(tc) => tc
+                .take(self)
+                .or_else(|| self.take_shared(tc.home))
+                .or_else(|| self.alloc_from_os(tc.home)),
             None => self.take_shared(0).or_else(|| self.alloc_from_os(0)),
         };
-        p.or_else(|| self.alloc_after_gc())
+        let p = p.or_else(|| self.alloc_after_gc())?;
+        // SAFETY: an object of this pool, ours to hand out.
+        unsafe { thread_cache::clear_key(p.as_ptr()) };
+        Some(p)
     }
 
     #[cold]
@@ -239,25 +366,6 @@ impl Pool {
             self.failed.fetch_add(1, Relaxed);
         }
         p
-    }
-
-    /// Takes a cluster from the shared cache: returns one object and keeps
-    /// the rest in the thread cache.
-    #[cold]
-    fn refill(&self, held: &crate::thread_cache::Held<'_>) -> Option<NonNull<u8>> {
-        let cluster = self.take_from_shared(held.home)?;
-        let first = cluster.first;
-        // SAFETY: `first` is the head of a cluster we own.
-        let rest = unsafe { (*first.as_ptr()).down };
-        if let Some(rest) = NonNull::new(rest) {
-            let rest = Cluster {
-                first: rest,
-                len: cluster.len - 1,
-            };
-            // SAFETY: the rest of the cluster is ours and of this pool.
-            unsafe { held.put_cluster(self, rest) };
-        }
-        Some(first.cast())
     }
 
     /// One object from the shared cache with no thread cache at hand: the
@@ -326,17 +434,11 @@ impl Pool {
         let tc = ThreadCache::current();
         let home = tc.map_or(0, |tc| tc.home);
         let cached = match tc.filter(|_| self.debug & DBG_NO_CACHE == 0) {
-            Some(tc) => {
-                let held = tc.enter();
-                let p = if self.debug & DBG_COLD_FIRST != 0 {
-                    held.take_oldest(self)
-                } else {
-                    held.take(self)
-                };
-                p.or_else(|| self.refill(&held))
-            }
-            None => self.take_shared(home),
-        };
+            Some(tc) if self.debug & DBG_COLD_FIRST != 0 => tc.take_oldest(self),
+            Some(tc) => tc.take(self),
+            None => None,
+        }
+        .or_else(|| self.take_shared(home));
         let (base, from_cache) = match cached {
             Some(p) => (p, true),
             None => (
@@ -345,11 +447,15 @@ impl Pool {
             ),
         };
         // SAFETY: `base` is an object of this pool that we own.
+        unsafe { thread_cache::clear_key(base.as_ptr()) };
+        // SAFETY: as above.
         Some(unsafe { debug::on_alloc(self, base, from_cache, caller) })
     }
 
     /// Takes back an object: into this thread's cache, or straight into the
     /// shared cache when it is too large to be worth caching per thread.
+    /// Aborts, naming the object and the pool, when the object already
+    /// carries the pool's key, which only a free object does: a double free.
     ///
     /// Counters: used drops; cached or shared grows (or allocated drops).
     ///
@@ -367,13 +473,36 @@ impl Pool {
     /// As for [`Pool::free`].
     #[inline(always)]
     pub unsafe fn free_from(&self, obj: NonNull<u8>, caller: usize) {
-        // The one test on the hot path for every debugging option.
+        // SAFETY: forwarded.
+        if !unsafe { thread_cache::free_hit(self, obj) } {
+            // SAFETY: forwarded. A dead pool's object stays the caller's.
+            let _ = unsafe { self.free_slow(obj, caller) };
+        }
+    }
+
+    /// [`Pool::free_from`] past the hit path.
+    ///
+    /// # Safety
+    /// As for [`Pool::free`].
+    #[cold]
+    #[inline(never)]
+    ///
+    /// Returns false, leaving the object to the caller, if the pool died
+    /// (a destroy racing with this call: the caller's bug).
+    #[must_use]
+    pub(crate) unsafe fn free_slow(&self, obj: NonNull<u8>, caller: usize) -> bool {
+        // Pinned, as in `alloc_slow`.
+        let Some(_pin) = self.pin() else {
+            return false;
+        };
         if self.debug != 0 {
             // SAFETY: forwarded.
-            return unsafe { self.free_debug(obj, caller) };
+            unsafe { self.free_debug(obj, caller) };
+        } else {
+            // SAFETY: forwarded.
+            unsafe { self.free_object(obj) }
         }
-        // SAFETY: forwarded.
-        unsafe { self.free_object(obj) }
+        true
     }
 
     /// The free path of a pool with debugging flags: `debug::on_free`
@@ -391,16 +520,34 @@ impl Pool {
             // SAFETY: `base` is an object of this pool nobody uses.
             return unsafe { self.free_object(base) };
         }
+        // SAFETY: as above.
+        unsafe { self.check_not_free(base) };
         let item = base.cast::<Item>();
         // SAFETY: the object is ours; a lone object is a cluster of one.
-        unsafe { (*item.as_ptr()).down = core::ptr::null_mut() };
-        self.release_cluster(
-            0,
+        unsafe {
+            thread_cache::set_key(self, base);
+            (*item.as_ptr()).down = core::ptr::null_mut();
+        }
+        let home = ThreadCache::existing().map_or(0, |tc| tc.home);
+        self.release_from_cache(
+            home,
             Cluster {
                 first: item,
                 len: 1,
             },
         );
+    }
+
+    /// Aborts if `obj` carries this pool's key (a double free).
+    ///
+    /// # Safety
+    /// `obj` is an object of this pool whose key word was initialised.
+    #[inline]
+    unsafe fn check_not_free(&self, obj: NonNull<u8>) {
+        // SAFETY: per the contract.
+        if unsafe { thread_cache::has_key(self, obj) } {
+            debug::double_free(self, obj);
+        }
     }
 
     /// Puts an object (as the caches hold it) into this thread's cache, or
@@ -408,47 +555,42 @@ impl Pool {
     ///
     /// # Safety
     /// As for [`Pool::free`].
-    #[inline(always)]
     unsafe fn free_object(&self, obj: NonNull<u8>) {
-        let budget = options::cache_size();
-        if let Some(tc) = ThreadCache::existing() {
-            if self.obj_size <= budget / 8 {
-                let held = tc.enter();
-                // SAFETY: the caller gives `obj` up; it is of this pool.
-                unsafe { held.put(self, obj, budget) };
+        // SAFETY: forwarded.
+        unsafe {
+            self.check_not_free(obj);
+            thread_cache::set_key(self, obj);
+        }
+        let tc = ThreadCache::current();
+        if let Some(tc) = tc {
+            // SAFETY: the caller gives `obj` up; it is of this pool.
+            if unsafe { tc.put(self, obj) } {
                 return;
             }
-        }
-        // SAFETY: forwarded.
-        unsafe { self.free_object_slow(obj, budget) }
-    }
-
-    /// [`Pool::free_object`] when this thread has no cache yet, or the
-    /// object is too large to cache per thread: out of line, so that the
-    /// common case needs few registers.
-    ///
-    /// # Safety
-    /// As for [`Pool::free`].
-    #[cold]
-    #[inline(never)]
-    unsafe fn free_object_slow(&self, obj: NonNull<u8>, budget: usize) {
-        let tc = ThreadCache::current();
-        if let Some(tc) = tc.filter(|_| self.obj_size <= budget / 8) {
-            let held = tc.enter();
-            // SAFETY: the caller gives `obj` up; it is of this pool.
-            unsafe { held.put(self, obj, budget) };
-            return;
         }
         let item = obj.cast::<Item>();
         // SAFETY: the object is ours; a lone object is a cluster of one.
         unsafe { (*item.as_ptr()).down = core::ptr::null_mut() };
-        self.release_cluster(
+        self.release_from_cache(
             tc.map_or(0, |tc| tc.home),
             Cluster {
                 first: item,
                 len: 1,
             },
         );
+    }
+
+    /// Gives a cluster that leaves a thread cache (or a free) to the shared
+    /// cache, or to the system if the pool died. A thread cache that puts
+    /// into a dying pool pins it (see `lifecycle`), so whatever it puts after
+    /// the destroyer's flush is flushed when its last pin goes.
+    pub(crate) fn release_from_cache(&self, home: usize, cluster: Cluster) {
+        if self.is_dead() {
+            // SAFETY: the cluster is ours; each object is released once.
+            unsafe { cluster.for_each(|i| self.release_to_os(home, i.cast())) };
+            return;
+        }
+        self.release_cluster(home, cluster);
     }
 
     /// Gives a cluster to the shared cache or, when it is switched off, back
@@ -474,7 +616,7 @@ impl Pool {
     /// A cluster from the shared cache, starting at bucket `home`.
     ///
     /// Counter: shared drops by its length.
-    fn take_from_shared(&self, home: usize) -> Option<Cluster> {
+    pub(crate) fn take_from_shared(&self, home: usize) -> Option<Cluster> {
         if self.debug & DBG_NO_GLOBAL != 0 {
             return None;
         }
@@ -495,7 +637,7 @@ impl Pool {
     }
 
     /// Objects in the shared cache (exact at quiescence).
-    fn shared_objects(&self) -> usize {
+    pub(crate) fn shared_objects(&self) -> usize {
         self.shared.objects() + self.legacy.objects()
     }
 

@@ -1,9 +1,10 @@
 //! The registry: every pool and every thread cache of the process.
 //!
 //! One mutex guards the list of pools (create, merge, destroy, gc, stats,
-//! dump) and the list of thread caches (thread start and exit, and the
-//! claims `pool_destroy` takes on them). Nothing on the alloc/free hot path
-//! takes it.
+//! dump), the list of free heads and the list of thread caches (thread
+//! start and exit). Nothing on the alloc/free hot path takes it, and no
+//! object goes back to the allocator underneath while it is held (that
+//! allocator may be the process's malloc, which may be these very pools).
 
 use crate::pool::{Pool, Stats, KNOWN_FLAGS, POOL_F_EXACT, POOL_F_SHARED, POOL_MAX_SIZE};
 use crate::shared_cache::BUCKETS;
@@ -12,8 +13,8 @@ use crate::{meta, options, os, span};
 use core::ffi::CStr;
 use core::fmt::{self, Write};
 use core::ptr::{self, NonNull};
-use core::sync::atomic::Ordering::{Relaxed, SeqCst};
-use core::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicUsize};
+use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 
 /// Why a registry call failed, as an errno value for the C side.
@@ -54,6 +55,8 @@ struct Registry {
     /// handle stays recognisably dead as long as possible).
     free_first: *mut Pool,
     free_last: *mut Pool,
+    /// Heads on the free list.
+    free_count: usize,
     /// Slots handed out so far; a recycled head keeps its slot.
     slots: usize,
     /// Registered thread caches, linked through `ThreadCache::reg_next`.
@@ -70,6 +73,7 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     pools: ptr::null_mut(),
     free_first: ptr::null_mut(),
     free_last: ptr::null_mut(),
+    free_count: 0,
     slots: 0,
     threads: ptr::null_mut(),
     created: false,
@@ -82,7 +86,6 @@ pub fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         options::load_env();
-        init_fences();
         register_fork_handlers();
         crate::debug::init();
     });
@@ -126,62 +129,45 @@ impl Registry {
 
 // ---- thread caches -------------------------------------------------------
 
-/// Whether the hot path's fence can be a compiler fence (membarrier works).
-static ASYMMETRIC: AtomicBool = AtomicBool::new(false);
+/// Pools destroyed so far: a thread cache that sees it change empties its
+/// entries of dead pools (see `thread_cache`).
+static DESTROYS: AtomicUsize = AtomicUsize::new(0);
 
-/// Decides between the asymmetric handshake (compiler fence on the owner's
-/// hot path, membarrier on the claimer's side) and symmetric SeqCst fences.
-///
-/// Symmetric under Miri, which has no membarrier syscall, and under
-/// ThreadSanitizer (`--cfg pools_tsan`, set by `scripts/verify-tsan.sh`
-/// together with `-Zsanitizer=thread`): TSan does not know that membarrier
-/// is a fence on every other thread, so it could not follow the asymmetric
-/// handshake, while SeqCst fences on both sides are the textbook Dekker it
-/// is built to understand.
-fn init_fences() {
-    #[cfg(not(any(miri, pools_tsan)))]
-    {
-        const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
-        // SAFETY: registering for private expedited membarrier has no effect
-        // beyond allowing the command later.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_membarrier,
-                MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
-                0,
-                0,
-            )
-        };
-        // Relaxed: set inside the Once that every pool creation (and so
-        // every thread cache use) happens after.
-        ASYMMETRIC.store(rc == 0, Relaxed);
-    }
+pub(crate) fn destroys() -> usize {
+    // Relaxed: a hint to sweep; the sweep itself checks each pool.
+    DESTROYS.load(Relaxed)
 }
 
-/// The owner's side of the handshake with a claimer.
-#[inline]
-pub(crate) fn light_fence() {
-    if ASYMMETRIC.load(Relaxed) {
-        compiler_fence(SeqCst);
-    } else {
-        fence(SeqCst);
-    }
-}
-
-/// The claimer's side: a full fence on every running thread.
-fn heavy_fence() {
-    if ASYMMETRIC.load(Relaxed) {
-        const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
-        // SAFETY: the process registered for this command in init_fences.
-        let rc =
-            unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) };
-        // Registered commands do not fail; if one ever did, owners only had
-        // compiler fences and nothing can replace the barrier: stop.
-        if rc != 0 {
-            std::process::abort();
+/// A new pool key: random-looking, unique per creation, bit 0 clear, never
+/// 0 (see `Pool::key`).
+fn next_key() -> u64 {
+    static N: AtomicU64 = AtomicU64::new(0);
+    static SEED: once_cell::sync::OnceCell<u64> = once_cell::sync::OnceCell::new();
+    let seed = *SEED.get_or_init(|| {
+        #[cfg(not(miri))]
+        {
+            // SAFETY: AT_RANDOM points to 16 random bytes the kernel gave the
+            // process, valid for its whole life (glibc and musl).
+            let r = unsafe { libc::getauxval(libc::AT_RANDOM) } as *const u64;
+            if !r.is_null() {
+                // SAFETY: as above; possibly unaligned.
+                return unsafe { r.add(1).read_unaligned() };
+            }
         }
-    } else {
-        fence(SeqCst);
+        0x9e37_79b9_7f4a_7c15
+    });
+    loop {
+        // Relaxed: only uniqueness matters.
+        let mut z = seed.wrapping_add(N.fetch_add(1, Relaxed).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        // splitmix64's finaliser: a bijection, so distinct counts give
+        // distinct keys (bit 0 aside, which halves nothing that matters).
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let k = z & !1;
+        if k != 0 {
+            return k;
+        }
     }
 }
 
@@ -199,13 +185,10 @@ pub(crate) fn thread_start(tc: NonNull<ThreadCache>) {
     reg.threads = tc.as_ptr();
 }
 
-/// A thread is exiting: its cached objects go to the shared caches, then its
-/// cache is unregistered and unmapped.
+/// A thread is exiting and has drained its cache: it is unregistered and
+/// unmapped.
 pub(crate) fn thread_exit(tc: NonNull<ThreadCache>) {
     let mut reg = lock();
-    // SAFETY: the exiting owner holds its cache: no owner operation can
-    // run, and claimers need the lock we hold.
-    unsafe { thread_cache::drain(tc.as_ref()) };
     let mut link: *mut *mut ThreadCache = &mut reg.threads;
     // SAFETY: walking the list of registered caches under the lock.
     unsafe {
@@ -219,16 +202,6 @@ pub(crate) fn thread_exit(tc: NonNull<ThreadCache>) {
     drop(reg);
     // SAFETY: drained and unregistered: nobody can reach the cache now.
     unsafe { thread_cache::unmap(tc) };
-}
-
-/// Claims every thread cache (see `thread_cache`), runs `f`, gives them back.
-fn with_all_claimed<R>(reg: &Registry, f: impl FnOnce() -> R) -> R {
-    reg.threads().for_each(|tc| tc.claim_start());
-    heavy_fence();
-    reg.threads().for_each(|tc| tc.claim_wait());
-    let r = f();
-    reg.threads().for_each(|tc| tc.claim_end());
-    r
 }
 
 // ---- pools ---------------------------------------------------------------
@@ -270,6 +243,9 @@ fn default_backend(size: usize) -> os::Backend {
         debug => debug,
     }
 }
+
+/// Destroyed heads kept out of reuse (see `create_with`).
+const QUARANTINE: usize = 16;
 
 fn create_with(
     name: &CStr,
@@ -325,11 +301,16 @@ fn create_with(
         }
     }
     let name_copy = copy_name(name).ok_or(Error::NoMemory)?;
-    let head = match NonNull::new(reg.free_first) {
+    // A free head is reused only once QUARANTINE others died after it (or
+    // when no slot is left): until then a stale handle still names a dead
+    // pool and fails with EINVAL, rather than reaching the next pool.
+    let reuse = reg.free_count > QUARANTINE || reg.slots == MAX_POOLS;
+    let head = match NonNull::new(reg.free_first).filter(|_| reuse) {
         Some(head) => {
             // SAFETY: a free head is a dead pool nobody uses; under the lock.
             let next = unsafe { head.as_ref() }.reg_next.get();
             reg.free_first = next;
+            reg.free_count -= 1;
             if next.is_null() {
                 reg.free_last = ptr::null_mut();
             }
@@ -338,8 +319,15 @@ fn create_with(
             // SAFETY: the head is ours; overwriting a dead pool drops nothing
             // that owns memory (its name was freed at destroy).
             unsafe {
-                head.as_ptr()
-                    .write(Pool::new(slot, size, flags, backend, debug, poison))
+                head.as_ptr().write(Pool::new(
+                    slot,
+                    size,
+                    flags,
+                    backend,
+                    debug,
+                    poison,
+                    next_key(),
+                ))
             };
             head
         }
@@ -360,8 +348,15 @@ fn create_with(
             let head = mem.cast::<Pool>();
             // SAFETY: fresh memory of the right size and alignment.
             unsafe {
-                head.as_ptr()
-                    .write(Pool::new(reg.slots, size, flags, backend, debug, poison))
+                head.as_ptr().write(Pool::new(
+                    reg.slots,
+                    size,
+                    flags,
+                    backend,
+                    debug,
+                    poison,
+                    next_key(),
+                ))
             };
             reg.slots += 1;
             head
@@ -429,38 +424,34 @@ fn add_alias(p: &Pool, name: &CStr) {
 }
 
 /// Drops one user of `pool`. Refused while the application holds objects of
-/// it. The last user's destroy takes back every object cached by any
-/// thread, releases them and recycles the head.
+/// it. The last user's destroy kills the pool, gives back what this thread
+/// and the shared cache hold, and recycles the head once every object is
+/// back: objects other threads cache go back when those threads next look
+/// (see `thread_cache`), and the last of them recycles the head.
 pub fn destroy(pool: &'static Pool) -> Result<Destroyed, Error> {
-    let mut reg = lock();
-    // Re-check under the lock: two threads may race to destroy one pool.
-    // SAFETY: `pool` is a pool head.
-    if unsafe { Pool::from_handle(pool) }.is_none() {
-        return Err(Error::Invalid);
-    }
-    let done = with_all_claimed(&reg, || {
-        if pool.stats(reg.cached(pool)).used > 0 {
-            return Destroyed::InUse;
+    {
+        let mut reg = lock();
+        // Re-check under the lock: two threads may race to destroy one pool.
+        // SAFETY: `pool` is a pool head.
+        if unsafe { Pool::from_handle(pool) }.is_none() {
+            return Err(Error::Invalid);
         }
+        if in_use(&reg, pool) {
+            return Ok(Destroyed::InUse);
+        }
+        // Relaxed: `users` changes under the registry lock we hold.
         if pool.users.fetch_sub(1, Relaxed) > 1 {
-            return Destroyed::Released;
-        }
-        for tc in reg.threads() {
-            // SAFETY: every thread cache is claimed by us.
-            unsafe { thread_cache::reclaim_pool(tc, pool) };
+            return Ok(Destroyed::Released);
         }
         pool.kill();
-        Destroyed::Released
-    });
-    if done == Destroyed::Released && pool.users.load(Relaxed) == 0 {
-        pool.flush();
-        debug_assert_eq!(pool.shared.allocated(), 0);
-        crate::debug::on_destroy(pool);
-        // The list's own pointer to the head, not one made from `&Pool`:
-        // `create` rewrites the whole head through it when recycling, which a
-        // pointer derived from a shared reference may not do (Miri reports
-        // it under Stacked Borrows).
+        // Relaxed: a hint (see `destroys`).
+        DESTROYS.fetch_add(1, Relaxed);
+        // The list's own pointer to the head, kept for `recycle`, not one
+        // made from `&Pool`: `create` rewrites the whole head through it
+        // when recycling, which a pointer derived from a shared reference
+        // may not do (Miri reports it under Stacked Borrows).
         let head = unlink_pool(&mut reg, pool);
+        pool.reg_next.set(head);
         if let Some(name) = pool.name.take() {
             // SAFETY: the copy made at creation; the pool is dead.
             unsafe { release_name(name) };
@@ -470,20 +461,48 @@ pub fn destroy(pool: &'static Pool) -> Result<Destroyed, Error> {
             // dead.
             unsafe { release_name(also) };
         }
-        let head = if head.is_null() {
-            ptr::from_ref(pool).cast_mut()
-        } else {
-            head
-        };
-        pool.reg_next.set(ptr::null_mut());
+    }
+    thread_cache::release_own(pool);
+    pool.flush();
+    recycle(pool);
+    Ok(Destroyed::Released)
+}
+
+/// Whether the application holds objects of `pool`. The counters are read
+/// in the order allocated, shared, cached, and every move between them
+/// takes an object out of its source before it reaches its destination, so
+/// an object that another thread moves meanwhile is counted at most once:
+/// the answer errs towards "in use", and then only while a move is in
+/// flight, so it is asked again a few times.
+fn in_use(reg: &Registry, pool: &Pool) -> bool {
+    (0..4).all(|i| {
+        for _ in 0..i * 64 {
+            core::hint::spin_loop();
+        }
+        let allocated = pool.shared.allocated();
+        let shared = pool.shared_objects();
+        allocated > shared + reg.cached(pool)
+    })
+}
+
+/// Puts a dead head on the free list once no object of it is out and no
+/// thread-cache entry is bound to it; until then it stays dead, so that no
+/// stale handle or entry can reach a later pool. Called by whoever may
+/// have given back the last object or entry.
+pub(crate) fn recycle(pool: &Pool) {
+    let mut reg = lock();
+    if pool.shared.allocated() == 0 && pool.claim_free() {
+        crate::debug::on_destroy(pool);
+        let head = pool.reg_next.replace(ptr::null_mut());
+        debug_assert!(ptr::eq(head, pool));
         match NonNull::new(reg.free_last) {
             // SAFETY: a free head, under the lock.
             Some(last) => unsafe { last.as_ref() }.reg_next.set(head),
             None => reg.free_first = head,
         }
         reg.free_last = head;
+        reg.free_count += 1;
     }
-    Ok(done)
 }
 
 /// Unlinks `pool` from the live list; returns the list's pointer to it
@@ -941,18 +960,45 @@ mod tests {
         let p = create(c"recycle-1", 16, 0).unwrap();
         let slot = p.slot;
         assert_eq!(destroy(p), Ok(Destroyed::Released));
-        // Other tests may recycle heads concurrently: look for ours among a
-        // few new pools rather than expecting the very next one.
-        let fresh: Vec<_> = (0..64)
-            .map(|_| create(c"recycle-2", 16, 0).unwrap())
-            .collect();
-        assert!(fresh.iter().any(|q| q.slot == slot), "head not reused");
-        for q in fresh {
+        // The head comes back once more than QUARANTINE other heads died
+        // after it (other tests recycle heads concurrently, so allow more).
+        let mut found = false;
+        for _ in 0..8 * QUARANTINE {
+            let q = create(c"recycle-2", 16, 0).unwrap();
             assert_eq!(q.name(), c"recycle-2");
             assert_eq!(stats(q).allocated, 0);
+            found |= q.slot == slot;
+            assert_eq!(destroy(q), Ok(Destroyed::Released));
+            if found {
+                break;
+            }
+        }
+        assert!(found, "head not reused");
+    }
+
+    /// A destroyed head is not handed to the next pools: a stale handle
+    /// keeps failing with EINVAL instead of reaching a new pool.
+    #[test]
+    fn destroyed_heads_wait_in_quarantine() {
+        let _serial = QUARANTINE_TEST.lock().unwrap();
+        let p = create(c"quarantined", 48, 0).unwrap();
+        assert_eq!(destroy(p), Ok(Destroyed::Released));
+        let fresh: Vec<_> = (0..QUARANTINE / 2)
+            .map(|_| create(c"quarantine-2", 48, 0).unwrap())
+            .collect();
+        // SAFETY: heads are never unmapped.
+        assert!(
+            unsafe { Pool::from_handle(p) }.is_none(),
+            "head reused early"
+        );
+        assert!(fresh.iter().all(|q| !ptr::eq(*q, p)));
+        for q in fresh {
             assert_eq!(destroy(q), Ok(Destroyed::Released));
         }
     }
+
+    /// Tests that count on the free list not being drained meanwhile.
+    static QUARANTINE_TEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     #[test]
     fn dump_names_every_pool_and_totals() {

@@ -1,15 +1,16 @@
-//! The atomics the shared cache is written with.
+//! The atomics the shared cache and a pool's lifecycle word are written with.
 //!
 //! Under `--cfg loom` they are loom's, so the model checker explores every
-//! interleaving of the real shared-cache code (see `shared_cache::loom_tests`).
-//! Everything else in the crate uses `core` atomics directly: only the shared
-//! cache is model-checked, and loom atomics cannot live in statics.
+//! interleaving of the real code (see `shared_cache::loom_tests` and
+//! `lifecycle::loom_tests`). Everything else in the crate uses `core`
+//! atomics directly: only those two protocols are model-checked, and loom
+//! atomics cannot live in statics.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicIsize, AtomicPtr};
+pub(crate) use loom::sync::atomic::{AtomicIsize, AtomicPtr, AtomicUsize};
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicIsize, AtomicPtr};
+pub(crate) use core::sync::atomic::{AtomicIsize, AtomicPtr, AtomicUsize};
 
 /// Spinning on a lock: crossbeam's backoff, or under loom a yield that lets
 /// the model checker run the lock's holder.

@@ -1,103 +1,272 @@
 //! Per-thread caches: the hot path.
 //!
 //! Each thread that touches a pool gets one [`ThreadCache`]: a page-mapped
-//! block holding a table of per-pool lists indexed by the pool's slot. A
-//! freed object is linked at the head of its pool's list (newest first) and
-//! stamped with the thread's *tick*, a count of its frees; an allocation
-//! unlinks the newest object of its pool. When the thread's cached bytes
-//! exceed the budget, the oldest objects leave in clusters of one pool for
-//! the shared cache: the pool whose oldest object has the smallest tick goes
-//! first, so eviction is oldest-first across all pools of the thread.
+//! table of [`Entry`]s indexed by the pool's slot. An entry is a stack of
+//! *pointers* to the pool's free objects, in an array of its own: a free
+//! pushes the pointer, an allocation pops the newest. A cached object holds
+//! no link, so a hit writes to no object but the one it hands out or takes
+//! back, and one load and one store of the stack's top move it.
 //!
-//! A pool's list is walked from both ends (allocation takes the newest,
-//! eviction the oldest), yet an allocation touches no object but the one it
-//! returns. Each object links to its `older` neighbour, which the allocation
-//! reads from the object it takes anyway, and to its `newer` one, which is
-//! valid for every object but the newest: a free sets it on the object that
-//! stops being the newest, and an allocation leaves the new newest object's
-//! stale `newer` alone. Eviction walks `newer` from the oldest object and
-//! stops before the newest, so it never reads a stale link. A doubly linked
-//! list would make every allocation write into the next object, a cache
-//! miss of its own when the objects are cold (`perf annotate` put 28 % of
-//! the preload's `malloc` on that store in the larson benchmark).
+//! ```text
+//!   start      bottom        low            top      limit        end
+//!     |  (room)  | idle objects | recent objects | (grant) | (room) |
+//! ```
 //!
-//! There is no LRU list across pools: keeping one costs two more unlinks per
-//! allocation and two more links per free, on the hot path. Instead each
-//! entry remembers the tick of its oldest object, and eviction (the cold
-//! path) scans the entries that hold objects, which are few.
+//! Bounds, so that each hit makes one comparison:
+//! - An allocation pops while `top != low`. `low` is the *low water*: the
+//!   lowest the stack went since the thread's last eviction. When a pop
+//!   reaches it, the slow path lowers it by one (or refills an empty stack).
+//!   So the objects below `low` are exactly those that sat untouched since
+//!   the last eviction: the *idle* ones.
+//! - A free pushes while `top != limit`. `limit` ends the entry's *grant*:
+//!   the thread's byte budget is handed to its entries in steps of a
+//!   cluster, and the sum of the grants never exceeds it, so the thread never
+//!   caches more than the budget without a byte counter on the hit path.
+//!   A free that reaches `limit` asks for another step; when the budget is
+//!   spent, it takes back grants that hold no objects, then evicts.
 //!
-//! Only the owner thread touches its cache, with plain loads and stores, with
-//! one exception: `pool_destroy` must take back a dying pool's objects from
-//! every thread, even a thread blocked elsewhere. It *claims* the caches with
-//! an asymmetric Dekker handshake: the owner marks itself `active` and then
-//! checks `claimed`, separated only by a compiler fence; the claimer sets
-//! `claimed`, runs `membarrier(PRIVATE_EXPEDITED)` (a full fence on every
-//! running thread of the process) and waits for `active` to drop. Either the
-//! owner sees the claim and waits, or the claimer sees the owner inside and
-//! waits. Where membarrier is missing, both sides use a SeqCst fence.
+//! Eviction order (when a grant is refused): objects leave in clusters of
+//! one pool, taken from the bottom of its stack, so that within a pool the
+//! oldest object always leaves first. Across pools, idle objects (untouched
+//! since the previous eviction) leave before any recent one; within each of
+//! the two classes the pool holding the most bytes of it gives first. After
+//! an eviction every low water is reset to its top, starting a new period.
+//! Eviction takes bottoms away without moving the rest; the stack slides up
+//! its array (twice the largest count the budget allows) and is moved back
+//! to the start only when its grant reaches the end, at most once per as
+//! many pushes as the array has free slots.
+//!
+//! Why this design: the earlier linked list wrote a link into the previous
+//! newest object on every free (a second cache line, and what a use after
+//! free forges), stamped a tick into every object and kept a byte counter,
+//! and a claim handshake with `pool_destroy` (two stores and a load) wrapped
+//! every operation. Here a hit is the stack move and the compare of the
+//! entry's key with the pool's (see below); everything else is on slow paths
+//! that run once per cluster of objects.
+//!
+//! **Keys.** Each live pool has a random 64-bit key; an entry bound to it
+//! holds the same key. The hit path compares the pool's `stamp` with the
+//! entry's key: `stamp` equals the key while the pool is live and plain, and
+//! has bit 0 set while the pool is dead or has debugging options, which no
+//! entry key has, so one comparison checks the handle, the entry's binding
+//! and the debug switch. The key is also written into every freed object
+//! at [`KEY_OFFSET`], and cleared on every hand-out: a free that finds it
+//! already there is a double free (see `Pool::free`).
+//!
+//! **Ownership.** Only the owner thread changes its cache; other threads read
+//! the stack bounds for statistics (atomics, Relaxed). `pool_destroy` does not
+//! reach into other threads' caches: a dead pool's entry is emptied by its
+//! owner (its objects go back to the system) at the owner's next eviction,
+//! its next call on that slot, its next cold call after a destroy, or its
+//! exit. The registry recycles a dead head only when no entry is bound to it
+//! and it has no objects out, so no entry or stale handle can ever make a
+//! later pool hand out a dead pool's objects.
 
 use crate::pool::Pool;
 use crate::shared_cache::{Cluster, Item, CLUSTER};
-use crate::{options, os, registry, tls};
+use crate::{meta, options, os, registry, tls};
 use core::cell::Cell;
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize};
-use crossbeam_utils::Backoff;
+use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::{AtomicPtr, AtomicU64};
 
 /// Most pools alive at once (after merging); `pool_create` fails beyond.
 #[cfg(not(miri))]
 pub(crate) const MAX_POOLS: usize = 4096;
 /// Under Miri a smaller table: every `&ThreadCache` is retagged over the
-/// whole table (Stacked Borrows tracks each byte), which made the
-/// multi-threaded tests take minutes; the tests use far fewer slots.
+/// whole table (Stacked Borrows tracks each byte); the tests use few slots.
 #[cfg(miri)]
 pub(crate) const MAX_POOLS: usize = 256;
 
-/// Smallest object: a cached object holds two links and a tick (24 bytes),
-/// and the allocator underneath hands out multiples of `OBJECT_ALIGN` anyway.
-pub(crate) const MIN_OBJECT: usize = size_of::<CachedItem>().next_multiple_of(os::OBJECT_ALIGN);
+/// Where a free object holds its pool's key: after the two links the shared
+/// cache keeps at its start (`Item`), so that every free state keeps it.
+pub(crate) const KEY_OFFSET: usize = 2 * size_of::<usize>();
 
-/// What an object holds while it sits in a thread cache.
-#[repr(C)]
-struct CachedItem {
-    /// The next older object of the pool's list (meaningless on the oldest).
-    older: *mut CachedItem,
-    /// The next newer object (meaningless on the newest: see the module
-    /// docs). At the offset of the shared cache's `Item::down`, so eviction
-    /// reads it before it reuses the object as an `Item`.
-    newer: *mut CachedItem,
-    /// The thread's tick when the object was cached.
-    tick: u64,
+/// Smallest object: the shared cache's two links and the key.
+pub(crate) const MIN_OBJECT: usize = (KEY_OFFSET + 8).next_multiple_of(os::OBJECT_ALIGN);
+
+/// log2 of `size_of::<Entry>()`.
+const ENTRY_SHIFT: u32 = 6;
+/// Masks a pool's `entry_off` into the table, whatever the handle holds.
+pub(crate) const ENTRY_MASK: u32 = ((MAX_POOLS - 1) << ENTRY_SHIFT) as u32;
+
+/// A pool's byte offset of its entry in every thread's table.
+pub(crate) const fn entry_offset(slot: usize) -> u32 {
+    (slot << ENTRY_SHIFT) as u32
 }
 
-/// One pool's objects in one thread, from `newest` to `oldest_item`.
-#[repr(C)]
-struct PoolCache {
-    /// The newest object, while `count > 0`.
-    newest: Cell<*mut CachedItem>,
-    /// The oldest object, while `count > 0`.
-    oldest_item: Cell<*mut CachedItem>,
-    /// The pool this entry serves, or null while unused in this thread.
-    /// Written by the owner (or a claimer); read by statistics from any
-    /// thread, hence atomic (Relaxed: a plain load and store on x86-64).
+/// One pool's free objects in one thread: a stack of pointers (module docs).
+/// All-zero is "unbound". Fields the hit path reads come first.
+#[repr(C, align(64))]
+pub(crate) struct Entry {
+    /// The key of the pool this entry serves, or 0 while unbound. Written by
+    /// the owner; read by statistics (Relaxed: a plain load on x86-64).
+    key: AtomicU64,
+    /// The next free slot: objects are `[bottom, top)`. Written by the
+    /// owner; read by statistics.
+    top: AtomicPtr<*mut u8>,
+    /// The low water, `bottom <= low <= top`: the bound of allocations.
+    low: Cell<*mut *mut u8>,
+    /// The end of the grant, `top <= limit <= end`: the bound of frees.
+    limit: Cell<*mut *mut u8>,
+    /// The oldest object. Written by the owner; read by statistics.
+    bottom: AtomicPtr<*mut u8>,
+    /// The array.
+    start: Cell<*mut *mut u8>,
+    end: Cell<*mut *mut u8>,
+    /// The pool served while bound. Written by the owner; read by
+    /// statistics (which compare it before trusting the counts).
     pool: AtomicPtr<Pool>,
-    /// Objects in `list`. Written by the owner (or a claimer); read by
-    /// statistics from any thread.
-    count: AtomicUsize,
-    /// Tick of the oldest object in `list`, while `count > 0`.
-    oldest: Cell<u64>,
-    /// In the thread's list of entries that may hold objects (`listed`).
-    is_listed: Cell<bool>,
-    next_listed: Cell<*mut PoolCache>,
 }
 
-impl PoolCache {
-    /// Whether this entry holds `pool`'s objects in this thread.
-    #[inline]
-    fn serves(&self, pool: &Pool) -> bool {
-        ptr::eq(self.pool.load(Relaxed), pool)
+const _: () = assert!(size_of::<Entry>() == 1 << ENTRY_SHIFT);
+
+/// The key of an entry of `pool` that is closed to frees (see
+/// `ThreadCache::bound_entry`): no pool's stamp, so no hit matches it.
+fn closed(pool: &Pool) -> u64 {
+    pool.key ^ 2
+}
+
+/// The key of an entry whose next free must check the budget again
+/// (after `pool_set_cache_size`): no hit matches it either.
+fn recheck(pool: &Pool) -> u64 {
+    pool.key ^ 4
+}
+
+impl Entry {
+    /// `key`, read by its owner thread, the only writer: a plain load,
+    /// which the compiler may fold into the comparison.
+    #[inline(always)]
+    fn own_key(&self) -> u64 {
+        // SAFETY: only this thread writes `key`; other threads only read it,
+        // so this non-atomic read races with no write.
+        unsafe { *self.key.as_ptr() }
+    }
+
+    /// `top`, read by its owner thread (see `own_key`).
+    #[inline(always)]
+    fn own_top(&self) -> *mut *mut u8 {
+        // SAFETY: as in `own_key`.
+        unsafe { *self.top.as_ptr() }
+    }
+
+    fn objects(&self) -> usize {
+        // Relaxed: the owner's own values (or, from another thread, a
+        // statistic that may lag; clamped when it caught a move halfway).
+        let (top, bottom) = (self.top.load(Relaxed), self.bottom.load(Relaxed));
+        let n = (top as usize).saturating_sub(bottom as usize) / size_of::<*mut u8>();
+        n.min((self.end.get() as usize - self.start.get() as usize) / size_of::<*mut u8>())
+    }
+
+    /// The pool this entry serves, while bound.
+    fn bound_pool(&self) -> Option<&'static Pool> {
+        // SAFETY: a bound entry names a pool head, and heads are never
+        // unmapped (nor recycled while an entry is bound to them).
+        unsafe { self.pool.load(Relaxed).as_ref() }
+    }
+}
+
+/// Bytes of an entry's block: its marks, then room for twice the most
+/// objects the budget lets it hold (so that the stack can slide).
+fn array_block(pool: &Pool) -> usize {
+    let slots = 2 * options::cache_size() / pool.obj_size;
+    (size_of::<Marks>() + slots * size_of::<*mut u8>()).next_power_of_two()
+}
+
+/// Most age marks per entry.
+const MARKS: usize = 15;
+
+/// The ages of an entry's objects, kept in front of its slots: mark `k`
+/// says that the objects from slot `slot` (up to the next mark) were pushed
+/// no earlier than the thread's slow event `tick`. Ticks count the slow
+/// events (grants and evictions), so ages are known to within a grant step
+/// of the thread (module docs). Only the owner reads or writes them.
+#[repr(C)]
+struct Marks {
+    n: usize,
+    mark: [(usize, u64); MARKS],
+}
+
+impl Marks {
+    const EMPTY: Marks = Marks {
+        n: 0,
+        mark: [(0, 0); MARKS],
+    };
+
+    /// Objects pushed from slot `slot` on are no older than `tick`.
+    fn push(&mut self, slot: usize, tick: u64) {
+        if self.n > 0 && self.mark[self.n - 1].0 >= slot {
+            // Marks at or past `slot` cover no object: replace them.
+            while self.n > 0 && self.mark[self.n - 1].0 >= slot {
+                self.n -= 1;
+            }
+        }
+        if self.n == MARKS {
+            // Merge the two neighbouring ranges whose ticks are closest,
+            // under the older tick: the least age is lost, and objects
+            // only ever look older than they are (they leave sooner).
+            // (Of equal gaps, the newest: the bottom ages matter most.)
+            let k = (1..MARKS)
+                .rev()
+                .min_by_key(|&k| self.mark[k].1 - self.mark[k - 1].1)
+                .expect("MARKS > 1");
+            self.mark.copy_within(k + 1..MARKS, k);
+            self.n -= 1;
+        }
+        self.mark[self.n] = (slot, tick);
+        self.n += 1;
+    }
+
+    /// The slots below `bottom` left: the first range starts there.
+    fn cut_below(&mut self, bottom: usize) {
+        let dead = (1..self.n)
+            .take_while(|&k| self.mark[k].0 <= bottom)
+            .count();
+        self.mark.copy_within(dead..self.n, 0);
+        self.n -= dead;
+        if self.n > 0 {
+            self.mark[0].0 = self.mark[0].0.max(bottom);
+        }
+    }
+
+    /// Every object from slot `from` on is no older than `tick`.
+    fn no_older_than(&mut self, from: usize, tick: u64) {
+        let covering = (0..self.n).rev().find(|&k| self.mark[k].0 <= from);
+        let Some(k) = covering else { return };
+        if self.mark[k].1 >= tick {
+            return;
+        }
+        let upper = self.mark[k + 1..self.n]
+            .iter()
+            .map(|m| (m.0, m.1.max(tick)));
+        let mut rest = [(0, 0); MARKS];
+        let mut m = 0;
+        for x in upper {
+            rest[m] = x;
+            m += 1;
+        }
+        self.n = k + 1;
+        self.push(from, tick);
+        for &(slot, t) in &rest[..m] {
+            self.push(slot, t);
+        }
+    }
+
+    /// Slot indexes move down by `d` (the stack moved to the array start).
+    fn shift(&mut self, d: usize) {
+        for m in &mut self.mark[..self.n] {
+            m.0 -= d;
+        }
+    }
+
+    /// The tick of the oldest object.
+    fn oldest(&self) -> u64 {
+        if self.n == 0 {
+            0
+        } else {
+            self.mark[0].1
+        }
     }
 }
 
@@ -105,24 +274,40 @@ impl PoolCache {
 /// "unused" state of every field, so the table costs nothing until touched.
 #[repr(C)]
 pub(crate) struct ThreadCache {
-    /// The owner is inside a pool operation.
-    active: AtomicBool,
-    /// A claimer (pool_destroy) wants or holds the cache.
-    claimed: AtomicBool,
+    /// Per-pool entries, at offset 0 so that an entry is `tc + entry_off`.
+    table: [Entry; MAX_POOLS],
     /// The bucket this thread starts at in shared caches.
     pub(crate) home: usize,
-    /// Bytes of objects in this cache.
-    bytes: Cell<usize>,
-    /// Frees so far: the age of cached objects.
+    /// Bytes granted to the entries: the sum of `(limit - bottom) * obj_size`.
+    granted: Cell<usize>,
+    /// Slow events so far (grants and evictions): the clock of the marks.
     tick: Cell<u64>,
-    /// Entries that may hold objects, linked through `next_listed`: every
-    /// entry with `count > 0` is on it; emptied ones leave it lazily, when
-    /// eviction walks it.
-    listed: Cell<*mut PoolCache>,
+    /// The tick of the last eviction.
+    evicted_at: Cell<u64>,
+    /// Slots of the bound entries, `nlisted` of them.
+    listed: [Cell<u16>; MAX_POOLS],
+    nlisted: Cell<usize>,
+    /// The registry's destroy count when this thread last emptied its
+    /// entries of dead pools.
+    swept: Cell<usize>,
     /// The registry's list of thread caches (under the registry lock).
     pub(crate) reg_next: Cell<*mut ThreadCache>,
-    /// Per-pool lists, indexed by `Pool::slot`.
-    table: [PoolCache; MAX_POOLS],
+}
+
+/// What the thread-local word points to while the thread has no cache: an
+/// all-zero cache whose entries match no pool, so that the hit path needs
+/// no null test. Never written.
+#[repr(C, align(64))]
+pub(crate) struct Empty(core::cell::UnsafeCell<[u8; size_of::<ThreadCache>()]>);
+// SAFETY: nobody ever writes it; it is read as an all-zero ThreadCache.
+unsafe impl Sync for Empty {}
+pub(crate) static EMPTY: Empty = Empty(core::cell::UnsafeCell::new([0; size_of::<ThreadCache>()]));
+
+impl Empty {
+    /// The address the thread-local word holds while a thread has no cache.
+    pub(crate) fn ptr(&self) -> *mut u8 {
+        self.0.get().cast()
+    }
 }
 
 thread_local! {
@@ -150,49 +335,132 @@ impl Drop for ExitGuard {
         // Later calls on this thread (from other TLS destructors) find no
         // cache, and `create` refuses: they take the cache-less path.
         let _ = CREATE_STATE.try_with(|s| s.set(EXITED));
-        let tc = tls::get().cast::<ThreadCache>();
-        tls::set(ptr::null_mut());
-        if let Some(tc) = NonNull::new(tc) {
-            registry::thread_exit(tc);
+        let tc = ThreadCache::existing();
+        tls::set(EMPTY.ptr());
+        if let Some(tc) = tc {
+            // SAFETY: the owner, leaving: nothing else runs on this cache.
+            unsafe { drain(tc) };
+            registry::thread_exit(NonNull::from(tc));
         }
     }
 }
 
-/// Exclusive use of a thread cache, by its owner for one operation (see
-/// [`ThreadCache::enter`]); released on drop.
-pub(crate) struct Held<'a> {
-    tc: &'a ThreadCache,
+/// The entry at byte offset `off` of this thread's table (of [`EMPTY`] if
+/// the thread has no cache).
+#[inline(always)]
+fn entry_at(off: u32) -> &'static Entry {
+    // SAFETY: the word points to this thread's cache or to EMPTY, both of
+    // which hold a whole table, and the mask keeps the offset inside it.
+    unsafe { &*tls::get().add((off & ENTRY_MASK) as usize).cast::<Entry>() }
 }
 
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        // Release: a claimer that acquires `active == false` sees every
-        // change this operation made to the lists.
-        self.tc.active.store(false, Release);
+/// The hit path of an allocation: the newest cached object of `pool`, or
+/// `None` for the slow path (no cache, empty down to the low water, a
+/// dead pool, or debugging options).
+#[inline(always)]
+pub(crate) fn alloc_hit(pool: &Pool) -> Option<NonNull<u8>> {
+    // Relaxed: a handle's stamp reached the caller through whatever
+    // published the handle; a destroy racing with this call is the
+    // caller's bug, which the registry makes harmless (module docs).
+    let stamp = pool.stamp.load(Relaxed);
+    let e = entry_at(pool.entry_off);
+    if e.own_key() != stamp {
+        return None;
+    }
+    let top = e.own_top();
+    if top == e.low.get() {
+        return None;
+    }
+    // SAFETY: `low < top` within the array: the slot below `top` holds a
+    // cached object of this pool, which is ours from now on.
+    unsafe {
+        let top = top.sub(1);
+        let obj = *top;
+        e.top.store(top, Relaxed);
+        clear_key(obj);
+        Some(NonNull::new_unchecked(obj))
     }
 }
 
-impl core::ops::Deref for Held<'_> {
-    type Target = ThreadCache;
-    fn deref(&self) -> &ThreadCache {
-        self.tc
+/// The hit path of a free: pushes `obj` and returns true, or returns false
+/// for the slow path (no room in the grant, a dead pool, debugging
+/// options, or the object already carrying the key of a free object).
+///
+/// # Safety
+/// `obj` is a non-null object that the caller gives back to `pool`.
+#[inline(always)]
+pub(crate) unsafe fn free_hit(pool: &Pool, obj: NonNull<u8>) -> bool {
+    // Relaxed: as in `alloc_hit`.
+    let stamp = pool.stamp.load(Relaxed);
+    let e = entry_at(pool.entry_off);
+    if e.own_key() != stamp {
+        return false;
     }
+    let key = obj.as_ptr().wrapping_add(KEY_OFFSET).cast::<u64>();
+    // SAFETY: an object of a live pool has at least MIN_OBJECT bytes, and
+    // every hand-out initialised its key word.
+    if unsafe { key.read() } == stamp {
+        return false;
+    }
+    let top = e.own_top();
+    if top == e.limit.get() {
+        return false;
+    }
+    // SAFETY: `top < limit <= end`: a slot of the array; the object is ours.
+    unsafe {
+        *top = obj.as_ptr();
+        e.top.store(top.add(1), Relaxed);
+        key.write(stamp);
+    }
+    true
+}
+
+/// Clears the key word of an object being handed out (see the module docs).
+///
+/// # Safety
+/// `obj` is an object of at least MIN_OBJECT bytes that the caller owns.
+#[inline(always)]
+pub(crate) unsafe fn clear_key(obj: *mut u8) {
+    // SAFETY: per the contract.
+    unsafe { obj.add(KEY_OFFSET).cast::<u64>().write(0) };
+}
+
+/// Whether `obj` carries `pool`'s key, as every object in a free state does.
+///
+/// # Safety
+/// `obj` is an object of `pool` whose key word was initialised.
+pub(crate) unsafe fn has_key(pool: &Pool, obj: NonNull<u8>) -> bool {
+    // SAFETY: per the contract.
+    unsafe { obj.as_ptr().add(KEY_OFFSET).cast::<u64>().read() == pool.key }
+}
+
+/// Writes `pool`'s key into an object entering a free state.
+///
+/// # Safety
+/// `obj` is an object of `pool` that the caller owns.
+pub(crate) unsafe fn set_key(pool: &Pool, obj: NonNull<u8>) {
+    // SAFETY: per the contract.
+    unsafe { obj.as_ptr().add(KEY_OFFSET).cast::<u64>().write(pool.key) };
 }
 
 impl ThreadCache {
     /// This thread's cache, created and registered on first use; `None` when
     /// it cannot be had (the thread is exiting, or no memory for the table).
-    #[inline(always)]
+    #[inline]
     pub(crate) fn current() -> Option<&'static ThreadCache> {
         Self::existing().or_else(Self::create)
     }
 
     /// This thread's cache if it has one already.
-    #[inline(always)]
+    #[inline]
     pub(crate) fn existing() -> Option<&'static ThreadCache> {
-        // SAFETY: the word holds null or a registered cache, which stays
-        // mapped until this thread's `ExitGuard` destructor clears the word.
-        NonNull::new(tls::get().cast::<ThreadCache>()).map(|tc| unsafe { &*tc.as_ptr() })
+        let tc = tls::get().cast::<ThreadCache>();
+        if ptr::eq(tc.cast(), EMPTY.ptr()) || tc.is_null() {
+            return None;
+        }
+        // SAFETY: the word holds a registered cache, which stays mapped
+        // until this thread's `ExitGuard` destructor resets the word.
+        Some(unsafe { &*tc })
     }
 
     #[cold]
@@ -227,6 +495,7 @@ impl ThreadCache {
         // ThreadCache (every field is valid all-zero) that only we see.
         let r = unsafe {
             (*tc.as_ptr()).home = registry::next_home();
+            (*tc.as_ptr()).swept.set(registry::destroys());
             &*tc.as_ptr()
         };
         // Registers the exit destructor; fails once the thread is exiting.
@@ -241,203 +510,496 @@ impl ThreadCache {
         Some(r)
     }
 
-    /// Starts an owner operation. While the guard lives, no claimer touches
-    /// this cache.
-    #[inline(always)]
-    pub(crate) fn enter(&self) -> Held<'_> {
-        // Relaxed, then the light fence: the claimer's heavy fence orders
-        // this store before our load of `claimed` (see the module docs).
-        self.active.store(true, Relaxed);
-        registry::light_fence();
-        // Acquire: if a claim just ended, see what the claimer changed.
-        if self.claimed.load(Acquire) {
-            self.wait_for_claimer();
-        }
-        Held { tc: self }
-    }
-
-    #[cold]
-    fn wait_for_claimer(&self) {
-        loop {
-            // Release: hand the claimer our lists as they are.
-            self.active.store(false, Release);
-            let backoff = Backoff::new();
-            while self.claimed.load(Acquire) {
-                backoff.snooze();
-            }
-            self.active.store(true, Relaxed);
-            registry::light_fence();
-            if !self.claimed.load(Acquire) {
-                return;
-            }
-        }
-    }
-
-    /// Marks the cache claimed; the claimer must then run the heavy fence
-    /// and [`ThreadCache::claim_wait`] before touching it.
-    pub(crate) fn claim_start(&self) {
-        // Relaxed: ordered before the claimer's reads of `active` by the
-        // heavy fence that follows.
-        self.claimed.store(true, Relaxed);
-    }
-
-    /// Waits until the owner is outside any operation. After this (and
-    /// until [`ThreadCache::claim_end`]) the claimer may use the
-    /// `*_claimed` methods.
-    pub(crate) fn claim_wait(&self) {
-        let backoff = Backoff::new();
-        // Acquire: pairs with the owner's Release in `Held::drop`.
-        while self.active.load(Acquire) {
-            backoff.snooze();
-        }
-    }
-
-    /// Gives the cache back to its owner.
-    pub(crate) fn claim_end(&self) {
-        // Release: the owner acquires it in `enter` and sees our changes.
-        self.claimed.store(false, Release);
-    }
-
-    /// The entry of `pool` in this thread, set up on first use.
-    #[inline(always)]
-    fn entry(&self, pool: &Pool) -> &PoolCache {
-        debug_assert!(pool.slot < MAX_POOLS);
-        // SAFETY: a pool's slot is below MAX_POOLS, checked once at its
-        // creation (`registry::create_with`), and never changes.
-        let pc = unsafe { self.table.get_unchecked(pool.slot) };
-        if !pc.serves(pool) {
-            Self::init_entry(pc, pool);
-        }
-        pc
-    }
-
-    #[cold]
-    fn init_entry(pc: &PoolCache, pool: &Pool) {
-        debug_assert!(
-            pc.pool.load(Relaxed).is_null(),
-            "slot reused while still in use"
-        );
-        pc.pool.store(ptr::from_ref(pool).cast_mut(), Relaxed);
-    }
-
     /// Objects of `pool` cached by this thread, for statistics; may lag an
     /// operation in flight on the owner thread.
     pub(crate) fn count_of(&self, pool: &Pool) -> usize {
-        let pc = &self.table[pool.slot];
-        if pc.serves(pool) {
-            // Relaxed: a statistic.
-            pc.count.load(Relaxed)
+        let e = &self.table[pool.slot];
+        // Relaxed: a statistic; the pool pointer is compared first, so the
+        // counts read are those of an entry bound to this pool.
+        let key = e.key.load(Relaxed);
+        if ptr::eq(e.pool.load(Relaxed), pool)
+            && [pool.key, closed(pool), recheck(pool)].contains(&key)
+        {
+            e.objects()
         } else {
             0
         }
     }
-}
 
-impl Held<'_> {
-    /// Unlinks and returns the newest object of `pool` in this thread.
-    ///
-    /// Counters: the pool's `count` and the thread's `bytes` drop.
-    #[inline(always)]
-    pub(crate) fn take(&self, pool: &Pool) -> Option<NonNull<u8>> {
-        let pc = self.entry(pool);
-        // Relaxed: only this thread writes `count` while it is held.
-        let n = pc.count.load(Relaxed);
-        if n == 0 {
+    /// The entry of `pool`, bound to it if it can be (not for objects larger
+    /// than an eighth of the budget, nor without memory for the array);
+    /// `for_put`: for a free, which an entry no longer takes once the
+    /// budget shrank below eight of its objects.
+    fn bound_entry(&self, pool: &Pool, for_put: bool) -> Option<&Entry> {
+        let e = &self.table[pool.slot];
+        // Relaxed: the owner's own entry.
+        let key = e.key.load(Relaxed);
+        if key == pool.key || key == closed(pool) || key == recheck(pool) {
+            // Objects the budget no longer lets a thread cache (it shrank
+            // below eight of them): the entry is closed, so that no hit
+            // pushes, and frees go elsewhere; what it holds stays until
+            // taken or evicted. An entry to recheck (the budget changed)
+            // opens again at its next free, which fits the thread into the
+            // budget first (`make_room`).
+            let fits = pool.obj_size <= options::cache_size() / 8;
+            let want = match (fits, for_put) {
+                (false, _) => closed(pool),
+                (true, true) => pool.key,
+                (true, false) if key == closed(pool) => pool.key,
+                (true, false) => key,
+            };
+            if want != key {
+                e.key.store(want, Relaxed);
+            }
+            return (fits || !for_put).then_some(e);
+        }
+        if e.key.load(Relaxed) != 0 {
+            // Bound to this head's previous life (a destroyed pool whose
+            // objects this thread still held): give those back first.
+            self.unbind(e);
+        }
+        self.sweep_if_destroyed();
+        let budget = options::cache_size();
+        if pool.obj_size > budget / 8 || pool.is_dead() {
             return None;
         }
-        let item = pc.newest.get();
-        // SAFETY: the cache is held and `n > 0`, so `item` is a cached
-        // object of it. Its `older` is meaningless when it is the only one,
-        // and then `count` says the list is empty.
-        pc.newest.set(unsafe { (*item).older });
-        pc.count.store(n - 1, Relaxed);
-        self.bytes.set(self.bytes.get() - pool.obj_size);
-        NonNull::new(item.cast())
+        if self.nlisted.get() == MAX_POOLS {
+            return None;
+        }
+        let block = array_block(pool);
+        let array = meta::obtain(block)?;
+        if !pool.bind() {
+            // Destroyed meanwhile (a call racing with pool_destroy).
+            // SAFETY: obtained above with this size, unused.
+            unsafe { meta::release(array, block) };
+            return None;
+        }
+        let cap = (block - size_of::<Marks>()) / size_of::<*mut u8>();
+        // SAFETY: the block starts with the marks, then `cap` slots.
+        let start = unsafe {
+            array.as_ptr().cast::<Marks>().write(Marks::EMPTY);
+            array.as_ptr().add(size_of::<Marks>()).cast::<*mut u8>()
+        };
+        e.start.set(start);
+        // SAFETY: `cap` slots were obtained.
+        e.end.set(unsafe { start.add(cap) });
+        e.bottom.store(start, Relaxed);
+        e.top.store(start, Relaxed);
+        e.low.set(start);
+        e.limit.set(start);
+        e.pool.store(ptr::from_ref(pool).cast_mut(), Relaxed);
+        let n = self.nlisted.get();
+        self.listed[n].set(pool.slot as u16);
+        self.nlisted.set(n + 1);
+        // Relaxed: the owner's own entry; a statistic reader compares the
+        // pool pointer stored above, which it may see late: then it counts 0.
+        e.key.store(pool.key, Relaxed);
+        Some(e)
     }
 
-    /// Links `obj` as the newest object of `pool` in this thread, then sends
-    /// the oldest objects to the shared cache if the thread is over `budget`.
-    ///
-    /// Counters: the pool's `count` and the thread's `bytes` grow.
-    ///
-    /// # Safety
-    /// `obj` is an object of `pool` that nobody uses any more.
-    #[inline(always)]
-    pub(crate) unsafe fn put(&self, pool: &Pool, obj: NonNull<u8>, budget: usize) {
-        let pc = self.entry(pool);
-        let item = obj.as_ptr().cast::<CachedItem>();
-        let tick = self.tick.get();
-        self.tick.set(tick + 1);
-        let n = pc.count.load(Relaxed);
-        let newest = pc.newest.get();
-        // SAFETY: the cache is held; `item` is free memory of at least
-        // MIN_OBJECT bytes (caller's contract).
+    /// Gives back every object of `e` (to the shared cache if its pool is
+    /// live, else to the system), releases its array and unbinds it.
+    fn unbind(&self, e: &Entry) {
+        let Some(pool) = e.bound_pool() else { return };
+        let n = e.objects();
+        let bottom = e.bottom.load(Relaxed);
+        let (start, cap) = (e.start.get(), self.capacity(e));
+        self.granted
+            .set(self.granted.get() - self.grant_of(e) * pool.obj_size);
+        e.key.store(0, Relaxed);
+        e.pool.store(ptr::null_mut(), Relaxed);
+        e.bottom.store(ptr::null_mut(), Relaxed);
+        e.top.store(ptr::null_mut(), Relaxed);
+        for c in [&e.low, &e.limit, &e.start, &e.end] {
+            c.set(ptr::null_mut());
+        }
+        let slot = pool.slot as u16;
+        let n_listed = self.nlisted.get();
+        if let Some(i) = (0..n_listed).find(|&i| self.listed[i].get() == slot) {
+            self.listed[i].set(self.listed[n_listed - 1].get());
+            self.nlisted.set(n_listed - 1);
+        }
+        // The entry is consistent (unbound) before any object leaves: a
+        // release that calls back into the pools finds it so.
+        // SAFETY: `[bottom, bottom + n)` are this pool's cached objects, ours.
+        unsafe { give_back(pool, self.home, bottom, n) };
+        // SAFETY: the block came from `meta::obtain` with this size, the
+        // marks in front of the slots.
         unsafe {
-            (*item).older = newest;
-            (*item).tick = tick;
+            meta::release(
+                NonNull::new_unchecked(start.cast::<u8>().sub(size_of::<Marks>())),
+                size_of::<Marks>() + cap * size_of::<*mut u8>(),
+            )
+        };
+        pool.unbind();
+    }
+
+    /// Empties this thread's entries of pools destroyed since it last looked.
+    fn sweep_if_destroyed(&self) {
+        let d = registry::destroys();
+        if self.swept.get() == d {
+            return;
         }
-        if n == 0 {
-            pc.oldest_item.set(item);
-            self.first_object(pc, tick);
-        } else {
-            // SAFETY: `n > 0`, so `newest` is a cached object of this held
-            // cache; it stops being the newest, so its `newer` must be set.
-            unsafe { (*newest).newer = item };
-        }
-        pc.newest.set(item);
-        pc.count.store(n + 1, Relaxed);
-        let bytes = self.bytes.get() + pool.obj_size;
-        self.bytes.set(bytes);
-        if bytes > budget {
-            self.evict_to(budget - budget / 8);
+        self.swept.set(d);
+        let mut i = 0;
+        while i < self.nlisted.get() {
+            let e = &self.table[self.listed[i].get() as usize];
+            match e.bound_pool() {
+                Some(p) if p.is_dead() => self.unbind(e),
+                _ => i += 1,
+            }
         }
     }
 
-    /// `pc` gets its only object, cached at `tick`: it is also the oldest,
-    /// and the entry must be on the `listed` list.
-    #[inline]
-    fn first_object(&self, pc: &PoolCache, tick: u64) {
-        pc.oldest.set(tick);
-        if !pc.is_listed.get() {
-            pc.is_listed.set(true);
-            pc.next_listed.set(self.listed.get());
-            self.listed.set(ptr::from_ref(pc).cast_mut());
+    /// The age marks of a bound entry.
+    #[allow(clippy::mut_from_ref)]
+    fn marks(&self, e: &Entry) -> &mut Marks {
+        // SAFETY: a bound entry's slots are preceded by its marks, which
+        // only the owner touches, one call at a time.
+        unsafe {
+            &mut *e
+                .start
+                .get()
+                .cast::<u8>()
+                .sub(size_of::<Marks>())
+                .cast::<Marks>()
         }
     }
 
-    /// Adds the objects of a cluster taken from the shared cache.
+    /// The index of slot `p` of `e`.
+    fn index(e: &Entry, p: *mut *mut u8) -> usize {
+        (p as usize - e.start.get() as usize) / size_of::<*mut u8>()
+    }
+
+    fn next_tick(&self) -> u64 {
+        let t = self.tick.get() + 1;
+        self.tick.set(t);
+        t
+    }
+
+    fn capacity(&self, e: &Entry) -> usize {
+        (e.end.get() as usize - e.start.get() as usize) / size_of::<*mut u8>()
+    }
+
+    /// Objects `e` may hold without asking: `limit - bottom`.
+    fn grant_of(&self, e: &Entry) -> usize {
+        (e.limit.get() as usize - e.bottom.load(Relaxed) as usize) / size_of::<*mut u8>()
+    }
+
+    /// The newest object of `pool` in this thread, through the slow path:
+    /// lowers the low water or refills from the shared cache.
+    pub(crate) fn take(&self, pool: &Pool) -> Option<NonNull<u8>> {
+        let e = self.bound_entry(pool, false)?;
+        let top = e.top.load(Relaxed);
+        if top == e.bottom.load(Relaxed) {
+            return self.refill(e, pool);
+        }
+        // SAFETY: `bottom < top`: the slot below `top` holds an object.
+        unsafe {
+            let top = top.sub(1);
+            if top < e.low.get() {
+                e.low.set(top);
+            }
+            e.top.store(top, Relaxed);
+            Some(NonNull::new_unchecked(*top))
+        }
+    }
+
+    /// The newest object of `pool` below the low water of its bound entry,
+    /// lowering the low water; `None` if the entry is unbound or empty. No
+    /// binding, no refill: what `Pool::alloc_slow` tries before pinning.
+    pub(crate) fn take_cached(&self, pool: &Pool) -> Option<NonNull<u8>> {
+        let e = &self.table[pool.slot];
+        let top = e.own_top();
+        if e.own_key() != pool.key || top == e.bottom.load(Relaxed) {
+            return None;
+        }
+        // SAFETY: `bottom < top`: the slot below `top` holds an object.
+        unsafe {
+            let top = top.sub(1);
+            if top < e.low.get() {
+                e.low.set(top);
+            }
+            e.top.store(top, Relaxed);
+            let obj = *top;
+            clear_key(obj);
+            Some(NonNull::new_unchecked(obj))
+        }
+    }
+
+    /// The oldest object of `pool` in this thread (the `cold-first` option).
+    pub(crate) fn take_oldest(&self, pool: &Pool) -> Option<NonNull<u8>> {
+        let e = self.bound_entry(pool, false)?;
+        let bottom = e.bottom.load(Relaxed);
+        if e.top.load(Relaxed) == bottom {
+            return self.refill(e, pool);
+        }
+        // SAFETY: `bottom < top`: `bottom` holds the oldest object.
+        unsafe {
+            let obj = *bottom;
+            let bottom = bottom.add(1);
+            self.marks(e).cut_below(Self::index(e, bottom));
+            e.bottom.store(bottom, Relaxed);
+            if e.low.get() < bottom {
+                e.low.set(bottom);
+            }
+            self.granted.set(self.granted.get() - pool.obj_size);
+            Some(NonNull::new_unchecked(obj))
+        }
+    }
+
+    /// An empty entry takes a cluster from the shared cache: one object for
+    /// the caller, as many of the rest as the budget grants, and the others
+    /// back (all of them for a closed entry, which `alloc_slow` then
+    /// serves from the shared cache).
+    fn refill(&self, e: &Entry, pool: &Pool) -> Option<NonNull<u8>> {
+        if e.key.load(Relaxed) != pool.key {
+            return None;
+        }
+        let cluster = pool.take_from_shared(self.home)?;
+        let first = cluster.first;
+        // SAFETY: the cluster is ours: its objects are linked through `down`.
+        let mut rest = unsafe { (*first.as_ptr()).down };
+        let mut left = cluster.len - 1;
+        while left > 0 && self.make_room(e, pool, false) {
+            // SAFETY: `top < limit` after make_room; `rest` heads the rest
+            // of our cluster, `left > 0` objects.
+            unsafe {
+                let next = (*rest).down;
+                let top = e.top.load(Relaxed);
+                *top = rest.cast();
+                e.top.store(top.add(1), Relaxed);
+                rest = next;
+            }
+            left -= 1;
+        }
+        if let Some(r) = NonNull::new(rest) {
+            pool.release_cluster(
+                self.home,
+                Cluster {
+                    first: r,
+                    len: left,
+                },
+            );
+        }
+        Some(first.cast())
+    }
+
+    /// The slow path of a free: grants room (evicting if the budget is
+    /// spent) and pushes; `false` when the object must go elsewhere (too
+    /// large to cache per thread, a dead pool, no memory for an array).
     ///
     /// # Safety
-    /// The cluster's objects belong to `pool` and are owned by the caller.
-    pub(crate) unsafe fn put_cluster(&self, pool: &Pool, cluster: Cluster) {
-        // SAFETY: the caller owns the cluster; each object goes to `put`
-        // exactly once. `usize::MAX`: a refill never evicts.
-        unsafe { cluster.for_each(|i| self.put(pool, i.cast(), usize::MAX)) };
+    /// The caller gives `obj` (of `pool`, carrying its key) to the cache.
+    pub(crate) unsafe fn put(&self, pool: &Pool, obj: NonNull<u8>) -> bool {
+        let Some(e) = self.bound_entry(pool, true) else {
+            return false;
+        };
+        if !self.make_room(e, pool, true) {
+            return false;
+        }
+        let top = e.top.load(Relaxed);
+        // SAFETY: `top < limit` after make_room.
+        unsafe {
+            *top = obj.as_ptr();
+            e.top.store(top.add(1), Relaxed);
+        }
+        true
     }
 
-    /// Moves the oldest objects to their shared caches until the thread holds
-    /// at most `target` bytes.
+    /// Makes `top < limit` for `e`, growing its grant by up to a cluster;
+    /// a free (`evict`) may evict to get it, a refill may not. Returns
+    /// whether there is room.
+    fn make_room(&self, e: &Entry, pool: &Pool, evict: bool) -> bool {
+        if e.top.load(Relaxed) < e.limit.get() {
+            return true;
+        }
+        let size = pool.obj_size;
+        let budget = options::cache_size();
+        // A grant is a step of a cluster: when the budget has no room for
+        // one, unused grants come back, and then the oldest objects leave,
+        // down to 7/8 of the budget counting the step (so that the next
+        // eviction is at least an eighth of the budget away).
+        let step = cluster_len(pool) * size;
+        if self.granted.get() + step > budget {
+            self.take_back_unused_grants();
+        }
+        if self.granted.get() + step > budget && evict {
+            self.evict_to((budget - budget / 8).saturating_sub(step));
+            self.take_back_unused_grants();
+        }
+        if e.bottom.load(Relaxed) == e.top.load(Relaxed) && e.limit.get() == e.end.get() {
+            // Evicted empty (or emptied by allocations) at the end of its
+            // array: start again at the beginning.
+            self.compact(e);
+        }
+        if e.limit.get() == e.end.get() {
+            self.compact(e);
+            if e.limit.get() == e.end.get() {
+                // The array is full (the budget grew since it was sized):
+                // its oldest cluster leaves.
+                if !evict {
+                    return false;
+                }
+                self.evict_from(e, cluster_len(pool));
+                self.compact(e);
+            }
+        }
+        let room = (budget.saturating_sub(self.granted.get()) / size)
+            .min(cluster_len(pool))
+            .min(self.capacity_left(e));
+        if room == 0 {
+            return false;
+        }
+        let tick = self.next_tick();
+        self.marks(e).push(Self::index(e, e.limit.get()), tick);
+        // SAFETY: `room` slots past `limit` are inside the array.
+        e.limit.set(unsafe { e.limit.get().add(room) });
+        self.granted.set(self.granted.get() + room * size);
+        true
+    }
+
+    fn capacity_left(&self, e: &Entry) -> usize {
+        (e.end.get() as usize - e.limit.get() as usize) / size_of::<*mut u8>()
+    }
+
+    /// Moves `e`'s stack to the start of its array (bounds move with it).
+    fn compact(&self, e: &Entry) {
+        let (start, bottom) = (e.start.get(), e.bottom.load(Relaxed));
+        if bottom == start {
+            return;
+        }
+        let n = e.objects();
+        // SAFETY: `[bottom, limit)` lies inside the array; the copy may
+        // overlap; every bound moves down by the same distance.
+        unsafe {
+            let d = bottom.offset_from(start) as usize;
+            self.marks(e).shift(d);
+            ptr::copy(bottom, start, n);
+            e.bottom.store(start, Relaxed);
+            e.top.store(start.add(n), Relaxed);
+            e.low.set(e.low.get().sub(d));
+            e.limit.set(e.limit.get().sub(d));
+        }
+    }
+
+    /// Every entry's grant shrinks to the objects it holds.
+    fn take_back_unused_grants(&self) {
+        for i in 0..self.nlisted.get() {
+            let e = &self.table[self.listed[i].get() as usize];
+            let Some(pool) = e.bound_pool() else { continue };
+            let top = e.top.load(Relaxed);
+            let unused = (e.limit.get() as usize - top as usize) / size_of::<*mut u8>();
+            e.limit.set(top);
+            self.granted
+                .set(self.granted.get() - unused * pool.obj_size);
+        }
+    }
+
+    /// Evicts oldest-first (module docs) until the thread caches at most
+    /// `target` bytes, then starts a new low-water period.
     #[cold]
     pub(crate) fn evict_to(&self, target: usize) {
-        // SAFETY: the cache is held by us.
-        unsafe { evict_to(self.tc, target) }
+        self.sweep_if_destroyed();
+        self.age_by_low_water();
+        loop {
+            let mut cached = 0;
+            let mut oldest: Option<(&Entry, u64)> = None;
+            for i in 0..self.nlisted.get() {
+                let e = &self.table[self.listed[i].get() as usize];
+                let Some(pool) = e.bound_pool() else { continue };
+                let n = e.objects();
+                if n == 0 || pool.is_dead() {
+                    continue;
+                }
+                cached += n * pool.obj_size;
+                let t = self.marks(e).oldest();
+                if oldest.is_none_or(|(_, o)| t < o) {
+                    oldest = Some((e, t));
+                }
+            }
+            let Some((e, _)) = oldest.filter(|_| cached > target) else {
+                break;
+            };
+            let pool = e.bound_pool().expect("listed entries are bound");
+            self.evict_from(e, cluster_len(pool));
+        }
+        let tick = self.next_tick();
+        self.evicted_at.set(tick);
+        for i in 0..self.nlisted.get() {
+            let e = &self.table[self.listed[i].get() as usize];
+            if e.bound_pool().is_some() {
+                let top = e.top.load(Relaxed);
+                e.low.set(top);
+                // What hits push from here on is no older than now.
+                self.marks(e).push(Self::index(e, top), tick);
+            }
+        }
+        self.sweep_if_destroyed();
+    }
+
+    /// Objects above an entry's low water were pushed again since the last
+    /// eviction (allocations took the stack down to the low water after
+    /// it): their marks must not say they are older.
+    fn age_by_low_water(&self) {
+        let since = self.evicted_at.get();
+        for i in 0..self.nlisted.get() {
+            let e = &self.table[self.listed[i].get() as usize];
+            if e.bound_pool().is_some() && e.low.get() < e.top.load(Relaxed) {
+                let low = e.low.get().max(e.bottom.load(Relaxed));
+                self.marks(e).no_older_than(Self::index(e, low), since);
+            }
+        }
+    }
+
+    /// Takes up to `max` objects from the bottom of `e` and gives them to
+    /// the pool's shared cache as one cluster.
+    fn evict_from(&self, e: &Entry, max: usize) {
+        let Some(pool) = e.bound_pool() else { return };
+        let n = max.min(e.objects());
+        if n == 0 {
+            return;
+        }
+        let bottom = e.bottom.load(Relaxed);
+        // SAFETY: `n` objects from `bottom` are cached; the bounds move past
+        // them before they leave, so the entry is consistent meanwhile.
+        unsafe {
+            let nb = bottom.add(n);
+            self.marks(e).cut_below(Self::index(e, nb));
+            e.bottom.store(nb, Relaxed);
+            if e.low.get() < nb {
+                e.low.set(nb);
+            }
+            self.granted.set(self.granted.get() - n * pool.obj_size);
+            give_back(pool, self.home, bottom, n);
+        }
     }
 }
 
-/// Moves oldest-first clusters out of `tc` until it holds `target` bytes.
+/// Gives `n` objects whose pointers start at `slots` to `pool`: to its
+/// shared cache as clusters while it is live, else to the system.
 ///
 /// # Safety
-/// The caller holds `tc` (owner operation, claim, or exiting owner).
-pub(crate) unsafe fn evict_to(tc: &ThreadCache, target: usize) {
-    while tc.bytes.get() > target {
-        // SAFETY: the caller holds `tc`.
-        let Some(pc) = (unsafe { oldest_entry(tc) }) else {
-            break;
-        };
-        // SAFETY: an entry that holds objects points to its live pool.
-        let len = cluster_len(unsafe { &*pc.pool.load(Relaxed) });
-        // SAFETY: `pc` is an entry of this held cache.
-        unsafe { evict_cluster(tc, pc, len) };
+/// The `n` pointers are objects of `pool` that the caller owns; the slots
+/// are not written meanwhile (the entry no longer covers them).
+unsafe fn give_back(pool: &Pool, home: usize, slots: *mut *mut u8, n: usize) {
+    let len = cluster_len(pool);
+    let mut i = 0;
+    while i < n {
+        let m = len.min(n - i);
+        let mut first: *mut Item = ptr::null_mut();
+        for j in (i..i + m).rev() {
+            // SAFETY: per the contract; the object becomes an Item.
+            unsafe {
+                let it = (*slots.add(j)).cast::<Item>();
+                (*it).down = first;
+                first = it;
+            }
+        }
+        // SAFETY: `m > 0`, so `first` is an object.
+        let first = unsafe { NonNull::new_unchecked(first) };
+        pool.release_from_cache(home, Cluster { first, len: m });
+        i += m;
     }
 }
 
@@ -446,7 +1008,7 @@ pub(crate) unsafe fn evict_to(tc: &ThreadCache, target: usize) {
 /// `CLUSTER` objects. Small objects move many at a time, so that the shared
 /// cache's atomic operations (one per cluster) stay rare per object; large
 /// ones move few, so that one eviction does not empty most of the budget.
-fn cluster_len(pool: &Pool) -> usize {
+pub(crate) fn cluster_len(pool: &Pool) -> usize {
     let bytes = CLUSTER_BYTES.min(options::cache_size() / 16);
     (bytes / pool.obj_size).clamp(CLUSTER, MAX_CLUSTER)
 }
@@ -456,113 +1018,51 @@ const CLUSTER_BYTES: usize = 4096;
 /// Most objects in one cluster.
 const MAX_CLUSTER: usize = 64;
 
-/// The entry holding the thread's oldest object, dropping emptied entries
-/// from the `listed` list on the way.
+/// Gives every cached object of `tc` back and unbinds every entry.
 ///
 /// # Safety
-/// The caller holds `tc`.
-unsafe fn oldest_entry(tc: &ThreadCache) -> Option<&PoolCache> {
-    let mut best: Option<&PoolCache> = None;
-    let mut link = &tc.listed;
-    // SAFETY: listed entries are entries of `tc`'s table, which lives as
-    // long as `tc`; only the holder walks or changes the list.
-    while let Some(pc) = unsafe { link.get().as_ref() } {
-        // Relaxed: the holder is the only writer of `count`.
-        if pc.count.load(Relaxed) == 0 {
-            link.set(pc.next_listed.get());
-            pc.is_listed.set(false);
-            continue;
-        }
-        if best.is_none_or(|b| pc.oldest.get() < b.oldest.get()) {
-            best = Some(pc);
-        }
-        link = &pc.next_listed;
-    }
-    best
-}
-
-/// Unlinks up to `max` oldest objects of one pool and gives them to the
-/// pool's shared cache as one cluster.
-///
-/// # Safety
-/// The caller holds `tc`; `pc` is one of its entries.
-unsafe fn evict_cluster(tc: &ThreadCache, pc: &PoolCache, max: usize) -> usize {
-    // Relaxed: the holder is the only writer of `count`.
-    let count = pc.count.load(Relaxed);
-    let n = max.min(count);
-    let mut first: *mut Item = ptr::null_mut();
-    let mut item = pc.oldest_item.get();
-    for i in 0..n {
-        // SAFETY: the cache is held and `item` is one of the `n` oldest
-        // objects of this list. Its `newer` is valid unless it is the
-        // newest (`i + 1 == count`), where it is not read (it may never
-        // have been written). It is read before `down`, at the same offset,
-        // overwrites it; from then on the object is ours, an Item.
-        unsafe {
-            let newer = if i + 1 < count {
-                (*item).newer
-            } else {
-                ptr::null_mut()
-            };
-            let it = item.cast::<Item>();
-            (*it).down = first;
-            first = it;
-            item = newer;
-        }
-    }
-    if let Some(first) = NonNull::new(first) {
-        let left = count - n;
-        if left > 0 {
-            pc.oldest_item.set(item);
-            // SAFETY: `item` is now the oldest object of the list.
-            pc.oldest.set(unsafe { (*item).tick });
-        }
-        pc.count.store(left, Relaxed);
-        // SAFETY: an entry in use points to its live pool.
-        let pool = unsafe { &*pc.pool.load(Relaxed) };
-        tc.bytes.set(tc.bytes.get() - n * pool.obj_size);
-        pool.release_cluster(tc.home, Cluster { first, len: n });
-    }
-    n
-}
-
-/// Gives every cached object of `tc` back to the shared caches.
-///
-/// # Safety
-/// The caller holds `tc`.
+/// The caller is `tc`'s owner (or, in a fork child, the only thread left).
 pub(crate) unsafe fn drain(tc: &ThreadCache) {
-    // SAFETY: forwarded.
-    unsafe { evict_to(tc, 0) };
+    while tc.nlisted.get() > 0 {
+        let e = &tc.table[tc.listed[0].get() as usize];
+        tc.unbind(e);
+    }
 }
 
-/// Releases every object of `pool` cached in `tc` to the backing allocator
-/// and resets the entry, for `pool_destroy`.
-///
-/// # Safety
-/// The caller holds `tc` (a claim).
-pub(crate) unsafe fn reclaim_pool(tc: &ThreadCache, pool: &Pool) {
-    let pc = &tc.table[pool.slot];
-    if !pc.serves(pool) {
-        return;
-    }
-    // Relaxed: the claimer is the only writer of `count` meanwhile.
-    let count = pc.count.load(Relaxed);
-    let mut item = pc.newest.get();
-    for _ in 0..count {
-        // SAFETY: the cache is held and `item` is one of its `count`
-        // objects, newest first. `older` is read before the object goes
-        // back to the system (which may unmap it).
-        unsafe {
-            let older = (*item).older;
-            pool.release_to_os(tc.home, NonNull::new_unchecked(item.cast()));
-            item = older;
+/// This thread's entry of `pool`, emptied and unbound (`pool_destroy`).
+pub(crate) fn release_own(pool: &Pool) {
+    if let Some(tc) = ThreadCache::existing() {
+        let e = &tc.table[pool.slot];
+        if ptr::eq(e.pool.load(Relaxed), pool) {
+            tc.unbind(e);
         }
     }
-    tc.bytes.set(tc.bytes.get() - count * pool.obj_size);
-    // The entry may stay on the owner's `listed` list: being empty, the
-    // next eviction drops it (the claimer leaves that list alone).
-    pc.count.store(0, Relaxed);
-    pc.pool.store(ptr::null_mut(), Relaxed);
+}
+
+/// After `pool_set_cache_size`: this thread's entries are to be checked
+/// again and its unused grants come back, so that its next free of each
+/// pool fits the thread into the new budget (evicting if it must) or finds
+/// the pool now too large to cache. Other threads follow at their next
+/// grant.
+pub(crate) fn fit_budget() {
+    if let Some(tc) = ThreadCache::existing() {
+        for i in 0..tc.nlisted.get() {
+            let e = &tc.table[tc.listed[i].get() as usize];
+            if let Some(pool) = e.bound_pool() {
+                if e.key.load(Relaxed) == pool.key {
+                    e.key.store(recheck(pool), Relaxed);
+                }
+            }
+        }
+        tc.take_back_unused_grants();
+    }
+}
+
+/// Moves every object this thread caches to the shared caches.
+pub(crate) fn evict_all() {
+    if let Some(tc) = ThreadCache::existing() {
+        tc.evict_to(0);
+    }
 }
 
 /// Unmaps a thread cache that is drained and unregistered.
@@ -574,289 +1074,5 @@ pub(crate) unsafe fn unmap(tc: NonNull<ThreadCache>) {
     unsafe { os::unmap(tc.cast(), size_of::<ThreadCache>()) };
 }
 
-/// For the `cold-first` debugging option (HAProxy's `-dMcold-first`): kept
-/// apart from the hot path, which always takes the newest object.
-impl Held<'_> {
-    /// Unlinks and returns the oldest object of `pool` in this thread.
-    ///
-    /// Counters: the pool's `count` and the thread's `bytes` drop.
-    pub(crate) fn take_oldest(&self, pool: &Pool) -> Option<NonNull<u8>> {
-        let pc = self.entry(pool);
-        // Relaxed: only this thread writes `count` while it is held.
-        let n = pc.count.load(Relaxed);
-        if n == 0 {
-            return None;
-        }
-        let item = pc.oldest_item.get();
-        if n > 1 {
-            // SAFETY: the cache is held and `item` is its oldest object of
-            // `pool`; not the newest (`n > 1`), so its `newer` is valid and
-            // becomes the oldest.
-            unsafe {
-                let newer = (*item).newer;
-                pc.oldest_item.set(newer);
-                pc.oldest.set((*newer).tick);
-            }
-        }
-        pc.count.store(n - 1, Relaxed);
-        self.bytes.set(self.bytes.get() - pool.obj_size);
-        NonNull::new(item.cast())
-    }
-}
-
 #[cfg(all(test, not(loom)))]
-mod tests {
-    use super::ThreadCache;
-    use crate::pool::Pool;
-    use crate::registry::{self, Destroyed};
-    use crate::shared_cache::CLUSTER;
-    use core::ptr::NonNull;
-    use std::collections::HashMap;
-    use std::sync::mpsc;
-
-    /// A pool whose shared cache a concurrent test's `gc()` leaves alone.
-    fn pool(name: &core::ffi::CStr, size: usize) -> &'static Pool {
-        let p = registry::create(name, size, 0).expect("pool");
-        p.minavail
-            .store(usize::MAX, core::sync::atomic::Ordering::Relaxed);
-        p
-    }
-
-    #[test]
-    fn newest_object_comes_back_first() {
-        let p = pool(c"tc-lifo", 64);
-        let a = p.alloc().unwrap();
-        let b = p.alloc().unwrap();
-        // SAFETY: both objects came from `p` and are given back once.
-        unsafe {
-            p.free(a);
-            p.free(b);
-        }
-        assert_eq!(p.alloc(), Some(b));
-        assert_eq!(p.alloc(), Some(a));
-        // SAFETY: as above.
-        unsafe {
-            p.free(a);
-            p.free(b);
-        }
-        assert_eq!(registry::stats(p).cached, 2);
-    }
-
-    /// Over budget, the oldest objects leave for the shared cache; what
-    /// stays is the newest, and comes back newest first.
-    #[test]
-    fn eviction_sends_the_oldest_to_the_shared_cache() {
-        let size = 4096;
-        let p = pool(c"tc-lru", size);
-        let budget = crate::options::cache_size();
-        let n = 2 * budget / size;
-        let objs: Vec<_> = (0..n).map(|_| p.alloc().unwrap()).collect();
-        for &o in &objs {
-            // SAFETY: each object came from `p` and is given back once.
-            unsafe { p.free(o) };
-        }
-        let s = registry::stats(p);
-        assert!(s.cached * size <= budget, "over budget: {s:?}");
-        assert!(s.cached * size > budget / 2, "evicted far too much: {s:?}");
-        assert_eq!(s.cached + s.shared, n);
-        assert_eq!(s.used, 0);
-        // The cached ones are the last freed, returned newest first.
-        for i in 0..s.cached {
-            assert_eq!(p.alloc(), Some(objs[n - 1 - i]));
-        }
-        // Then come objects of the shared cache: all from the oldest ones.
-        let next = p.alloc().unwrap();
-        assert!(objs[..n - s.cached].contains(&next));
-        // Give back what the test still holds (Miri's leak check sees it).
-        for &o in objs[n - s.cached..].iter().chain([&next]) {
-            // SAFETY: each object came from `p` and is given back once.
-            unsafe { p.free(o) };
-        }
-    }
-
-    /// Small objects leave in clusters of about `CLUSTER_BYTES`, not of
-    /// `CLUSTER` objects.
-    #[test]
-    #[cfg_attr(
-        miri,
-        ignore = "thousands of objects; eviction's memory safety is covered above"
-    )]
-    fn small_objects_leave_in_large_clusters() {
-        let p = pool(c"tc-cluster", 64);
-        let budget = crate::options::cache_size();
-        let len = super::cluster_len(p);
-        assert_eq!(len, super::CLUSTER_BYTES.min(budget / 16) / 64);
-        assert!(len > CLUSTER);
-        let n = budget / 64 + 1;
-        let objs: Vec<_> = (0..n).map(|_| p.alloc().unwrap()).collect();
-        for &o in &objs {
-            // SAFETY: each object came from `p` and is given back once.
-            unsafe { p.free(o) };
-        }
-        let s = registry::stats(p);
-        // The fewest whole clusters that bring the thread to 7/8 of budget.
-        let excess = n - (budget - budget / 8) / 64;
-        assert_eq!(s.shared, excess.div_ceil(len) * len, "{s:?}");
-    }
-
-    /// Eviction is oldest-first across pools, in clusters: with objects of
-    /// two pools freed alternately, both pools keep their newest objects,
-    /// and about as many each (a per-pool order would empty one pool).
-    #[test]
-    fn eviction_is_oldest_first_across_pools() {
-        let size = 4096;
-        let (a, b) = (pool(c"tc-lru-a", size), pool(c"tc-lru-b", size));
-        let budget = crate::options::cache_size();
-        // Twice the budget, half of it from each pool.
-        let n = budget / size;
-        let objs: Vec<_> = (0..n)
-            .flat_map(|_| [(a, a.alloc().unwrap()), (b, b.alloc().unwrap())])
-            .collect();
-        for &(p, o) in &objs {
-            // SAFETY: each object came from `p` and is given back once.
-            unsafe { p.free(o) };
-        }
-        let (sa, sb) = (registry::stats(a), registry::stats(b));
-        assert!((sa.cached + sb.cached) * size <= budget, "{sa:?} {sb:?}");
-        assert!(sa.cached.abs_diff(sb.cached) <= CLUSTER, "{sa:?} {sb:?}");
-        for (p, kept) in [(a, sa.cached), (b, sb.cached)] {
-            let newest = objs.iter().rev().filter(|(q, _)| core::ptr::eq(*q, p));
-            let got: Vec<_> = (0..kept).map(|_| p.alloc().unwrap()).collect();
-            let want: Vec<_> = newest.take(kept).map(|&(_, o)| o).collect();
-            assert_eq!(got, want);
-            for o in got {
-                // SAFETY: as above.
-                unsafe { p.free(o) };
-            }
-        }
-    }
-
-    /// An allocation leaves a stale `newer` on the object it uncovers; the
-    /// next free must overwrite it, or the oldest-first walk would follow
-    /// it to an object that left the cache.
-    #[test]
-    fn oldest_first_walk_survives_allocations() {
-        let p = pool(c"tc-walk", 64);
-        let [a, b, c] = [(); 3].map(|_| p.alloc().unwrap());
-        let tc = ThreadCache::current().unwrap();
-        let held = tc.enter();
-        // SAFETY: each object came from `p` and is not used while cached.
-        unsafe {
-            held.put(p, a, usize::MAX);
-            held.put(p, b, usize::MAX);
-            assert_eq!(held.take(p), Some(b));
-            held.put(p, c, usize::MAX);
-        }
-        assert_eq!(held.take_oldest(p), Some(a));
-        assert_eq!(held.take_oldest(p), Some(c));
-        assert_eq!(held.take(p), None);
-        drop(held);
-        for o in [a, b, c] {
-            // SAFETY: the objects are ours again, given back once.
-            unsafe { p.free(o) };
-        }
-    }
-
-    #[test]
-    fn exiting_thread_gives_its_cache_back() {
-        let p = pool(c"tc-exit", 128);
-        std::thread::spawn(move || {
-            let objs: Vec<_> = (0..10).map(|_| p.alloc().unwrap()).collect();
-            for o in objs {
-                // SAFETY: each object came from `p` and is given back once.
-                unsafe { p.free(o) };
-            }
-            assert_eq!(registry::stats(p).cached, 10);
-        })
-        .join()
-        .unwrap();
-        let s = registry::stats(p);
-        assert_eq!((s.cached, s.shared, s.used, s.allocated), (0, 10, 0, 10));
-    }
-
-    /// pool_destroy takes back the objects of a thread that is alive and
-    /// blocked, and that thread's cache keeps working afterwards.
-    #[test]
-    fn destroy_reclaims_from_a_blocked_thread() {
-        let p = pool(c"tc-destroy", 256);
-        let other = pool(c"tc-destroy-other", 256);
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (go_tx, go_rx) = mpsc::channel::<()>();
-        let t = std::thread::spawn(move || {
-            let objs: Vec<_> = (0..20).map(|_| p.alloc().unwrap()).collect();
-            let o = other.alloc().unwrap();
-            for x in objs {
-                // SAFETY: each object came from `p` and is given back once.
-                unsafe { p.free(x) };
-            }
-            // SAFETY: as above.
-            unsafe { other.free(o) };
-            ready_tx.send(()).unwrap();
-            go_rx.recv().unwrap();
-            // The destroyed pool's objects are gone from our LRU: evicting
-            // everything must only find `other`'s object.
-            crate::evict_local_cache();
-            let s = registry::stats(other);
-            (s.cached, s.shared)
-        });
-        ready_rx.recv().unwrap();
-        assert_eq!(registry::stats(p).cached, 20);
-        assert_eq!(registry::destroy(p), Ok(Destroyed::Released));
-        go_tx.send(()).unwrap();
-        assert_eq!(t.join().unwrap(), (0, 1));
-        // SAFETY: heads are never released; `p` is now a dead handle.
-        assert!(unsafe { Pool::from_handle(p) }.is_none());
-    }
-
-    /// An object crossing threads, with its pointer's provenance (an address
-    /// turned back into a pointer would hide it from Miri's leak check).
-    struct Obj(NonNull<u8>);
-    // SAFETY: an object is plain memory owned by whoever holds the `Obj`.
-    unsafe impl Send for Obj {}
-
-    /// Many threads allocate, hand objects to each other and free them; no
-    /// object is handed out twice and every counter balances at the end.
-    #[test]
-    fn cross_thread_traffic_balances() {
-        let p = pool(c"tc-stress", 48);
-        let threads = 4;
-        let rounds = if cfg!(miri) { 50 } else { 20_000 };
-        let (txs, rxs): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::channel::<Obj>()).unzip();
-        let free = |x: Obj| {
-            // SAFETY: every object passed here is an object of `p` that
-            // its holder gives back exactly once.
-            unsafe { p.free(x.0) }
-        };
-        let handles: Vec<_> = rxs
-            .into_iter()
-            .enumerate()
-            .map(|(t, rx)| {
-                let next = txs[(t + 1) % threads].clone();
-                std::thread::spawn(move || {
-                    let mut live = HashMap::new();
-                    for i in 0..rounds {
-                        let o = p.alloc().unwrap();
-                        let a = o.as_ptr().addr();
-                        assert!(live.insert(a, Obj(o)).is_none(), "object handed out twice");
-                        if i % 3 == 0 {
-                            next.send(live.remove(&a).unwrap()).unwrap();
-                        }
-                        rx.try_iter().for_each(free);
-                        if live.len() > 64 {
-                            let x = *live.keys().next().unwrap();
-                            free(live.remove(&x).unwrap());
-                        }
-                    }
-                    live.into_values().for_each(free);
-                    rx
-                })
-            })
-            .collect();
-        drop(txs);
-        let rxs: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        rxs.iter().for_each(|rx| rx.try_iter().for_each(free));
-        let s = registry::stats(p);
-        assert_eq!(s.used, 0, "objects lost: {s:?}");
-        assert_eq!(s.allocated, s.cached + s.shared);
-    }
-}
+mod tests;

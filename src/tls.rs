@@ -14,20 +14,28 @@
 //! libpools_malloc.so) has its own word. The word carries no destructor: the
 //! thread-exit drain stays on a `thread_local!` in `thread_cache`, touched
 //! only when a cache is created.
+//!
+//! The word is never null: until a thread has a cache it points to
+//! `thread_cache::EMPTY`, an all-zero cache that no pool matches, so the hit
+//! path needs no null test. On x86-64 this is the word's initial value in
+//! the TLS image (`.tdata`, relocated by the loader before any thread copies
+//! it); elsewhere `get` maps null to it.
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri), not(loom)))]
 mod imp {
-    // An 8-byte, 8-aligned, zero-initialised TLS object (`.tbss`).
+    // An 8-byte, 8-aligned TLS object (`.tdata`) whose initial value is
+    // the address of the empty cache.
     core::arch::global_asm!(
-        ".pushsection .tbss.pools_tls_word,\"awT\",@nobits",
+        ".pushsection .tdata.pools_tls_word,\"awT\",@progbits",
         ".p2align 3",
         ".globl pools_tls_word",
         ".hidden pools_tls_word",
         ".type pools_tls_word,@object",
         ".size pools_tls_word,8",
         "pools_tls_word:",
-        ".zero 8",
+        ".quad {empty}",
         ".popsection",
+        empty = sym crate::thread_cache::EMPTY,
     );
 
     /// This thread's word.
@@ -74,10 +82,16 @@ mod imp {
         static WORD: Cell<*mut u8> = const { Cell::new(core::ptr::null_mut()) };
     }
 
-    /// This thread's word (null while the thread is being torn down).
+    /// This thread's word (the empty cache until it is set, and while the
+    /// thread is being torn down).
     #[inline]
     pub(crate) fn get() -> *mut u8 {
-        WORD.try_with(Cell::get).unwrap_or(core::ptr::null_mut())
+        let w = WORD.try_with(Cell::get).unwrap_or(core::ptr::null_mut());
+        if w.is_null() {
+            crate::thread_cache::EMPTY.ptr()
+        } else {
+            w
+        }
     }
 
     /// Sets this thread's word.

@@ -1,0 +1,257 @@
+use super::ThreadCache;
+use crate::pool::Pool;
+use crate::registry::{self, Destroyed};
+use crate::shared_cache::CLUSTER;
+use core::ptr::NonNull;
+use std::collections::HashMap;
+use std::sync::mpsc;
+
+/// A pool whose shared cache a concurrent test's `gc()` leaves alone.
+fn pool(name: &core::ffi::CStr, size: usize) -> &'static Pool {
+    let p = registry::create(name, size, 0).expect("pool");
+    p.minavail
+        .store(usize::MAX, core::sync::atomic::Ordering::Relaxed);
+    p
+}
+
+#[test]
+fn newest_object_comes_back_first() {
+    let p = pool(c"tc-lifo", 64);
+    let a = p.alloc().unwrap();
+    let b = p.alloc().unwrap();
+    // SAFETY: both objects came from `p` and are given back once.
+    unsafe {
+        p.free(a);
+        p.free(b);
+    }
+    assert_eq!(p.alloc(), Some(b));
+    assert_eq!(p.alloc(), Some(a));
+    // SAFETY: as above.
+    unsafe {
+        p.free(a);
+        p.free(b);
+    }
+    assert_eq!(registry::stats(p).cached, 2);
+}
+
+/// Over budget, the oldest objects leave for the shared cache; what
+/// stays is the newest, and comes back newest first.
+#[test]
+fn eviction_sends_the_oldest_to_the_shared_cache() {
+    let size = 4096;
+    let p = pool(c"tc-lru", size);
+    let budget = crate::options::cache_size();
+    let n = 2 * budget / size;
+    let objs: Vec<_> = (0..n).map(|_| p.alloc().unwrap()).collect();
+    for &o in &objs {
+        // SAFETY: each object came from `p` and is given back once.
+        unsafe { p.free(o) };
+    }
+    let s = registry::stats(p);
+    assert!(s.cached * size <= budget, "over budget: {s:?}");
+    assert!(s.cached * size > budget / 2, "evicted far too much: {s:?}");
+    assert_eq!(s.cached + s.shared, n);
+    assert_eq!(s.used, 0);
+    // The cached ones are the last freed, returned newest first.
+    for i in 0..s.cached {
+        assert_eq!(p.alloc(), Some(objs[n - 1 - i]));
+    }
+    // Then come objects of the shared cache: all from the oldest ones.
+    let next = p.alloc().unwrap();
+    assert!(objs[..n - s.cached].contains(&next));
+    // Give back what the test still holds (Miri's leak check sees it).
+    for &o in objs[n - s.cached..].iter().chain([&next]) {
+        // SAFETY: each object came from `p` and is given back once.
+        unsafe { p.free(o) };
+    }
+}
+
+/// Small objects leave in clusters of about `CLUSTER_BYTES`, not of
+/// `CLUSTER` objects.
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of objects; eviction's memory safety is covered above"
+)]
+fn small_objects_leave_in_large_clusters() {
+    let p = pool(c"tc-cluster", 64);
+    let budget = crate::options::cache_size();
+    let len = super::cluster_len(p);
+    assert_eq!(len, super::CLUSTER_BYTES.min(budget / 16) / 64);
+    assert!(len > CLUSTER);
+    let n = budget / 64 + 1;
+    let objs: Vec<_> = (0..n).map(|_| p.alloc().unwrap()).collect();
+    for &o in &objs {
+        // SAFETY: each object came from `p` and is given back once.
+        unsafe { p.free(o) };
+    }
+    let s = registry::stats(p);
+    // The fewest whole clusters that bring the thread to 7/8 of budget.
+    let excess = n - (budget - budget / 8) / 64;
+    assert_eq!(s.shared, excess.div_ceil(len) * len, "{s:?}");
+}
+
+/// Eviction is oldest-first across pools, in clusters: with objects of
+/// two pools freed alternately, both pools keep their newest objects,
+/// and about as many each (a per-pool order would empty one pool).
+#[test]
+fn eviction_is_oldest_first_across_pools() {
+    let size = 4096;
+    let (a, b) = (pool(c"tc-lru-a", size), pool(c"tc-lru-b", size));
+    let budget = crate::options::cache_size();
+    // Twice the budget, half of it from each pool.
+    let n = budget / size;
+    let objs: Vec<_> = (0..n)
+        .flat_map(|_| [(a, a.alloc().unwrap()), (b, b.alloc().unwrap())])
+        .collect();
+    for &(p, o) in &objs {
+        // SAFETY: each object came from `p` and is given back once.
+        unsafe { p.free(o) };
+    }
+    let (sa, sb) = (registry::stats(a), registry::stats(b));
+    assert!((sa.cached + sb.cached) * size <= budget, "{sa:?} {sb:?}");
+    assert!(sa.cached.abs_diff(sb.cached) <= CLUSTER, "{sa:?} {sb:?}");
+    for (p, kept) in [(a, sa.cached), (b, sb.cached)] {
+        let newest = objs.iter().rev().filter(|(q, _)| core::ptr::eq(*q, p));
+        let got: Vec<_> = (0..kept).map(|_| p.alloc().unwrap()).collect();
+        let want: Vec<_> = newest.take(kept).map(|&(_, o)| o).collect();
+        assert_eq!(got, want);
+        for o in got {
+            // SAFETY: as above.
+            unsafe { p.free(o) };
+        }
+    }
+}
+
+/// The stack's two ends: a plain take pops the newest, `take_oldest` (the
+/// `cold-first` option) the bottom, across pushes and pops in between.
+#[test]
+fn both_ends_of_the_stack() {
+    let p = pool(c"tc-ends", 64);
+    let [a, b, c] = [(); 3].map(|_| p.alloc().unwrap());
+    let tc = ThreadCache::current().unwrap();
+    // SAFETY: each object came from `p` and is not used while cached; the
+    // key marks it free, as `Pool::free` does.
+    let put = |o| unsafe {
+        super::set_key(p, o);
+        assert!(tc.put(p, o));
+    };
+    put(a);
+    put(b);
+    assert_eq!(tc.take(p), Some(b));
+    put(c);
+    assert_eq!(tc.take_oldest(p), Some(a));
+    assert_eq!(tc.take_oldest(p), Some(c));
+    for o in [a, b, c] {
+        // SAFETY: the objects are ours again: clear the free mark, give
+        // them back once.
+        unsafe {
+            super::clear_key(o.as_ptr());
+            p.free(o);
+        }
+    }
+    assert_eq!(registry::stats(p).cached, 3);
+}
+
+#[test]
+fn exiting_thread_gives_its_cache_back() {
+    let p = pool(c"tc-exit", 128);
+    std::thread::spawn(move || {
+        let objs: Vec<_> = (0..10).map(|_| p.alloc().unwrap()).collect();
+        for o in objs {
+            // SAFETY: each object came from `p` and is given back once.
+            unsafe { p.free(o) };
+        }
+        assert_eq!(registry::stats(p).cached, 10);
+    })
+    .join()
+    .unwrap();
+    let s = registry::stats(p);
+    assert_eq!((s.cached, s.shared, s.used, s.allocated), (0, 10, 0, 10));
+}
+
+/// pool_destroy takes back the objects of a thread that is alive and
+/// blocked, and that thread's cache keeps working afterwards.
+#[test]
+fn destroy_reclaims_from_a_blocked_thread() {
+    let p = pool(c"tc-destroy", 256);
+    let other = pool(c"tc-destroy-other", 256);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let t = std::thread::spawn(move || {
+        let objs: Vec<_> = (0..20).map(|_| p.alloc().unwrap()).collect();
+        let o = other.alloc().unwrap();
+        for x in objs {
+            // SAFETY: each object came from `p` and is given back once.
+            unsafe { p.free(x) };
+        }
+        // SAFETY: as above.
+        unsafe { other.free(o) };
+        ready_tx.send(()).unwrap();
+        go_rx.recv().unwrap();
+        // The destroyed pool's objects are gone from our LRU: evicting
+        // everything must only find `other`'s object.
+        crate::evict_local_cache();
+        let s = registry::stats(other);
+        (s.cached, s.shared)
+    });
+    ready_rx.recv().unwrap();
+    assert_eq!(registry::stats(p).cached, 20);
+    assert_eq!(registry::destroy(p), Ok(Destroyed::Released));
+    go_tx.send(()).unwrap();
+    assert_eq!(t.join().unwrap(), (0, 1));
+    // SAFETY: heads are never released; `p` is now a dead handle.
+    assert!(unsafe { Pool::from_handle(p) }.is_none());
+}
+
+/// An object crossing threads, with its pointer's provenance (an address
+/// turned back into a pointer would hide it from Miri's leak check).
+struct Obj(NonNull<u8>);
+// SAFETY: an object is plain memory owned by whoever holds the `Obj`.
+unsafe impl Send for Obj {}
+
+/// Many threads allocate, hand objects to each other and free them; no
+/// object is handed out twice and every counter balances at the end.
+#[test]
+fn cross_thread_traffic_balances() {
+    let p = pool(c"tc-stress", 48);
+    let threads = 4;
+    let rounds = if cfg!(miri) { 50 } else { 20_000 };
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::channel::<Obj>()).unzip();
+    let free = |x: Obj| {
+        // SAFETY: every object passed here is an object of `p` that
+        // its holder gives back exactly once.
+        unsafe { p.free(x.0) }
+    };
+    let handles: Vec<_> = rxs
+        .into_iter()
+        .enumerate()
+        .map(|(t, rx)| {
+            let next = txs[(t + 1) % threads].clone();
+            std::thread::spawn(move || {
+                let mut live = HashMap::new();
+                for i in 0..rounds {
+                    let o = p.alloc().unwrap();
+                    let a = o.as_ptr().addr();
+                    assert!(live.insert(a, Obj(o)).is_none(), "object handed out twice");
+                    if i % 3 == 0 {
+                        next.send(live.remove(&a).unwrap()).unwrap();
+                    }
+                    rx.try_iter().for_each(free);
+                    if live.len() > 64 {
+                        let x = *live.keys().next().unwrap();
+                        free(live.remove(&x).unwrap());
+                    }
+                }
+                live.into_values().for_each(free);
+                rx
+            })
+        })
+        .collect();
+    drop(txs);
+    let rxs: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    rxs.iter().for_each(|rx| rx.try_iter().for_each(free));
+    let s = registry::stats(p);
+    assert_eq!(s.used, 0, "objects lost: {s:?}");
+    assert_eq!(s.allocated, s.cached + s.shared);
+}
