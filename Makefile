@@ -3,6 +3,7 @@
 #   make test      every test: Rust unit tests, the loom model check, header
 #                  drift, C tests with glibc, with musl-gcc -static, and with
 #                  jemalloc preloaded underneath (POOL_BACKEND=malloc)
+#   make header    copy the header the sources generate to include/pools.h
 #   make install PREFIX=/usr/local
 
 PREFIX    ?= /usr/local
@@ -21,7 +22,7 @@ C_TESTS   := $(basename $(notdir $(wildcard c-tests/test_*.c)))
 JEMALLOC  := $(shell scripts/jemalloc-path.sh)
 VERSION   := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 
-.PHONY: all lib musl demo test unit loom lint check-header c-tests c-tests-glibc \
+.PHONY: all lib musl demo test unit loom lint check-header header c-tests c-tests-glibc \
         c-tests-musl c-tests-jemalloc deps install clean
 
 all: lib
@@ -61,11 +62,14 @@ unit:
 loom:
 	RUSTFLAGS="--cfg loom" $(CARGO) test --release --lib --target-dir target/loom loom -- --nocapture
 
-# The committed header must be what the sources generate (build.rs rewrites
-# include/pools.h on every build).
-check-header: lib
-	@git diff --exit-code --stat HEAD -- include/pools.h || \
-	  { echo "include/pools.h differs from the sources' header: review and commit it"; exit 1; }
+# The committed include/pools.h must be what the sources generate (build.rs
+# writes the generated header into cargo's OUT_DIR, never into include/).
+# After changing the C API: make header, review, commit include/pools.h.
+check-header:
+	@CARGO="$(CARGO)" scripts/header.sh check
+
+header:
+	@CARGO="$(CARGO)" scripts/header.sh update
 
 c-tests: c-tests-glibc c-tests-jemalloc c-tests-musl
 
