@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Runs the issue #5 benchmark matrix and writes results/<name>.{md,csv,png}.
+"""Runs the issue #5 benchmark matrix and writes results/<name>.{md,csv} (committed)
+and the plot target/bench/<name>.png (not committed: --replot redraws it from
+results/<name>-raw.csv).
 
 Every cell (workload, size, threads, implementation) is one process of
 target/bench/bench-glibc or target/bench/bench-musl. Rounds are interleaved:
@@ -22,6 +24,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "bench")
+PLOTS = BIN  # the PNGs are regenerable, so they stay out of the repository
 KIB, MIB = 1024, 1024 * 1024
 SIZES = [64, KIB, 16 * KIB, 48 * KIB, 256 * KIB, 2 * MIB]
 VARIANTS = ["xchg", "dwcas", "rwlock", "locked", "none"]
@@ -482,6 +485,7 @@ def main():
     ap.add_argument("--ms", type=int, default=None, help="measured ms per cell")
     ap.add_argument("--out", default=os.path.join(ROOT, "results"))
     ap.add_argument("--name", default=None, help="file name stem (quick or full)")
+    ap.add_argument("--plot-dir", default=PLOTS, help="where the PNG goes")
     ap.add_argument("--replot", metavar="RAW_CSV",
                     help="only redraw the PNG from a -raw.csv of an earlier run")
     args = ap.parse_args()
@@ -489,6 +493,7 @@ def main():
     args.ms = args.ms or (200 if args.full else 120)
     name = args.name or ("full" if args.full else "quick")
     os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.plot_dir, exist_ok=True)
 
     if args.replot:
         res = Results()
@@ -502,8 +507,9 @@ def main():
         order = {i: n for n, i in enumerate(IMPLS)}
         cells.sort(key=lambda c: (c[0], c[2], c[1], order.get(c[3], 99)))
         base = os.path.basename(args.replot).replace("-raw.csv", "")
-        plot(os.path.join(args.out, f"{base}.png"), cells, res,
-             f"libpools {args.name or base} ({machine()['cpu']})")
+        png = os.path.join(args.plot_dir, f"{base}.png")
+        if plot(png, cells, res, f"libpools {args.name or base} ({machine()['cpu']})"):
+            print(png)
         return
 
     mach = machine()
@@ -531,9 +537,12 @@ def main():
                               for (w, s, t, i), v in sorted(res.crashes.items())))
     body = tables(cells, res)
     tg = targets(res)
-    png = os.path.join(args.out, f"{name}.png")
+    png = os.path.join(args.plot_dir, f"{name}.png")
     if plot(png, cells, res, f"libpools {cmd} ({mach['cpu']})"):
-        head.append(f"\n![ops/s against object size]({name}.png)")
+        raw = os.path.relpath(os.path.join(args.out, f"{name}-raw.csv"), ROOT)
+        head.append(f"\nPlot of ops/s against object size (not committed): "
+                    f"`python3 bench/run.py --replot {raw}` draws it into "
+                    f"`{os.path.relpath(png, ROOT)}`.")
     text = "\n".join(head + tg + ["\n## Tables"] + body) + "\n"
     with open(os.path.join(args.out, f"{name}.md"), "w") as f:
         f.write(text)

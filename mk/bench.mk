@@ -2,7 +2,8 @@
 # shared library and the musl static archive, run by bench/run.py.
 #   make bench        quick subset (under 3 minutes on 2 cores)
 #   make bench-full   every workload, size (64 B..2 MiB) and thread count (1..16)
-# Results: results/{quick,full}.md, .csv (medians), -raw.csv, .png
+# Results: results/{quick,full}.md, .csv (medians), -raw.csv; the plot goes to
+# target/bench/{quick,full}.png (bench/run.py --replot results/quick-raw.csv).
 
 BENCH_OUT := target/bench
 

@@ -2,12 +2,15 @@
 # Builds every C test (c-tests/test_*.c) with AddressSanitizer and
 # LeakSanitizer and runs it against the ordinary target/release/libpools.so.
 #
-# Only the C side is instrumented: ASan intercepts malloc/posix_memalign/free
-# process-wide, so every pool object (the library gets them from
-# posix_memalign) sits between redzones, and a C test that writes past the end
-# of an object, or uses memory after the library released it, is reported.
-# Objects parked in a pool's caches are not "freed" as far as ASan knows: a use
-# after pool_free is not seen (that is the pool's own business).
+# Only the C side is instrumented. ASan intercepts malloc/posix_memalign/free
+# process-wide, so the pool objects the library gets from posix_memalign
+# (objects above 32 KiB, or every object with POOL_BACKEND=malloc) sit
+# between redzones: a C test that writes past the end of one, or uses memory
+# after the library gave it back to malloc, is reported. Objects up to
+# 32 KiB come from the library's mmap'd spans by default, which have no
+# redzones. The library finds ASan's runtime in the process and poisons
+# every object while a cache holds it, so a use after pool_free is reported
+# as use-after-poison (README.md, "valgrind and AddressSanitizer").
 #
 # Usage: scripts/verify-asan.sh [test_name...]   (default: every C test)
 set -euo pipefail

@@ -1,10 +1,13 @@
-//! The backing allocator: where objects come from and go back to.
+//! The backing allocators: where objects come from and go back to.
 //!
-//! Every byte the pools hand out is obtained here and returned here; no other
-//! module calls `malloc`, `free` or `mmap`. The interface is deliberately
-//! narrow (obtain, release, trim, plus zeroed page mappings for per-thread
-//! tables) so that other backends (an mmap-per-object debug mode, the spans
-//! of the LD_PRELOAD malloc) can slot in behind it.
+//! [`obtain_object`] and [`release_object`] dispatch on a pool's [`Backend`]:
+//! `posix_memalign`/`free` of the libc (or of a malloc preloaded underneath),
+//! a guarded mapping per object, or the spans of `span`; they also inject
+//! the `fail=N` failures. This module also maps the zeroed pages of the
+//! core's own tables ([`map_zeroed`]) and trims the allocator underneath
+//! ([`trim`]). No other module calls `malloc`, `posix_memalign` or `free`.
+//! Besides this module, only `span` maps memory (its spans and large
+//! blocks, with `mmap`, `munmap` and `mremap`).
 
 use core::ptr::{self, NonNull};
 use once_cell::sync::OnceCell;

@@ -29,8 +29,8 @@
 //! are unmarked before they are unmapped. A span's entry also holds its tag,
 //! so [`owner`] (on every `free` of the LD_PRELOAD malloc) reads no span
 //! header: headers sit at 2 MiB-aligned addresses, which all compete for the
-//! same few sets of the CPU caches, and reading them missed often enough to
-//! be the largest cost of `free` in the larson benchmark.
+//! same few sets of the CPU caches (BENCHMARKS.md, larson, has the misses
+//! this saves).
 
 use crate::os;
 use core::cell::UnsafeCell;
@@ -502,10 +502,11 @@ fn new_span(tag: u32, obj_size: usize) -> Option<NonNull<SpanHeader>> {
 }
 
 /// Spans mapped ahead, [`BATCH`] at a time: one `mmap` and two trimming
-/// `munmap`s per batch instead of per span. A short process that touches a
-/// few dozen size classes (each `git` command under the preload) otherwise
-/// made three system calls per class. Spans not handed out yet are only
-/// address space: nothing is resident until a span is written.
+/// `munmap`s per batch instead of per span, so that a short process that
+/// touches a few dozen size classes (each `git` command under the preload)
+/// does not make three system calls per class (BENCHMARKS.md has the
+/// counts). Spans not handed out yet are only address space: nothing is
+/// resident until a span is written.
 struct Reserve {
     lock: SpinLock,
     /// The next span to hand out, and how many follow it in the batch.
@@ -939,7 +940,7 @@ pub(crate) fn fork_release() {
     TAGS.iter().for_each(|t| t.lock.unlock());
 }
 
-// Not under Miri: spans are mmap'd (and the region map is a 64 MiB
+// Not under Miri: spans are mmap'd (and the region map is a 128 MiB
 // MAP_NORESERVE mapping), and the tests use fork and mincore.
 #[cfg(all(test, not(loom), not(miri)))]
 mod tests {

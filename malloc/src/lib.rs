@@ -4,8 +4,9 @@
 //! Requests up to [`MAX_SMALL`] bytes are served by size-class pools of the
 //! core (`malloc-16` ... `malloc-32768`, four classes per power of two), with
 //! the same thread cache and self-locked shared cache as `pool_alloc`; their
-//! objects come from the core's mmap'd spans (`pools::span`), whose header
-//! names the class, so `free` needs no header in front of each object.
+//! objects come from the core's mmap'd spans (`pools::span`), and the span
+//! region map's entry for an address names its class, so `free` reads no
+//! header (neither in front of the object nor at the span's start).
 //! Larger requests get a mapping of their own, recycled through a bounded
 //! cache of freed mappings and resized with `mremap` ([`large`]). Pointers
 //! that no span or mapping of ours owns are reported and the process aborts.
@@ -14,8 +15,10 @@
 //! created: every block is a mapping of its own, unmapped on free (no cache),
 //! so that a use after free faults.
 //!
-//! This crate holds only the C entry points, the size classes and the
-//! interposition logic; every pool operation is the core's.
+//! Besides the C entry points, the size classes and the interposition
+//! logic, this crate holds the cache of freed large mappings ([`large`],
+//! with its own spin lock and fork handlers); every pool operation is the
+//! core's.
 
 use core::cell::Cell;
 use core::ffi::{c_int, c_void, CStr};
@@ -52,7 +55,7 @@ const TABLE_MAX: usize = 1024;
 
 /// The class of every request of at most `TABLE_MAX` bytes, by 16-byte
 /// steps: `SMALL_CLASS[(n + 15) / 16]`. Most requests are small; a load is
-/// cheaper than `class_of`'s arithmetic.
+/// cheaper than `class_of`'s arithmetic (BENCHMARKS.md, larson).
 static SMALL_CLASS: [u8; TABLE_MAX / MIN_ALIGN + 1] = {
     let mut t = [0u8; TABLE_MAX / MIN_ALIGN + 1];
     let mut i = 0;
@@ -123,7 +126,7 @@ pub(crate) fn uaf_requested() -> bool {
 /// failed.
 ///
 /// One class at a time, not all 40 at the first `malloc`: a short process
-/// uses about 20 of them (`git --version`: 17), and each pool head costs a
+/// uses about half of them (BENCHMARKS.md), and each pool head costs a
 /// creation and a quarter of a page.
 #[cold]
 fn create(c: usize) -> Option<&'static Pool> {

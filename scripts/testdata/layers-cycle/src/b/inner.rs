@@ -1,0 +1,4 @@
+pub fn h() -> super::B {
+    super::super::c::k();
+    super::B
+}

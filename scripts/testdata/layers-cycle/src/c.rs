@@ -1,0 +1,3 @@
+pub(super) fn k() {
+    super::a::x()
+}
