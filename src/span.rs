@@ -201,7 +201,9 @@ fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
 // ---- spans -------------------------------------------------------------------
 
 /// A lock that can be taken in a `pthread_atfork` prepare handler and
-/// released in the parent and the child (a std mutex guard cannot).
+/// released in the parent and the child (a std mutex guard cannot). Inside
+/// its fork window (see `crate::fork`) the forking thread finds every such
+/// lock held for it: `lock` and `unlock` then leave it alone.
 struct SpinLock(AtomicBool);
 
 impl SpinLock {
@@ -213,11 +215,17 @@ impl SpinLock {
             .compare_exchange_weak(false, true, Acquire, Relaxed)
             .is_err()
         {
+            if crate::fork::inside_window() {
+                return;
+            }
             backoff.snooze();
         }
     }
 
     fn unlock(&self) {
+        if crate::fork::inside_window() {
+            return;
+        }
         // Release: hand our writes to the next holder.
         self.0.store(false, Release);
     }

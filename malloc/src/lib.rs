@@ -168,6 +168,18 @@ fn pool(c: usize) -> Option<&'static Pool> {
     Some(unsafe { &*p })
 }
 
+/// The library's constructor, when it is loaded (before the program's
+/// `main` and its handlers): the process's one set of fork handlers, the
+/// core's, covering the large cache's lock too (see `pools::fork`).
+extern "C" fn at_load() {
+    pools::fork::cover_outer_locks(large::fork_lock, large::fork_unlock);
+    pools::fork::register_handlers();
+}
+
+#[used]
+#[link_section = ".init_array"]
+static AT_LOAD: extern "C" fn() = at_load;
+
 fn set_errno(e: c_int) {
     // SAFETY: __errno_location returns this thread's errno slot.
     unsafe { *libc::__errno_location() = e };
