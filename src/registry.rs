@@ -543,14 +543,24 @@ fn unlink_pool(reg: &mut Registry, pool: &Pool) -> *mut Pool {
 /// unmaps the spare spans and asks the allocator underneath to return free
 /// memory to the OS.
 pub fn gc() {
+    gc_pools();
+    os::trim();
+}
+
+/// [`gc`] without asking the allocator underneath (for the LD_PRELOAD
+/// malloc's `malloc_trim`, which is that allocator). Objects that go back
+/// to malloc are freed after the registry lock is released: `free` may
+/// need that lock (under the LD_PRELOAD malloc).
+pub fn gc_pools() {
+    let mut later = crate::pool::MallocFrees::new();
     {
         let reg = lock();
         for pool in reg.pools() {
-            pool.gc(reg.cached(pool));
+            pool.gc(reg.cached(pool), &mut later);
         }
     }
+    later.release_all();
     span::trim();
-    os::trim();
 }
 
 /// The counters of `pool`.
