@@ -1,6 +1,7 @@
 # The LD_PRELOAD malloc (issue #7): target/release/libpools_malloc.so.
 #   make test-malloc      nm check, C tests under the preload, fork with
-#                         -lpools, real programs with and without the preload
+#                         -lpools, a -lpools program under the preload,
+#                         real programs with and without the preload
 #   make bench-malloc     larson-like benchmark and real programs under glibc,
 #                         the preload, jemalloc and mimalloc (BENCHMARKS.md)
 
@@ -21,13 +22,21 @@ test-malloc-c: lib
 	@mkdir -p $(MT_OUT)
 	@set -e; for t in $(M_TESTS); do \
 	  $(CC) $(MT_CFLAGS) c-tests/malloc/$$t.c -o $(MT_OUT)/$$t -ldl; done
-	$(CC) $(MT_CFLAGS) -DPOOLS c-tests/malloc/test_fork.c -o $(MT_OUT)/test_fork_lpools \
-	  -L$(REL) -lpools -Wl,-rpath,$(CURDIR)/$(REL) -ldl
+	@set -e; for t in test_fork test_fork_atfork lpools_gc; do \
+	  $(CC) $(MT_CFLAGS) -DPOOLS c-tests/malloc/$$t.c -o $(MT_OUT)/$${t}_lpools \
+	    -L$(REL) -lpools -Wl,-rpath,$(CURDIR)/$(REL) -ldl; done
+	$(CC) $(MT_CFLAGS) -shared -fPIC c-tests/malloc/early_atfork.c -o $(MT_OUT)/early_atfork.so
 	@set -e; for t in $(M_TESTS); do echo "== preload $$t"; \
 	  LD_PRELOAD=$(MALLOC_SO) timeout 300 $(MT_OUT)/$$t; done
 	@echo "== preload POOL_DEBUG=uaf test_conformance"; \
 	  POOL_DEBUG=uaf LD_PRELOAD=$(MALLOC_SO) timeout 300 $(MT_OUT)/test_conformance
 	@echo "== -lpools test_fork"; timeout 300 $(MT_OUT)/test_fork_lpools
+	@echo "== -lpools test_fork_atfork"; timeout 300 $(MT_OUT)/test_fork_atfork_lpools
+	@echo "== preload test_fork_atfork, handlers registered before ours"; \
+	  EARLY_ATFORK_LIB=1 LD_PRELOAD="$(MALLOC_SO) $(CURDIR)/$(MT_OUT)/early_atfork.so" \
+	  timeout 300 $(MT_OUT)/test_fork_atfork
+	@echo "== -lpools under the preload, POOL_BACKEND=malloc: lpools_gc"; \
+	  POOL_BACKEND=malloc LD_PRELOAD=$(MALLOC_SO) timeout 300 $(MT_OUT)/lpools_gc_lpools
 
 test-malloc-programs: lib
 	@scripts/malloc-programs.sh $(MALLOC_SO)

@@ -261,11 +261,23 @@ pub(crate) fn obtain(size: usize, zero: bool) -> Option<NonNull<u8>> {
         return Some(p);
     }
     let req = rounded_request(size);
-    let p = span::large_obtain(req, 16)?;
+    let p = map_retrying(req, 16)?;
     if let Some(len) = map_len_for(req) {
         MAPPED.fetch_add(len, Relaxed);
     }
     Some(p)
+}
+
+/// `span::large_obtain(size, align)`; when the mapping fails, again after
+/// giving back what the pools and this cache hold (objects beyond
+/// `minavail`, spare spans, cached mappings), as a small request does after
+/// a failure.
+pub(crate) fn map_retrying(size: usize, align: usize) -> Option<NonNull<u8>> {
+    span::large_obtain(size, align).or_else(|| {
+        trim();
+        pools::registry::gc_pools();
+        span::large_obtain(size, align)
+    })
 }
 
 /// Takes back the large block `p` of `usable` bytes (what `span::owner`

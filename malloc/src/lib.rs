@@ -310,7 +310,7 @@ fn alloc_aligned(align: usize, size: usize) -> *mut c_void {
         }
         release("posix_memalign", p);
     }
-    match span::large_obtain(size, align) {
+    match large::map_retrying(size, align) {
         Some(p) => p.as_ptr().cast(),
         None => {
             set_errno(libc::ENOMEM);
@@ -511,12 +511,15 @@ pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
     }
 }
 
-/// Returns to the OS the large mappings this malloc keeps for reuse (the
-/// small-class spans are kept). `pad` is ignored. Returns 1 if memory was
-/// released, 0 otherwise, as glibc does. The core's `pool_gc` calls it too
-/// (it calls the `malloc_trim` of the malloc in use). Thread-safe.
+/// Returns memory to the OS: what `pool_gc(NULL)` does to the pools (the
+/// size classes' idle objects beyond their `minavail`, then the spans left
+/// empty), and the large mappings this malloc keeps for reuse. `pad` is
+/// ignored. Returns 1 if cached large mappings were released, 0 otherwise.
+/// The core's `pool_gc` calls it too (it calls the `malloc_trim` of the
+/// malloc in use). Thread-safe.
 #[cfg_attr(not(test), no_mangle)]
 pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
+    registry::gc_pools();
     c_int::from(large::trim())
 }
 
