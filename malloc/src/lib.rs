@@ -373,13 +373,30 @@ pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
 /// Resizes a block: `realloc(NULL, n)` is `malloc(n)`; `realloc(p, 0)`
 /// frees `p` and returns NULL (as glibc does). Otherwise returns a block of
 /// `size` bytes holding the old contents (the same pointer when it still
-/// fits its class), or NULL with errno ENOMEM, leaving `p` untouched.
-/// Aborts on a pointer that is not ours. Thread-safe.
+/// fits its class), or NULL with errno ENOMEM, leaving `p` untouched. A
+/// successful call leaves errno as it was (an in-place `mremap` that fails
+/// before the block moves does not show). Aborts on a pointer that is not
+/// ours. Thread-safe.
 ///
 /// # Safety
 /// `p` is NULL or a live block of this malloc.
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: reading this thread's errno.
+    let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: forwarded (caller's contract).
+    let q = unsafe { resize(p, size) };
+    if !q.is_null() {
+        set_errno(errno);
+    }
+    q
+}
+
+/// [`realloc`], which may leave errno changed on success.
+///
+/// # Safety
+/// As for [`realloc`].
+unsafe fn resize(p: *mut c_void, size: usize) -> *mut c_void {
     if p.is_null() {
         return alloc(size);
     }
