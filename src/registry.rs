@@ -79,13 +79,24 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 /// call it first, so that a value set through the API is not overridden by
 /// the environment read later.
 pub fn init() {
-    static INIT: Once = Once::new();
+    if INIT.is_completed() {
+        return;
+    }
+    // Under INIT_LOCK, which the fork handlers hold across `fork()`: a child
+    // never inherits an initialisation half done (its Once would wait for
+    // a thread that does not exist). Inside the fork window the lock is
+    // held for this thread.
+    let _guard = (!crate::fork::inside_window())
+        .then(|| INIT_LOCK.lock().unwrap_or_else(PoisonError::into_inner));
     INIT.call_once(|| {
         options::load_env();
         init_fences();
         crate::debug::init();
     });
 }
+
+static INIT: Once = Once::new();
+static INIT_LOCK: Mutex<()> = Mutex::new(());
 
 fn lock() -> RegistryGuard {
     init();
@@ -706,6 +717,7 @@ pub fn dump_sorted(fd: libc::c_int, order: DumpOrder, max: usize) {
 /// What the prepare handler holds until the parent or the child handler.
 struct ForkState {
     guard: Option<MutexGuard<'static, Registry>>,
+    init: Option<MutexGuard<'static, ()>>,
 }
 
 /// Only the forking thread touches it, between its prepare handler and its
@@ -716,7 +728,10 @@ struct ForkCell(core::cell::UnsafeCell<ForkState>);
 // lock.
 unsafe impl Sync for ForkCell {}
 
-static FORK: ForkCell = ForkCell(core::cell::UnsafeCell::new(ForkState { guard: None }));
+static FORK: ForkCell = ForkCell(core::cell::UnsafeCell::new(ForkState {
+    guard: None,
+    init: None,
+}));
 
 /// Registers the handlers (once per process: `fork::register_handlers`,
 /// from the library's constructor).
@@ -738,12 +753,16 @@ fn fork_window_registry() -> Option<RegistryGuard> {
 }
 
 extern "C" fn fork_prepare() {
-    // A first initialisation under way in another thread finishes first: a
-    // child forked in the middle would find it running forever.
-    init();
-    // The forking thread's cache, created now if needed (it cannot be once
-    // we hold the registry lock, which creation takes).
-    let _ = ThreadCache::current();
+    // A first initialisation under way in another thread finishes first (a
+    // child forked in the middle would find it running forever); none
+    // starts until the parent and child handlers. One that has not started
+    // is left to the child (which may have its own environment).
+    let init_guard = INIT_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    if INIT.is_completed() {
+        // The forking thread's cache, created now if needed (it cannot be
+        // once we hold the registry lock, which creation takes).
+        let _ = ThreadCache::current();
+    }
     crate::fork::lock_outer();
     let reg = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
     for p in reg.pools() {
@@ -751,16 +770,25 @@ extern "C" fn fork_prepare() {
     }
     crate::span::fork_prepare();
     // SAFETY: we hold the registry lock: no other thread touches FORK.
-    unsafe { (*FORK.0.get()).guard = Some(reg) };
+    unsafe {
+        let st = &mut *FORK.0.get();
+        st.guard = Some(reg);
+        st.init = Some(init_guard);
+    }
     crate::fork::open_window();
 }
 
-/// Puts back what `fork_prepare` took but the outer layer's locks; returns
-/// the registry guard.
+/// Puts back what `fork_prepare` took but the registry lock and the outer
+/// layer's locks; returns the registry guard (to drop, which unlocks).
 fn fork_release() -> Option<MutexGuard<'static, Registry>> {
     crate::fork::close_window();
     // SAFETY: the forking thread, still holding the registry lock.
-    let reg = unsafe { (*FORK.0.get()).guard.take() }?;
+    let (reg, init_guard) = unsafe {
+        let st = &mut *FORK.0.get();
+        (st.guard.take(), st.init.take())
+    };
+    drop(init_guard);
+    let reg = reg?;
     crate::span::fork_release();
     for p in reg.pools() {
         p.shared.unlock_after_fork();

@@ -87,12 +87,16 @@ int main(int argc, char **argv)
                 snprintf(both, sizeof both, "%d %d", kind, where);
                 /* For early_atfork.c, when it is loaded. */
                 setenv("ATFORK_CASE", both, 1);
+                /* Its own process group, so that a grandchild left hanging
+                 * inside fork() is killed with it below. */
+                setpgid(0, 0);
                 alarm(10);
                 execl("/proc/self/exe", argv[0], k, w, (char *)NULL);
                 _exit(127);
             }
             int status;
             CHECK(waitpid(pid, &status, 0) == pid);
+            kill(-pid, SIGKILL);
             if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
                 fprintf(stderr, "fork with a %s handler that allocates %s: %s %d\n",
                         WHERE_NAMES[where], KIND_NAMES[kind],
