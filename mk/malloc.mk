@@ -1,7 +1,8 @@
 # The LD_PRELOAD malloc (issue #7): target/release/libpools_malloc.so.
 #   make test-malloc      nm check, C tests under the preload, fork with
 #                         -lpools, a -lpools program under the preload,
-#                         real programs with and without the preload
+#                         real programs with and without the preload, and
+#                         under a 64 MiB address-space limit
 #   make bench-malloc     larson-like benchmark and real programs under glibc,
 #                         the preload, jemalloc and mimalloc (BENCHMARKS.md)
 
@@ -10,9 +11,10 @@ MT_OUT     := $(CT_OUT)/malloc
 MT_CFLAGS  := $(CFLAGS) -fno-builtin
 M_TESTS    := $(basename $(notdir $(wildcard c-tests/malloc/test_*.c)))
 
-.PHONY: test-malloc test-malloc-nm test-malloc-c test-malloc-programs bench-malloc install-malloc
+.PHONY: test-malloc test-malloc-nm test-malloc-c test-malloc-programs test-malloc-limits \
+        bench-malloc install-malloc
 
-test-malloc: test-malloc-nm test-malloc-c test-malloc-programs
+test-malloc: test-malloc-nm test-malloc-c test-malloc-programs test-malloc-limits
 
 # libpools.so and libpools.a must not replace a program's malloc.
 test-malloc-nm: lib
@@ -40,6 +42,16 @@ test-malloc-c: lib
 
 test-malloc-programs: lib
 	@scripts/malloc-programs.sh $(MALLOC_SO)
+
+# Where glibc's malloc runs them, so does the preload: `ls` and `python3 -c
+# pass` under `ulimit -v 65536` (64 MiB of address space), and the preload's
+# own limit test (c-tests/malloc/test_limits.c, in test-malloc-c) checks
+# that running out gives NULL and ENOMEM.
+test-malloc-limits: lib
+	@echo "== ulimit -v 65536: ls, python3 -c pass under the preload"
+	@(ulimit -v 65536 && LD_PRELOAD=$(MALLOC_SO) ls / > /dev/null && \
+	  LD_PRELOAD=$(MALLOC_SO) python3 -c pass) || \
+	  { echo "the preload failed under ulimit -v 65536"; exit 1; }
 
 bench-malloc: lib bench-deps
 	bench/malloc-bench.sh $(MALLOC_SO) $(BENCH_ARGS)

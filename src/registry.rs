@@ -300,7 +300,8 @@ pub fn create_span_pool(name: &CStr, size: usize, tag: u32) -> Result<&'static P
 }
 
 /// Largest object a pool takes from spans by default: one span holds at
-/// least 63 of them, so at most 1/64 of a span is lost to its header and end.
+/// least 7 of them; the end of a span that no object fills is never
+/// written, so it costs address space, not memory.
 pub(crate) const SPAN_POOL_MAX: usize = 32 * 1024;
 
 /// Where a pool of `size`-byte objects created now gets them: a debugging
@@ -805,6 +806,7 @@ extern "C" fn fork_child() {
     // The cache of this thread, the child's only one: made by the prepare
     // handler, or inside the window by another handler's allocation.
     let keep = ThreadCache::existing().map_or(ptr::null(), ptr::from_ref);
+    crate::span::fork_child();
     if let Some(mut reg) = fork_release() {
         let mut cur = reg.threads;
         reg.threads = ptr::null_mut();
