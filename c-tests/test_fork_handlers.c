@@ -9,6 +9,9 @@
  * release them. Either way each handler creates a pool of a size nothing
  * used, allocates 2,000 small objects and a 100,000-byte one, and gives
  * them back, while two threads churn a pool; the child allocates again.
+ * The handlers do not destroy pools: inside the fork window a destroy
+ * would wait for threads blocked on the locks held for the fork (or, in
+ * the child, gone), which the README lists as not covered.
  * The children and the whole test have alarms; a hang fails the test.
  */
 #include <pools.h>
@@ -33,13 +36,14 @@ static int use_pools(void)
     static void *v[SMALL];
     if (small_pool == NULL)
         return 1; /* a fork before main set the pools up: nothing to do */
+    /* Kept: at most 64 such pools (20 forks, 3 handlers each). */
     struct pool_head *p = pool_create("fork-handler", 1008 + 16 * (handler_calls++ % 64), 0);
     if (p == NULL)
         return 0;
     void *o = pool_alloc(p);
-    pool_free(p, o);
-    if (o == NULL || pool_destroy(p) != NULL)
+    if (o == NULL)
         return 0;
+    pool_free(p, o);
     for (int i = 0; i < SMALL; i++) {
         v[i] = pool_alloc(small_pool);
         if (v[i] == NULL)
