@@ -1,6 +1,8 @@
 # The LD_PRELOAD malloc (issue #7): target/release/libpools_malloc.so.
 #   make test-malloc      nm check, C tests under the preload, fork with
-#                         -lpools, real programs with and without the preload
+#                         -lpools, a -lpools program under the preload,
+#                         real programs with and without the preload, and
+#                         under a 64 MiB address-space limit
 #   make bench-malloc     larson-like benchmark and real programs under glibc,
 #                         the preload, jemalloc and mimalloc (BENCHMARKS.md)
 
@@ -9,9 +11,10 @@ MT_OUT     := $(CT_OUT)/malloc
 MT_CFLAGS  := $(CFLAGS) -fno-builtin
 M_TESTS    := $(basename $(notdir $(wildcard c-tests/malloc/test_*.c)))
 
-.PHONY: test-malloc test-malloc-nm test-malloc-c test-malloc-programs bench-malloc install-malloc
+.PHONY: test-malloc test-malloc-nm test-malloc-c test-malloc-programs test-malloc-limits \
+        bench-malloc install-malloc
 
-test-malloc: test-malloc-nm test-malloc-c test-malloc-programs
+test-malloc: test-malloc-nm test-malloc-c test-malloc-programs test-malloc-limits
 
 # libpools.so and libpools.a must not replace a program's malloc.
 test-malloc-nm: lib
@@ -21,16 +24,34 @@ test-malloc-c: lib
 	@mkdir -p $(MT_OUT)
 	@set -e; for t in $(M_TESTS); do \
 	  $(CC) $(MT_CFLAGS) c-tests/malloc/$$t.c -o $(MT_OUT)/$$t -ldl; done
-	$(CC) $(MT_CFLAGS) -DPOOLS c-tests/malloc/test_fork.c -o $(MT_OUT)/test_fork_lpools \
-	  -L$(REL) -lpools -Wl,-rpath,$(CURDIR)/$(REL) -ldl
+	@set -e; for t in test_fork test_fork_atfork lpools_gc; do \
+	  $(CC) $(MT_CFLAGS) -DPOOLS c-tests/malloc/$$t.c -o $(MT_OUT)/$${t}_lpools \
+	    -L$(REL) -lpools -Wl,-rpath,$(CURDIR)/$(REL) -ldl; done
+	$(CC) $(MT_CFLAGS) -shared -fPIC c-tests/malloc/early_atfork.c -o $(MT_OUT)/early_atfork.so
 	@set -e; for t in $(M_TESTS); do echo "== preload $$t"; \
 	  LD_PRELOAD=$(MALLOC_SO) timeout 300 $(MT_OUT)/$$t; done
 	@echo "== preload POOL_DEBUG=uaf test_conformance"; \
 	  POOL_DEBUG=uaf LD_PRELOAD=$(MALLOC_SO) timeout 300 $(MT_OUT)/test_conformance
 	@echo "== -lpools test_fork"; timeout 300 $(MT_OUT)/test_fork_lpools
+	@echo "== -lpools test_fork_atfork"; timeout 300 $(MT_OUT)/test_fork_atfork_lpools
+	@echo "== preload test_fork_atfork, handlers registered before ours"; \
+	  EARLY_ATFORK_LIB=1 LD_PRELOAD="$(MALLOC_SO) $(CURDIR)/$(MT_OUT)/early_atfork.so" \
+	  timeout 300 $(MT_OUT)/test_fork_atfork
+	@echo "== -lpools under the preload, POOL_BACKEND=malloc: lpools_gc"; \
+	  POOL_BACKEND=malloc LD_PRELOAD=$(MALLOC_SO) timeout 300 $(MT_OUT)/lpools_gc_lpools
 
 test-malloc-programs: lib
 	@scripts/malloc-programs.sh $(MALLOC_SO)
+
+# Where glibc's malloc runs them, so does the preload: `ls` and `python3 -c
+# pass` under `ulimit -v 65536` (64 MiB of address space), and the preload's
+# own limit test (c-tests/malloc/test_limits.c, in test-malloc-c) checks
+# that running out gives NULL and ENOMEM.
+test-malloc-limits: lib
+	@echo "== ulimit -v 65536: ls, python3 -c pass under the preload"
+	@(ulimit -v 65536 && LD_PRELOAD=$(MALLOC_SO) ls / > /dev/null && \
+	  LD_PRELOAD=$(MALLOC_SO) python3 -c pass) || \
+	  { echo "the preload failed under ulimit -v 65536"; exit 1; }
 
 bench-malloc: lib bench-deps
 	bench/malloc-bench.sh $(MALLOC_SO) $(BENCH_ARGS)

@@ -77,7 +77,7 @@ unsafe fn live<'a>(pool: *const Pool) -> Option<&'a Pool> {
 /// POOL_F_SHARED pool of the same rounded size is returned instead, with one
 /// more user.
 ///
-/// Memory: objects up to 32 KiB come from 2 MiB spans mapped with mmap and
+/// Memory: objects up to 32 KiB come from 256 KiB spans mapped with mmap and
 /// shared by the pools of one object size; a span goes back to the OS as
 /// soon as none of its objects is held by a pool or the application
 /// (pool_flush, pool_gc). Larger objects, and every object when the

@@ -21,6 +21,7 @@
 
 mod debug;
 pub mod ffi;
+pub mod fork;
 mod legacy_cache;
 mod lifecycle;
 mod meta;

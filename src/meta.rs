@@ -13,8 +13,9 @@
 //! recycled, never freed.
 
 use crate::os;
+use crate::sync::SpinLock;
+use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
-use std::sync::{Mutex, PoisonError};
 
 /// Largest block served from the arena; larger ones are mapped alone.
 const ARENA_MAX: usize = 4096;
@@ -40,19 +41,49 @@ struct Arena {
     free: [*mut u8; CLASSES],
 }
 
-// SAFETY: the raw pointers are only followed under the mutex; the memory they
-// point to is not tied to any thread.
-unsafe impl Send for Arena {}
+/// The arena under a lock that the fork handlers hold across `fork()`
+/// (thread caches take blocks from it outside the registry lock).
+struct Locked {
+    lock: SpinLock,
+    arena: UnsafeCell<Arena>,
+}
 
-static ARENA: Mutex<Arena> = Mutex::new(Arena {
-    bump: [const {
-        Bump {
-            chunk: ptr::null_mut(),
-            used: 0,
-        }
-    }; 2],
-    free: [ptr::null_mut(); CLASSES],
-});
+// SAFETY: `arena` is only touched under `lock`; the memory its pointers
+// point to is not tied to any thread.
+unsafe impl Sync for Locked {}
+
+static ARENA: Locked = Locked {
+    lock: SpinLock::new(),
+    arena: UnsafeCell::new(Arena {
+        bump: [const {
+            Bump {
+                chunk: ptr::null_mut(),
+                used: 0,
+            }
+        }; 2],
+        free: [ptr::null_mut(); CLASSES],
+    }),
+};
+
+/// Runs `f` on the arena, under its lock.
+fn with_arena<R>(f: impl FnOnce(&mut Arena) -> R) -> R {
+    ARENA.lock.lock();
+    // SAFETY: we hold the lock (or, inside the fork window, the forking
+    // thread holds it for us while every other thread waits).
+    let r = f(unsafe { &mut *ARENA.arena.get() });
+    ARENA.lock.unlock();
+    r
+}
+
+/// Takes the arena's lock for `fork()` (the prepare handler).
+pub(crate) fn fork_prepare() {
+    ARENA.lock.lock();
+}
+
+/// Releases it (the parent and child handlers).
+pub(crate) fn fork_release() {
+    ARENA.lock.unlock();
+}
 
 /// The block size serving `size` bytes, at least 16.
 fn block_size(size: usize) -> usize {
@@ -67,9 +98,10 @@ pub(crate) fn obtain(size: usize) -> Option<NonNull<u8>> {
         return os::map_zeroed(bs);
     }
     let class = (bs.trailing_zeros() - 4) as usize;
-    // A panic cannot happen under this lock; a poisoned arena is still
-    // consistent between statements.
-    let mut a = ARENA.lock().unwrap_or_else(PoisonError::into_inner);
+    with_arena(|a| obtain_locked(a, class, bs))
+}
+
+fn obtain_locked(a: &mut Arena, class: usize, bs: usize) -> Option<NonNull<u8>> {
     if let Some(p) = NonNull::new(a.free[class]) {
         // SAFETY: a free block holds the next free block in its first word.
         a.free[class] = unsafe { p.as_ptr().cast::<*mut u8>().read() };
@@ -105,10 +137,11 @@ pub(crate) unsafe fn release(p: NonNull<u8>, size: usize) {
         return;
     }
     let class = (bs.trailing_zeros() - 4) as usize;
-    let mut a = ARENA.lock().unwrap_or_else(PoisonError::into_inner);
-    // SAFETY: the block is ours (caller) and at least a pointer wide.
-    unsafe { p.as_ptr().cast::<*mut u8>().write(a.free[class]) };
-    a.free[class] = p.as_ptr();
+    with_arena(|a| {
+        // SAFETY: the block is ours (caller) and at least a pointer wide.
+        unsafe { p.as_ptr().cast::<*mut u8>().write(a.free[class]) };
+        a.free[class] = p.as_ptr();
+    })
 }
 
 #[cfg(all(test, not(loom)))]

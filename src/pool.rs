@@ -122,6 +122,32 @@ pub struct Stats {
     pub minavail: usize,
 }
 
+/// Objects of pools backed by malloc that a holder of the registry lock took
+/// out of their pools (counted as released), chained through their first
+/// word, to be given to `free` once the lock is released: under an
+/// LD_PRELOAD malloc built on these pools (`libpools_malloc.so`), `free`
+/// may create the thread's cache, which takes that lock.
+pub(crate) struct MallocFrees(*mut u8);
+
+impl MallocFrees {
+    pub(crate) const fn new() -> Self {
+        MallocFrees(core::ptr::null_mut())
+    }
+
+    /// Frees every object (call it without the registry lock).
+    pub(crate) fn release_all(self) {
+        let mut cur = self.0;
+        while let Some(obj) = NonNull::new(cur) {
+            // SAFETY: each object was chained by `release_or_defer`, which
+            // gave it up: read the link, then free it once.
+            unsafe {
+                cur = obj.as_ptr().cast::<*mut u8>().read();
+                os::release_object(obj, 0, os::Backend::Malloc);
+            }
+        }
+    }
+}
+
 impl Pool {
     /// A live, empty pool in slot `slot`, its objects from `backend`, with
     /// the debugging flags `debug` (`poison` the poison byte).
@@ -673,8 +699,10 @@ impl Pool {
     }
 
     /// Releases shared objects while the pool keeps more than `minavail`
-    /// idle (cached + shared) objects.
-    pub(crate) fn gc(&self, cached: usize) {
+    /// idle (cached + shared) objects; those of a pool backed by malloc go
+    /// to `later` instead, for the caller to free once it has released the
+    /// registry lock (see [`MallocFrees`]).
+    pub(crate) fn gc(&self, cached: usize, later: &mut MallocFrees) {
         let minavail = self.minavail.load(Relaxed);
         let mut idle = cached + self.shared_objects();
         while idle > minavail {
@@ -688,7 +716,7 @@ impl Pool {
             unsafe {
                 cluster.for_each(|i| {
                     if idle > minavail {
-                        self.release_to_os(0, i.cast());
+                        self.release_or_defer(i.cast(), later);
                         idle -= 1;
                     } else {
                         (*i.as_ptr()).down = keep;
@@ -701,6 +729,28 @@ impl Pool {
                 self.release_cluster(0, Cluster { first, len: kept });
             }
         }
+    }
+
+    /// [`Pool::release_to_os`], except that an object of malloc is only
+    /// counted as released and added to `later`.
+    ///
+    /// Counter: allocated drops.
+    ///
+    /// # Safety
+    /// `obj` is an object of this pool that nobody holds.
+    unsafe fn release_or_defer(&self, obj: NonNull<u8>, later: &mut MallocFrees) {
+        if self.backend != os::Backend::Malloc {
+            // SAFETY: forwarded (caller's contract).
+            return unsafe { self.release_to_os(0, obj) };
+        }
+        if self.debug != 0 {
+            debug::before_release(self, obj);
+        }
+        // SAFETY: the object is ours (caller); a malloc block of at least
+        // MIN_OBJECT bytes holds the link in its first word.
+        unsafe { obj.as_ptr().cast::<*mut u8>().write(later.0) };
+        later.0 = obj.as_ptr();
+        self.shared.count_allocated(0, -1);
     }
 
     /// Counters, given the objects all thread caches hold.

@@ -15,7 +15,7 @@ use core::fmt::{self, Write};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering::Relaxed;
 use core::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::{Mutex, MutexGuard, Once, PoisonError};
+use std::sync::{Mutex, MutexGuard, Once, PoisonError, TryLockError};
 
 /// Why a registry call failed, as an errno value for the C side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,19 +83,66 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 /// call it first, so that a value set through the API is not overridden by
 /// the environment read later.
 pub fn init() {
-    static INIT: Once = Once::new();
+    if INIT.is_completed() {
+        return;
+    }
+    // Under INIT_LOCK, which the fork handlers hold across `fork()`: a child
+    // never inherits an initialisation half done (its Once would wait for
+    // a thread that does not exist). Inside the fork window the lock is
+    // held for this thread.
+    let _guard = (!crate::fork::inside_window())
+        .then(|| INIT_LOCK.lock().unwrap_or_else(PoisonError::into_inner));
     INIT.call_once(|| {
         options::load_env();
-        register_fork_handlers();
         crate::debug::init();
     });
 }
 
-fn lock() -> MutexGuard<'static, Registry> {
+static INIT: Once = Once::new();
+static INIT_LOCK: Mutex<()> = Mutex::new(());
+
+fn lock() -> RegistryGuard {
     init();
     // Nothing panics while holding the lock; if something ever did, the
     // lists are still consistent between statements, so keep going.
-    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+    match REGISTRY.try_lock() {
+        Ok(g) => RegistryGuard::Locked(g),
+        Err(TryLockError::Poisoned(e)) => RegistryGuard::Locked(e.into_inner()),
+        Err(TryLockError::WouldBlock) => fork_window_registry().unwrap_or_else(|| {
+            RegistryGuard::Locked(REGISTRY.lock().unwrap_or_else(PoisonError::into_inner))
+        }),
+    }
+}
+
+/// The registry, locked by this thread, or (inside its fork window, see
+/// `fork`) by the fork handlers for this thread.
+enum RegistryGuard {
+    Locked(MutexGuard<'static, Registry>),
+    /// The registry of the guard `fork_prepare` keeps in `FORK`.
+    ForkWindow(NonNull<Registry>),
+}
+
+impl core::ops::Deref for RegistryGuard {
+    type Target = Registry;
+    fn deref(&self) -> &Registry {
+        match self {
+            RegistryGuard::Locked(g) => g,
+            // SAFETY: the fork handlers hold the lock for this thread until
+            // its window closes, after the call that made this guard.
+            RegistryGuard::ForkWindow(r) => unsafe { r.as_ref() },
+        }
+    }
+}
+
+impl core::ops::DerefMut for RegistryGuard {
+    fn deref_mut(&mut self) -> &mut Registry {
+        match self {
+            RegistryGuard::Locked(g) => g,
+            // SAFETY: as in `deref`; the handlers do not touch the registry
+            // while a call inside the window runs.
+            RegistryGuard::ForkWindow(r) => unsafe { r.as_mut() },
+        }
+    }
 }
 
 impl Registry {
@@ -226,7 +273,8 @@ pub fn create_span_pool(name: &CStr, size: usize, tag: u32) -> Result<&'static P
 }
 
 /// Largest object a pool takes from spans by default: one span holds at
-/// least 63 of them, so at most 1/64 of a span is lost to its header and end.
+/// least 7 of them; the end of a span that no object fills is never
+/// written, so it costs address space, not memory.
 pub(crate) const SPAN_POOL_MAX: usize = 32 * 1024;
 
 /// Where a pool of `size`-byte objects created now gets them: a debugging
@@ -526,14 +574,24 @@ fn unlink_pool(reg: &mut Registry, pool: &Pool) -> *mut Pool {
 /// unmaps the spare spans and asks the allocator underneath to return free
 /// memory to the OS.
 pub fn gc() {
+    gc_pools();
+    os::trim();
+}
+
+/// [`gc`] without asking the allocator underneath (for the LD_PRELOAD
+/// malloc's `malloc_trim`, which is that allocator). Objects that go back
+/// to malloc are freed after the registry lock is released: `free` may
+/// need that lock (under the LD_PRELOAD malloc).
+pub fn gc_pools() {
+    let mut later = crate::pool::MallocFrees::new();
     {
         let reg = lock();
         for pool in reg.pools() {
-            pool.gc(reg.cached(pool));
+            pool.gc(reg.cached(pool), &mut later);
         }
     }
+    later.release_all();
     span::trim();
-    os::trim();
 }
 
 /// The counters of `pool`.
@@ -667,21 +725,19 @@ pub fn dump_sorted(fd: libc::c_int, order: DumpOrder, max: usize) {
 // A threaded program that forks must find usable pools in the child. The
 // prepare handler takes, in the order every other path takes them, the
 // registry lock, every shared-cache head of every pool (with the same xchg
-// lock takers use) and every span lock; the parent and the child put them
-// back. Thread caches of threads other than the forking one do not exist in
-// the child (their owners were not copied, and one may have been mid-change),
-// so the child forgets them: their objects are leaked in the child rather
-// than read, and pool_destroy does not wait for an owner that is gone.
-
-use crate::shared_cache::Item;
+// lock takers use; the lists wait in their buckets) and every span lock;
+// the parent and the child put them back. Between the two the forking
+// thread is inside its fork window (see `fork`): another handler that
+// allocates there passes through the locks held for it. Thread caches of
+// threads other than the forking one do not exist in the child (their
+// owners were not copied, and one may have been mid-change), so the child
+// forgets them: their objects are leaked in the child rather than read, and
+// pool_destroy does not wait for an owner that is gone.
 
 /// What the prepare handler holds until the parent or the child handler.
 struct ForkState {
     guard: Option<MutexGuard<'static, Registry>>,
-    /// The forking thread's cache, which the child keeps.
-    keep: *mut ThreadCache,
-    /// The heads taken from each pool's buckets, by slot.
-    heads: *mut [*mut Item; BUCKETS],
+    init: Option<MutexGuard<'static, ()>>,
 }
 
 /// Only the forking thread touches it, between its prepare handler and its
@@ -694,92 +750,112 @@ unsafe impl Sync for ForkCell {}
 
 static FORK: ForkCell = ForkCell(core::cell::UnsafeCell::new(ForkState {
     guard: None,
-    keep: ptr::null_mut(),
-    heads: ptr::null_mut(),
+    init: None,
 }));
 
-/// Bytes of the table of saved heads (one row per possible slot).
-const FORK_HEADS_LEN: usize = MAX_POOLS * core::mem::size_of::<[*mut Item; BUCKETS]>();
-
-/// Registers the handlers, once per process (from `init`).
-fn register_fork_handlers() {
-    // Miri has no pthread_atfork (and runs no fork).
-    if cfg!(miri) {
-        return;
-    }
+/// Registers the handlers (once per process: `fork::register_handlers`,
+/// from the library's constructor).
+pub(crate) fn register_fork_handlers() {
     // SAFETY: the three handlers are `extern "C" fn()` that never unwind.
     unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
 }
 
-extern "C" fn fork_prepare() {
-    // The forking thread's cache, created now if needed (it cannot be once
-    // we hold the registry lock, which creation takes).
-    let keep = ThreadCache::current().map_or(ptr::null_mut(), |tc| ptr::from_ref(tc).cast_mut());
-    let reg = lock();
-    // The table of saved heads: mapped once, kept (fork is rare, and the
-    // prepare handler must not call malloc).
-    static HEADS: core::sync::atomic::AtomicPtr<[*mut Item; BUCKETS]> =
-        core::sync::atomic::AtomicPtr::new(ptr::null_mut());
-    // Relaxed: written and read under the registry lock only.
-    let mut heads = HEADS.load(Relaxed);
-    if heads.is_null() {
-        heads = os::map_zeroed(FORK_HEADS_LEN).map_or(ptr::null_mut(), |p| p.as_ptr().cast());
-        HEADS.store(heads, Relaxed);
+/// Inside this thread's fork window: the registry its handlers hold.
+fn fork_window_registry() -> Option<RegistryGuard> {
+    if !crate::fork::inside_window() {
+        return None;
     }
-    if !heads.is_null() {
-        for p in reg.pools() {
-            // SAFETY: `slot < MAX_POOLS`, inside the table.
-            unsafe { *heads.add(p.slot) = p.shared.lock_for_fork() };
-        }
+    // SAFETY: inside its window the forking thread is the only one that
+    // touches FORK (its prepare handler holds the registry lock).
+    let st = unsafe { &mut *FORK.0.get() };
+    let g = st.guard.as_mut()?;
+    Some(RegistryGuard::ForkWindow(NonNull::from(&mut **g)))
+}
+
+extern "C" fn fork_prepare() {
+    // A first initialisation under way in another thread finishes first (a
+    // child forked in the middle would find it running forever); none
+    // starts until the parent and child handlers. One that has not started
+    // is left to the child (which may have its own environment).
+    let init_guard = INIT_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    if INIT.is_completed() {
+        // The forking thread's cache, created now if needed (it cannot be
+        // once we hold the registry lock, which creation takes).
+        let _ = ThreadCache::current();
+    }
+    crate::fork::lock_outer();
+    let reg = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+    for p in reg.pools() {
+        p.shared.lock_for_fork();
     }
     crate::span::fork_prepare();
+    meta::fork_prepare();
     // SAFETY: we hold the registry lock: no other thread touches FORK.
     unsafe {
         let st = &mut *FORK.0.get();
-        st.keep = keep;
-        st.heads = heads;
         st.guard = Some(reg);
+        st.init = Some(init_guard);
     }
+    crate::fork::open_window();
 }
 
-/// Puts back what `fork_prepare` took; returns the registry guard.
+/// Puts back what `fork_prepare` took but the registry lock and the outer
+/// layer's locks; returns the registry guard (to drop, which unlocks).
 fn fork_release() -> Option<MutexGuard<'static, Registry>> {
+    crate::fork::close_window();
     // SAFETY: the forking thread, still holding the registry lock.
-    let st = unsafe { &mut *FORK.0.get() };
-    let reg = st.guard.take()?;
+    let (reg, init_guard) = unsafe {
+        let st = &mut *FORK.0.get();
+        (st.guard.take(), st.init.take())
+    };
+    drop(init_guard);
+    let reg = reg?;
+    meta::fork_release();
     crate::span::fork_release();
-    if !st.heads.is_null() {
-        for p in reg.pools() {
-            // SAFETY: saved by `fork_prepare` for this very list of pools.
-            unsafe { p.shared.unlock_after_fork(*st.heads.add(p.slot)) };
-        }
+    for p in reg.pools() {
+        p.shared.unlock_after_fork();
     }
     Some(reg)
 }
 
 extern "C" fn fork_parent() {
     drop(fork_release());
+    crate::fork::unlock_outer();
 }
 
 extern "C" fn fork_child() {
-    // SAFETY: the forking thread, as in `fork_release`.
-    let keep = unsafe { (*FORK.0.get()).keep };
-    let Some(mut reg) = fork_release() else {
-        return;
-    };
-    let mut cur = reg.threads;
-    reg.threads = ptr::null_mut();
-    while let Some(tc) = NonNull::new(cur) {
-        // SAFETY: a registered cache, mapped, under the registry lock.
-        cur = unsafe { tc.as_ref() }.reg_next.get();
-        if tc.as_ptr() == keep {
-            // SAFETY: as above.
-            unsafe { tc.as_ref() }.reg_next.set(reg.threads);
-            reg.threads = tc.as_ptr();
-        } else {
-            // Its owner does not exist here: nobody will use it again.
-            // SAFETY: unregistered, and no thread of the child owns it.
-            unsafe { thread_cache::unmap(tc) };
+    // The cache of this thread, the child's only one: made by the prepare
+    // handler, or inside the window by another handler's allocation.
+    let keep = ThreadCache::existing().map_or(ptr::null(), ptr::from_ref);
+    crate::span::fork_child();
+    let mut orphans: *mut ThreadCache = ptr::null_mut();
+    if let Some(mut reg) = fork_release() {
+        let mut cur = reg.threads;
+        reg.threads = ptr::null_mut();
+        while let Some(tc) = NonNull::new(cur) {
+            // SAFETY: a registered cache, mapped, under the registry lock.
+            cur = unsafe { tc.as_ref() }.reg_next.get();
+            if ptr::eq(tc.as_ptr(), keep) {
+                // SAFETY: as above.
+                unsafe { tc.as_ref() }.reg_next.set(reg.threads);
+                reg.threads = tc.as_ptr();
+            } else {
+                // Its owner does not exist here: this thread gives back
+                // what it cached (below, once the locks are released).
+                // SAFETY: as above.
+                unsafe { tc.as_ref() }.reg_next.set(orphans);
+                orphans = tc.as_ptr();
+            }
+        }
+    }
+    crate::fork::unlock_outer();
+    while let Some(tc) = NonNull::new(orphans) {
+        // SAFETY: unregistered, mapped, and owned by no thread of the child,
+        // which has only this one: we act as its owner.
+        unsafe {
+            orphans = tc.as_ref().reg_next.get();
+            thread_cache::drain(tc.as_ref());
+            thread_cache::unmap(tc);
         }
     }
 }

@@ -16,6 +16,7 @@
 //! cluster. Objects in the shared cache hold an [`Item`] at their start.
 
 use crate::sync::{peek, unlock, AtomicIsize, AtomicPtr, Backoff};
+use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use crossbeam_utils::CachePadded;
@@ -86,6 +87,37 @@ struct Bucket {
     /// Objects of the pool obtained from the backing allocator and not yet
     /// returned, counted on this bucket to spread the writes.
     allocated: AtomicIsize,
+    /// The list, while the fork handlers hold the head (BUSY) from prepare
+    /// to the parent or child handler. Only the forking thread touches it:
+    /// the handlers, and inside its fork window its own puts and takes
+    /// (see `crate::fork`).
+    fork_list: UnsafeCell<*mut Item>,
+}
+
+// SAFETY: `fork_list` is touched only by the forking thread while the
+// bucket's head is held for it (see the field); the rest is atomics.
+unsafe impl Sync for Bucket {}
+// SAFETY: the fork list points to objects of the pool, not tied to a
+// thread (as the atomic head's values are).
+unsafe impl Send for Bucket {}
+
+/// Where the list of a bucket locked by [`SharedCache::lock`] is: behind its
+/// head, or (inside the fork window) in its fork list.
+enum Locked<'a> {
+    Head(&'a AtomicPtr<Item>),
+    ForkList(&'a UnsafeCell<*mut Item>),
+}
+
+impl Locked<'_> {
+    /// Stores the new first cluster, which unlocks the head.
+    fn unlock(self, first: *mut Item) {
+        match self {
+            Locked::Head(head) => unlock(head, first),
+            // SAFETY: inside the fork window the forking thread alone
+            // touches the fork list (see `Bucket::fork_list`).
+            Locked::ForkList(list) => unsafe { *list.get() = first },
+        }
+    }
 }
 
 /// The shared cache of one pool.
@@ -101,6 +133,7 @@ impl SharedCache {
                     head: AtomicPtr::new(ptr::null_mut()),
                     objects: AtomicIsize::new(0),
                     allocated: AtomicIsize::new(0),
+                    fork_list: UnsafeCell::new(ptr::null_mut()),
                 })
             }),
         }
@@ -136,6 +169,18 @@ impl SharedCache {
                     Err(now) => head = now,
                 }
             }
+            if crate::fork::inside_window() {
+                // Held by the fork handlers for this thread: onto the list
+                // they keep.
+                // SAFETY: inside the window only this thread touches the
+                // fork list (see `Bucket::fork_list`); `first` is ours.
+                unsafe {
+                    (*first).next = *bucket.fork_list.get();
+                    *bucket.fork_list.get() = first;
+                }
+                bucket.objects.fetch_add(cluster.len as isize, Relaxed);
+                return;
+            }
             // Locked by a taker: try the next bucket, pausing after a round.
             b += 1;
             if b % BUCKETS == home % BUCKETS {
@@ -152,14 +197,14 @@ impl SharedCache {
     pub(crate) fn take(&self, home: usize) -> Option<Cluster> {
         for i in 0..BUCKETS {
             let bucket = &self.buckets[(home + i) % BUCKETS];
-            if let Some(first) = Self::lock(bucket) {
+            if let Some((first, locked)) = Self::lock(bucket) {
                 crate::options::race_window();
                 // SAFETY: we hold the bucket's lock, so nobody else can take
                 // `first` (and return it to the OS) while we read its `next`.
                 let next = unsafe { (*first.as_ptr()).next };
                 // Release: unlocks, and hands the next taker what the putters
                 // published (it acquired their writes through our swap).
-                unlock(&bucket.head, next);
+                locked.unlock(next);
                 // SAFETY: `first` left the list: its cluster is ours.
                 let len = unsafe { cluster_len(first) };
                 bucket.objects.fetch_sub(len as isize, Relaxed);
@@ -176,11 +221,11 @@ impl SharedCache {
     /// Lock: each head in turn, held for one swap and one store.
     pub(crate) fn take_all(&self, mut f: impl FnMut(Cluster)) {
         for bucket in &self.buckets {
-            let Some(first) = Self::lock(bucket) else {
+            let Some((first, locked)) = Self::lock(bucket) else {
                 continue;
             };
             // Release: unlocks; the list is now ours alone.
-            unlock(&bucket.head, ptr::null_mut());
+            locked.unlock(ptr::null_mut());
             let mut taken = 0;
             let mut cur = first.as_ptr();
             while let Some(c) = NonNull::new(cur) {
@@ -199,8 +244,9 @@ impl SharedCache {
 
     /// Locks `bucket`'s head and returns its first cluster, still linked;
     /// the caller must unlock by storing a new head. `None` (and no lock
-    /// held) when the bucket is empty.
-    fn lock(bucket: &Bucket) -> Option<NonNull<Item>> {
+    /// held) when the bucket is empty. Inside the fork window, a head held
+    /// by the fork handlers gives its fork list instead.
+    fn lock(bucket: &Bucket) -> Option<(NonNull<Item>, Locked<'_>)> {
         let backoff = Backoff::new();
         loop {
             // Relaxed: a peek to avoid writing to an empty or locked head.
@@ -209,6 +255,11 @@ impl SharedCache {
                 return None;
             }
             if head == busy() {
+                if crate::fork::inside_window() {
+                    // SAFETY: as in `put`.
+                    let first = NonNull::new(unsafe { *bucket.fork_list.get() })?;
+                    return Some((first, Locked::ForkList(&bucket.fork_list)));
+                }
                 backoff.snooze();
                 continue;
             }
@@ -221,7 +272,7 @@ impl SharedCache {
                 continue;
             }
             match NonNull::new(head) {
-                Some(first) => return Some(first),
+                Some(first) => return Some((first, Locked::Head(&bucket.head))),
                 None => {
                     // Emptied between our peek and the swap: unlock as found.
                     // Release: we publish nothing, but it keeps the head a
@@ -259,28 +310,37 @@ impl SharedCache {
 impl SharedCache {
     /// Locks every bucket's head, empty or not, for `fork()` (the atfork
     /// prepare handler): afterwards no taker is between its swap and its
-    /// unlock, so the child inherits whole lists. Returns the heads, for
-    /// [`SharedCache::unlock_after_fork`].
-    pub(crate) fn lock_for_fork(&self) -> [*mut Item; BUCKETS] {
-        core::array::from_fn(|b| {
+    /// unlock, so the child inherits whole lists. Each list waits in its
+    /// bucket's fork list for [`SharedCache::unlock_after_fork`].
+    pub(crate) fn lock_for_fork(&self) {
+        for bucket in &self.buckets {
             let backoff = Backoff::new();
             loop {
                 // Acquire: as in `lock`, we take over the list.
-                let head = self.buckets[b].head.swap(busy(), Acquire);
+                let head = bucket.head.swap(busy(), Acquire);
                 if head != busy() {
-                    return head;
+                    // SAFETY: we hold the head: only we touch the fork list.
+                    unsafe { *bucket.fork_list.get() = head };
+                    break;
                 }
                 backoff.snooze();
             }
-        })
+        }
     }
 
-    /// Puts back the heads [`SharedCache::lock_for_fork`] took (in the
-    /// parent and in the child).
-    pub(crate) fn unlock_after_fork(&self, heads: [*mut Item; BUCKETS]) {
-        for (bucket, head) in self.buckets.iter().zip(heads) {
-            // Release: as in `take`, hands the list to the next taker.
-            unlock(&bucket.head, head);
+    /// Puts back the lists [`SharedCache::lock_for_fork`] took (in the
+    /// parent and in the child). A head that is not held was not locked
+    /// (its pool was created inside the fork window) and stays as it is.
+    pub(crate) fn unlock_after_fork(&self) {
+        for bucket in &self.buckets {
+            if peek(&bucket.head) == busy() {
+                // SAFETY: the head is held for this thread: only it touches
+                // the fork list.
+                let list =
+                    unsafe { core::mem::replace(&mut *bucket.fork_list.get(), ptr::null_mut()) };
+                // Release: as in `take`, hands the list to the next taker.
+                unlock(&bucket.head, list);
+            }
         }
     }
 }

@@ -22,26 +22,34 @@
 //! [`LargeHeader`]; the caller's block follows at the requested alignment.
 //!
 //! Before any header is read, the **region map** says whether the
-//! `SPAN`-sized granule of an address is ours at all: two bytes per granule
-//! of the 47-bit user address space (128 MiB of reserved, lazily backed
-//! zero pages). So a pointer that no span or large mapping owns is rejected
-//! without reading memory that may be unmapped. Spans and large mappings
-//! are unmarked before they are unmapped. A span's entry also holds its tag,
-//! so [`owner`] (on every `free` of the LD_PRELOAD malloc) reads no span
-//! header: headers sit at 2 MiB-aligned addresses, which all compete for the
-//! same few sets of the CPU caches (BENCHMARKS.md, larson, has the misses
-//! this saves).
+//! `SPAN`-sized granule of an address is ours at all: two bytes per granule,
+//! in leaves of 128 KiB (each covering 16 GiB of addresses) reserved when a
+//! mapping of ours first lands in their range, under a static root. So a
+//! pointer that no span or large mapping owns is rejected without reading
+//! memory that may be unmapped. Spans and large mappings are unmarked before
+//! they are unmapped (and a lookup reading a large mapping's header is
+//! waited for). A span's entry also holds its tag, so [`owner`] (on every
+//! `free` of the LD_PRELOAD malloc) reads no span header: headers sit at
+//! `SPAN`-aligned addresses, which all compete for the same few sets of the
+//! CPU caches, and reading them missed often enough to be the largest cost
+//! of `free` in the larson benchmark.
+//!
+//! Sizes are chosen for small address spaces (`ulimit -v`, containers): a
+//! span is 256 KiB (a short process touches a few dozen classes, one span
+//! each at least), spans are mapped 16 at a time (4 MiB) or one at a time
+//! when that fails, and nothing is reserved up front but what is used.
 
 use crate::os;
+use crate::sync::SpinLock;
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU32, AtomicU64};
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use core::sync::atomic::{fence, AtomicPtr, AtomicU16, AtomicU32, AtomicU64, AtomicUsize};
 use crossbeam_utils::Backoff;
 
 /// log2 of the span size and of the region map's granule.
-pub(crate) const SPAN_SHIFT: u32 = 21;
-/// Bytes per span (2 MiB), and the alignment of every mapping of ours.
+pub(crate) const SPAN_SHIFT: u32 = 18;
+/// Bytes per span (256 KiB), and the alignment of every mapping of ours.
 pub(crate) const SPAN: usize = 1 << SPAN_SHIFT;
 /// User addresses on x86-64 Linux (without 5-level opt-in) fit in 47 bits.
 const ADDR_BITS: u32 = 47;
@@ -115,37 +123,69 @@ pub enum Owner {
 
 // ---- region map ------------------------------------------------------------
 
-static MAP: AtomicPtr<AtomicU16> = AtomicPtr::new(ptr::null_mut());
-const MAP_BYTES: usize = GRANULES * size_of::<u16>();
+/// log2 of the granules one leaf of the region map covers: 2^16 entries
+/// (128 KiB of reserved zero pages) for 2^(16 + SPAN_SHIFT) bytes of
+/// address space, more than a process's mappings usually spread over.
+const LEAF_BITS: u32 = 16;
+const LEAF_GRANULES: usize = 1 << LEAF_BITS;
+const LEAF_BYTES: usize = LEAF_GRANULES * size_of::<u16>();
+/// Bits of an address above a leaf's range.
+const LEAF_SHIFT: u32 = SPAN_SHIFT + LEAF_BITS;
+const ROOTS: usize = GRANULES / LEAF_GRANULES;
 
-/// The region map, created on first use; `None` if it cannot be mapped.
-fn region_map() -> Option<&'static [AtomicU16]> {
-    // Acquire: pairs with the Release CAS that published the mapping.
-    let mut m = MAP.load(Acquire);
-    if m.is_null() {
-        let fresh = map_reserve(MAP_BYTES)?.cast::<AtomicU16>().as_ptr();
-        // AcqRel on success: publish the fresh (zeroed) mapping; Acquire on
-        // failure: take the winner's.
-        match MAP.compare_exchange(ptr::null_mut(), fresh, Release, Acquire) {
-            Ok(_) => m = fresh,
-            Err(won) => {
-                // SAFETY: our mapping was never published.
-                unsafe { os::unmap(NonNull::new_unchecked(fresh.cast()), MAP_BYTES) };
-                m = won;
-            }
-        }
+/// The region map: a root of leaf pointers (static, so a lookup needs no
+/// mapping and no pointer to the map), and leaves of two bytes per granule
+/// reserved when a span or large mapping first lands in their range and
+/// never unmapped. A lookup loads the root entry, then the granule's entry:
+/// as many dependent loads as a flat map behind a pointer, without
+/// reserving the whole address space's map up front (128 MiB of address
+/// space, more than a modest `ulimit -v` allows).
+static ROOTS_MAP: [AtomicPtr<AtomicU16>; ROOTS] =
+    [const { AtomicPtr::new(ptr::null_mut()) }; ROOTS];
+
+/// The entry of granule `g` (`g < GRANULES`), if its leaf exists.
+#[inline(always)]
+fn entry(g: usize) -> Option<&'static AtomicU16> {
+    debug_assert!(g < GRANULES);
+    // SAFETY: `g < GRANULES`, so its root index is below ROOTS.
+    let root = unsafe { ROOTS_MAP.get_unchecked(g >> LEAF_BITS) };
+    // Acquire: pairs with the Release CAS that published the leaf.
+    let leaf = root.load(Acquire);
+    if leaf.is_null() {
+        return None;
     }
-    // SAFETY: a live mapping of GRANULES zero-initialised, page-aligned
-    // u16s, never unmapped; AtomicU16 has the layout of u16.
-    Some(unsafe { core::slice::from_raw_parts(m, GRANULES) })
+    // SAFETY: a published leaf is a live mapping of LEAF_GRANULES
+    // zero-initialised u16s, never unmapped; AtomicU16 has u16's layout.
+    Some(unsafe { &*leaf.add(g & (LEAF_GRANULES - 1)) })
 }
 
-/// The region map if it exists (a lookup never creates it).
-fn region_map_if_any() -> Option<&'static [AtomicU16]> {
-    // Acquire: as in `region_map`.
-    let m = MAP.load(Acquire);
-    // SAFETY: as in `region_map`.
-    (!m.is_null()).then(|| unsafe { core::slice::from_raw_parts(m, GRANULES) })
+/// Makes sure the leaves covering `[base, base + len)` exist; `false` if
+/// one could not be mapped (the range cannot be marked).
+fn cover(base: usize, len: usize) -> bool {
+    let (first, last) = (base >> LEAF_SHIFT, (base + len - 1) >> LEAF_SHIFT);
+    if last >= ROOTS {
+        return false;
+    }
+    for root in &ROOTS_MAP[first..=last] {
+        // Acquire: as in `entry`.
+        if !root.load(Acquire).is_null() {
+            continue;
+        }
+        let Some(fresh) = map_reserve(LEAF_BYTES) else {
+            return false;
+        };
+        let fresh = fresh.cast::<AtomicU16>().as_ptr();
+        // Release on success: publishes the fresh (zeroed) leaf; Relaxed on
+        // failure: the winner's leaf is read through `entry`'s Acquire.
+        if root
+            .compare_exchange(ptr::null_mut(), fresh, Release, Relaxed)
+            .is_err()
+        {
+            // SAFETY: our leaf was never published.
+            unsafe { os::unmap(NonNull::new_unchecked(fresh.cast()), LEAF_BYTES) };
+        }
+    }
+    true
 }
 
 /// Reserves `len` bytes of zero pages backed only when written.
@@ -166,14 +206,19 @@ fn map_reserve(len: usize) -> Option<NonNull<u8>> {
 }
 
 /// Marks the granules of `[base, base + len)` with `kind` (the first) and
-/// `rest` (the others).
-fn mark(map: &[AtomicU16], base: usize, len: usize, kind: u16, rest: u16) {
+/// `rest` (the others). Their leaves exist: [`cover`] said so before the
+/// range was marked the first time, and leaves are never unmapped.
+fn mark(base: usize, len: usize, kind: u16, rest: u16) {
     let first = base >> SPAN_SHIFT;
     let last = (base + len - 1) >> SPAN_SHIFT;
-    for (g, entry) in map.iter().enumerate().take(last + 1).skip(first) {
-        // Release: a reader that acquires the kind sees the header written
-        // before it.
-        entry.store(if g == first { kind } else { rest }, Release);
+    for g in first..=last {
+        let e = entry(g);
+        debug_assert!(e.is_some() || kind == FOREIGN, "granule {g} not covered");
+        if let Some(e) = e {
+            // Release: a reader that acquires the kind sees the header
+            // written before it.
+            e.store(if g == first { kind } else { rest }, Release);
+        }
     }
 }
 
@@ -200,29 +245,6 @@ fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
 
 // ---- spans -------------------------------------------------------------------
 
-/// A lock that can be taken in a `pthread_atfork` prepare handler and
-/// released in the parent and the child (a std mutex guard cannot).
-struct SpinLock(AtomicBool);
-
-impl SpinLock {
-    fn lock(&self) {
-        let backoff = Backoff::new();
-        // Acquire: see what the previous holder wrote under the lock.
-        while self
-            .0
-            .compare_exchange_weak(false, true, Acquire, Relaxed)
-            .is_err()
-        {
-            backoff.snooze();
-        }
-    }
-
-    fn unlock(&self) {
-        // Release: hand our writes to the next holder.
-        self.0.store(false, Release);
-    }
-}
-
 /// State of one tag, under its lock.
 struct TagState {
     lock: SpinLock,
@@ -247,7 +269,7 @@ unsafe impl Sync for TagState {}
 
 static TAGS: [TagState; MAX_TAGS] = [const {
     TagState {
-        lock: SpinLock(AtomicBool::new(false)),
+        lock: SpinLock::new(),
         inner: UnsafeCell::new(TagInner {
             avail: ptr::null_mut(),
             spare: ptr::null_mut(),
@@ -473,8 +495,13 @@ unsafe fn obtain_locked(st: &mut TagInner, tag: u32, size: usize) -> Option<NonN
 }
 
 fn new_span(tag: u32, obj_size: usize) -> Option<NonNull<SpanHeader>> {
-    let map = region_map()?;
     let base = reserved_span()?;
+    if !cover(base.as_ptr() as usize, SPAN) {
+        // SAFETY: the span is ours and unused (a span of a batch is unmapped
+        // alone as any span is).
+        unsafe { os::unmap(base, SPAN) };
+        return None;
+    }
     let data = data_offset(obj_size);
     let g = &GEOMETRY[tag as usize];
     // Relaxed: published by the Release of `mark` below.
@@ -497,7 +524,7 @@ fn new_span(tag: u32, obj_size: usize) -> Option<NonNull<SpanHeader>> {
         })
     };
     let kind = KIND_SPAN | tag as u16;
-    mark(map, base.as_ptr() as usize, SPAN, kind, kind);
+    mark(base.as_ptr() as usize, SPAN, kind, kind);
     Some(base.cast())
 }
 
@@ -520,7 +547,7 @@ unsafe impl Sync for Reserve {}
 const BATCH: usize = 16;
 
 static RESERVE: Reserve = Reserve {
-    lock: SpinLock(AtomicBool::new(false)),
+    lock: SpinLock::new(),
     inner: UnsafeCell::new((ptr::null_mut(), 0)),
 };
 
@@ -642,9 +669,7 @@ unsafe fn release_locked(
 /// Marks the granule of span `s` foreign, so that [`owner`] stops reading
 /// its header before the span is unmapped and its range reused by anyone.
 fn unmark_span(s: *mut SpanHeader) {
-    if let Some(map) = region_map_if_any() {
-        mark(map, s as usize, SPAN, FOREIGN, FOREIGN);
-    }
+    mark(s as usize, SPAN, FOREIGN, FOREIGN);
 }
 
 /// Unmaps every tag's spare span (from `pool_gc`): afterwards a span is
@@ -696,13 +721,17 @@ fn tag_counts(tag: u32) -> (usize, usize) {
 /// of its own, zeroed; `None` when it cannot be mapped or the size overflows.
 pub fn large_obtain(size: usize, align: usize) -> Option<NonNull<u8>> {
     debug_assert!(align.is_power_of_two());
-    let map = region_map()?;
     let off = size_of::<LargeHeader>().next_multiple_of(align.max(16));
     // At least one byte past `off`, so the block lies inside the mapping.
     let len = off
         .checked_add(size.max(1))?
         .checked_next_multiple_of(4096)?;
     let base = map_aligned(len, align.max(SPAN))?;
+    if !cover(base.as_ptr() as usize, len) {
+        // SAFETY: the fresh mapping is ours and unused.
+        unsafe { os::unmap(base, len) };
+        return None;
+    }
     // SAFETY: `off + size <= len`: inside the fresh mapping.
     let user = unsafe { base.as_ptr().add(off) };
     // SAFETY: the header lies at the start of the fresh writable mapping.
@@ -714,13 +743,7 @@ pub fn large_obtain(size: usize, align: usize) -> Option<NonNull<u8>> {
             usable: len - off,
         })
     };
-    mark(
-        map,
-        base.as_ptr() as usize,
-        len,
-        KIND_LARGE,
-        KIND_LARGE_CONT,
-    );
+    mark(base.as_ptr() as usize, len, KIND_LARGE, KIND_LARGE_CONT);
     NonNull::new(user)
 }
 
@@ -754,8 +777,7 @@ pub const fn large_align() -> usize {
 /// `p` is a live block of [`large_obtain`] (as [`owner`] says) that the
 /// caller owns: no other thread uses or frees it meanwhile.
 pub unsafe fn large_resize(p: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
-    let map = region_map_if_any()?;
-    let base = large_base(map, p.as_ptr() as usize)?;
+    let base = large_base(p.as_ptr() as usize)?;
     let h = base.cast::<LargeHeader>();
     // SAFETY: a large mapping's header is at its base; the block is the
     // caller's, so nobody changes the header meanwhile.
@@ -776,17 +798,21 @@ pub unsafe fn large_resize(p: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
         let old_last = (b + old_len - 1) >> SPAN_SHIFT;
         if old_last > keep_last {
             let from = (keep_last + 1) << SPAN_SHIFT;
-            mark(map, from, b + old_len - from, FOREIGN, FOREIGN);
+            mark(from, b + old_len - from, FOREIGN, FOREIGN);
         }
         // SAFETY: shrinking our own mapping in place (no MAYMOVE): the
         // pages cut off belong to this block, which nobody else uses.
         let r = unsafe { libc::mremap(base.cast(), old_len, new_len, 0) };
         if r != base.cast() {
-            mark(map, b, old_len, KIND_LARGE, KIND_LARGE_CONT);
+            mark(b, old_len, KIND_LARGE, KIND_LARGE_CONT);
             return None;
         }
         (base, false)
     } else {
+        // The leaves the grown range would need, before it exists.
+        if !cover(b, new_len) {
+            return None;
+        }
         // SAFETY: growing our own mapping in place (no MAYMOVE): the kernel
         // only extends it over addresses nobody has mapped.
         let r = unsafe { libc::mremap(base.cast(), old_len, new_len, 0) };
@@ -795,9 +821,15 @@ pub unsafe fn large_resize(p: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
         } else {
             // A SPAN-aligned range of the new length, for the header lookup.
             let dest = map_aligned(new_len, SPAN)?;
+            if !cover(dest.as_ptr() as usize, new_len) {
+                // SAFETY: `dest` is our fresh, unused mapping.
+                unsafe { os::unmap(dest, new_len) };
+                return None;
+            }
             // Unmark the old range first: once moved, its addresses may be
             // mapped again by anyone.
-            mark(map, b, old_len, FOREIGN, FOREIGN);
+            mark(b, old_len, FOREIGN, FOREIGN);
+            wait_header_readers();
             // SAFETY: moves the pages of our own mapping (nobody else uses
             // the block) over `dest`, a fresh mapping of ours of `new_len`
             // bytes, which MREMAP_FIXED replaces.
@@ -813,7 +845,7 @@ pub unsafe fn large_resize(p: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
             if r != dest.as_ptr().cast() {
                 // SAFETY: `dest` is still our fresh, unused mapping.
                 unsafe { os::unmap(dest, new_len) };
-                mark(map, b, old_len, KIND_LARGE, KIND_LARGE_CONT);
+                mark(b, old_len, KIND_LARGE, KIND_LARGE_CONT);
                 return None;
             }
             (dest.as_ptr(), true)
@@ -829,7 +861,7 @@ pub unsafe fn large_resize(p: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
         (*h).user
     };
     if to_mark {
-        mark(map, new_base as usize, new_len, KIND_LARGE, KIND_LARGE_CONT);
+        mark(new_base as usize, new_len, KIND_LARGE, KIND_LARGE_CONT);
     }
     NonNull::new(user)
 }
@@ -839,26 +871,27 @@ pub unsafe fn large_resize(p: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
 /// # Safety
 /// `p` came from `large_obtain` (as [`owner`] says) and is not used any more.
 pub unsafe fn large_release(p: NonNull<u8>) {
-    let Some(map) = region_map_if_any() else {
-        return;
-    };
-    let Some(base) = large_base(map, p.as_ptr() as usize) else {
+    let Some(base) = large_base(p.as_ptr() as usize) else {
         return;
     };
     // SAFETY: a large mapping's header is at its base (caller's contract).
     let len = unsafe { (*base.cast::<LargeHeader>()).map_len };
     // Unmark first: once unmapped, the range may be mapped again by anyone.
-    mark(map, base as usize, len, FOREIGN, FOREIGN);
+    mark(base as usize, len, FOREIGN, FOREIGN);
+    wait_header_readers();
     // SAFETY: the whole mapping is this block's, which nobody uses now.
     unsafe { os::unmap(NonNull::new_unchecked(base), len) };
 }
 
 /// The base of the large mapping whose granules cover `addr`.
-fn large_base(map: &[AtomicU16], addr: usize) -> Option<*mut u8> {
+fn large_base(addr: usize) -> Option<*mut u8> {
+    if addr >> ADDR_BITS != 0 {
+        return None;
+    }
     let mut g = addr >> SPAN_SHIFT;
     loop {
         // Acquire: pairs with `mark`, so the header is visible.
-        match map[g].load(Acquire) {
+        match entry(g)?.load(Acquire) {
             KIND_LARGE => return Some(ptr::with_exposed_provenance_mut(g << SPAN_SHIFT)),
             KIND_LARGE_CONT if g > 0 => g -= 1,
             _ => return None,
@@ -876,19 +909,22 @@ fn large_base(map: &[AtomicU16], addr: usize) -> Option<*mut u8> {
 #[inline(always)]
 pub fn owner(p: *const u8) -> Owner {
     let addr = p as usize;
-    if addr >> ADDR_BITS != 0 {
-        return Owner::Foreign;
-    }
-    let Some(map) = region_map_if_any() else {
+    // The root entry's index is also the test of the address's range.
+    let Some(root) = ROOTS_MAP.get(addr >> LEAF_SHIFT) else {
         return Owner::Foreign;
     };
-    // SAFETY: `addr < 2^ADDR_BITS`, so its granule is below GRANULES.
-    let entry = unsafe { map.get_unchecked(addr >> SPAN_SHIFT) };
+    // Acquire: as in `entry`.
+    let leaf = root.load(Acquire);
+    if leaf.is_null() {
+        return Owner::Foreign;
+    }
+    // SAFETY: as in `entry`.
+    let e = unsafe { &*leaf.add((addr >> SPAN_SHIFT) & (LEAF_GRANULES - 1)) };
     // Acquire: pairs with `mark`'s Release, so the tag's geometry (or the
     // large mapping's header) is visible.
-    let v = entry.load(Acquire);
+    let v = e.load(Acquire);
     if v & KIND_SPAN == 0 {
-        return large_owner(map, v, addr);
+        return large_owner(v, addr);
     }
     // The low byte is the tag (MAX_TAGS is 256: no bounds check).
     let tag = usize::from(v as u8);
@@ -909,19 +945,49 @@ pub fn owner(p: *const u8) -> Owner {
 /// [`owner`] for an address whose granule holds no span (map value `v`).
 #[cold]
 #[inline(never)]
-fn large_owner(map: &[AtomicU16], v: u16, addr: usize) -> Owner {
+fn large_owner(v: u16, addr: usize) -> Owner {
     if !(v == KIND_LARGE || v == KIND_LARGE_CONT) || !addr.is_multiple_of(os::OBJECT_ALIGN) {
         return Owner::Foreign;
     }
-    let Some(base) = large_base(map, addr) else {
-        return Owner::Foreign;
+    // Counted while it reads a header: a thread that frees the block at the
+    // same time (this lookup is then of a pointer the caller does not own,
+    // which is reported) waits before unmapping it (`wait_header_readers`).
+    HEADER_READERS.fetch_add(1, Relaxed);
+    // SeqCst: either the unmapping thread's load after its own fence sees
+    // our count, or our loads of the map after this fence see its unmark.
+    fence(SeqCst);
+    let owner = match large_base(addr) {
+        Some(base) => {
+            // SAFETY: the map says a large mapping starts at `base`, and it
+            // stays mapped while we are counted (see above).
+            let h = unsafe { &*base.cast::<LargeHeader>() };
+            if h.magic == LARGE_MAGIC && h.user as usize == addr {
+                Owner::Large { usable: h.usable }
+            } else {
+                Owner::Foreign
+            }
+        }
+        None => Owner::Foreign,
     };
-    // SAFETY: the map says a large mapping starts at `base`.
-    let h = unsafe { &*base.cast::<LargeHeader>() };
-    if h.magic == LARGE_MAGIC && h.user as usize == addr {
-        Owner::Large { usable: h.usable }
-    } else {
-        Owner::Foreign
+    // Release: our reads of the header happen before the unmapping thread's
+    // Acquire load that sees the count drop.
+    HEADER_READERS.fetch_sub(1, Release);
+    owner
+}
+
+/// Lookups reading a large mapping's header now ([`large_owner`]).
+static HEADER_READERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Called after unmarking a large mapping and before unmapping (or moving)
+/// it: waits until no lookup that may have seen it marked still reads its
+/// header. A lookup counts itself for a few loads only.
+fn wait_header_readers() {
+    // SeqCst: pairs with the fence in `large_owner` (see there).
+    fence(SeqCst);
+    let backoff = Backoff::new();
+    // Acquire: see the Release in `large_owner`.
+    while HEADER_READERS.load(Acquire) != 0 {
+        backoff.snooze();
     }
 }
 
@@ -932,6 +998,13 @@ fn large_owner(map: &[AtomicU16], v: u16, addr: usize) -> Owner {
 pub(crate) fn fork_prepare() {
     TAGS.iter().for_each(|t| t.lock.lock());
     RESERVE.lock.lock();
+}
+
+/// In the child, after [`fork_release`]: lookups of threads that are not
+/// in the child do not read any header here.
+pub(crate) fn fork_child() {
+    // Relaxed: the child's only thread.
+    HEADER_READERS.store(0, Relaxed);
 }
 
 /// Releases what [`fork_prepare`] took (in the parent and in the child).

@@ -69,3 +69,39 @@ pub(crate) fn peek<T>(head: &AtomicPtr<T>) -> *mut T {
         }
     }
 }
+
+/// A lock that can be taken in a `pthread_atfork` prepare handler and
+/// released in the parent and the child (a std mutex guard cannot). Inside
+/// its fork window (see `crate::fork`) the forking thread finds every such
+/// lock held for it: `lock` and `unlock` then leave it alone.
+pub(crate) struct SpinLock(core::sync::atomic::AtomicBool);
+
+impl SpinLock {
+    pub(crate) const fn new() -> Self {
+        SpinLock(core::sync::atomic::AtomicBool::new(false))
+    }
+
+    pub(crate) fn lock(&self) {
+        use core::sync::atomic::Ordering::{Acquire, Relaxed};
+        let backoff = crossbeam_utils::Backoff::new();
+        // Acquire: see what the previous holder wrote under the lock.
+        while self
+            .0
+            .compare_exchange_weak(false, true, Acquire, Relaxed)
+            .is_err()
+        {
+            if crate::fork::inside_window() {
+                return;
+            }
+            backoff.snooze();
+        }
+    }
+
+    pub(crate) fn unlock(&self) {
+        if crate::fork::inside_window() {
+            return;
+        }
+        // Release: hand our writes to the next holder.
+        self.0.store(false, core::sync::atomic::Ordering::Release);
+    }
+}

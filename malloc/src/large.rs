@@ -15,9 +15,11 @@
 //!
 //! Thread safety: one spin lock guards the lists and the cached byte count;
 //! no system call and no other lock is taken under it. Fork safety: the
-//! handlers registered by [`register_fork_handlers`] (the cache's own, on
-//! its first use) take it in `fork`'s prepare step and release it in the
-//! parent and the child.
+//! process's one set of fork handlers (the core's, registered when the
+//! library is loaded) takes it in `fork`'s prepare step, before the core's
+//! locks, and releases it in the parent and the child ([`fork_lock`],
+//! [`fork_unlock`]); inside the forking thread's fork window the lock is
+//! held for that thread, which goes through it (see `pools::fork`).
 //!
 //! A cached block stays marked as a large block in the span region map: the
 //! cache owns it, and `span::owner` still recognises it.
@@ -65,7 +67,9 @@ fn bin_ceil(pages: usize) -> usize {
 }
 
 /// A lock a `pthread_atfork` prepare handler can take and the parent and
-/// child handlers release (a std guard could not be carried across).
+/// child handlers release (a std guard could not be carried across). Inside
+/// the fork window the forking thread finds it held for it: `lock` and
+/// `unlock` leave it alone.
 struct SpinLock(AtomicBool);
 
 impl SpinLock {
@@ -76,6 +80,9 @@ impl SpinLock {
             .compare_exchange_weak(false, true, Acquire, Relaxed)
             .is_err()
         {
+            if pools::fork::inside_window() {
+                return;
+            }
             // Relaxed: only a hint to retry; the CAS above synchronises.
             while self.0.load(Relaxed) {
                 // SAFETY: sched_yield has no preconditions. The holder never
@@ -86,6 +93,9 @@ impl SpinLock {
     }
 
     fn unlock(&self) {
+        if pools::fork::inside_window() {
+            return;
+        }
         // Release: hand our writes to the next holder.
         self.0.store(false, Release);
     }
@@ -134,7 +144,6 @@ const CACHE_OFF: u8 = 2;
 
 /// Runs `f` on the lists under the lock.
 fn with_lists<R>(f: impl FnOnce(&mut Lists) -> R) -> R {
-    register_fork_handlers();
     CACHE.lock.lock();
     // SAFETY: we hold the lock: nobody else touches the lists.
     let r = f(unsafe { &mut *CACHE.lists.get() });
@@ -252,11 +261,23 @@ pub(crate) fn obtain(size: usize, zero: bool) -> Option<NonNull<u8>> {
         return Some(p);
     }
     let req = rounded_request(size);
-    let p = span::large_obtain(req, 16)?;
+    let p = map_retrying(req, 16)?;
     if let Some(len) = map_len_for(req) {
         MAPPED.fetch_add(len, Relaxed);
     }
     Some(p)
+}
+
+/// `span::large_obtain(size, align)`; when the mapping fails, again after
+/// giving back what the pools and this cache hold (objects beyond
+/// `minavail`, spare spans, cached mappings), as a small request does after
+/// a failure.
+pub(crate) fn map_retrying(size: usize, align: usize) -> Option<NonNull<u8>> {
+    span::large_obtain(size, align).or_else(|| {
+        trim();
+        pools::registry::gc_pools();
+        span::large_obtain(size, align)
+    })
 }
 
 /// Takes back the large block `p` of `usable` bytes (what `span::owner`
@@ -376,31 +397,16 @@ pub(crate) fn trim() -> bool {
     bytes != 0
 }
 
-extern "C" fn fork_prepare() {
+/// Takes the cache lock: called by the core's prepare handler, before it
+/// takes the core's locks (no path holds this lock while taking another,
+/// nor the reverse).
+pub(crate) extern "C" fn fork_lock() {
     CACHE.lock.lock();
 }
 
-extern "C" fn fork_release() {
+/// Releases it, in the parent and in the child.
+pub(crate) extern "C" fn fork_unlock() {
     CACHE.lock.unlock();
-}
-
-/// Registers, on the first use of the cache, its own `pthread_atfork`
-/// handlers: prepare takes the cache lock, parent and child release it. No
-/// path holds this lock while taking another (nor the reverse), so the order
-/// relative to the core's handlers (registry, shared caches, spans) does
-/// not matter for deadlock. Not a `Once`: `pthread_atfork` may call malloc,
-/// which may come back here on the same thread; that nested call (or
-/// another thread meanwhile) goes on without waiting.
-fn register_fork_handlers() {
-    static STATE: AtomicU8 = AtomicU8::new(0);
-    // Relaxed: the state only decides who registers; the handlers touch
-    // nothing that this publishes.
-    if STATE.load(Relaxed) == 2 || STATE.compare_exchange(0, 1, Relaxed, Relaxed).is_err() {
-        return;
-    }
-    // SAFETY: the handlers are `extern "C" fn()` that never unwind.
-    unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_release), Some(fork_release)) };
-    STATE.store(2, Relaxed);
 }
 
 #[cfg(test)]

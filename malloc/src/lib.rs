@@ -171,6 +171,18 @@ fn pool(c: usize) -> Option<&'static Pool> {
     Some(unsafe { &*p })
 }
 
+/// The library's constructor, when it is loaded (before the program's
+/// `main` and its handlers): the process's one set of fork handlers, the
+/// core's, covering the large cache's lock too (see `pools::fork`).
+extern "C" fn at_load() {
+    pools::fork::cover_outer_locks(large::fork_lock, large::fork_unlock);
+    pools::fork::register_handlers();
+}
+
+#[used]
+#[link_section = ".init_array"]
+static AT_LOAD: extern "C" fn() = at_load;
+
 fn set_errno(e: c_int) {
     // SAFETY: __errno_location returns this thread's errno slot.
     unsafe { *libc::__errno_location() = e };
@@ -301,7 +313,7 @@ fn alloc_aligned(align: usize, size: usize) -> *mut c_void {
         }
         release("posix_memalign", p);
     }
-    match span::large_obtain(size, align) {
+    match large::map_retrying(size, align) {
         Some(p) => p.as_ptr().cast(),
         None => {
             set_errno(libc::ENOMEM);
@@ -364,13 +376,30 @@ pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
 /// Resizes a block: `realloc(NULL, n)` is `malloc(n)`; `realloc(p, 0)`
 /// frees `p` and returns NULL (as glibc does). Otherwise returns a block of
 /// `size` bytes holding the old contents (the same pointer when it still
-/// fits its class), or NULL with errno ENOMEM, leaving `p` untouched.
-/// Aborts on a pointer that is not ours. Thread-safe.
+/// fits its class), or NULL with errno ENOMEM, leaving `p` untouched. A
+/// successful call leaves errno as it was (an in-place `mremap` that fails
+/// before the block moves does not show). Aborts on a pointer that is not
+/// ours. Thread-safe.
 ///
 /// # Safety
 /// `p` is NULL or a live block of this malloc.
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: reading this thread's errno.
+    let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: forwarded (caller's contract).
+    let q = unsafe { resize(p, size) };
+    if !q.is_null() {
+        set_errno(errno);
+    }
+    q
+}
+
+/// [`realloc`], which may leave errno changed on success.
+///
+/// # Safety
+/// As for [`realloc`].
+unsafe fn resize(p: *mut c_void, size: usize) -> *mut c_void {
     if p.is_null() {
         return alloc(size);
     }
@@ -502,12 +531,15 @@ pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
     }
 }
 
-/// Returns to the OS the large mappings this malloc keeps for reuse (the
-/// small-class spans are kept). `pad` is ignored. Returns 1 if memory was
-/// released, 0 otherwise, as glibc does. The core's `pool_gc` calls it too
-/// (it calls the `malloc_trim` of the malloc in use). Thread-safe.
+/// Returns memory to the OS: what `pool_gc(NULL)` does to the pools (the
+/// size classes' idle objects beyond their `minavail`, then the spans left
+/// empty), and the large mappings this malloc keeps for reuse. `pad` is
+/// ignored. Returns 1 if cached large mappings were released, 0 otherwise.
+/// The core's `pool_gc` calls it too (it calls the `malloc_trim` of the
+/// malloc in use). Thread-safe.
 #[cfg_attr(not(test), no_mangle)]
 pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
+    registry::gc_pools();
     c_int::from(large::trim())
 }
 
