@@ -37,7 +37,8 @@ SEED_SIZES = [48 * KIB, 256 * KIB, 2 * MIB]
 SEED_THREADS = [1, 2, 4, 8, 16]
 COUNTED = "count:"
 # The counters of src/counters.rs, in the order the library prints them.
-COUNT_KEYS = ["take", "hit", "far", "wait", "retry", "put", "hop", "obtained", "released"]
+COUNT_KEYS = ["take", "hit", "far", "wait", "retry", "put", "hop", "moved", "obtained",
+              "released"]
 
 
 def lib_path(name):
@@ -92,9 +93,11 @@ def seed_cells():
             for i in seed_impls() + seed_impls(True)]
 
 
-def plan(full):
+def plan(full, seeds_only=False):
     """List of cells (workload, size, threads, impl)."""
     cells = seed_cells()
+    if seeds_only:
+        return cells
     if full:
         threads = [1, 2, 4, 8, 16]
         every = POOLS_G + POOLS_M + OTHERS
@@ -220,7 +223,7 @@ def probe(impl_names, res):
 
 
 def run(args):
-    cells = plan(args.full)
+    cells = plan(args.full, args.seeds)
     res = Results()
     probe(sorted({c[3] for c in cells}), res)
     cells = [c for c in cells if c[3] not in res.na]
@@ -478,15 +481,15 @@ def fmt_count(x):
 
 
 def seed_counts(res, s, t, impl):
-    """The counts beside a figure: waits on a held head, CAS retries,
-    objects released to the system and voluntary context switches, per
-    1000 operations, from the counted run."""
+    """The counts beside a figure: head lines moved between CPUs, waits on
+    a held head, CAS retries, objects released to the system and voluntary
+    context switches, per 1000 operations, from the counted run."""
     rs = res.raw.get(("seeds", s, t, COUNTED + impl))
     if not rs:
         crashed = res.crashes.get(("seeds", s, t, COUNTED + impl))
         return "counted run crashed" if crashed else ""
     r = rs[0]
-    return ("w" + fmt_count(per_kop(r, "c_wait")) + " r" + fmt_count(per_kop(r, "c_retry"))
+    return ("m" + fmt_count(per_kop(r, "c_moved")) + " w" + fmt_count(per_kop(r, "c_wait")) + " r" + fmt_count(per_kop(r, "c_retry"))
             + " o" + fmt_count(per_kop(r, "c_released")) + " v" + fmt_count(per_kop(r, "vcsw")))
 
 
@@ -497,7 +500,8 @@ def seed_table(cells, res):
         return []
     out = ["\n## The seed's table (issue #20): musl, `seeds` workload\n",
            "Million ops/s (median over rounds), then per 1000 ops from one counted run "
-           "(bench-musl-counters, same round): **w** waits on a held head (an xchg head seen "
+           "(bench-musl-counters, same round): **m** uses of a head on another CPU than "
+           "its last use (its cache line moved between cores), **w** waits on a held head (an xchg head seen "
            "BUSY, a mutex or rwlock not free at the first try), **r** failed CAS on a head, "
            "**o** objects released to the system, **v** voluntary context switches (futex "
            "waits and sleeps, whole process). `-1`: `POOL_SHARED_BUCKETS=1` (one head). "
@@ -634,6 +638,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="every size and thread count")
     ap.add_argument("--quick", action="store_true", help="the make bench subset (default)")
+    ap.add_argument("--seeds", action="store_true", help="only the seed's table")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--ms", type=int, default=None, help="measured ms per cell")
     ap.add_argument("--out", default=os.path.join(ROOT, "results"))
@@ -643,7 +648,7 @@ def main():
     args = ap.parse_args()
     args.rounds = args.rounds or (5 if args.full else 5)
     args.ms = args.ms or (200 if args.full else 120)
-    name = args.name or ("full" if args.full else "quick")
+    name = args.name or ("full" if args.full else "seeds" if args.seeds else "quick")
     os.makedirs(args.out, exist_ok=True)
 
     if args.replot:

@@ -6,7 +6,7 @@
 //! stderr:
 //!
 //! ```text
-//! libpools counters: take=.. hit=.. far=.. wait=.. retry=.. put=.. hop=.. obtained=.. released=..
+//! libpools counters: take=.. hit=.. far=.. wait=.. retry=.. put=.. hop=.. moved=.. obtained=.. released=..
 //! ```
 //!
 //! In every other build [`count`] is an empty inline function: the plain
@@ -14,6 +14,7 @@
 
 /// What is counted.
 #[derive(Clone, Copy)]
+#[cfg_attr(not(pools_counters), allow(dead_code))]
 #[repr(usize)]
 pub(crate) enum Event {
     /// A take from the shared cache (a thread cache refill, a direct take).
@@ -31,6 +32,9 @@ pub(crate) enum Event {
     Put,
     /// A put that moved on from a held head to the next bucket.
     Hop,
+    /// A head used on another CPU than the last time it was used: its
+    /// cache line had to move between cores (see [`touch`]).
+    Moved,
     /// An object obtained from the backing allocator.
     Obtained,
     /// An object returned to the backing allocator.
@@ -38,8 +42,8 @@ pub(crate) enum Event {
 }
 
 #[cfg_attr(not(pools_counters), allow(dead_code))]
-const NAMES: [&str; 9] = [
-    "take", "hit", "far", "wait", "retry", "put", "hop", "obtained", "released",
+const NAMES: [&str; 10] = [
+    "take", "hit", "far", "wait", "retry", "put", "hop", "moved", "obtained", "released",
 ];
 
 /// Counts one `e`.
@@ -49,6 +53,41 @@ pub(crate) fn count(e: Event) {
     imp::add(e, 1);
     #[cfg(not(pools_counters))]
     let _ = e;
+}
+
+/// The CPU that last used a head (only in counting builds).
+#[derive(Default)]
+pub(crate) struct LastCpu {
+    #[cfg(pools_counters)]
+    cpu: core::sync::atomic::AtomicU32,
+}
+
+impl LastCpu {
+    pub(crate) const fn new() -> Self {
+        LastCpu {
+            #[cfg(pools_counters)]
+            cpu: core::sync::atomic::AtomicU32::new(u32::MAX),
+        }
+    }
+}
+
+/// Records that this CPU uses the head `last` belongs to, and counts
+/// [`Event::Moved`] when another CPU used it last. The CPU number comes
+/// from `rdtscp` (Linux keeps it in `IA32_TSC_AUX`). It counts moves of the
+/// head's line between the CPUs that used it, not every coherence miss.
+#[inline(always)]
+pub(crate) fn touch(last: &LastCpu) {
+    #[cfg(pools_counters)]
+    {
+        let cpu = imp::cpu();
+        // Relaxed: a statistic; the swap makes every use one step in the
+        // word's modification order.
+        if last.cpu.swap(cpu, core::sync::atomic::Ordering::Relaxed) != cpu {
+            imp::add(Event::Moved, 1);
+        }
+    }
+    #[cfg(not(pools_counters))]
+    let _ = last;
 }
 
 #[cfg(pools_counters)]
@@ -74,6 +113,22 @@ mod imp {
         // No destructor, so the block is reachable until the thread is
         // gone (a thread cache drained at thread exit still counts).
         static MINE: Cell<*const Block> = const { Cell::new(ptr::null()) };
+    }
+
+    /// The CPU this thread runs on now (low 12 bits of `IA32_TSC_AUX`).
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn cpu() -> u32 {
+        let mut aux = 0u32;
+        // SAFETY: rdtscp has no preconditions on x86_64 Linux (the kernel
+        // enables it and sets TSC_AUX to node << 12 | cpu).
+        unsafe { core::arch::x86_64::__rdtscp(&mut aux) };
+        aux & 0xfff
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) fn cpu() -> u32 {
+        // SAFETY: sched_getcpu has no preconditions.
+        unsafe { libc::sched_getcpu() as u32 }
     }
 
     pub(super) fn add(e: Event, k: u64) {

@@ -26,7 +26,7 @@
 //!   its home's mutex held tries the next bucket, as an `xchg` putter does
 //!   on a BUSY head, and after a round waits on its home.
 
-use crate::counters::{count, Event};
+use crate::counters::{count, touch, Event};
 use crate::options::{self, SharedMode};
 use crate::shared_cache::{Bucket, Cluster, Item, SharedCache, BUCKETS};
 use core::ptr::{self, NonNull};
@@ -230,6 +230,7 @@ impl SharedCache {
                 let mut b = home;
                 loop {
                     let bucket = self.bucket(b);
+                    touch(&bucket.last);
                     if let Ok(held) = bucket.legacy.mutex.try_lock() {
                         bucket.legacy.push_locked(first, &held);
                         break bucket;
@@ -238,6 +239,7 @@ impl SharedCache {
                     b += 1;
                     if b - home == self.used().len() {
                         let bucket = self.bucket(home);
+                        touch(&bucket.last);
                         let held = bucket.legacy.lock();
                         bucket.legacy.push_locked(first, &held);
                         break bucket;
@@ -246,6 +248,7 @@ impl SharedCache {
             }
             _ => {
                 let bucket = self.bucket(home);
+                touch(&bucket.last);
                 bucket.legacy.push_dw(first);
                 bucket
             }
@@ -266,6 +269,7 @@ impl SharedCache {
         count(Event::Take);
         for i in 0..self.used().len() {
             let bucket = self.bucket(home + i);
+            touch(&bucket.last);
             let head = &bucket.legacy;
             let first = match mode {
                 SharedMode::Rwlock => {

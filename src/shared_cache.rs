@@ -20,7 +20,7 @@
 //! (`legacy_cache`), so that every variant runs over the same buckets and
 //! clusters and differs from this one only in how a head is locked.
 
-use crate::counters::{count, Event};
+use crate::counters::{count, touch, Event, LastCpu};
 use crate::legacy_cache::LegacyHead;
 use crate::sync::{peek, unlock, AtomicIsize, AtomicPtr, Backoff};
 use core::ptr::{self, NonNull};
@@ -98,6 +98,8 @@ pub(crate) struct Bucket {
     /// The head of a legacy variant, when one is selected (in the same
     /// cache line, as this bucket's own head would be).
     pub(crate) legacy: LegacyHead,
+    /// Counting builds only: the CPU that used this bucket last.
+    pub(crate) last: LastCpu,
 }
 
 /// The shared cache of one pool.
@@ -128,6 +130,7 @@ impl SharedCache {
                     objects: AtomicIsize::new(0),
                     allocated: AtomicIsize::new(0),
                     legacy: LegacyHead::new(),
+                    last: LastCpu::new(),
                 })
             }),
             mask: n - 1,
@@ -156,6 +159,7 @@ impl SharedCache {
         let mut b = home;
         loop {
             let bucket = self.bucket(b);
+            touch(&bucket.last);
             // Relaxed: the head is only stored into `first.next`, never read
             // through, and the CAS below re-checks it.
             let mut head = peek(&bucket.head);
@@ -197,6 +201,7 @@ impl SharedCache {
         count(Event::Take);
         for i in 0..=self.mask {
             let bucket = self.bucket(home + i);
+            touch(&bucket.last);
             if let Some(first) = Self::lock(bucket) {
                 count(Event::Hit);
                 if i != 0 {
