@@ -2,14 +2,17 @@
  * line-move.c: what it costs on this machine to move one cache line between
  * two CPUs, the price a shared head pays each time another core uses it.
  *
- *   gcc -O2 -pthread bench/line-move.c -o target/bench/line-move
+ *   gcc -O2 -mcx16 -pthread bench/line-move.c -o target/bench/line-move
  *   target/bench/line-move [ROUNDS]
  *
  * Two threads pinned to CPUs 0 and 1 take turns on one word: each waits for
  * the value the other wrote and writes the next one with a locked
  * instruction (as a CAS on a head does), so every turn moves the line once.
- * Prints nanoseconds per move, and for comparison the cost of the same
- * locked instruction on a line that stays in one core.
+ * Prints nanoseconds per move, and for comparison the cost of locked
+ * instructions on a line that stays in one core: an 8-byte CAS (an xchg
+ * head's push, a mutex lock), a 16-byte CAS (cmpxchg16b, a DWCAS head), an
+ * exchange (an xchg head's lock, a mutex unlock) and a fetch-add (the
+ * bucket's object count, a read unlock), and a plain store.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -20,6 +23,8 @@
 #include <time.h>
 
 static _Alignas(128) atomic_ulong turn;
+static _Alignas(128) unsigned __int128 wide;
+static _Alignas(128) atomic_ulong word;
 static unsigned long rounds = 2000000;
 
 static double now_s(void)
@@ -75,7 +80,26 @@ int main(int argc, char **argv)
 		atomic_compare_exchange_strong(&turn, &want, v + 1);
 	}
 	double local = (now_s() - t0) / (2.0 * (double)rounds) * 1e9;
-	printf("line moved between CPU 0 and 1: %.1f ns per move; "
-	       "the same CAS on a local line: %.1f ns\n", moved, local);
+	unsigned long n = 2 * rounds;
+
+	t0 = now_s();
+	for (unsigned long v = 0; v < n; v++)
+		__sync_bool_compare_and_swap(&wide, (unsigned __int128)v, (unsigned __int128)v + 1);
+	double cas16 = (now_s() - t0) / (double)n * 1e9;
+	t0 = now_s();
+	for (unsigned long v = 0; v < n; v++)
+		atomic_exchange_explicit(&word, v, memory_order_acq_rel);
+	double xchg = (now_s() - t0) / (double)n * 1e9;
+	t0 = now_s();
+	for (unsigned long v = 0; v < n; v++)
+		atomic_fetch_add_explicit(&word, 1, memory_order_relaxed);
+	double xadd = (now_s() - t0) / (double)n * 1e9;
+	t0 = now_s();
+	for (unsigned long v = 0; v < n; v++)
+		atomic_store_explicit(&word, v, memory_order_release);
+	double store = (now_s() - t0) / (double)n * 1e9;
+	printf("line moved between CPU 0 and 1: %.1f ns per move\n"
+	       "on a local line, ns per op: cmpxchg %.1f, cmpxchg16b %.1f, xchg %.1f, "
+	       "lock xadd %.1f, plain store %.2f\n", moved, local, cas16, xchg, xadd, store);
 	return 0;
 }
