@@ -140,7 +140,9 @@ impl SharedCache {
     /// Bucket `b` modulo the buckets in use.
     #[inline]
     pub(crate) fn bucket(&self, b: usize) -> &Bucket {
-        &self.buckets[b & self.mask]
+        // `& (BUCKETS - 1)` changes nothing (`mask < BUCKETS`, both powers
+        // of two less one) but lets the compiler drop the bounds check.
+        &self.buckets[b & self.mask & (BUCKETS - 1)]
     }
 
     /// The buckets in use.
@@ -199,7 +201,8 @@ impl SharedCache {
     /// Lock: the bucket's head, held for one load and one store.
     pub(crate) fn take(&self, home: usize) -> Option<Cluster> {
         count(Event::Take);
-        for i in 0..=self.mask {
+        // A half-open range: `0..=mask` costs more per step.
+        for i in 0..self.mask + 1 {
             let bucket = self.bucket(home + i);
             touch(&bucket.last);
             if let Some(first) = Self::lock(bucket) {
