@@ -47,3 +47,9 @@ bench: bench-bin
 
 bench-full: bench-bin
 	python3 bench/run.py --full $(BENCH_ARGS)
+
+# The counting build is not the one tests run: lint keeps it compiling.
+.PHONY: lint-counters
+lint: lint-counters
+lint-counters:
+	RUSTFLAGS="--cfg pools_counters" $(CARGO) clippy --release --lib --target-dir $(COUNT_DIR) -- -D warnings
