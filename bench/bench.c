@@ -30,8 +30,11 @@
  * THREADS   worker threads
  * MS        measured time in milliseconds (after a warm-up of MS/5)
  *
- * Prints one line of key=value pairs starting with "result".
- * One op is one allocation plus one free.
+ * Prints one line of key=value pairs starting with "result": ops/s over the
+ * measured time, every op of the run (ops_all, warm-up included), and for
+ * the whole process its CPU seconds and its
+ * voluntary (a wait in the kernel: futex, sleep) and involuntary (preempted)
+ * context switches. One op is one allocation plus one free.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -44,6 +47,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -564,12 +568,18 @@ int main(int argc, char **argv)
 		ops = sum_ops(th, nthr);
 	}
 
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
 	printf("result impl=%s variant=%s workload=%s size=%zu threads=%u window=%u "
-	       "cache_size=%zu ops=%lu secs=%.4f ops_per_s=%.0f",
+	       "cache_size=%zu ops=%lu secs=%.4f ops_per_s=%.0f ops_all=%lu cpu_s=%.3f vcsw=%ld "
+	       "ivcsw=%ld",
 	       argv[1], variant, workload_name[wl], g_size, nthr,
 	       wl == W_HOT ? window_for(g_size) : wl == W_SEEDS ? HELD : 0,
 	       im == I_POOL ? pool_get_cache_size() : (size_t)0, ops, elapsed,
-	       elapsed > 0 ? (double)ops / elapsed : 0.0);
+	       elapsed > 0 ? (double)ops / elapsed : 0.0, sum_ops(th, nthr),
+	       (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+		       (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6,
+	       ru.ru_nvcsw, ru.ru_nivcsw);
 	if (wl == W_MEMORY) {
 		long rss_peak = hwm_kib();
 		long rss_freed = rss_kib();

@@ -11,6 +11,12 @@ all implementations alike.
 
     bench/run.py --quick     # make bench
     bench/run.py --full      # make bench-full
+
+Both include the seed's table (issue #20): the `seeds` workload under musl
+at 48 KiB, 256 KiB and 2 MiB, 1 to 16 threads, every shared-cache variant
+over the default buckets and over one head (POOL_SHARED_BUCKETS=1), each
+figure with the event counts of a run of target/bench/bench-musl-counters
+(the library built with --cfg pools_counters) in the first round.
 """
 import argparse
 import csv
@@ -28,6 +34,14 @@ PLOTS = BIN  # the PNGs are regenerable, so they stay out of the repository
 KIB, MIB = 1024, 1024 * 1024
 SIZES = [64, KIB, 16 * KIB, 48 * KIB, 256 * KIB, 2 * MIB]
 VARIANTS = ["xchg", "dwcas", "rwlock", "locked", "none"]
+# The seed's table: variants that have buckets (none has no head).
+HEADED = ["xchg", "dwcas", "rwlock", "locked"]
+SEED_SIZES = [48 * KIB, 256 * KIB, 2 * MIB]
+SEED_THREADS = [1, 2, 4, 8, 16]
+COUNTED = "count:"
+# The counters of src/counters.rs, in the order the library prints them.
+COUNT_KEYS = ["take", "hit", "far", "wait", "retry", "put", "hop", "moved", "obtained",
+              "released"]
 
 
 def lib_path(name):
@@ -49,6 +63,14 @@ def impls():
             out[f"{prefix}pool-{v}"] = (libc, "pool", {"POOL_SHARED_CACHE": v})
         out[f"{prefix}pool-nocache"] = (libc, "pool", {"POOL_SHARED_CACHE": "none",
                                                        "POOL_CACHE_SIZE": "0"})
+        if libc == "musl":
+            for v in HEADED:
+                one = {"POOL_SHARED_CACHE": v, "POOL_SHARED_BUCKETS": "1"}
+                out[f"musl/pool-{v}-1"] = (libc, "pool", one)
+                out[f"{COUNTED}musl/pool-{v}-1"] = ("musl-counters", "pool", one)
+            for v in VARIANTS:
+                out[f"{COUNTED}musl/pool-{v}"] = ("musl-counters", "pool",
+                                                  {"POOL_SHARED_CACHE": v})
         out[f"{prefix}freelist"] = (libc, "freelist", {})
         out[libc] = (libc, "malloc", {})
     out["jemalloc"] = ("glibc", "malloc", {"LD_PRELOAD": JEMALLOC})
@@ -62,9 +84,23 @@ POOLS_M = ["musl/" + p for p in POOLS_G]
 OTHERS = ["glibc", "jemalloc", "mimalloc", "freelist", "musl", "musl/freelist"]
 
 
-def plan(full):
+def seed_impls(counted=False):
+    """The seed's table's columns: bucketed, one-head, and none."""
+    names = ([f"musl/pool-{v}" for v in HEADED] + [f"musl/pool-{v}-1" for v in HEADED]
+             + ["musl/pool-none"])
+    return [COUNTED + n for n in names] if counted else names
+
+
+def seed_cells():
+    return [("seeds", s, t, i) for s in SEED_SIZES for t in SEED_THREADS
+            for i in seed_impls() + seed_impls(True)]
+
+
+def plan(full, seeds_only=False):
     """List of cells (workload, size, threads, impl)."""
-    cells = []
+    cells = seed_cells()
+    if seeds_only:
+        return cells
     if full:
         threads = [1, 2, 4, 8, 16]
         every = POOLS_G + POOLS_M + OTHERS
@@ -72,6 +108,8 @@ def plan(full):
             for s in SIZES:
                 for t in threads:
                     for i in every:
+                        if (w, s, t, i) in cells:
+                            continue
                         if w == "prodcons" and i.endswith("freelist"):
                             continue  # no cross-thread return: unbounded
                         cells.append((w, s, t, i))
@@ -88,7 +126,7 @@ def plan(full):
                       "musl/freelist"]:
                 cells.append(("hot", s, 1, i))
         for s in (48 * KIB, 256 * KIB, 2 * MIB):
-            for i in POOLS_M + ["musl", "pool-xchg", "glibc"]:
+            for i in ["musl/pool-nocache", "musl", "pool-xchg", "glibc"]:
                 cells.append(("seeds", s, 4, i))
         for s in (64, 16 * KIB):
             for i in ["pool-xchg", "glibc", "jemalloc", "mimalloc",
@@ -124,7 +162,16 @@ def run_one(impl, w, s, t, ms):
         sys.exit(f"bench: {impl} {w} {s} {t} failed ({p.returncode}):\n{p.stderr}{p.stdout}")
     for line in p.stdout.splitlines():
         if line.startswith("result "):
-            return dict(kv.split("=", 1) for kv in line.split()[1:])
+            r = dict(kv.split("=", 1) for kv in line.split()[1:])
+            if float(r.get("cpu_s", 0)) > 0 and "ops_all" in r:
+                # The process's own CPU time: other processes' load on the
+                # machine changes it much less than the wall clock.
+                r["ops_per_cpu_s"] = f"{float(r['ops_all']) / float(r['cpu_s']):.0f}"
+            for c in p.stderr.splitlines():
+                if c.startswith("libpools counters:"):
+                    r.update(("c_" + k, v) for k, v in
+                             (kv.split("=", 1) for kv in c.split()[2:]))
+            return r
     sys.exit(f"bench: no result line from {impl} {w} {s} {t}:\n{p.stdout}{p.stderr}")
 
 
@@ -183,7 +230,7 @@ def probe(impl_names, res):
 
 
 def run(args):
-    cells = plan(args.full)
+    cells = plan(args.full, args.seeds)
     res = Results()
     probe(sorted({c[3] for c in cells}), res)
     cells = [c for c in cells if c[3] not in res.na]
@@ -192,8 +239,12 @@ def run(args):
     start = time.time()
     tty = sys.stderr.isatty()
     rng = random.Random(5)
+    # Counted cells run in the first round only: counts per op are stable
+    # where timings are not.
+    counted = sum(1 for c in cells if c[3].startswith(COUNTED))
+    total = len(cells) * args.rounds - counted * (args.rounds - 1)
     for rnd in range(args.rounds):
-        order = cells[:]
+        order = [c for c in cells if rnd == 0 or not c[3].startswith(COUNTED)]
         rng.shuffle(order)
         for (w, s, t, i) in order:
             done += 1
@@ -224,7 +275,8 @@ def run(args):
 def write_csv(path, res):
     keys = ["workload", "size", "threads", "impl", "round", "ops_per_s", "ops", "secs",
             "window", "cache_size", "rss_base_kib", "rss_peak_kib", "rss_after_kib",
-            "rss_delta_kib"]
+            "rss_delta_kib", "ops_all", "cpu_s", "ops_per_cpu_s", "vcsw", "ivcsw"]
+    keys += ["c_" + k for k in COUNT_KEYS]
     with open(path, "w", newline="") as f:
         wr = csv.writer(f)
         wr.writerow(keys)
@@ -252,6 +304,8 @@ def groups(cells):
     """(workload, threads) -> (sizes, impls) in plan order."""
     g = {}
     for (w, s, t, i) in cells:
+        if i.startswith(COUNTED) or i.endswith("-1") or (w == "seeds" and t != 4):
+            continue  # in the seed's table
         sizes, imps = g.setdefault((w, t), ([], []))
         if s not in sizes:
             sizes.append(s)
@@ -417,6 +471,134 @@ def targets(res):
     return out
 
 
+def per_kop(r, key):
+    """Events per 1000 operations of one counted run (every op of the
+    process, warm-up included, as the counters are)."""
+    ops = float(r.get("ops_all") or 0)
+    v = r.get(key)
+    return None if v is None or not ops else 1000.0 * float(v) / ops
+
+
+def fmt_count(x):
+    if x is None:
+        return "?"
+    if x == 0:
+        return "0"
+    return f"{x:.2g}" if x < 10 else f"{x:.0f}"
+
+
+def seed_counts(res, s, t, impl):
+    """The counts beside a figure: head lines moved between CPUs, waits on
+    a held head, CAS retries, objects released to the system and voluntary
+    context switches, per 1000 operations, from the counted run."""
+    rs = res.raw.get(("seeds", s, t, COUNTED + impl))
+    if not rs:
+        crashed = res.crashes.get(("seeds", s, t, COUNTED + impl))
+        return "counted run crashed" if crashed else ""
+    r = rs[0]
+    return ("m" + fmt_count(per_kop(r, "c_moved")) + " w" + fmt_count(per_kop(r, "c_wait")) + " r" + fmt_count(per_kop(r, "c_retry"))
+            + " o" + fmt_count(per_kop(r, "c_released")) + " v" + fmt_count(per_kop(r, "vcsw")))
+
+
+def seed_table(cells, res):
+    """The seed's table: per size, one row per thread count, each variant
+    bucketed and with one head (-1), the median ops/s and the counts."""
+    if not any(c[3].startswith(COUNTED) for c in cells):
+        return []
+    out = ["\n## The seed's table (issue #20): musl, `seeds` workload\n",
+           "Million ops/s (median over rounds), in brackets million ops per second of the "
+           "process's CPU time (median; every op of the run over its user + system time, "
+           "which the load of other processes blurs much less), then per 1000 ops from one "
+           "counted run "
+           "(bench-musl-counters, same round): **m** uses of a head on another CPU than "
+           "its last use (its cache line moved between cores), **w** waits on a held head (an xchg head seen "
+           "BUSY, a mutex or rwlock not free at the first try), **r** failed CAS on a head, "
+           "**o** objects released to the system, **v** voluntary context switches (futex "
+           "waits and sleeps, whole process). `-1`: `POOL_SHARED_BUCKETS=1` (one head). "
+           "Any cell: `POOL_SHARED_CACHE=<variant> [POOL_SHARED_BUCKETS=1] "
+           "target/bench/bench-musl pool seeds <size> <threads> <ms>`.\n"]
+    for s in SEED_SIZES:
+        for label, imps in (("buckets (default, 4)", [f"musl/pool-{v}" for v in HEADED]
+                             + ["musl/pool-none"]),
+                            ("one head (POOL_SHARED_BUCKETS=1)",
+                             [f"musl/pool-{v}-1" for v in HEADED])):
+            out.append(f"\n### {human_size(s)}, {label}\n")
+            out.append("| threads | " + " | ".join(i.split("/")[1][5:] for i in imps) + " |")
+            out.append("|---" * (len(imps) + 1) + "|")
+            for t in SEED_THREADS:
+                row = []
+                for i in imps:
+                    fig = fmt_rate(res.median("seeds", s, t, i),
+                                   len(res.crashes.get(("seeds", s, t, i), [])))
+                    cpu = fmt_rate(res.median("seeds", s, t, i, "ops_per_cpu_s"))
+                    row.append(f"{fig} [{cpu}] <sub>{seed_counts(res, s, t, i)}</sub>")
+                out.append(f"| {t} | " + " | ".join(row) + " |")
+        out.append(f"\n{human_size(s)}: xchg over each variant, median of per-round "
+                   "ratios [lowest-highest round], of ops/s and (second line) of ops per "
+                   "CPU second\n")
+        cols = [(f"musl/pool-xchg", f"musl/pool-{v}") for v in HEADED[1:] + ["none"]]
+        cols += [(f"musl/pool-xchg-1", f"musl/pool-{v}-1") for v in HEADED[1:]]
+        cols += [("musl/pool-xchg", "musl/pool-xchg-1")]
+        out.append("| threads | " + " | ".join(
+            f"{a.split('/')[1][5:]} / {b.split('/')[1][5:]}" for a, b in cols) + " |")
+        out.append("|---" * (len(cols) + 1) + "|")
+        for t in SEED_THREADS:
+            for key, label in (("ops_per_s", f"{t}"), ("ops_per_cpu_s", f"{t} (CPU)")):
+                row = []
+                for a, b in cols:
+                    p = paired(res, ("seeds", s, t, a), ("seeds", s, t, b), key)
+                    row.append("-" if p is None else f"{p[0]:.2f} [{p[1]:.2f}-{p[2]:.2f}]")
+                out.append(f"| {label} | " + " | ".join(row) + " |")
+    return out + seed_claims(res)
+
+
+def seed_claims(res):
+    """The seed's three claims, per bucket setting and thread count; the
+    verdict on ops/s (what the seed measured), ops per CPU second beside."""
+    rows = []
+
+    def both(a, b, label):
+        p = paired(res, a, b)
+        c = paired(res, a, b, "ops_per_cpu_s")
+        if p is None:
+            return None, "-"
+        txt = ratio_txt(label, p)
+        if c:
+            txt += f"; per CPU second {c[0]:.2f}x [{c[1]:.2f}-{c[2]:.2f}]"
+        return p, txt
+
+    for suffix, layout in (("", "buckets"), ("-1", "one head")):
+        x = lambda s, t: ("seeds", s, t, f"musl/pool-xchg{suffix}")  # noqa: E731
+        o = lambda s, t, v: ("seeds", s, t, f"musl/pool-{v}{suffix}" if v != "none"  # noqa: E731
+                             else "musl/pool-none")
+        for t in SEED_THREADS[1:]:
+            p, txt = both(x(2 * MIB, t), o(2 * MIB, t, "dwcas"), "xchg / dwcas")
+            rows.append((f"1. 2 MiB, {t}T, {layout}: xchg 'a bit slower' than dwcas "
+                         "(0.8x-1.0x)", txt if p else "dwcas crashed every round",
+                         "-" if p is None else
+                         ("holds" if 0.8 <= p[0] < 1.0 else
+                          "no: faster" if p[0] >= 1.0 else "no: much slower")
+                         + (" (within noise)" if p and p[1] < 1.0 <= p[2] else "")))
+            for v in ("none", "locked"):
+                p, txt = both(x(2 * MIB, t), o(2 * MIB, t, v), f"xchg / {v}")
+                rows.append((f"2. 2 MiB, {t}T, {layout}: xchg 2.6x {v}", txt,
+                             "-" if p is None else verdict(p, 2.6)))
+            worst = None
+            for s in SEED_SIZES[1:]:
+                for v in HEADED[1:] + ["none"]:
+                    p, txt = both(x(s, t), o(s, t, v), f"xchg / {v} at {human_size(s)}")
+                    if p and (worst is None or p[0] < worst[0][0]):
+                        worst = (p, txt)
+            if worst:
+                rows.append((f"3. 256 KiB and 2 MiB, {t}T, {layout}: xchg as fast as every "
+                             "variant (the closest)", worst[1], verdict(worst[0], 1.0)))
+    out = ["\n### The seed's claims, measured\n",
+           "Claim 3 leaves out 48 KiB: objects up to budget/8 (64 KiB) stay in the thread "
+           "caches, so every variant runs the same code there and the ratios are noise.\n",
+           "| claim | measured | verdict (on ops/s) |", "|---|---|---|"]
+    return out + [f"| {a} | {b} | {c} |" for (a, b, c) in rows]
+
+
 def plot(path, cells, res, title):
     try:
         import matplotlib
@@ -481,6 +663,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="every size and thread count")
     ap.add_argument("--quick", action="store_true", help="the make bench subset (default)")
+    ap.add_argument("--seeds", action="store_true", help="only the seed's table")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--ms", type=int, default=None, help="measured ms per cell")
     ap.add_argument("--out", default=os.path.join(ROOT, "results"))
@@ -491,7 +674,7 @@ def main():
     args = ap.parse_args()
     args.rounds = args.rounds or (5 if args.full else 5)
     args.ms = args.ms or (200 if args.full else 120)
-    name = args.name or ("full" if args.full else "quick")
+    name = args.name or ("full" if args.full else "seeds" if args.seeds else "quick")
     os.makedirs(args.out, exist_ok=True)
     os.makedirs(args.plot_dir, exist_ok=True)
 
@@ -536,7 +719,7 @@ def main():
                     "; ".join(f"{i} {w} {human_size(s)} {t}T: {len(v)} (signal {v[0]})"
                               for (w, s, t, i), v in sorted(res.crashes.items())))
     body = tables(cells, res)
-    tg = targets(res)
+    tg = targets(res) + seed_table(cells, res)
     png = os.path.join(args.plot_dir, f"{name}.png")
     if plot(png, cells, res, f"libpools {cmd} ({mach['cpu']})"):
         raw = os.path.relpath(os.path.join(args.out, f"{name}-raw.csv"), ROOT)

@@ -6,7 +6,7 @@
  * pool_gc at random moments) over the `uaf` backend, which unmaps every
  * object the moment it goes back, so a read of a returned object faults.
  * Each run happens in a forked child, configured through the environment
- * before its first pool call:
+ * before its first pool call (every variant over the default 4 buckets):
  *
  *   - the legacy `dwcas` shared cache (lockless pop) must die of SIGSEGV or
  *     SIGBUS: with POOL_RACE_WINDOW widening the window between reading the
@@ -217,6 +217,9 @@ static int run_child(const char *variant, const char *debug, const char *window,
     pid_t pid = fork();
     if (pid == 0) {
         setenv("POOL_SHARED_CACHE", variant, 1);
+        /* The default buckets, every variant over them: the bucketed dwcas
+         * must still fault, the bucketed xchg must not. */
+        setenv("POOL_SHARED_BUCKETS", "4", 1);
         setenv("POOL_DEBUG", debug, 1);
         setenv("POOL_RACE_WINDOW", window, 1);
         _exit(traffic(seconds));

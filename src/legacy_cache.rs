@@ -2,38 +2,51 @@
 //! to show, in a test, the crash the default design fixes. Never the
 //! default; selected with `POOL_SHARED_CACHE=dwcas|rwlock|locked`.
 //!
-//! All three keep one list of clusters (the same [`Item`] links as the
-//! default) under one head:
+//! They run over the default's buckets and clusters (a [`LegacyHead`] sits
+//! in each [`Bucket`], beside the default's own head), with the same choice
+//! of bucket (a thread's home first, then the next ones) and the same
+//! release policy, so that they differ from `xchg` only in how a head is
+//! locked. `POOL_SHARED_BUCKETS=1` gives each of them, and `xchg`, a single
+//! head: the seed's layout.
+//!
 //! - `dwcas`: the lockless pop of HAProxy before the fix. It reads the head,
 //!   then `head->next`, then swings head and a sequence number with one
 //!   double-word CAS (`cmpxchg16b`). The sequence number defeats ABA, but
 //!   nothing stops another thread from popping `head` and handing it back to
 //!   the OS between the two reads: the read of `next` then faults. This is
-//!   the bug of `shared/seeds/000_b08d1a0abe02ac16.txt`.
-//! - `rwlock`: the same pop under a read lock, while flush and gc take the
-//!   write lock to detach what they free (`shared/seeds/002_...`): correct,
-//!   but every pop writes the lock's cache line.
-//! - `locked`: one mutex around the list.
+//!   the bug of `shared/seeds/000_b08d1a0abe02ac16.txt`. A push is a DWCAS
+//!   loop and never waits.
+//! - `rwlock`: the same pop under the bucket's read lock, while flush and gc
+//!   take the write locks to detach what they free (`shared/seeds/002_...`):
+//!   correct, but every pop writes the lock's word. A release write-holds
+//!   every bucket's lock, not only the one it takes from: an object a pop
+//!   still reads the `next` of (under bucket A's read lock) may have been
+//!   taken and put into bucket B meanwhile, and released from there.
+//! - `locked`: a plain list under the bucket's mutex. A putter that finds
+//!   its home's mutex held tries the next bucket, as an `xchg` putter does
+//!   on a BUSY head, and after a round waits on its home.
 
+use crate::counters::{count, touch, Event};
 use crate::options::{self, SharedMode};
-use crate::shared_cache::{Cluster, Item};
+use crate::shared_cache::{Bucket, Cluster, Item, SharedCache, BUCKETS};
 use core::ptr::{self, NonNull};
-use core::sync::atomic::AtomicIsize;
+use core::sync::atomic::AtomicPtr;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use portable_atomic::AtomicU128;
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
-/// The single list of a legacy shared cache.
-pub(crate) struct LegacyCache {
-    /// The first cluster's address (low 64 bits) and a sequence number
-    /// bumped by every change (high 64 bits).
-    head: AtomicU128,
+/// The heads of the legacy variants in one bucket (one is used, by the
+/// variant selected for the process).
+pub(crate) struct LegacyHead {
+    /// `dwcas`, `rwlock`: the first cluster's address (low 64 bits) and a
+    /// sequence number bumped by every change (high 64 bits).
+    dw: AtomicU128,
+    /// `locked`: the first cluster, read and written under `mutex`.
+    list: AtomicPtr<Item>,
     /// `rwlock`: read-held by pops, write-held by whoever frees objects.
     flush_lock: RwLock<()>,
     /// `locked`: held around every list operation.
-    lock: Mutex<()>,
-    /// Objects in the list (exact when no operation is in flight).
-    objects: AtomicIsize,
+    mutex: Mutex<()>,
 }
 
 fn pack(first: *mut Item, seq: u64) -> u128 {
@@ -47,152 +60,303 @@ fn unpack(v: u128) -> (*mut Item, u64) {
     )
 }
 
-impl LegacyCache {
+impl LegacyHead {
     pub(crate) const fn new() -> Self {
-        LegacyCache {
-            head: AtomicU128::new(0),
+        LegacyHead {
+            dw: AtomicU128::new(0),
+            list: AtomicPtr::new(ptr::null_mut()),
             flush_lock: RwLock::new(()),
-            lock: Mutex::new(()),
-            objects: AtomicIsize::new(0),
+            mutex: Mutex::new(()),
         }
     }
 
-    /// Puts a cluster at the head of the list.
-    ///
-    /// Counter: objects grows by the cluster's length.
-    /// Lock: the mutex for `locked`; none otherwise (a DWCAS push).
-    pub(crate) fn put(&self, mode: SharedMode, cluster: Cluster) {
-        let _held = (mode == SharedMode::Locked).then(|| self.mutex());
-        let first = cluster.first.as_ptr();
+    /// The mutex, counting a wait when it was held.
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        match self.mutex.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                count(Event::Wait);
+                self.mutex.lock().unwrap_or_else(|e| e.into_inner())
+            }
+        }
+    }
+
+    /// The read lock, counting a wait when it was not free.
+    fn read(&self) -> RwLockReadGuard<'_, ()> {
+        match self.flush_lock.try_read() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                count(Event::Wait);
+                self.flush_lock.read().unwrap_or_else(|e| e.into_inner())
+            }
+        }
+    }
+
+    /// The write lock, counting a wait when it was not free.
+    fn write(&self) -> RwLockWriteGuard<'_, ()> {
+        match self.flush_lock.try_write() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                count(Event::Wait);
+                self.flush_lock.write().unwrap_or_else(|e| e.into_inner())
+            }
+        }
+    }
+
+    /// Pushes a cluster with a DWCAS loop (`dwcas`, `rwlock`).
+    fn push_dw(&self, first: *mut Item) {
         // Relaxed: the value is only a CAS's expectation.
-        let mut cur = self.head.load(Relaxed);
+        let mut cur = self.dw.load(Relaxed);
         loop {
             let (head, seq) = unpack(cur);
             // SAFETY: we own `first` until the CAS publishes it.
             unsafe { (*first).next = head };
             // Release: a popper's Acquire must see `next` and the objects.
             match self
-                .head
+                .dw
                 .compare_exchange_weak(cur, pack(first, seq + 1), Release, Relaxed)
             {
-                Ok(_) => break,
-                Err(now) => cur = now,
-            }
-        }
-        // Relaxed: a statistic, exact once operations settle.
-        self.objects.fetch_add(cluster.len as isize, Relaxed);
-    }
-
-    /// Takes the first cluster, to hand its objects to a thread.
-    ///
-    /// Counter: objects drops by its length.
-    /// Lock: `rwlock` read-holds the flush lock, `locked` holds the mutex,
-    /// `dwcas` takes none (and may read a freed object: see the module).
-    pub(crate) fn take(&self, mode: SharedMode) -> Option<Cluster> {
-        match mode {
-            SharedMode::Rwlock => {
-                let _read = self.flush_lock.read().unwrap_or_else(|e| e.into_inner());
-                self.pop()
-            }
-            SharedMode::Locked => {
-                let _held = self.mutex();
-                self.pop()
-            }
-            _ => self.pop(),
-        }
-    }
-
-    /// Takes the first cluster, to return its objects to the OS: like
-    /// [`take`](Self::take), but `rwlock` write-holds the flush lock, so no
-    /// pop can be reading the cluster's `next` when it is freed.
-    pub(crate) fn take_to_release(&self, mode: SharedMode) -> Option<Cluster> {
-        match mode {
-            SharedMode::Rwlock => {
-                let _write = self.flush_lock.write().unwrap_or_else(|e| e.into_inner());
-                self.pop()
-            }
-            _ => self.take(mode),
-        }
-    }
-
-    /// Detaches the whole list and hands each cluster to `f`.
-    ///
-    /// Counter: objects drops by what was taken.
-    /// Lock: `rwlock` write-holds the flush lock while detaching, `locked`
-    /// holds the mutex.
-    pub(crate) fn take_all(&self, mode: SharedMode, mut f: impl FnMut(Cluster)) {
-        let list = {
-            let _write = (mode == SharedMode::Rwlock)
-                .then(|| self.flush_lock.write().unwrap_or_else(|e| e.into_inner()));
-            let _held = (mode == SharedMode::Locked).then(|| self.mutex());
-            // Relaxed: the value is only a CAS's expectation.
-            let mut cur = self.head.load(Relaxed);
-            loop {
-                let (head, seq) = unpack(cur);
-                // Acquire: pairs with the putters' Release, so the objects'
-                // links are visible to us.
-                match self.head.compare_exchange_weak(
-                    cur,
-                    pack(ptr::null_mut(), seq + 1),
-                    Acquire,
-                    Relaxed,
-                ) {
-                    Ok(_) => break head,
-                    Err(now) => cur = now,
+                Ok(_) => return,
+                Err(now) => {
+                    count(Event::Retry);
+                    cur = now;
                 }
             }
-        };
-        let mut taken = 0;
-        let mut cur = list;
-        while let Some(c) = NonNull::new(cur) {
-            // SAFETY: the list left the cache: every cluster in it is ours.
-            let cluster = unsafe {
-                cur = (*c.as_ptr()).next;
-                Cluster::owned(c)
-            };
-            taken += cluster.len;
-            f(cluster);
         }
-        self.objects.fetch_sub(taken as isize, Relaxed);
-    }
-
-    /// Objects in the list now (exact at quiescence).
-    pub(crate) fn objects(&self) -> usize {
-        self.objects.load(Relaxed).max(0) as usize
-    }
-
-    fn mutex(&self) -> MutexGuard<'_, ()> {
-        self.lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The lockless pop: read head, read `head->next`, DWCAS.
-    fn pop(&self) -> Option<Cluster> {
-        // Acquire: pairs with the putters' Release CAS (see `put`).
-        let mut cur = self.head.load(Acquire);
+    fn pop_dw(&self) -> Option<NonNull<Item>> {
+        // Acquire: pairs with the putters' Release CAS (see `push_dw`).
+        let mut cur = self.dw.load(Acquire);
         loop {
             let (head, seq) = unpack(cur);
             let first = NonNull::new(head)?;
             options::race_window();
-            // SAFETY: NOT guaranteed, and that is the point of this variant:
+            // SAFETY: NOT guaranteed, and that is the point of `dwcas`:
             // another thread may have popped `first` and returned it to the
-            // OS since we read the head. Under `rwlock` and `locked` nobody
-            // can free it meanwhile (releases hold the write lock or the
-            // mutex), so the read is sound there. Volatile keeps the read
-            // where the original C had it.
+            // OS since we read the head. Under `rwlock` nobody can free it
+            // meanwhile (releases hold the write lock), so the read is sound
+            // there. Volatile keeps the read where the original C had it.
             let next = unsafe { ptr::read_volatile(&raw const (*first.as_ptr()).next) };
             // Acquire on success: we own the cluster and must see its
             // objects as the putter left them.
             match self
-                .head
+                .dw
                 .compare_exchange_weak(cur, pack(next, seq + 1), Acquire, Acquire)
             {
-                Ok(_) => {
-                    // SAFETY: the CAS detached `first`: its cluster is ours.
-                    let cluster = unsafe { Cluster::owned(first) };
-                    self.objects.fetch_sub(cluster.len as isize, Relaxed);
-                    return Some(cluster);
+                Ok(_) => return Some(first),
+                Err(now) => {
+                    count(Event::Retry);
+                    cur = now;
                 }
-                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Detaches the whole DWCAS list.
+    fn detach_dw(&self) -> *mut Item {
+        // Relaxed: the value is only a CAS's expectation.
+        let mut cur = self.dw.load(Relaxed);
+        loop {
+            let (head, seq) = unpack(cur);
+            if head.is_null() {
+                return head;
+            }
+            // Acquire: pairs with the putters' Release, so the objects'
+            // links are visible to us.
+            match self.dw.compare_exchange_weak(
+                cur,
+                pack(ptr::null_mut(), seq + 1),
+                Acquire,
+                Relaxed,
+            ) {
+                Ok(_) => return head,
+                Err(now) => {
+                    count(Event::Retry);
+                    cur = now;
+                }
+            }
+        }
+    }
+
+    /// Pushes a cluster on the `locked` list; the caller holds the mutex.
+    fn push_locked(&self, first: *mut Item, _held: &MutexGuard<'_, ()>) {
+        // Relaxed: the mutex orders every access to the list.
+        let head = self.list.load(Relaxed);
+        // SAFETY: we own `first` until it is linked in.
+        unsafe { (*first).next = head };
+        self.list.store(first, Relaxed);
+    }
+
+    /// Pops a cluster off the `locked` list; the caller holds the mutex.
+    fn pop_locked(&self, _held: &MutexGuard<'_, ()>) -> Option<NonNull<Item>> {
+        // Relaxed: the mutex orders every access to the list.
+        let first = NonNull::new(self.list.load(Relaxed))?;
+        options::race_window();
+        // SAFETY: we hold the mutex, so `first` is in the list and nobody
+        // can take it (or free it) while we read its `next`.
+        let next = unsafe { (*first.as_ptr()).next };
+        self.list.store(next, Relaxed);
+        Some(first)
+    }
+}
+
+/// Takes `first`'s cluster out of the bucket's count.
+///
+/// # Safety
+/// `first` left the bucket's list: its cluster is ours.
+unsafe fn taken(bucket: &Bucket, first: NonNull<Item>) -> Cluster {
+    // SAFETY: forwarded.
+    let cluster = unsafe { Cluster::owned(first) };
+    // Relaxed: a statistic, exact once operations settle.
+    bucket.objects.fetch_sub(cluster.len as isize, Relaxed);
+    cluster
+}
+
+impl SharedCache {
+    /// Puts a cluster into a legacy variant's list, starting at bucket
+    /// `home` (see the module for where `locked` goes when it is held).
+    ///
+    /// Counter: `objects` of the bucket it lands in grows by `cluster.len`.
+    pub(crate) fn put_legacy(&self, mode: SharedMode, home: usize, cluster: Cluster) {
+        count(Event::Put);
+        let first = cluster.first.as_ptr();
+        let bucket = match mode {
+            SharedMode::Locked => {
+                let mut b = home;
+                loop {
+                    let bucket = self.bucket(b);
+                    touch(&bucket.last);
+                    if let Ok(held) = bucket.legacy.mutex.try_lock() {
+                        bucket.legacy.push_locked(first, &held);
+                        break bucket;
+                    }
+                    count(Event::Hop);
+                    b += 1;
+                    if b - home == self.used().len() {
+                        let bucket = self.bucket(home);
+                        touch(&bucket.last);
+                        let held = bucket.legacy.lock();
+                        bucket.legacy.push_locked(first, &held);
+                        break bucket;
+                    }
+                }
+            }
+            _ => {
+                let bucket = self.bucket(home);
+                touch(&bucket.last);
+                bucket.legacy.push_dw(first);
+                bucket
+            }
+        };
+        // Relaxed: a statistic, exact once operations settle.
+        bucket.objects.fetch_add(cluster.len as isize, Relaxed);
+    }
+
+    /// Takes a cluster from a legacy variant's list, starting at bucket
+    /// `home`, to hand its objects to a thread; `None` when every bucket
+    /// was seen empty.
+    ///
+    /// Counter: `objects` of the bucket it came from drops by its length.
+    /// Lock: `rwlock` read-holds the bucket's flush lock, `locked` holds its
+    /// mutex, `dwcas` takes none (and may read a freed object: see the
+    /// module).
+    pub(crate) fn take_legacy(&self, mode: SharedMode, home: usize) -> Option<Cluster> {
+        count(Event::Take);
+        for i in 0..self.used().len() {
+            let bucket = self.bucket(home + i);
+            touch(&bucket.last);
+            let head = &bucket.legacy;
+            let first = match mode {
+                SharedMode::Rwlock => {
+                    let _read = head.read();
+                    head.pop_dw()
+                }
+                SharedMode::Locked => {
+                    // Relaxed: a peek to skip an empty list without locking,
+                    // as `xchg` skips an empty head.
+                    if head.list.load(Relaxed).is_null() {
+                        None
+                    } else {
+                        head.pop_locked(&head.lock())
+                    }
+                }
+                _ => head.pop_dw(),
+            };
+            if let Some(first) = first {
+                count(Event::Hit);
+                if i != 0 {
+                    count(Event::Far);
+                }
+                // SAFETY: the pop detached `first`: its cluster is ours.
+                return Some(unsafe { taken(bucket, first) });
+            }
+        }
+        None
+    }
+
+    /// Write-locks every bucket's flush lock in use, in bucket order (pops
+    /// hold one read lock at a time, so the order cannot deadlock).
+    fn write_all(&self) -> [Option<RwLockWriteGuard<'_, ()>>; BUCKETS] {
+        let used = self.used();
+        // `from_fn` calls in index order: the locks are taken in order.
+        core::array::from_fn(|b| used.get(b).map(|bucket| bucket.legacy.write()))
+    }
+
+    /// Takes a cluster to return its objects to the OS: like
+    /// [`take_legacy`](Self::take_legacy) from bucket 0, but `rwlock`
+    /// write-holds every bucket's flush lock, so no pop can be reading the
+    /// cluster's `next` when it is freed (see the module).
+    pub(crate) fn take_legacy_to_release(&self, mode: SharedMode) -> Option<Cluster> {
+        if mode != SharedMode::Rwlock {
+            return self.take_legacy(mode, 0);
+        }
+        let _write = self.write_all();
+        for bucket in self.used() {
+            let first = bucket.legacy.pop_dw();
+            if let Some(first) = first {
+                // SAFETY: the pop detached `first`: its cluster is ours.
+                return Some(unsafe { taken(bucket, first) });
+            }
+        }
+        None
+    }
+
+    /// Detaches every bucket's list and hands each cluster to `f`.
+    ///
+    /// Counter: each bucket's `objects` drops by what was taken from it.
+    /// Lock: `rwlock` write-holds every bucket's flush lock while detaching
+    /// (see the module), `locked` holds each bucket's mutex in turn.
+    pub(crate) fn take_all_legacy(&self, mode: SharedMode, mut f: impl FnMut(Cluster)) {
+        let lists: [*mut Item; BUCKETS] = {
+            let _write = (mode == SharedMode::Rwlock).then(|| self.write_all());
+            let used = self.used();
+            core::array::from_fn(|b| match used.get(b) {
+                None => ptr::null_mut(),
+                Some(bucket) if mode == SharedMode::Locked => {
+                    let _held = bucket.legacy.lock();
+                    // Relaxed: the mutex orders every access to the list.
+                    bucket.legacy.list.swap(ptr::null_mut(), Relaxed)
+                }
+                Some(bucket) => bucket.legacy.detach_dw(),
+            })
+        };
+        // The lists are detached: a pop that starts now cannot reach them,
+        // and under `rwlock` none that started before is still reading.
+        for (bucket, list) in self.used().iter().zip(lists) {
+            let mut cur = list;
+            while let Some(c) = NonNull::new(cur) {
+                // SAFETY: the list left the bucket: every cluster in it is
+                // ours.
+                let cluster = unsafe {
+                    cur = (*c.as_ptr()).next;
+                    taken(bucket, c)
+                };
+                f(cluster);
             }
         }
     }
@@ -204,7 +368,8 @@ mod tests {
     use crate::shared_cache::tests::{collect, free_all, make_cluster};
     use std::sync::Arc;
 
-    /// Every mode passes clusters between threads without losing or
+    /// Every mode, over one bucket and over all of them, passes clusters
+    /// between threads (each with its own home) without losing or
     /// duplicating an object. Under Miri and ThreadSanitizer only `locked`
     /// runs: the lockless pop of `dwcas` and of `rwlock` (whose read lock
     /// lets poppers run together) reads the `next` of an object that another
@@ -221,41 +386,69 @@ mod tests {
             &[SharedMode::Dwcas, SharedMode::Rwlock, SharedMode::Locked]
         };
         for &mode in modes {
-            let cache = Arc::new(LegacyCache::new());
-            let mut objs = Vec::new();
-            for i in 0..4 {
-                cache.put(mode, make_cluster(&mut objs, 1 + i));
-            }
-            let rounds = if cfg!(miri) { 20 } else { 5_000 };
-            let threads: Vec<_> = (0..3)
-                .map(|t| {
-                    let cache = Arc::clone(&cache);
-                    std::thread::spawn(move || {
-                        for _ in 0..rounds {
-                            let c = if t == 0 {
-                                cache.take_to_release(mode)
-                            } else {
-                                cache.take(mode)
-                            };
-                            if let Some(c) = c {
-                                cache.put(mode, c);
+            for buckets in [1, BUCKETS] {
+                let cache = Arc::new(SharedCache::with_buckets(buckets));
+                let mut objs = Vec::new();
+                for i in 0..4 {
+                    cache.put_legacy(mode, i, make_cluster(&mut objs, 1 + i));
+                }
+                let rounds = if cfg!(miri) { 20 } else { 5_000 };
+                let threads: Vec<_> = (0..3)
+                    .map(|t| {
+                        let cache = Arc::clone(&cache);
+                        std::thread::spawn(move || {
+                            for _ in 0..rounds {
+                                let c = if t == 0 {
+                                    cache.take_legacy_to_release(mode)
+                                } else {
+                                    cache.take_legacy(mode, t)
+                                };
+                                if let Some(c) = c {
+                                    cache.put_legacy(mode, t, c);
+                                }
                             }
-                        }
+                        })
                     })
-                })
-                .collect();
-            for t in threads {
-                t.join().unwrap();
+                    .collect();
+                for t in threads {
+                    t.join().unwrap();
+                }
+                let mut got = Vec::new();
+                cache.take_all_legacy(mode, |c| collect(c, &mut got));
+                got.sort();
+                let mut want = objs.clone();
+                want.sort();
+                assert_eq!(got, want, "{mode:?} over {buckets} buckets");
+                assert_eq!(cache.objects(), 0);
+                assert!(cache.take_legacy(mode, 0).is_none());
+                free_all(&objs);
             }
-            let mut got = Vec::new();
-            cache.take_all(mode, |c| collect(c, &mut got));
-            got.sort();
-            let mut want = objs.clone();
-            want.sort();
-            assert_eq!(got, want, "{mode:?}");
-            assert_eq!(cache.objects(), 0);
-            assert!(cache.take(mode).is_none());
-            free_all(&objs);
+        }
+    }
+
+    /// A take finds what was put on any bucket in use, and puts land on the
+    /// home bucket modulo the buckets in use.
+    #[test]
+    fn every_mode_takes_from_other_buckets() {
+        for mode in [SharedMode::Dwcas, SharedMode::Rwlock, SharedMode::Locked] {
+            for buckets in [1, 2, BUCKETS] {
+                let cache = SharedCache::with_buckets(buckets);
+                let mut objs = Vec::new();
+                for home in 0..BUCKETS {
+                    cache.put_legacy(mode, home, make_cluster(&mut objs, 2));
+                }
+                for (b, bucket) in cache.used().iter().enumerate() {
+                    let want = (BUCKETS / buckets * 2) as isize;
+                    assert_eq!(bucket.objects.load(Relaxed), want, "{mode:?} bucket {b}");
+                }
+                let mut got = Vec::new();
+                while let Some(c) = cache.take_legacy(mode, 3) {
+                    collect(c, &mut got);
+                }
+                assert_eq!(got.len(), objs.len(), "{mode:?} over {buckets} buckets");
+                assert_eq!(cache.objects(), 0);
+                free_all(&objs);
+            }
         }
     }
 }

@@ -19,6 +19,7 @@
 
 #![warn(unsafe_op_in_unsafe_fn)]
 
+mod counters;
 mod debug;
 pub mod ffi;
 pub mod fork;

@@ -7,6 +7,9 @@
 //!   (the default self-locked heads), `none` (what overflows a thread cache
 //!   goes back to the allocator), and the earlier designs kept only to be
 //!   measured and to show the race they had: `dwcas`, `rwlock`, `locked`.
+//! - `POOL_SHARED_BUCKETS`: how many buckets (heads) each pool's shared
+//!   cache spreads its clusters over, for every variant: 1, 2 or 4 (the
+//!   default). 1 gives each variant a single head, the seed's layout.
 //! - `POOL_BACKEND`: where pools of small objects get memory: `spans` (the
 //!   default: mmap'd spans that go back to the OS once empty, see `span`)
 //!   or `malloc` (the libc's, or a malloc preloaded underneath the pools).
@@ -27,10 +30,11 @@ pub const POOL_DEFAULT_CACHE_SIZE: usize = 512 * 1024;
 
 // Relaxed everywhere below: each setting is one independent word; a thread
 // that sees the old value for a moment still keeps every invariant (the
-// shared mode and the backend are fixed per pool before the pool is
-// published).
+// shared mode, the bucket count and the backend are fixed per pool before
+// the pool is published).
 static CACHE_SIZE: AtomicUsize = AtomicUsize::new(POOL_DEFAULT_CACHE_SIZE);
 static SHARED_MODE: AtomicU8 = AtomicU8::new(SharedMode::Xchg as u8);
+static SHARED_BUCKETS: AtomicUsize = AtomicUsize::new(crate::shared_cache::BUCKETS);
 static RACE_WINDOW: AtomicU32 = AtomicU32::new(0);
 /// `POOL_STATS=1`: print `pool_dump` to stderr when the process exits.
 static STATS_AT_EXIT: AtomicBool = AtomicBool::new(false);
@@ -219,6 +223,24 @@ pub(crate) fn set_shared_cache(name: &[u8]) -> bool {
             true
         }
         None => false,
+    }
+}
+
+/// Buckets of a shared cache created now (`POOL_SHARED_BUCKETS`): a power
+/// of two, at most [`crate::shared_cache::BUCKETS`].
+pub(crate) fn shared_buckets() -> usize {
+    SHARED_BUCKETS.load(Relaxed)
+}
+
+/// Sets the bucket count from its text; `false` (and no change) unless it
+/// is 1, 2 or 4 (a power of two up to the buckets a cache has room for).
+fn set_shared_buckets(v: &[u8]) -> bool {
+    match parse_size(v) {
+        Some(n) if n.is_power_of_two() && n <= crate::shared_cache::BUCKETS => {
+            SHARED_BUCKETS.store(n, Relaxed);
+            true
+        }
+        _ => false,
     }
 }
 
@@ -411,6 +433,11 @@ pub(crate) fn load_env() {
             warn(c"POOL_SHARED_CACHE", v);
         }
     }
+    if let Some(v) = getenv(c"POOL_SHARED_BUCKETS") {
+        if !set_shared_buckets(v) {
+            warn(c"POOL_SHARED_BUCKETS", v);
+        }
+    }
     if let Some(v) = getenv(c"POOL_BACKEND") {
         if !set_backend(v) {
             warn(c"POOL_BACKEND", v);
@@ -495,6 +522,17 @@ mod tests {
             assert!(!name.is_empty());
         }
         assert!(!set_shared_cache(b"bogus"));
+    }
+
+    #[test]
+    fn bucket_counts_are_powers_of_two_up_to_the_room() {
+        assert!(!set_shared_buckets(b"0"));
+        assert!(!set_shared_buckets(b"3"));
+        assert!(!set_shared_buckets(b"8"));
+        assert!(!set_shared_buckets(b"one"));
+        assert_eq!(shared_buckets(), crate::shared_cache::BUCKETS);
+        assert!(set_shared_buckets(b"4"));
+        assert_eq!(shared_buckets(), 4);
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub(crate) fn obtain_object(size: usize, backend: Backend) -> Option<NonNull<u8>
     if injected_failure() {
         return None;
     }
+    crate::counters::count(crate::counters::Event::Obtained);
     match backend {
         Backend::Malloc => obtain(size, OBJECT_ALIGN),
         Backend::Guarded => obtain_guarded(size),
@@ -74,6 +75,7 @@ pub(crate) fn obtain_object(size: usize, backend: Backend) -> Option<NonNull<u8>
 /// `p` came from `obtain_object(size, backend)` with these `size` and
 /// `backend`, and is not used afterwards.
 pub(crate) unsafe fn release_object(p: NonNull<u8>, size: usize, backend: Backend) {
+    crate::counters::count(crate::counters::Event::Released);
     match backend {
         // SAFETY: a Malloc object is a posix_memalign block (caller).
         Backend::Malloc => unsafe { release(p) },

@@ -2,7 +2,6 @@
 //! through thread cache, shared cache and backing allocator.
 
 use crate::debug::{self, Layout};
-use crate::legacy_cache::LegacyCache;
 use crate::lifecycle::{Lifecycle, Unpinned};
 use crate::options::{SharedMode, DBG_COLD_FIRST, DBG_NO_CACHE, DBG_NO_GLOBAL};
 use crate::shared_cache::{Cluster, Item, SharedCache};
@@ -79,9 +78,8 @@ pub struct Pool {
     pub(crate) minavail: AtomicUsize,
     /// Allocations that returned NULL.
     pub(crate) failed: AtomicUsize,
+    /// The shared cache's buckets, whichever variant runs over them.
     pub(crate) shared: SharedCache,
-    /// The shared cache when a legacy variant is selected (`options`).
-    legacy: LegacyCache,
     /// Where objects come from; fixed at creation.
     pub(crate) backend: os::Backend,
     /// The caller's name, copied; owned by the registry.
@@ -183,7 +181,6 @@ impl Pool {
             minavail: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
             shared: SharedCache::new(),
-            legacy: LegacyCache::new(),
             backend,
             name: Cell::new(None),
             also: Cell::new(None),
@@ -635,7 +632,7 @@ impl Pool {
                 // SAFETY: the cluster is ours; each object is released once.
                 unsafe { cluster.for_each(|i| self.release_to_os(home, i.cast())) };
             }
-            legacy => self.legacy.put(legacy, cluster),
+            legacy => self.shared.put_legacy(legacy, home, cluster),
         }
     }
 
@@ -649,7 +646,7 @@ impl Pool {
         match options::shared_mode() {
             SharedMode::Xchg => self.shared.take(home),
             SharedMode::None => None,
-            legacy => self.legacy.take(legacy),
+            legacy => self.shared.take_legacy(legacy, home),
         }
     }
 
@@ -658,13 +655,13 @@ impl Pool {
         match options::shared_mode() {
             SharedMode::Xchg => self.shared.take(0),
             SharedMode::None => None,
-            legacy => self.legacy.take_to_release(legacy),
+            legacy => self.shared.take_legacy_to_release(legacy),
         }
     }
 
     /// Objects in the shared cache (exact at quiescence).
     pub(crate) fn shared_objects(&self) -> usize {
-        self.shared.objects() + self.legacy.objects()
+        self.shared.objects()
     }
 
     /// Returns one object to the backing allocator.
@@ -694,7 +691,7 @@ impl Pool {
         match options::shared_mode() {
             SharedMode::Xchg => self.shared.take_all(release),
             SharedMode::None => {}
-            legacy => self.legacy.take_all(legacy, release),
+            legacy => self.shared.take_all_legacy(legacy, release),
         }
     }
 

@@ -14,16 +14,24 @@
 //! A cluster is up to [`CLUSTER`] objects of the pool chained through `down`;
 //! clusters are chained through `next`. One atomic operation moves a whole
 //! cluster. Objects in the shared cache hold an [`Item`] at their start.
+//!
+//! A cache uses the first 1, 2 or 4 of its buckets (`POOL_SHARED_BUCKETS`).
+//! Each bucket also carries the heads of the legacy variants
+//! (`legacy_cache`), so that every variant runs over the same buckets and
+//! clusters and differs from this one only in how a head is locked.
 
+use crate::counters::{count, touch, Event, LastCpu};
+use crate::legacy_cache::LegacyHead;
 use crate::sync::{peek, unlock, AtomicIsize, AtomicPtr, Backoff};
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use crossbeam_utils::CachePadded;
 
-/// Buckets per pool. Threads start at a bucket of their own, so that two
-/// threads rarely meet on one head. Two under loom: enough for every path
-/// (a busy bucket sends a putter to the next one), small enough to explore.
+/// Buckets per pool, at most (`POOL_SHARED_BUCKETS` may use fewer). Threads
+/// start at a bucket of their own, so that two threads rarely meet on one
+/// head. Two under loom: enough for every path (a busy bucket sends a putter
+/// to the next one), small enough to explore.
 #[cfg(not(loom))]
 pub(crate) const BUCKETS: usize = 4;
 #[cfg(loom)]
@@ -78,12 +86,13 @@ impl Cluster {
     }
 }
 
-struct Bucket {
+pub(crate) struct Bucket {
     /// NULL, the first cluster, or BUSY while a taker holds the lock.
     head: AtomicPtr<Item>,
-    /// Objects in this bucket's list. Updated next to the list operation, so
-    /// exact only when no operation is in flight; hence signed.
-    objects: AtomicIsize,
+    /// Objects in this bucket's list (of whichever variant is in use).
+    /// Updated next to the list operation, so exact only when no operation
+    /// is in flight; hence signed.
+    pub(crate) objects: AtomicIsize,
     /// Objects of the pool obtained from the backing allocator and not yet
     /// returned, counted on this bucket to spread the writes.
     allocated: AtomicIsize,
@@ -91,6 +100,11 @@ struct Bucket {
     /// to the parent or child handler. Only the forking thread touches it:
     /// the handlers, and inside its fork window its own puts and takes
     /// (see `crate::fork`).
+    /// The head of a legacy variant, when one is selected (in the same
+    /// cache line, as this bucket's own head would be).
+    pub(crate) legacy: LegacyHead,
+    /// Counting builds only: the CPU that used this bucket last.
+    pub(crate) last: LastCpu,
     fork_list: UnsafeCell<*mut Item>,
 }
 
@@ -123,10 +137,24 @@ impl Locked<'_> {
 /// The shared cache of one pool.
 pub(crate) struct SharedCache {
     buckets: [CachePadded<Bucket>; BUCKETS],
+    /// Buckets in use minus one (their count is a power of two).
+    mask: usize,
 }
 
 impl SharedCache {
+    /// A cache over `POOL_SHARED_BUCKETS` buckets (all of them under loom).
     pub(crate) fn new() -> Self {
+        let n = if cfg!(loom) {
+            BUCKETS
+        } else {
+            crate::options::shared_buckets()
+        };
+        Self::with_buckets(n)
+    }
+
+    /// A cache over its first `n` buckets (a power of two up to `BUCKETS`).
+    pub(crate) fn with_buckets(n: usize) -> Self {
+        assert!(n.is_power_of_two() && n <= BUCKETS);
         SharedCache {
             buckets: core::array::from_fn(|_| {
                 CachePadded::new(Bucket {
@@ -134,9 +162,25 @@ impl SharedCache {
                     objects: AtomicIsize::new(0),
                     allocated: AtomicIsize::new(0),
                     fork_list: UnsafeCell::new(ptr::null_mut()),
+                    legacy: LegacyHead::new(),
+                    last: LastCpu::new(),
                 })
             }),
+            mask: n - 1,
         }
+    }
+
+    /// Bucket `b` modulo the buckets in use.
+    #[inline]
+    pub(crate) fn bucket(&self, b: usize) -> &Bucket {
+        // `& (BUCKETS - 1)` changes nothing (`mask < BUCKETS`, both powers
+        // of two less one) but lets the compiler drop the bounds check.
+        &self.buckets[b & self.mask & (BUCKETS - 1)]
+    }
+
+    /// The buckets in use.
+    pub(crate) fn used(&self) -> &[CachePadded<Bucket>] {
+        &self.buckets[..=self.mask]
     }
 
     /// Puts a cluster into the shared cache, starting at bucket `home`.
@@ -145,10 +189,12 @@ impl SharedCache {
     /// Lock: none; a CAS on a head that is not BUSY.
     pub(crate) fn put(&self, home: usize, cluster: Cluster) {
         let first = cluster.first.as_ptr();
+        count(Event::Put);
         let backoff = Backoff::new();
         let mut b = home;
         loop {
-            let bucket = &self.buckets[b % BUCKETS];
+            let bucket = self.bucket(b);
+            touch(&bucket.last);
             // Relaxed: the head is only stored into `first.next`, never read
             // through, and the CAS below re-checks it.
             let mut head = peek(&bucket.head);
@@ -166,7 +212,10 @@ impl SharedCache {
                         bucket.objects.fetch_add(cluster.len as isize, Relaxed);
                         return;
                     }
-                    Err(now) => head = now,
+                    Err(now) => {
+                        count(Event::Retry);
+                        head = now;
+                    }
                 }
             }
             if crate::fork::inside_window() {
@@ -182,8 +231,9 @@ impl SharedCache {
                 return;
             }
             // Locked by a taker: try the next bucket, pausing after a round.
+            count(Event::Hop);
             b += 1;
-            if b % BUCKETS == home % BUCKETS {
+            if (b ^ home) & self.mask == 0 {
                 backoff.snooze();
             }
         }
@@ -195,9 +245,16 @@ impl SharedCache {
     /// Counter: `objects` of the bucket it came from drops by its length.
     /// Lock: the bucket's head, held for one load and one store.
     pub(crate) fn take(&self, home: usize) -> Option<Cluster> {
-        for i in 0..BUCKETS {
-            let bucket = &self.buckets[(home + i) % BUCKETS];
+        count(Event::Take);
+        // A half-open range: `0..=mask` costs more per step.
+        for i in 0..self.mask + 1 {
+            let bucket = self.bucket(home + i);
+            touch(&bucket.last);
             if let Some((first, locked)) = Self::lock(bucket) {
+                count(Event::Hit);
+                if i != 0 {
+                    count(Event::Far);
+                }
                 crate::options::race_window();
                 // SAFETY: we hold the bucket's lock, so nobody else can take
                 // `first` (and return it to the OS) while we read its `next`.
@@ -220,7 +277,7 @@ impl SharedCache {
     /// Counter: each bucket's `objects` drops by what was taken from it.
     /// Lock: each head in turn, held for one swap and one store.
     pub(crate) fn take_all(&self, mut f: impl FnMut(Cluster)) {
-        for bucket in &self.buckets {
+        for bucket in self.used() {
             let Some((first, locked)) = Self::lock(bucket) else {
                 continue;
             };
@@ -255,6 +312,7 @@ impl SharedCache {
                 return None;
             }
             if head == busy() {
+                count(Event::Wait);
                 if crate::fork::inside_window() {
                     // SAFETY: as in `put`.
                     let first = NonNull::new(unsafe { *bucket.fork_list.get() })?;
@@ -268,6 +326,7 @@ impl SharedCache {
             // links are visible to us once we own the head.
             let head = bucket.head.swap(busy(), Acquire);
             if head == busy() {
+                count(Event::Wait);
                 backoff.snooze();
                 continue;
             }
@@ -301,7 +360,7 @@ impl SharedCache {
     pub(crate) fn count_allocated(&self, home: usize, n: isize) {
         // Relaxed: a statistic; readers sum the buckets and accept a value
         // that lags operations still in flight.
-        self.buckets[home % BUCKETS].allocated.fetch_add(n, Relaxed);
+        self.bucket(home).allocated.fetch_add(n, Relaxed);
     }
 }
 
@@ -616,6 +675,34 @@ mod loom_tests {
                     }
                 })
             };
+            drain(&cache, &released);
+            worker.join().unwrap();
+            finish(&cache, &released, objs);
+        });
+    }
+
+    /// One bucket (`POOL_SHARED_BUCKETS=1`): a putter that finds the only
+    /// head BUSY cannot move on and waits for it, while a taker puts back
+    /// and the main thread puts a new object and then flushes. Nothing is
+    /// lost, nothing is released twice.
+    #[test]
+    fn loom_one_bucket_put_waits_for_the_taker() {
+        model(|| {
+            let cache = Arc::new(SharedCache::with_buckets(1));
+            let mut objs = fill(&cache, 1);
+            let fresh = new_obj() as usize;
+            objs.push(fresh);
+            let released = Arc::new(AtomicUsize::new(0));
+            let worker = {
+                let cache = Arc::clone(&cache);
+                thread::spawn(move || {
+                    if let Some(c) = cache.take(1) {
+                        cache.put(1, c);
+                    }
+                })
+            };
+            // Home 1 of one bucket is bucket 0, where the flush looks.
+            cache.put(1, single(fresh as *mut Item));
             drain(&cache, &released);
             worker.join().unwrap();
             finish(&cache, &released, objs);
