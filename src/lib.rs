@@ -26,6 +26,7 @@ mod meta;
 mod options;
 mod os;
 pub mod pool;
+pub mod profile;
 pub mod registry;
 mod shared_cache;
 pub mod span;

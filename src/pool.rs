@@ -3,7 +3,9 @@
 
 use crate::debug::{self, Layout};
 use crate::legacy_cache::LegacyCache;
-use crate::options::{SharedMode, DBG_COLD_FIRST, DBG_NO_CACHE, DBG_NO_GLOBAL};
+use crate::options::{
+    SharedMode, DBG_COLD_FIRST, DBG_FAIL, DBG_NO_CACHE, DBG_NO_GLOBAL, DBG_PROFILE, DBG_RUNTIME,
+};
 use crate::shared_cache::{Cluster, Item, SharedCache};
 use crate::thread_cache::{ThreadCache, MIN_OBJECT};
 use crate::{options, os, registry};
@@ -50,6 +52,10 @@ pub struct Pool {
     /// call on the plain path; anything else sends alloc and free to
     /// `alloc_debug` / `free_debug`.
     pub(crate) debug: u32,
+    /// What the hot path tests: `debug` plus the bits switched on while the
+    /// pool lives (`DBG_FAIL`, `DBG_PROFILE`, see [`Pool::enable_debug`]);
+    /// anything but 0 sends alloc and free to the debug path.
+    pub(crate) debug_live: AtomicU32,
     /// Where an object's parts are (see `debug`); fixed at creation.
     pub(crate) layout: Layout,
     /// The byte `poison` fills new allocations with.
@@ -119,6 +125,7 @@ impl Pool {
             alloc_size: layout.total,
             flags,
             debug,
+            debug_live: AtomicU32::new(debug | options::runtime_debug()),
             layout,
             poison,
             limit: AtomicUsize::new(0),
@@ -150,6 +157,17 @@ impl Pool {
         // Relaxed: the handle reached the caller through whatever
         // synchronisation published it; magic is only a misuse check.
         (pool.magic.load(Relaxed) == LIVE).then_some(pool)
+    }
+
+    /// Sends this pool's calls to the debug path from now on, with the
+    /// run-time bits `bits` (`DBG_FAIL`, `DBG_PROFILE`) set for it there.
+    /// The only way to switch debugging on for a live pool: these bits
+    /// change no layout, so objects allocated before and freed after (or
+    /// the reverse) need nothing. Relaxed: a call that misses the change
+    /// for a moment takes the plain path, which is correct for these bits.
+    pub(crate) fn enable_debug(&self, bits: u32) {
+        debug_assert_eq!(bits & !DBG_RUNTIME, 0, "not a run-time bit");
+        self.debug_live.fetch_or(bits & DBG_RUNTIME, Relaxed);
     }
 
     /// Marks the head destroyed, so later calls with it fail with EINVAL.
@@ -195,7 +213,7 @@ impl Pool {
     #[inline(always)]
     pub fn alloc_from(&self, caller: usize) -> Option<NonNull<u8>> {
         // The one test on the hot path for every debugging option.
-        if self.debug != 0 {
+        if self.debug_live.load(Relaxed) != 0 {
             return self.alloc_debug(caller);
         }
         if let Some(tc) = ThreadCache::existing() {
@@ -317,12 +335,28 @@ impl Pool {
         p
     }
 
-    /// The alloc path of a pool with debugging flags: the same layers, with
-    /// `cold-first`, `no-cache` and `no-global` applied, and the object
-    /// checked and prepared by `debug::on_alloc`.
+    /// The alloc path of a pool with debugging flags: first the `fail=N`
+    /// draw (as HAProxy's, before any cache: a refused call returns `None`
+    /// and counts in `failed`), then the same layers, with `cold-first`,
+    /// `no-cache` and `no-global` applied, the object checked and prepared
+    /// by `debug::on_alloc`, and the call recorded in the memory profile.
     #[cold]
     #[inline(never)]
     fn alloc_debug(&self, caller: usize) -> Option<NonNull<u8>> {
+        let live = self.debug_live.load(Relaxed);
+        if live & DBG_FAIL != 0 && os::injected_failure() {
+            self.failed.fetch_add(1, Relaxed);
+            return None;
+        }
+        let p = self.alloc_debug_object(caller)?;
+        if live & DBG_PROFILE != 0 {
+            crate::profile::on_alloc(self.slot, self.size, caller);
+        }
+        Some(p)
+    }
+
+    /// [`Pool::alloc_debug`] past the failure draw.
+    fn alloc_debug_object(&self, caller: usize) -> Option<NonNull<u8>> {
         let tc = ThreadCache::current();
         let home = tc.map_or(0, |tc| tc.home);
         let cached = match tc.filter(|_| self.debug & DBG_NO_CACHE == 0) {
@@ -368,7 +402,7 @@ impl Pool {
     #[inline(always)]
     pub unsafe fn free_from(&self, obj: NonNull<u8>, caller: usize) {
         // The one test on the hot path for every debugging option.
-        if self.debug != 0 {
+        if self.debug_live.load(Relaxed) != 0 {
             // SAFETY: forwarded.
             return unsafe { self.free_debug(obj, caller) };
         }
@@ -385,6 +419,9 @@ impl Pool {
     #[cold]
     #[inline(never)]
     unsafe fn free_debug(&self, obj: NonNull<u8>, caller: usize) {
+        if self.debug_live.load(Relaxed) & DBG_PROFILE != 0 {
+            crate::profile::on_free(self.slot, self.size, caller);
+        }
         // SAFETY: the caller gives `obj` up (it came from `alloc_debug`).
         let base = unsafe { debug::on_free(self, obj, caller) };
         if self.debug & DBG_NO_CACHE == 0 {
