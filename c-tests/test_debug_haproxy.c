@@ -23,6 +23,7 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -30,6 +31,12 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+/* In a fresh child: it counts its own checks. */
+static void child_start(void)
+{
+    check_passed_ = check_failed_ = 0;
+}
 
 /* Runs fn() in a child after setting the environment pairs `env` (NULL
  * terminated, may be NULL); returns its wait status. */
@@ -39,8 +46,7 @@ static int in_child(int (*fn)(void), const char *const *env)
     fflush(stderr);
     pid_t pid = fork();
     if (pid == 0) {
-        /* The child counts its own checks. */
-        check_passed_ = check_failed_ = 0;
+        child_start();
         for (; env != NULL && env[0] != NULL; env += 2)
             setenv(env[0], env[1], 1);
         _exit(fn());
@@ -184,6 +190,7 @@ static unsigned long seeded_sum(const char *seed)
     fflush(stdout);
     pid_t pid = fork();
     if (pid == 0) {
+        child_start();
         close(fds[0]);
         dup2(fds[1], 1);
         setenv("POOL_FAIL_SEED", seed, 1);
@@ -331,6 +338,42 @@ static void test_profile(void)
         fprintf(stderr, "  profile child: status 0x%x\n", st);
 }
 
+/* Threads record into tables of their own; the dump merges them. */
+#define T_THREADS 4
+#define T_CALLS 2500
+
+static void *profile_thread(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < T_CALLS; i++)
+        profiled_free_site(prof_a, profiled_site_a());
+    return NULL;
+}
+
+static int profile_threads_child(void)
+{
+    if (pool_set_profiling(1) != 0)
+        return 99;
+    prof_a = pool_create("prof-threads", 64, 0);
+    pthread_t t[T_THREADS];
+    for (int i = 0; i < T_THREADS; i++)
+        CHECK(pthread_create(&t[i], NULL, profile_thread, NULL) == 0);
+    for (int i = 0; i < T_THREADS; i++)
+        CHECK(pthread_join(t[i], NULL) == 0);
+    const char *d = capture(dump_profile, NULL);
+    unsigned long c[4];
+    const char *line = NULL;
+    if (CHECK(find_site(d, "prof-threads", (void *)profiled_site_a, c, &line))) {
+        CHECK_EQ(c[0], T_THREADS * T_CALLS);
+        CHECK_EQ(c[1], T_THREADS * T_CALLS * 64);
+    }
+    if (CHECK(find_site(d, "prof-threads", (void *)profiled_free_site, c, &line)))
+        CHECK_EQ(c[2], T_THREADS * T_CALLS);
+    if (check_failures() != 0)
+        fprintf(stderr, "  threads profile:\n%s\n", d);
+    return child_result();
+}
+
 /* Profiling off costs a pool nothing: no entry appears for it. */
 static int profile_off_child(void)
 {
@@ -455,6 +498,7 @@ static void trim_run(const char *trim, long *dropped, unsigned long *trims)
     fflush(stdout);
     pid_t pid = fork();
     if (pid == 0) {
+        child_start();
         close(fds[0]);
         dup2(fds[1], 1);
         if (trim != NULL)
@@ -506,6 +550,7 @@ int main(void)
     test_fail_rate();
     test_fail_seed();
     test_profile();
+    CHECK(exited_ok(in_child(profile_threads_child, NULL)));
     CHECK(exited_ok(in_child(profile_off_child, NULL)));
     CHECK(exited_ok(in_child(filter_child, NULL)));
     test_trim();

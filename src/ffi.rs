@@ -253,8 +253,10 @@ pub unsafe extern "C" fn pool_flush(pool: *mut Pool) {
 
 /// For every pool, returns shared-cache objects to the allocator until the
 /// pool keeps at most `minavail` idle objects, then unmaps the empty spans
-/// kept as spares and asks the libc to trim (malloc_trim, where the malloc
-/// in use has it). The argument is unused: pass NULL.
+/// kept as spares and asks the malloc in use to give free memory back
+/// (glibc's malloc_trim, or a purge of a preloaded jemalloc's arenas; see
+/// pool_trim_count), unless the environment says POOL_TRIM=0. The argument
+/// is unused: pass NULL.
 #[no_mangle]
 pub extern "C" fn pool_gc(pool: *mut Pool) {
     let _ = pool;
@@ -592,7 +594,7 @@ pub extern "C" fn pool_set_profiling(on: c_int) -> c_int {
 }
 
 /// Writes the memory profile to `fd`: a header, then the `max` call sites
-/// (0: all) that allocated the most bytes, one line each:
+/// (0: all) with the most bytes (allocated or freed there), one line each:
 ///
 /// ```text
 ///        1000 allocs        64000 bytes      1000 frees        64000 bytes  pool=buffer at 0x55d0c1a2b3c4 handle_request+0x34 (server)
