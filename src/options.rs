@@ -384,7 +384,8 @@ fn print_help() {
           HAProxy's presets, for example:\n\
           \x20 detect UAF:                        uaf\n\
           \x20 detect post-cache UAF:             uaf,cache,no-merge,cold-first,integrity,tag,caller\n\
-          \x20 detect post-free cache corruption: no-merge,cold-first,integrity,caller\n",
+          \x20 detect post-free cache corruption: no-merge,cold-first,integrity,caller\n\
+          Memory profiling by call site: POOL_PROFILE=1 or pool_set_profiling(1).\n",
     );
 }
 
