@@ -32,6 +32,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+extern void __asan_poison_memory_region(void const volatile *, size_t) __attribute__((weak));
+
+/* Under ASan or valgrind (scripts/verify-*.sh) the tool reports the use
+ * after free itself, and resident memory says nothing about the library. */
+static int under_memory_tool(void)
+{
+    const char *pre = getenv("LD_PRELOAD");
+    return __asan_poison_memory_region != NULL || (pre != NULL && strstr(pre, "vgpreload") != NULL);
+}
+
 /* In a fresh child: it counts its own checks. */
 static void child_start(void)
 {
@@ -250,6 +260,15 @@ __attribute__((noinline)) void profiled_free_site(struct pool_head *p, void *o)
     __asm__ volatile("" ::: "memory");
 }
 
+/* Whether the dynamic loader knows this program's functions by name
+ * (linked with -rdynamic, as the Makefile's glibc builds are). */
+static int symbols_known(void)
+{
+    Dl_info info;
+    return dladdr((void *)profiled_site_a, &info) != 0 && info.dli_sname != NULL &&
+           strcmp(info.dli_sname, "profiled_site_a") == 0;
+}
+
 static void dump_profile(int fd, void *arg)
 {
     (void)arg;
@@ -304,9 +323,9 @@ static int profile_child(void)
         CHECK_EQ(c[0], A_CALLS);
         CHECK_EQ(c[1], A_CALLS * 64);
         CHECK_EQ(c[2], 0);
-#ifdef __GLIBC__
-        CHECK(strstr(line, "profiled_site_a+0x") != NULL && strstr(line, "profiled_site_a+0x") < strchr(line, '\n'));
-#endif
+        if (symbols_known())
+            CHECK(strstr(line, "profiled_site_a+0x") != NULL &&
+                  strstr(line, "profiled_site_a+0x") < strchr(line, '\n'));
     }
     if (CHECK(find_site(d, "prof-b", (void *)profiled_site_b, c, &line))) {
         CHECK_EQ(c[0], B_CALLS);
@@ -421,7 +440,7 @@ static int filter_child(void)
     d = capture(dump_filtered, &f);
     CHECK(strstr(d, "pool name=flt%20sp%3Dx aliases= size=48 allocated=0 ") != NULL);
     CHECK(strstr(d, "pool name=flt-two aliases= size=208 allocated=1 allocated_bytes=208 used=1 "
-                    "cached=0 shared=0 failed=0 users=1 minavail=0 limit=0 shared_flag=0 debug=\n") != NULL);
+                    "cached=0 shared=0 failed=0 users=1 minavail=0 limit=0 shared_flag=0 debug=") != NULL);
     CHECK(strstr(d, "total pools=3 allocated_bytes=208 used_bytes=208 ") != NULL);
     CHECK(strstr(d, "other-x") == NULL);
     CHECK(strstr(d, "  - Pool") == NULL);
@@ -528,16 +547,17 @@ static void test_trim(void)
     trim_run(NULL, &dropped, &trims);
     printf("trim: default: %ld KiB given back, %lu trims\n", dropped, trims);
 #ifdef __GLIBC__
-    /* glibc's malloc_trim, or jemalloc's purge. */
-    CHECK_EQ(trims, 1);
+    /* glibc's malloc_trim, or jemalloc's purge (ASan's malloc has neither). */
+    if (!under_memory_tool())
+        CHECK_EQ(trims, 1);
 #endif
     /* Whichever malloc is underneath, pool_gc gives the memory back. */
-    if (!CHECK(dropped > 32 * 1024))
+    if (!under_memory_tool() && !CHECK(dropped > 32 * 1024))
         fprintf(stderr, "  only %ld KiB given back by pool_gc\n", dropped);
     trim_run("0", &dropped, &trims);
     printf("trim: POOL_TRIM=0: %ld KiB given back, %lu trims\n", dropped, trims);
     CHECK_EQ(trims, 0);
-    if (jemalloc_underneath()) {
+    if (jemalloc_underneath() && !under_memory_tool()) {
         /* jemalloc keeps freed pages resident until purged. */
         if (!CHECK(dropped < 16 * 1024))
             fprintf(stderr, "  POOL_TRIM=0 under jemalloc still gave back %ld KiB\n", dropped);
@@ -546,7 +566,10 @@ static void test_trim(void)
 
 int main(void)
 {
-    test_uaf_alone_faults();
+    if (under_memory_tool())
+        fprintf(stderr, "note: under ASan or valgrind: the use-after-free and memory cases are skipped\n");
+    else
+        test_uaf_alone_faults();
     test_fail_rate();
     test_fail_seed();
     test_profile();

@@ -3,9 +3,10 @@
 //! valgrind and AddressSanitizer hooks, and `POOL_STATS=1`.
 //!
 //! Nothing here runs unless a pool was created with debugging flags
-//! (`Pool::debug != 0`): the hot path tests that one word and calls
-//! `Pool::alloc_debug` / `Pool::free_debug`, which call [`on_alloc`] and
-//! [`on_free`].
+//! (`Pool::debug != 0`) or was given a run-time bit (`fail`, profiling) by
+//! `Pool::enable_debug`: the hot path tests one word (`Pool::debug_live`)
+//! and calls `Pool::alloc_debug` / `Pool::free_debug`, which call
+//! [`on_alloc`] and [`on_free`] (and the `fail` draw and the `profile`).
 //!
 //! An object of a debugging pool, from its start (`base`, what the caches
 //! hold) to its end (`Layout::total` bytes, what the backing allocator gives):

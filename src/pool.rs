@@ -48,9 +48,9 @@ pub struct Pool {
     /// plus the debugging parts of `layout`.
     pub(crate) alloc_size: usize,
     pub(crate) flags: u32,
-    /// Debugging flags (`options::DBG_*`), fixed at creation: 0 keeps every
-    /// call on the plain path; anything else sends alloc and free to
-    /// `alloc_debug` / `free_debug`.
+    /// Debugging flags (`options::DBG_*`), fixed at creation: the layout
+    /// and what the debug path does to each object. A pool with any sends
+    /// alloc and free to `alloc_debug` / `free_debug` (through `debug_live`).
     pub(crate) debug: u32,
     /// What the hot path tests: `debug` plus the bits switched on while the
     /// pool lives (`DBG_FAIL`, `DBG_PROFILE`, see [`Pool::enable_debug`]);
@@ -422,7 +422,10 @@ impl Pool {
         if self.debug_live.load(Relaxed) & DBG_PROFILE != 0 {
             crate::profile::on_free(self.slot, self.size, caller);
         }
-        // SAFETY: the caller gives `obj` up (it came from `alloc_debug`).
+        // SAFETY: the caller gives `obj` up. It came from `alloc_debug`, or
+        // (a pool with `debug == 0`, on this path through the run-time bits
+        // only) from the plain path: the same layout, which on_free leaves
+        // alone when `debug == 0`.
         let base = unsafe { debug::on_free(self, obj, caller) };
         if self.debug & DBG_NO_CACHE == 0 {
             // SAFETY: `base` is an object of this pool nobody uses.
