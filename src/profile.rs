@@ -26,11 +26,11 @@ use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use core::sync::atomic::{AtomicPtr, AtomicUsize};
 
 /// Tables, at most one per thread.
-pub(crate) const TABLES: usize = 64;
+pub(crate) const TABLES: usize = 32;
 /// Entries per table.
-pub(crate) const ENTRIES: usize = 1024;
+pub(crate) const ENTRIES: usize = 8192;
 /// Slots tried from an entry's hash before a record is dropped.
-const PROBES: usize = 16;
+const PROBES: usize = 32;
 /// The pool id of blocks that come from no pool (the LD_PRELOAD malloc's
 /// large blocks); pool ids are slots, below `thread_cache::MAX_POOLS`.
 pub const UNPOOLED: usize = 0xfffe;
@@ -335,7 +335,7 @@ fn find_caller() -> usize {
     const URC_END_OF_STACK: libc::c_int = 5;
     const MAX_FRAMES: usize = 32;
     struct Walk {
-        own: usize,
+        own: (usize, usize),
         frames: usize,
         found: usize,
     }
@@ -347,20 +347,14 @@ fn find_caller() -> usize {
         if ip == 0 || w.frames > MAX_FRAMES {
             return URC_END_OF_STACK;
         }
-        if object_base(ip) == w.own {
+        if (w.own.0..w.own.1).contains(&ip) {
             return URC_NO_REASON;
         }
         w.found = ip;
         URC_END_OF_STACK
     }
-    static OWN: AtomicUsize = AtomicUsize::new(0);
-    // Relaxed: the same value whoever computes it.
-    let mut own = OWN.load(Relaxed);
-    if own == 0 {
-        own = object_base(find_caller as *const () as usize);
-        OWN.store(own, Relaxed);
-    }
-    if own == 0 {
+    let own = own_range();
+    if own.0 >= own.1 {
         return 0;
     }
     let mut w = Walk {
@@ -379,18 +373,57 @@ fn find_caller() -> usize {
     0
 }
 
-/// The load address of the object that holds `addr` (0: none known).
+/// The addresses `[lo, hi)` that the loadable segments of the object
+/// holding this library's code span, found once with `dl_iterate_phdr`
+/// (which reads the loader's list and allocates nothing): a frame whose
+/// return address lies there is one of ours. A per-frame `dladdr` costs a
+/// walk of a symbol table; this is two comparisons.
 #[cfg(all(target_os = "linux", not(miri)))]
-fn object_base(addr: usize) -> usize {
-    // SAFETY: dladdr only reads the loaded objects' tables; `info` is a
-    // valid out-pointer.
-    unsafe {
-        let mut info: libc::Dl_info = core::mem::zeroed();
-        if libc::dladdr(addr as *const c_void, &mut info) == 0 {
+fn own_range() -> (usize, usize) {
+    static LO: AtomicUsize = AtomicUsize::new(0);
+    static HI: AtomicUsize = AtomicUsize::new(0);
+    // Relaxed: each word is the same whoever computes it; a reader that
+    // sees only one of them computes both again.
+    let (lo, hi) = (LO.load(Relaxed), HI.load(Relaxed));
+    if lo != 0 && hi != 0 {
+        return (lo, hi);
+    }
+    extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut c_void,
+    ) -> libc::c_int {
+        // SAFETY: `data` is the triple of `own_range`; `info` and its
+        // program headers are the loader's, valid during the callback.
+        let (d, info) = unsafe { (&mut *data.cast::<(usize, usize, usize)>(), &*info) };
+        if info.dlpi_phdr.is_null() {
             return 0;
         }
-        info.dli_fbase as usize
+        // SAFETY: as above: `dlpi_phnum` headers at `dlpi_phdr`.
+        let phdrs =
+            unsafe { core::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) };
+        let base = info.dlpi_addr as usize;
+        let (mut lo, mut hi, mut ours) = (usize::MAX, 0, false);
+        for ph in phdrs.iter().filter(|ph| ph.p_type == libc::PT_LOAD) {
+            let start = base + ph.p_vaddr as usize;
+            let end = start + ph.p_memsz as usize;
+            lo = lo.min(start);
+            hi = hi.max(end);
+            ours |= (start..end).contains(&d.0);
+        }
+        if ours {
+            (d.1, d.2) = (lo, hi);
+            return 1;
+        }
+        0
     }
+    let mut d = (own_range as *const () as usize, 0usize, 0usize);
+    // SAFETY: `each` matches the callback type and only reads what the
+    // loader passes; `d` outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut d).cast()) };
+    LO.store(d.1, Relaxed);
+    HI.store(d.2, Relaxed);
+    (d.1, d.2)
 }
 
 #[cfg(all(test, not(loom)))]
