@@ -701,8 +701,13 @@ pub fn trim_count() -> usize {
 /// Writes the memory profile to `fd`: the `max` call sites (0: all) that
 /// allocated the most bytes, with their pool and symbol, then a total.
 /// Formats on the stack and merges in a mapping: no malloc.
+///
+/// The registry lock is held only to read a pool's name, not while the
+/// site is symbolised: `dladdr` takes the dynamic loader's lock, which a
+/// thread in `dlopen` holds while it mallocs (under the preload, into a
+/// pool creation that takes the registry lock).
 pub fn dump_profile(fd: libc::c_int, max: usize) {
-    let reg = lock();
+    init();
     crate::profile::with_sites(|sites, dropped| {
         // By the larger of the two, so that a site that only frees shows.
         sites.sort_unstable_by_key(|s| {
@@ -731,6 +736,7 @@ pub fn dump_profile(fd: libc::c_int, max: usize) {
             if s.pool == crate::profile::UNPOOLED {
                 let _ = write!(line, "(large)");
             } else {
+                let reg = lock();
                 match reg.pools().find(|p| p.slot == s.pool) {
                     Some(p) => {
                         let _ = write!(line, "{}", p.name().to_str().unwrap_or("?"));
