@@ -431,6 +431,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(miri, ignore = "walks 262 k entries of the tables")]
     fn records_merge_by_site_and_pool() {
         assert!(enable());
         // Pool ids no other test uses (unit tests' pools have low slots),
@@ -476,8 +477,33 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "walks 262 k entries of the tables")]
     fn a_full_table_counts_what_it_drops() {
         assert!(enable());
+        let dropped = || {
+            let mut d = 0;
+            with_sites(|_, n| d = n);
+            d
+        };
+        let before = dropped();
+        // A thread of its own, so a table of its own (the other tests that
+        // record use a few threads, far fewer than TABLES).
+        std::thread::spawn(|| {
+            for k in 1..=2 * ENTRIES {
+                store(4002, 8, 0x20_0000_0000 + 16 * k, false);
+            }
+        })
+        .join()
+        .unwrap();
+        let mut kept = 0;
+        with_sites(|sites, _| kept = sites.iter().filter(|s| s.pool == 4002).count());
+        assert!(kept <= ENTRIES, "{kept}");
+        assert!(dropped() - before >= 2 * ENTRIES - kept);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "half a million probes")]
+    fn a_table_holds_its_entries_and_finds_old_keys() {
         let table = Table {
             entries: [const {
                 Entry {
