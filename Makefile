@@ -86,10 +86,12 @@ check-layers-selftest:
 
 c-tests: c-tests-glibc c-tests-jemalloc c-tests-musl
 
+# -rdynamic: the memory profile names a call site by the symbol the dynamic
+# loader knows (test_debug_haproxy checks the names of its functions).
 c-tests-glibc: lib
 	@mkdir -p $(CT_OUT)/glibc
 	@set -e; for t in $(C_TESTS); do \
-	  $(CC) $(CFLAGS) c-tests/$$t.c -o $(CT_OUT)/glibc/$$t -L$(REL) -lpools -Wl,-rpath,$(CURDIR)/$(REL); \
+	  $(CC) $(CFLAGS) -rdynamic c-tests/$$t.c -o $(CT_OUT)/glibc/$$t -L$(REL) -lpools -Wl,-rpath,$(CURDIR)/$(REL); \
 	done
 	@set -e; for t in $(C_TESTS); do echo "== glibc $$t"; $(CT_OUT)/glibc/$$t; done
 

@@ -8,13 +8,14 @@
 
 MALLOC_SO  := $(CURDIR)/$(REL)/libpools_malloc.so
 MT_OUT     := $(CT_OUT)/malloc
-MT_CFLAGS  := $(CFLAGS) -fno-builtin
+# -rdynamic: test_fail_profile finds its functions by name in the profile.
+MT_CFLAGS  := $(CFLAGS) -fno-builtin -rdynamic
 M_TESTS    := $(basename $(notdir $(wildcard c-tests/malloc/test_*.c)))
 
 .PHONY: test-malloc test-malloc-nm test-malloc-c test-malloc-programs test-malloc-limits \
-        bench-malloc install-malloc
+        test-malloc-profile bench-malloc install-malloc
 
-test-malloc: test-malloc-nm test-malloc-c test-malloc-programs test-malloc-limits
+test-malloc: test-malloc-nm test-malloc-c test-malloc-programs test-malloc-limits test-malloc-profile
 
 # libpools.so and libpools.a must not replace a program's malloc.
 test-malloc-nm: lib
@@ -52,6 +53,20 @@ test-malloc-limits: lib
 	@(ulimit -v 65536 && LD_PRELOAD=$(MALLOC_SO) ls / > /dev/null && \
 	  LD_PRELOAD=$(MALLOC_SO) python3 -c pass) || \
 	  { echo "the preload failed under ulimit -v 65536"; exit 1; }
+
+# The memory profile of a real program: python3 under the preload with
+# POOL_PROFILE=1 POOL_STATS=1 prints, at exit, call sites inside python.
+test-malloc-profile: lib
+	@command -v python3 >/dev/null 2>&1 || scripts/apt-install.sh test-malloc-profile python3
+	@mkdir -p $(MT_OUT)
+	@echo "== preload POOL_PROFILE=1 POOL_STATS=1 python3"
+	@POOL_PROFILE=1 POOL_STATS=1 LD_PRELOAD=$(MALLOC_SO) python3 -c \
+	  'x = [bytes(100) for _ in range(20000)]; print(len(x))' \
+	  >$(MT_OUT)/profile-python.out 2>$(MT_OUT)/profile-python.err
+	@grep -q '^20000$$' $(MT_OUT)/profile-python.out && grep -q '^Memory profile: ' $(MT_OUT)/profile-python.err \
+	  && grep -Eq 'allocs .* pool=malloc-[0-9]+ at 0x[0-9a-f]+ .*python' $(MT_OUT)/profile-python.err \
+	  || { tail -n 40 $(MT_OUT)/profile-python.err; echo "no memory profile of python3"; exit 1; }
+	@grep -A6 '^Memory profile: ' $(MT_OUT)/profile-python.err | tail -n 7
 
 bench-malloc: lib bench-deps
 	bench/malloc-bench.sh $(MALLOC_SO) $(BENCH_ARGS)

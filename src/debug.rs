@@ -3,9 +3,10 @@
 //! valgrind and AddressSanitizer hooks, and `POOL_STATS=1`.
 //!
 //! Nothing here runs unless a pool was created with debugging flags
-//! (`Pool::debug != 0`): the hot path tests that one word and calls
-//! `Pool::alloc_debug` / `Pool::free_debug`, which call [`on_alloc`] and
-//! [`on_free`].
+//! (`Pool::debug != 0`) or was given a run-time bit (`fail`, profiling) by
+//! `Pool::enable_debug`: the hot path tests one word (`Pool::debug_live`)
+//! and calls `Pool::alloc_debug` / `Pool::free_debug`, which call
+//! [`on_alloc`] and [`on_free`] (and the `fail` draw and the `profile`).
 //!
 //! An object of a debugging pool, from its start (`base`, what the caches
 //! hold) to its end (`Layout::total` bytes, what the backing allocator gives):
@@ -247,6 +248,10 @@ pub(crate) fn init() {
         tools |= TOOL_ASAN;
     }
     TOOLS.store(tools, Relaxed);
+    if crate::options::profiling() && !crate::profile::enable() {
+        // No memory for the tables: profiling stays off.
+        crate::options::set_profiling(false);
+    }
     if crate::options::stats_at_exit() {
         // SAFETY: registering a function that lives as long as the library
         // (glibc runs handlers of a shared object at its dlclose).
@@ -254,12 +259,19 @@ pub(crate) fn init() {
     }
 }
 
-/// `POOL_STATS=1`: the pools on stderr at exit. The dump formats on the
-/// stack, writes with write(2) and maps its sorting table with mmap: it
-/// calls no malloc, which may be torn down by now.
+/// `POOL_STATS=1`: the pools on stderr at exit, and the memory profile
+/// when profiling was on. The dumps format on the stack, write with
+/// write(2) and map their tables with mmap: they call no malloc, which may
+/// be torn down by now.
 extern "C" fn stats_at_exit() {
     crate::registry::dump_sorted(2, crate::registry::DumpOrder::Unsorted, 0);
+    if crate::profile::recorded() {
+        crate::registry::dump_profile(2, PROFILE_AT_EXIT);
+    }
 }
+
+/// Call sites `POOL_STATS=1` prints at exit when profiling was on.
+const PROFILE_AT_EXIT: usize = 30;
 
 /// A new pool: valgrind learns of it as a memory pool.
 pub(crate) fn on_create(pool: &Pool) {

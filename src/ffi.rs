@@ -346,8 +346,10 @@ pub unsafe extern "C" fn pool_flush(pool: *mut Pool) {
 
 /// For every pool, returns shared-cache objects to the allocator until the
 /// pool keeps at most `minavail` idle objects, then unmaps the empty spans
-/// kept as spares and asks the libc to trim (malloc_trim, where the malloc
-/// in use has it). The argument is unused: pass NULL.
+/// kept as spares and asks the malloc in use to give free memory back
+/// (glibc's malloc_trim, or a purge of a preloaded jemalloc's arenas; see
+/// pool_trim_count), unless the environment says POOL_TRIM=0. The argument
+/// is unused: pass NULL.
 #[no_mangle]
 pub extern "C" fn pool_gc(pool: *mut Pool) {
     let _ = pool;
@@ -478,8 +480,12 @@ pub unsafe extern "C" fn pool_set_shared_cache(name: *const c_char) -> c_int {
 /// pools they are for (POOL_F_SHARED pools with different options never
 /// merge). Each has an opposite that clears it.
 ///
-/// - "fail=N" / "no-fail": N percent of the allocations from the backing
-///   allocator fail (applies at once).
+/// - "fail=N" / "fail" / "no-fail": N percent (1 for "fail") of the
+///   pool_alloc and pool_zalloc calls return NULL with ENOMEM and count in
+///   the pool's `failed`, whether a cache holds objects or not (applies at
+///   once, to every pool; under the LD_PRELOAD malloc, to malloc and
+///   friends). The draws are one sequence from POOL_FAIL_SEED (or a fixed
+///   default): a single-threaded run fails the same calls every time.
 /// - "no-merge" / "merge": POOL_F_SHARED pools merge only with a pool of the
 ///   same name.
 /// - "cold-first" / "hot-first": the thread cache hands out its oldest
@@ -504,9 +510,11 @@ pub unsafe extern "C" fn pool_set_shared_cache(name: *const c_char) -> c_int {
 /// - "poison" / "poison=0xNN" / "no-poison": new allocations are filled
 ///   with the poison byte (default 0x50, 'P').
 /// - "uaf" / "no-uaf": (backend) each object in its own mapping between
-///   guard pages, unmapped when it goes back to the system; with
-///   "no-cache,no-global" that happens at pool_free, so any later access
-///   faults.
+///   guard pages, unmapped when it goes back to the system. As in HAProxy,
+///   "uaf" implies "no-cache,no-global", so that this happens at pool_free
+///   and any later access faults, unless "cache" or "global" follows it in
+///   the same list ("uaf,cache": a use after the object left the cache
+///   faults).
 /// - "backup" / "no-backup": (layout) a copy of each freed object is kept
 ///   after it and compared when the object is handed out again (unless
 ///   "integrity" does that check): a write after free aborts.
@@ -519,7 +527,7 @@ pub unsafe extern "C" fn pool_set_shared_cache(name: *const c_char) -> c_int {
 pub unsafe extern "C" fn pool_set_debugging(opts: *const c_char) -> c_int {
     registry::init();
     // SAFETY: a non-null list is a NUL-terminated string (C contract).
-    if !opts.is_null() && options::set_debugging(unsafe { CStr::from_ptr(opts) }.to_bytes()) {
+    if !opts.is_null() && registry::set_debugging(unsafe { CStr::from_ptr(opts) }.to_bytes()) {
         return 0;
     }
     set_errno(libc::EINVAL);
@@ -657,4 +665,109 @@ mod tests {
             assert_eq!(errno(), libc::EBUSY);
         }
     }
+}
+
+/// Switches memory profiling on (`on` non-zero) or off, as POOL_PROFILE=1
+/// does from the start. While it is on, every pool (those that exist and
+/// those created later) records, per call site (the return address of the
+/// pool_alloc, pool_zalloc or pool_free call) and per pool, the allocation
+/// and free calls and their bytes; under the LD_PRELOAD malloc, per call
+/// site of malloc and friends. Profiled pools take the debugging path
+/// (slower); switching profiling off stops the recording but leaves the
+/// pools on that path. Counts are kept in fixed per-thread tables (calls
+/// that find no room are counted as such) until the process ends.
+/// Returns 0, or -1 with ENOMEM when the tables cannot be mapped.
+/// Thread-safe.
+#[no_mangle]
+pub extern "C" fn pool_set_profiling(on: c_int) -> c_int {
+    if registry::set_profiling(on != 0) {
+        0
+    } else {
+        set_errno(libc::ENOMEM);
+        -1
+    }
+}
+
+/// Writes the memory profile to `fd`: a header, then the `max` call sites
+/// (0: all) with the most bytes (allocated or freed there), one line each:
+///
+/// ```text
+///        1000 allocs        64000 bytes      1000 frees        64000 bytes  pool=buffer at 0x55d0c1a2b3c4 handle_request+0x34 (server)
+/// ```
+///
+/// (the symbol and offset as the dynamic loader knows them: functions of
+/// an executable need `-rdynamic`), then a "Total:" line with the calls
+/// that did not fit the tables. Also printed at exit by POOL_STATS=1 when
+/// profiling was on. Writes with write(2), allocates no memory with malloc.
+/// Returns 0, or -1 with errno EINVAL for a negative `max`. Thread-safe.
+#[no_mangle]
+pub extern "C" fn pool_dump_profile(fd: c_int, max: c_int) -> c_int {
+    let Ok(max) = usize::try_from(max) else {
+        set_errno(libc::EINVAL);
+        return -1;
+    };
+    registry::dump_profile(fd, max);
+    0
+}
+
+/// pool_dump_filtered flag: one `key=value` line per pool instead of the
+/// pool_dump sentences:
+///
+/// ```text
+/// pool name=buffer aliases= size=16384 allocated=3 allocated_bytes=49152 used=1 cached=2 shared=0 failed=0 users=1 minavail=0 limit=0 shared_flag=1 debug=
+/// total pools=1 allocated_bytes=49152 used_bytes=16384 shared_cache=xchg thread_cache_bytes=524288
+/// ```
+///
+/// Values never hold a space: bytes of names other than printable ASCII,
+/// and `=`, `,` and `%`, are written `%XX`; `aliases` and `debug` are
+/// comma lists.
+pub const POOL_DUMP_F_KV: c_uint = 1;
+
+/// Like pool_dump_sorted, with only the pools whose name, or one of the
+/// names they were merged under, starts with `prefix` (NULL or "": every
+/// pool), like HAProxy's "show pools match"; the total line covers the
+/// pools that match. `flags`: 0, or POOL_DUMP_F_KV for the machine-readable
+/// form. Returns 0, or -1 with errno EINVAL (writing nothing) for an
+/// unknown `how` or flag, or a negative `max`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn pool_dump_filtered(
+    fd: c_int,
+    how: c_int,
+    max: c_int,
+    prefix: *const c_char,
+    flags: c_uint,
+) -> c_int {
+    let order = match how {
+        POOL_DUMP_UNSORTED => registry::DumpOrder::Unsorted,
+        POOL_DUMP_BY_NAME => registry::DumpOrder::Name,
+        POOL_DUMP_BY_SIZE => registry::DumpOrder::Size,
+        POOL_DUMP_BY_USAGE => registry::DumpOrder::Usage,
+        _ => {
+            set_errno(libc::EINVAL);
+            return -1;
+        }
+    };
+    let (Ok(max), 0) = (usize::try_from(max), flags & !POOL_DUMP_F_KV) else {
+        set_errno(libc::EINVAL);
+        return -1;
+    };
+    let prefix = if prefix.is_null() {
+        &[][..]
+    } else {
+        // SAFETY: a non-null prefix is a NUL-terminated string (C contract).
+        unsafe { CStr::from_ptr(prefix) }.to_bytes()
+    };
+    registry::dump_filtered(fd, order, max, prefix, flags);
+    0
+}
+
+/// The times pool_gc asked the allocator underneath to give free memory
+/// back to the system: malloc_trim under glibc (or the LD_PRELOAD malloc),
+/// a purge of every arena through mallctl under a preloaded jemalloc,
+/// nothing under musl. POOL_TRIM=0 in the environment turns the trim off
+/// (a malloc_trim of a large fragmented heap can stall a program for
+/// long). Thread-safe.
+#[no_mangle]
+pub extern "C" fn pool_trim_count() -> c_ulong {
+    registry::trim_count() as c_ulong
 }

@@ -15,7 +15,9 @@
 //!
 //! `pool.rs` orchestrates one pool's path through these layers and
 //! `registry.rs` keeps the process's pools and thread caches (create, merge,
-//! destroy, gc, statistics). `options.rs` holds the process-wide settings.
+//! destroy, gc, statistics). `options.rs` holds the process-wide settings;
+//! `debug.rs` and `profile.rs` what the debugging options and the memory
+//! profile do on a debugging pool's path.
 
 #![warn(unsafe_op_in_unsafe_fn)]
 
@@ -29,6 +31,7 @@ mod meta;
 mod options;
 mod os;
 pub mod pool;
+pub mod profile;
 pub mod registry;
 mod shared_cache;
 pub mod span;

@@ -15,7 +15,15 @@
 //!   or `malloc` (the libc's, or a malloc preloaded underneath the pools).
 //! - `POOL_DEBUG`: a comma list of debugging options, [`set_debugging`]
 //!   (HAProxy's `-dM` words; `help` lists them).
-//! - `POOL_STATS=1`: `pool_dump` to stderr at exit (see `debug::init`).
+//! - `POOL_STATS=1`: `pool_dump` to stderr at exit (see `debug::init`),
+//!   with the memory profile when profiling is on.
+//! - `POOL_PROFILE=1`: memory profiling by call site from the start
+//!   ([`set_profiling`], `profile`).
+//! - `POOL_FAIL_SEED`: the seed of the `fail=N` draws (a run with the same
+//!   seed and the same sequence of calls fails the same calls).
+//! - `POOL_TRIM=0`: `pool_gc` does not ask the allocator underneath to
+//!   return memory (`malloc_trim`, jemalloc's purge): on a large
+//!   fragmented heap that call can stall the program for long.
 //! - `POOL_RACE_WINDOW`: test-only; spins this many times (and yields) in a
 //!   shared-cache take between getting the head and reading its `next`, to
 //!   make the legacy `dwcas` race likely within a short test.
@@ -44,6 +52,12 @@ static STATS_AT_EXIT: AtomicBool = AtomicBool::new(false);
 static DEBUG: AtomicU32 = AtomicU32::new((b'P' as u32) << POISON_SHIFT);
 /// `POOL_BACKEND=malloc`: pools of small objects use malloc, not spans.
 static SPANS_OFF: AtomicBool = AtomicBool::new(false);
+/// Memory profiling is on (`POOL_PROFILE=1`, `pool_set_profiling`).
+static PROFILING: AtomicBool = AtomicBool::new(false);
+/// `POOL_TRIM=0` clears it: `pool_gc` skips the allocator's trim.
+static TRIM: AtomicBool = AtomicBool::new(true);
+/// `POOL_FAIL_SEED`: where the `fail=N` draws start.
+static FAIL_SEED: AtomicU32 = AtomicU32::new(0x1234_5678);
 
 const FAIL_MASK: u32 = 0xff;
 const DEBUG_UAF: u32 = 1 << 8;
@@ -71,6 +85,16 @@ pub(crate) const DBG_MEMCHECK: u32 = 1 << 18;
 /// Not an option: set on every pool when the host program is built with
 /// AddressSanitizer, so that cached objects are poisoned.
 pub(crate) const DBG_ASAN: u32 = 1 << 19;
+/// Not a pool flag: a pool whose `Pool::debug_live` has it draws for
+/// `fail=N` at the top of its alloc path (set on every pool while a rate is
+/// set, see [`runtime_debug`]).
+pub(crate) const DBG_FAIL: u32 = 1 << 20;
+/// Not a pool flag: a pool whose `Pool::debug_live` has it records its
+/// calls in the memory profile (set on every pool while profiling is on).
+pub(crate) const DBG_PROFILE: u32 = 1 << 21;
+/// The bits `Pool::enable_debug` may add to a live pool: they change no
+/// object's layout and no cache's behaviour.
+pub(crate) const DBG_RUNTIME: u32 = DBG_FAIL | DBG_PROFILE;
 /// The flags a pool copies when it is created (`Pool::debug`).
 pub(crate) const DBG_POOL_FLAGS: u32 = DBG_COLD_FIRST
     | DBG_INTEGRITY
@@ -141,7 +165,8 @@ const FLAG_WORDS: [(u32, &str, &str, &str); 10] = [
         "uaf",
         "no-uaf",
         "one guarded mapping per object, unmapped when released to the\n\
-      \x20            system; with no-cache,no-global that is at pool_free",
+      \x20            system; implies no-cache,no-global (so that happens at\n\
+      \x20            pool_free) unless cache or global follows it in the list",
     ),
     (
         DBG_BACKUP,
@@ -151,6 +176,34 @@ const FLAG_WORDS: [(u32, &str, &str, &str); 10] = [
       \x20            after free aborts",
     ),
 ];
+
+/// Whether memory profiling is on.
+#[inline]
+pub(crate) fn profiling() -> bool {
+    PROFILING.load(Relaxed)
+}
+
+/// Switches memory profiling on or off (the registry marks the pools).
+pub(crate) fn set_profiling(on: bool) {
+    PROFILING.store(on, Relaxed);
+}
+
+/// Whether `pool_gc` may ask the allocator underneath to trim.
+pub(crate) fn trim_enabled() -> bool {
+    TRIM.load(Relaxed)
+}
+
+/// The seed of the `fail=N` draws.
+pub(crate) fn fail_seed() -> u32 {
+    FAIL_SEED.load(Relaxed)
+}
+
+/// The bits of `Pool::debug_live` that the settings ask of every pool now,
+/// on top of its creation flags: `DBG_FAIL` while a failure rate is set,
+/// `DBG_PROFILE` while profiling is on.
+pub(crate) fn runtime_debug() -> u32 {
+    (if fail_rate() != 0 { DBG_FAIL } else { 0 }) | (if profiling() { DBG_PROFILE } else { 0 })
+}
 
 /// Whether `POOL_STATS=1` asked for a dump at exit.
 pub(crate) fn stats_at_exit() -> bool {
@@ -334,7 +387,9 @@ fn print_help() {
         &mut out,
         "libpools POOL_DEBUG / pool_set_debugging options (comma-separated;\n\
          every one but fail applies to the pools created afterwards):\n\
-         \x20 fail=N     fail N percent of the allocations from the backing allocator\n\
+         \x20 fail=N     fail N percent of the pool_alloc calls (and of malloc under\n\
+         \x20            the preload), cached objects or not; POOL_FAIL_SEED replays\n\
+         \x20 fail       the same as fail=1\n\
          \x20 no-fail    inject no failure (default)\n",
     );
     out.write_to(2);
@@ -346,7 +401,14 @@ fn print_help() {
         );
         line.write_to(2);
     }
-    write_stderr(b"  help       print this list\n");
+    write_stderr(
+        b"  help       print this list\n\
+          HAProxy's presets, for example:\n\
+          \x20 detect UAF:                        uaf\n\
+          \x20 detect post-cache UAF:             uaf,cache,no-merge,cold-first,integrity,tag,caller\n\
+          \x20 detect post-free cache corruption: no-merge,cold-first,integrity,caller\n\
+          Memory profiling by call site: POOL_PROFILE=1 or pool_set_profiling(1).\n",
+    );
 }
 
 /// Applies a comma list of debugging options (`fail=5,tag`). Either every
@@ -373,6 +435,12 @@ fn parse_debugging(mut debug: u32, opts: &[u8]) -> Option<u32> {
         {
             if word == set.as_bytes() {
                 debug |= flag;
+                if *flag == DEBUG_UAF {
+                    // As in HAProxy: an object must go back to the system
+                    // at pool_free for a later access to fault. A `cache`
+                    // or `global` later in the list turns them back on.
+                    debug |= DBG_NO_CACHE | DBG_NO_GLOBAL;
+                }
             } else {
                 debug &= !flag;
             }
@@ -380,6 +448,7 @@ fn parse_debugging(mut debug: u32, opts: &[u8]) -> Option<u32> {
         }
         match word {
             b"no-fail" => debug &= !FAIL_MASK,
+            b"fail" => debug = (debug & !FAIL_MASK) | 1,
             b"help" => {}
             _ => {
                 if let Some(rate) = word.strip_prefix(b"fail=") {
@@ -453,6 +522,26 @@ pub(crate) fn load_env() {
             b"1" | b"yes" => STATS_AT_EXIT.store(true, Relaxed),
             b"0" | b"no" | b"" => {}
             _ => warn(c"POOL_STATS", v),
+        }
+    }
+    if let Some(v) = getenv(c"POOL_PROFILE") {
+        match v {
+            b"1" | b"yes" => PROFILING.store(true, Relaxed),
+            b"0" | b"no" | b"" => {}
+            _ => warn(c"POOL_PROFILE", v),
+        }
+    }
+    if let Some(v) = getenv(c"POOL_TRIM") {
+        match v {
+            b"0" | b"no" => TRIM.store(false, Relaxed),
+            b"1" | b"yes" | b"" => {}
+            _ => warn(c"POOL_TRIM", v),
+        }
+    }
+    if let Some(v) = getenv(c"POOL_FAIL_SEED") {
+        match parse_size(v).and_then(|n| u32::try_from(n).ok()) {
+            Some(n) if v.iter().all(u8::is_ascii_digit) => FAIL_SEED.store(n, Relaxed),
+            _ => warn(c"POOL_FAIL_SEED", v),
         }
     }
     if let Some(v) = getenv(c"POOL_RACE_WINDOW") {
@@ -556,17 +645,42 @@ mod tests {
         assert_eq!(parse_debugging(0, b"fail=1k"), None);
         assert_eq!(parse_debugging(0, b"fail="), None);
         assert_eq!(parse_debugging(0, b"fail=7"), Some(7));
-        assert_eq!(parse_debugging(0, b"uaf,fail=100"), Some(DEBUG_UAF | 100));
+        assert_eq!(parse_debugging(0, b"no-uaf,fail=100"), Some(100));
         assert_eq!(parse_debugging(DEBUG_UAF | 7, b"no-fail"), Some(DEBUG_UAF));
         assert_eq!(parse_debugging(DEBUG_UAF | 7, b"no-uaf,"), Some(7));
+        assert_eq!(parse_debugging(7, b"fail"), Some(1));
+        assert_eq!(parse_debugging(0, b"fail,no-fail"), Some(0));
         assert_eq!(parse_debugging(3, b""), Some(3));
+    }
+
+    #[test]
+    fn uaf_implies_no_cache_and_no_global_unless_reenabled_after() {
+        let both = DBG_NO_CACHE | DBG_NO_GLOBAL;
+        assert_eq!(parse_debugging(0, b"uaf"), Some(DEBUG_UAF | both));
+        assert_eq!(
+            parse_debugging(0, b"uaf,cache"),
+            Some(DEBUG_UAF | DBG_NO_GLOBAL)
+        );
+        assert_eq!(parse_debugging(0, b"uaf,global,cache"), Some(DEBUG_UAF));
+        // Before it, they do not win: uaf comes last.
+        assert_eq!(parse_debugging(0, b"cache,uaf"), Some(DEBUG_UAF | both));
+        assert_eq!(parse_debugging(DEBUG_UAF | both, b"no-uaf"), Some(both));
     }
 
     #[test]
     fn every_flag_word_sets_and_its_opposite_clears() {
         for (flag, set, clr, help) in FLAG_WORDS {
             assert!(!help.is_empty());
-            assert_eq!(parse_debugging(0, set.as_bytes()), Some(flag), "{set}");
+            let implied = if flag == DEBUG_UAF {
+                DBG_NO_CACHE | DBG_NO_GLOBAL
+            } else {
+                0
+            };
+            assert_eq!(
+                parse_debugging(0, set.as_bytes()),
+                Some(flag | implied),
+                "{set}"
+            );
             assert_eq!(parse_debugging(!0, clr.as_bytes()), Some(!flag), "{clr}");
         }
         let all = parse_debugging(0, b"tag,integrity,caller,backup,no-cache").unwrap();

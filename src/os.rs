@@ -56,11 +56,9 @@ pub(crate) enum Backend {
 }
 
 /// One object of `size` bytes, aligned to `OBJECT_ALIGN`, or `None` when the
-/// backend has no memory or a failure is injected (`fail=N`).
+/// backend has no memory. (`fail=N` draws at the top of the pool's alloc
+/// path, `Pool::alloc_debug`, not here.)
 pub(crate) fn obtain_object(size: usize, backend: Backend) -> Option<NonNull<u8>> {
-    if injected_failure() {
-        return None;
-    }
     crate::counters::count(crate::counters::Event::Obtained);
     match backend {
         Backend::Malloc => obtain(size, OBJECT_ALIGN),
@@ -92,20 +90,26 @@ pub(crate) unsafe fn release_object(p: NonNull<u8>, size: usize, backend: Backen
     }
 }
 
-/// Whether this allocation is one of the `fail=N` percent to refuse.
+/// Whether this allocation is one of the `fail=N` percent to refuse: the
+/// next draw of one sequence for the whole process, which starts from
+/// `POOL_FAIL_SEED`, so that a single-threaded run with the same seed
+/// fails the same calls.
 #[inline]
-fn injected_failure() -> bool {
+pub(crate) fn injected_failure() -> bool {
     let rate = crate::options::fail_rate();
     rate != 0 && roll() % 100 < rate
 }
 
-/// A pseudo-random number: a Weyl sequence, mixed. Relaxed: any interleaving
-/// of the increments gives a usable sequence; only the failure rate matters.
+/// Draws so far, for [`roll`].
+static DRAWS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// A pseudo-random number: a Weyl sequence from the seed, mixed. Relaxed:
+/// each draw takes its own step of the sequence; any interleaving of the
+/// increments gives a usable sequence.
 #[cold]
 fn roll() -> u32 {
-    use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
-    static SEQ: AtomicU32 = AtomicU32::new(0x1234_5678);
-    let mut x = SEQ.fetch_add(0x9e37_79b9, Relaxed);
+    let n = DRAWS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    let mut x = crate::options::fail_seed().wrapping_add(n.wrapping_mul(0x9e37_79b9));
     x ^= x >> 16;
     x = x.wrapping_mul(0x7feb_352d);
     x ^= x >> 15;
@@ -173,47 +177,113 @@ pub(crate) unsafe fn unmap(p: NonNull<u8>, len: usize) {
 }
 
 type TrimFn = unsafe extern "C" fn(libc::size_t) -> libc::c_int;
+type MallctlFn = unsafe extern "C" fn(
+    *const libc::c_char,
+    *mut libc::c_void,
+    *mut libc::size_t,
+    *mut libc::c_void,
+    libc::size_t,
+) -> libc::c_int;
 
-/// Asks the allocator underneath to give free memory back to the OS.
-///
-/// `malloc_trim` is looked up at run time, and used only when it belongs to
-/// the same object as the `malloc` in use: glibc has it, musl does not, and a
-/// preloaded jemalloc or mimalloc replaces `malloc` but not glibc's
-/// `malloc_trim`, which would then trim an arena nobody uses.
-pub(crate) fn trim() {
-    static TRIM: OnceCell<Option<TrimFn>> = OnceCell::new();
-    if let Some(trim) = *TRIM.get_or_init(find_trim) {
-        // SAFETY: `trim` is the libc's malloc_trim, found by its name.
-        unsafe { trim(0) };
-    }
+/// How the allocator underneath is asked to give free memory back.
+#[derive(Clone, Copy)]
+enum Trimmer {
+    /// glibc's (or the LD_PRELOAD malloc's) `malloc_trim`.
+    MallocTrim(TrimFn),
+    /// jemalloc's `mallctl("arena.<MALLCTL_ARENAS_ALL>.purge")`.
+    JemallocPurge(MallctlFn),
 }
 
+/// Trims done by [`trim`] (the allocator underneath was asked to return
+/// memory), for `pool_trim_count`. Relaxed: a statistic.
+static TRIMS: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// The number of trims done so far.
+pub(crate) fn trims() -> usize {
+    TRIMS.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// Asks the allocator underneath to give free memory back to the OS, unless
+/// `POOL_TRIM=0`.
+///
+/// The allocator's entry point is looked up at run time, and used only when
+/// it belongs to the same object as the `malloc` in use: glibc has
+/// `malloc_trim`, musl has nothing (its allocator returns large chunks on
+/// `free` by itself), and a preloaded jemalloc replaces `malloc` but not
+/// glibc's `malloc_trim`, which would then trim an arena nobody uses:
+/// there its arenas are purged through `mallctl`, as HAProxy does.
+pub(crate) fn trim() {
+    static TRIMMER: OnceCell<Option<Trimmer>> = OnceCell::new();
+    if !crate::options::trim_enabled() {
+        return;
+    }
+    let Some(t) = *TRIMMER.get_or_init(find_trimmer) else {
+        return;
+    };
+    match t {
+        // SAFETY: `trim` is the libc's malloc_trim, found by its name.
+        Trimmer::MallocTrim(trim) => unsafe {
+            trim(0);
+        },
+        // SAFETY: jemalloc's mallctl, found by its name; a purge command
+        // reads and writes no argument (all null / 0). The name is a
+        // NUL-terminated literal; 4096 is MALLCTL_ARENAS_ALL.
+        Trimmer::JemallocPurge(mallctl) => unsafe {
+            mallctl(
+                c"arena.4096.purge".as_ptr(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                0,
+            );
+        },
+    }
+    TRIMS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// The loaded symbol `name`, if it is defined by the object that defines
+/// the `malloc` in use.
 #[cfg(all(target_env = "gnu", not(miri)))]
-fn find_trim() -> Option<TrimFn> {
+fn beside_malloc(name: &core::ffi::CStr) -> Option<*mut libc::c_void> {
     // SAFETY: dlsym and dladdr only read the loaded objects' symbol tables;
-    // the names are NUL-terminated literals and `info` is a valid out-pointer.
+    // the names are NUL-terminated and `info` is a valid out-pointer.
     unsafe {
-        let trim = libc::dlsym(libc::RTLD_DEFAULT, c"malloc_trim".as_ptr());
+        let f = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
         let malloc = libc::dlsym(libc::RTLD_DEFAULT, c"malloc".as_ptr());
-        if trim.is_null() || malloc.is_null() {
+        if f.is_null() || malloc.is_null() {
             return None;
         }
         let mut a: libc::Dl_info = core::mem::zeroed();
         let mut b: libc::Dl_info = core::mem::zeroed();
-        if libc::dladdr(trim, &mut a) == 0 || libc::dladdr(malloc, &mut b) == 0 {
+        if libc::dladdr(f, &mut a) == 0 || libc::dladdr(malloc, &mut b) == 0 {
             return None;
         }
-        if a.dli_fbase != b.dli_fbase {
-            return None;
-        }
-        Some(core::mem::transmute::<*mut libc::c_void, TrimFn>(trim))
+        (a.dli_fbase == b.dli_fbase).then_some(f)
     }
+}
+
+#[cfg(all(target_env = "gnu", not(miri)))]
+fn find_trimmer() -> Option<Trimmer> {
+    if let Some(f) = beside_malloc(c"malloc_trim") {
+        // SAFETY: the C malloc_trim: `int malloc_trim(size_t)`.
+        return Some(Trimmer::MallocTrim(unsafe {
+            core::mem::transmute::<*mut libc::c_void, TrimFn>(f)
+        }));
+    }
+    // A failed lookup formats its message with malloc: done once, at the
+    // first pool_gc, not at start-up.
+    let f = beside_malloc(c"mallctl")?;
+    // SAFETY: jemalloc's `int mallctl(const char *, void *, size_t *,
+    // void *, size_t)`.
+    Some(Trimmer::JemallocPurge(unsafe {
+        core::mem::transmute::<*mut libc::c_void, MallctlFn>(f)
+    }))
 }
 
 /// musl (and Miri) have no `malloc_trim`: musl's allocator returns large
 /// chunks to the OS on `free` by itself.
 #[cfg(not(all(target_env = "gnu", not(miri))))]
-fn find_trim() -> Option<TrimFn> {
+fn find_trimmer() -> Option<Trimmer> {
     None
 }
 

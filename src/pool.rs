@@ -3,7 +3,9 @@
 
 use crate::debug::{self, Layout};
 use crate::lifecycle::{Lifecycle, Unpinned};
-use crate::options::{SharedMode, DBG_COLD_FIRST, DBG_NO_CACHE, DBG_NO_GLOBAL};
+use crate::options::{
+    SharedMode, DBG_COLD_FIRST, DBG_FAIL, DBG_NO_CACHE, DBG_NO_GLOBAL, DBG_PROFILE, DBG_RUNTIME,
+};
 use crate::shared_cache::{Cluster, Item, SharedCache};
 use crate::thread_cache::{self, ThreadCache, MIN_OBJECT};
 use crate::{options, os, registry};
@@ -60,10 +62,15 @@ pub struct Pool {
     /// plus the debugging parts of `layout`.
     pub(crate) alloc_size: usize,
     pub(crate) flags: u32,
-    /// Debugging flags (`options::DBG_*`), fixed at creation: 0 keeps every
-    /// call on the plain path; anything else sends alloc and free to
-    /// `alloc_debug` / `free_debug`.
+    /// Debugging flags (`options::DBG_*`), fixed at creation: the layout
+    /// and what the debug path does to each object. A pool with any sends
+    /// alloc and free to `alloc_debug` / `free_debug` (through `debug_live`).
     pub(crate) debug: u32,
+    /// `debug` plus the bits switched on while the pool lives (`DBG_FAIL`,
+    /// `DBG_PROFILE`, see [`Pool::enable_debug`]); anything but 0 sends
+    /// alloc and free to the debug path (and sets bit 0 of `stamp`, which
+    /// is what the hit path tests).
+    pub(crate) debug_live: AtomicU32,
     /// Where an object's parts are (see `debug`); fixed at creation.
     pub(crate) layout: Layout,
     /// The byte `poison` fills new allocations with.
@@ -162,7 +169,11 @@ impl Pool {
         debug_assert!(layout.total >= size.max(MIN_OBJECT));
         debug_assert!(key != 0 && key & 1 == 0);
         Pool {
-            stamp: AtomicU64::new(if debug == 0 { key } else { key | 1 }),
+            stamp: AtomicU64::new(if debug | options::runtime_debug() == 0 {
+                key
+            } else {
+                key | 1
+            }),
             entry_off: thread_cache::entry_offset(slot),
             magic: AtomicU32::new(LIVE),
             key,
@@ -173,6 +184,7 @@ impl Pool {
             alloc_size: layout.total,
             flags,
             debug,
+            debug_live: AtomicU32::new(debug | options::runtime_debug()),
             layout,
             poison,
             limit: AtomicUsize::new(0),
@@ -230,15 +242,17 @@ impl Pool {
         self.life.is_dead()
     }
 
-    /// Switches debugging flags on for a live pool: from now on its calls
-    /// take the debug paths (objects already cached keep their layout, so
-    /// only flags that leave the layout alone may be added).
-    #[allow(dead_code)]
+    /// Sends this pool's calls to the debug path from now on, with the
+    /// run-time bits `bits` (`DBG_FAIL`, `DBG_PROFILE`) set for it there:
+    /// the stamp's bit 0 makes every hit miss (see `thread_cache`). The only
+    /// way to switch debugging on for a live pool: these bits change no
+    /// layout, so objects allocated before and freed after (or the reverse)
+    /// need nothing. Relaxed: a call that misses the change for a moment
+    /// takes the plain path, which is correct for these bits.
     pub(crate) fn enable_debug(&self, bits: u32) {
-        debug_assert!(bits & crate::debug::LAYOUT_FLAGS == 0);
-        // Relaxed: a switch; a call in flight may still take the plain path.
-        self.stamp.store(self.key | 1, Relaxed);
-        let _ = bits;
+        debug_assert_eq!(bits & !DBG_RUNTIME, 0, "not a run-time bit");
+        self.debug_live.fetch_or(bits & DBG_RUNTIME, Relaxed);
+        self.stamp.fetch_or(1, Relaxed);
     }
 
     /// Pins the pool for one call, or `None` if it is dead.
@@ -346,7 +360,7 @@ impl Pool {
     #[cold]
     #[inline(never)]
     pub(crate) fn alloc_slow(&self, caller: usize) -> Option<NonNull<u8>> {
-        if self.debug == 0 {
+        if self.debug_live.load(Relaxed) == 0 {
             // The common slow case, a pop below the low water: the bound
             // entry pins the pool, nothing more to do.
             if let Some(p) = ThreadCache::existing().and_then(|tc| tc.take_cached(self)) {
@@ -357,7 +371,7 @@ impl Pool {
         // system: pinned, so that a destroy racing with this call (the
         // caller's bug) cannot recycle the head before the object is counted.
         let _pin = self.pin()?;
-        if self.debug != 0 {
+        if self.debug_live.load(Relaxed) != 0 {
             return self.alloc_debug(caller);
         }
         let p = match ThreadCache::current() {
@@ -448,12 +462,28 @@ impl Pool {
         p
     }
 
-    /// The alloc path of a pool with debugging flags: the same layers, with
-    /// `cold-first`, `no-cache` and `no-global` applied, and the object
-    /// checked and prepared by `debug::on_alloc`.
+    /// The alloc path of a pool with debugging flags: first the `fail=N`
+    /// draw (as HAProxy's, before any cache: a refused call returns `None`
+    /// and counts in `failed`), then the same layers, with `cold-first`,
+    /// `no-cache` and `no-global` applied, the object checked and prepared
+    /// by `debug::on_alloc`, and the call recorded in the memory profile.
     #[cold]
     #[inline(never)]
     fn alloc_debug(&self, caller: usize) -> Option<NonNull<u8>> {
+        let live = self.debug_live.load(Relaxed);
+        if live & DBG_FAIL != 0 && os::injected_failure() {
+            self.failed.fetch_add(1, Relaxed);
+            return None;
+        }
+        let p = self.alloc_debug_object(caller)?;
+        if live & DBG_PROFILE != 0 {
+            crate::profile::on_alloc(self.slot, self.size, caller);
+        }
+        Some(p)
+    }
+
+    /// [`Pool::alloc_debug`] past the failure draw.
+    fn alloc_debug_object(&self, caller: usize) -> Option<NonNull<u8>> {
         let tc = ThreadCache::current();
         let home = tc.map_or(0, |tc| tc.home);
         let cached = match tc.filter(|_| self.debug & DBG_NO_CACHE == 0) {
@@ -518,7 +548,7 @@ impl Pool {
         let Some(_pin) = self.pin() else {
             return false;
         };
-        if self.debug != 0 {
+        if self.debug_live.load(Relaxed) != 0 {
             // SAFETY: forwarded.
             unsafe { self.free_debug(obj, caller) };
         } else {
@@ -537,7 +567,13 @@ impl Pool {
     #[cold]
     #[inline(never)]
     unsafe fn free_debug(&self, obj: NonNull<u8>, caller: usize) {
-        // SAFETY: the caller gives `obj` up (it came from `alloc_debug`).
+        if self.debug_live.load(Relaxed) & DBG_PROFILE != 0 {
+            crate::profile::on_free(self.slot, self.size, caller);
+        }
+        // SAFETY: the caller gives `obj` up. It came from `alloc_debug`, or
+        // (a pool with `debug == 0`, on this path through the run-time bits
+        // only) from the plain path: the same layout, which on_free leaves
+        // alone when `debug == 0`.
         let base = unsafe { debug::on_free(self, obj, caller) };
         if self.debug & DBG_NO_CACHE == 0 {
             // SAFETY: `base` is an object of this pool nobody uses.

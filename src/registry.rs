@@ -720,6 +720,261 @@ pub fn dump_sorted(fd: libc::c_int, order: DumpOrder, max: usize) {
     line.write_to(fd);
 }
 
+// ---- run-time debugging, profile, filtered dumps ------------------------
+
+/// Applies a comma list of debugging options (`options::set_debugging`);
+/// with a failure rate set, every live pool draws for it from now on.
+pub fn set_debugging(opts: &[u8]) -> bool {
+    init();
+    if !options::set_debugging(opts) {
+        return false;
+    }
+    if options::fail_rate() != 0 {
+        enable_debug_all(options::DBG_FAIL);
+    }
+    true
+}
+
+/// Switches memory profiling on (every live pool and every pool created
+/// afterwards records its calls, see `profile`) or off (the pools record
+/// nothing more; the counts so far stay for the dump). `false` when the
+/// tables cannot be mapped.
+pub fn set_profiling(on: bool) -> bool {
+    init();
+    if on {
+        if !crate::profile::enable() {
+            return false;
+        }
+        options::set_profiling(true);
+        enable_debug_all(options::DBG_PROFILE);
+    } else {
+        options::set_profiling(false);
+    }
+    true
+}
+
+/// Gives the run-time debugging bit `bit` to every live pool. Pools created
+/// from now on get it from `options::runtime_debug`; those created before
+/// the lock is taken here are in the list.
+fn enable_debug_all(bit: u32) {
+    let reg = lock();
+    for p in reg.pools() {
+        p.enable_debug(bit);
+    }
+}
+
+/// Whether an allocation that takes no pool (the LD_PRELOAD malloc's large
+/// blocks) is one of the `fail=N` percent to refuse. Off the plain path:
+/// for callers that are about to map memory anyway.
+pub fn injected_failure() -> bool {
+    os::injected_failure()
+}
+
+/// The times `pool_gc` asked the allocator underneath to give memory back.
+pub fn trim_count() -> usize {
+    os::trims()
+}
+
+/// Writes the memory profile to `fd`: the `max` call sites (0: all) that
+/// allocated the most bytes, with their pool and symbol, then a total.
+/// Formats on the stack and merges in a mapping: no malloc.
+///
+/// The registry lock is held only to read a pool's name, not while the
+/// site is symbolised: `dladdr` takes the dynamic loader's lock, which a
+/// thread in `dlopen` holds while it mallocs (under the preload, into a
+/// pool creation that takes the registry lock).
+pub fn dump_profile(fd: libc::c_int, max: usize) {
+    init();
+    crate::profile::with_sites(|sites, dropped| {
+        // By the larger of the two, so that a site that only frees shows.
+        sites.sort_unstable_by_key(|s| {
+            core::cmp::Reverse((s.alloc_bytes.max(s.free_bytes), s.alloc_bytes))
+        });
+        let shown = if max == 0 {
+            sites.len()
+        } else {
+            max.min(sites.len())
+        };
+        let mut line = Line::new();
+        let _ = writeln!(
+            line,
+            "Memory profile{}: {shown} of {} call sites, by bytes allocated:",
+            if options::profiling() { "" } else { " (off)" },
+            sites.len()
+        );
+        line.write_to(fd);
+        for s in &sites[..shown] {
+            let mut line = Line::new();
+            let _ = write!(
+                line,
+                "  {:>9} allocs {:>12} bytes {:>9} frees {:>12} bytes  pool=",
+                s.allocs, s.alloc_bytes, s.frees, s.free_bytes
+            );
+            if s.pool == crate::profile::UNPOOLED {
+                let _ = write!(line, "(large)");
+            } else {
+                let reg = lock();
+                match reg.pools().find(|p| p.slot == s.pool) {
+                    Some(p) => {
+                        let _ = write!(line, "{}", p.name().to_str().unwrap_or("?"));
+                    }
+                    None => {
+                        let _ = write!(line, "(destroyed)");
+                    }
+                }
+            }
+            let _ = write!(line, " at {:#x} ", s.caller);
+            crate::profile::write_site(&mut line, s.caller);
+            let _ = writeln!(line);
+            line.write_to(fd);
+        }
+        let (a, ab, f, fb) = sites.iter().fold((0, 0, 0, 0), |t, s| {
+            (
+                t.0 + s.allocs,
+                t.1 + s.alloc_bytes,
+                t.2 + s.frees,
+                t.3 + s.free_bytes,
+            )
+        });
+        let mut line = Line::new();
+        let _ = writeln!(
+            line,
+            "Total: {} call sites, {a} allocs ({ab} bytes), {f} frees ({fb} bytes), \
+             {dropped} calls not recorded (tables full)",
+            sites.len()
+        );
+        line.write_to(fd);
+    });
+}
+
+/// `dump_filtered` flag: one `key=value` line per pool, for scripts.
+pub const DUMP_KV: u32 = 1;
+
+/// Like `dump_sorted`, with only the pools whose name (or one of its merged
+/// names) starts with `prefix` (HAProxy's "show pools match"), the total
+/// covering those; with `DUMP_KV` in `flags`, one `key=value` line per
+/// pool and one for the total instead of the sentences.
+pub fn dump_filtered(fd: libc::c_int, order: DumpOrder, max: usize, prefix: &[u8], flags: u32) {
+    let reg = lock();
+    let matches = |p: &Pool| {
+        p.name().to_bytes().starts_with(prefix)
+            || p.also()
+                .to_bytes()
+                .split(|&b| b == b',')
+                .any(|n| n.starts_with(prefix))
+    };
+    let len = thread_cache::MAX_POOLS * core::mem::size_of::<(&Pool, usize)>();
+    let Some(mem) = os::map_zeroed(len) else {
+        return;
+    };
+    let base = mem.as_ptr().cast::<(&Pool, usize)>();
+    let mut n = 0usize;
+    let (mut total_alloc, mut total_used) = (0usize, 0usize);
+    for p in reg.pools().filter(|p| matches(p)) {
+        let s = p.stats(reg.cached(p));
+        total_alloc += s.allocated * s.size;
+        total_used += s.used * s.size;
+        let key = match order {
+            DumpOrder::Usage => s.allocated * s.size,
+            _ => p.size,
+        };
+        // SAFETY: at most the live pools (MAX_POOLS) are written, inside
+        // the fresh page-aligned mapping.
+        unsafe { base.add(n).write((p, key)) };
+        n += 1;
+    }
+    // SAFETY: the first `n` entries were written just above; the mapping is
+    // ours until unmapped below.
+    let entries = unsafe { core::slice::from_raw_parts_mut(base, n) };
+    match order {
+        DumpOrder::Unsorted => {}
+        DumpOrder::Name => entries.sort_unstable_by(|a, b| a.0.name().cmp(b.0.name())),
+        DumpOrder::Size | DumpOrder::Usage => {
+            entries.sort_unstable_by_key(|e| core::cmp::Reverse(e.1))
+        }
+    }
+    let shown = if max == 0 { n } else { max.min(n) };
+    for (p, _) in entries[..shown].iter() {
+        if flags & DUMP_KV != 0 {
+            dump_kv_line(&reg, p, fd);
+        } else {
+            dump_line(&reg, p, fd);
+        }
+    }
+    // SAFETY: the mapping made above, no longer used.
+    unsafe { os::unmap(mem, len) };
+    let mut line = Line::new();
+    if flags & DUMP_KV != 0 {
+        let _ = writeln!(
+            line,
+            "total pools={n} allocated_bytes={total_alloc} used_bytes={total_used} \
+             shared_cache={} thread_cache_bytes={}",
+            options::shared_cache_name(),
+            options::cache_size(),
+        );
+    } else {
+        let _ = writeln!(
+            line,
+            "Total: {n} pools, {total_alloc} bytes allocated, {total_used} used, shared cache {}, \
+             thread cache {} bytes",
+            options::shared_cache_name(),
+            options::cache_size(),
+        );
+    }
+    line.write_to(fd);
+}
+
+/// Writes `bytes` as a value of a `key=value` line: bytes other than
+/// printable ASCII, and ` `, `=`, `,` and `%`, as `%XX`.
+fn write_kv_value(line: &mut Line, bytes: &[u8]) {
+    for &b in bytes {
+        if b.is_ascii_graphic() && !matches!(b, b'=' | b'%' | b',') {
+            let _ = line.write_char(char::from(b));
+        } else {
+            let _ = write!(line, "%{b:02X}");
+        }
+    }
+}
+
+/// One pool's `key=value` line of `dump_filtered`.
+fn dump_kv_line(reg: &Registry, p: &Pool, fd: libc::c_int) {
+    let s = p.stats(reg.cached(p));
+    let mut line = Line::new();
+    let _ = write!(line, "pool name=");
+    write_kv_value(&mut line, p.name().to_bytes());
+    let _ = write!(line, " aliases=");
+    let mut sep = "";
+    for alias in p
+        .also()
+        .to_bytes()
+        .split(|&b| b == b',')
+        .filter(|a| !a.is_empty())
+    {
+        let _ = write!(line, "{sep}");
+        write_kv_value(&mut line, alias);
+        sep = ",";
+    }
+    let _ = write!(
+        line,
+        " size={} allocated={} allocated_bytes={} used={} cached={} shared={} failed={} \
+         users={} minavail={} limit={} shared_flag={} debug=",
+        s.size,
+        s.allocated,
+        s.allocated * s.size,
+        s.used,
+        s.cached,
+        s.shared,
+        s.failed,
+        s.users,
+        s.minavail,
+        p.limit.load(Relaxed),
+        u8::from(p.flags & POOL_F_SHARED != 0),
+    );
+    options::write_flag_names(&mut line, p.debug);
+    let _ = writeln!(line);
+    line.write_to(fd);
+}
+
 // ---- fork ----------------------------------------------------------------
 //
 // A threaded program that forks must find usable pools in the child. The

@@ -15,6 +15,12 @@
 //! created: every block is a mapping of its own, unmapped on free (no cache),
 //! so that a use after free faults.
 //!
+//! `POOL_DEBUG=fail=N` and `POOL_PROFILE=1` reach the class pools through
+//! the core (their calls take its debug path); the blocks that come from no
+//! pool (large ones, and every block under `uaf`) draw for `fail` and are
+//! recorded in the profile here, in [`alloc_unpooled`] and
+//! [`release_other`], off the path of small blocks.
+//!
 //! Besides the C entry points, the size classes and the interposition
 //! logic, this crate holds the cache of freed large mappings ([`large`],
 //! with its own spin lock and fork handlers); every pool operation is the
@@ -242,10 +248,10 @@ fn alloc(size: usize) -> *mut c_void {
             Some(pool) => pool.alloc(),
             // While this thread creates a class pool, or with `uaf`: a
             // mapping of its own.
-            None => span::large_obtain(size, MIN_ALIGN),
+            None => alloc_unpooled(size, MIN_ALIGN, false),
         }
     } else {
-        large::obtain(size, false)
+        alloc_unpooled(size, MIN_ALIGN, false)
     };
     match p {
         Some(p) => p.as_ptr().cast(),
@@ -254,6 +260,31 @@ fn alloc(size: usize) -> *mut c_void {
             ptr::null_mut()
         }
     }
+}
+
+/// A block that no class pool serves: a large one (through the cache of
+/// mappings when `align` is 16), or a small one while this thread creates
+/// a class pool or under `uaf` (a mapping of its own). `zero`: its first
+/// `size` bytes must read as zero. Draws for `fail=N` (except during a
+/// class pool's creation, which must not fail half-way) and records the
+/// block in the memory profile.
+#[cold]
+#[inline(never)]
+fn alloc_unpooled(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
+    let in_init = IN_INIT.try_with(Cell::get).unwrap_or(true);
+    if !in_init && registry::injected_failure() {
+        return None;
+    }
+    let p = if size > MAX_SMALL && align <= MIN_ALIGN {
+        large::obtain(size, zero)?
+    } else {
+        // Fresh mappings read as zero.
+        large::map_retrying(size, align)?
+    };
+    if !in_init && pools::profile::active() {
+        pools::profile::record_unpooled(usable("malloc", p.as_ptr().cast()), false);
+    }
+    Some(p)
 }
 
 /// Bytes usable at `p` (a block of ours), or abort naming `func`.
@@ -291,8 +322,11 @@ fn release(func: &str, p: *mut c_void) {
 #[inline(never)]
 fn release_other(func: &str, p: NonNull<u8>) {
     match span::owner(p.as_ptr()) {
-        // SAFETY: the start of a large block of ours, given back.
-        Owner::Large { usable } => unsafe { large::release(func, p, usable) },
+        Owner::Large { usable } => {
+            pools::profile::record_unpooled(usable, true);
+            // SAFETY: the start of a large block of ours, given back.
+            unsafe { large::release(func, p, usable) }
+        }
         _ => invalid_pointer(func, p.as_ptr().cast()),
     }
 }
@@ -313,7 +347,7 @@ fn alloc_aligned(align: usize, size: usize) -> *mut c_void {
         }
         release("posix_memalign", p);
     }
-    match large::map_retrying(size, align) {
+    match alloc_unpooled(size, align, false) {
         Some(p) => p.as_ptr().cast(),
         None => {
             set_errno(libc::ENOMEM);
@@ -357,7 +391,7 @@ pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
     };
     if total > MAX_SMALL {
         // Zeroed by the cache when it reuses a mapping; fresh ones are zero.
-        return match large::obtain(total, true) {
+        return match alloc_unpooled(total, MIN_ALIGN, true) {
             Some(p) => p.as_ptr().cast(),
             None => {
                 set_errno(libc::ENOMEM);
