@@ -88,7 +88,16 @@ done
 
 URL=http://127.0.0.1:$PORT/
 wrk -t1 -c64 -d1s "$URL" > /dev/null
-"$TOOL" cli "$TMP/cli.sock" "show pools" > "$TMP/before" || true
+# The reference dump, once the warm-up's connections are gone: two dumps
+# in a row with the same counts of used objects.
+prev=
+for _ in $(seq 20); do
+  sleep 0.3
+  "$TOOL" cli "$TMP/cli.sock" "show pools" > "$TMP/before" || continue
+  cur=$(sed -n 's/^  - Pool \(.*\) : .* bytes), \([0-9]*\) used.*/\1 \2/p' "$TMP/before")
+  [ -n "$cur" ] && [ "$cur" = "$prev" ] && break
+  prev=$cur
+done
 
 died=
 if [ "$STORM" = 1 ]; then
