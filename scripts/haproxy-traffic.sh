@@ -11,8 +11,8 @@
 # and runs pool_gc while the other threads allocate). A 1 s warm-up comes
 # first, and "show pools" is read on the CLI before and after the run.
 #
-# Prints one line "RESULT ..." (req/s, requests, errors, whether it stayed
-# alive, when it died) and exits 0 when the run passed: no failed request
+# Prints one line "RESULT ..." (req/s, requests, HAProxy's CPU time per
+# request, errors, whether it stayed alive, when it died) and exits 0 when the run passed: no failed request
 # (wrk's non-2xx responses and socket errors are 0), the process alive and
 # answering its CLI at the end, and the final dump balanced (every pool has
 # allocated == used + cached + shared, and as many objects used as before
@@ -104,9 +104,14 @@ if [ "$STORM" = 1 ]; then
   "$TOOL" storm "$HPID" 100 "$SECS" > "$TMP/storm" &
   SPID=$!
 fi
+# HAProxy's CPU time (user + system, in clock ticks) across the run: the
+# cost per request, which a busy machine blurs less than the rate.
+cpu() { awk '{ print $14 + $15 }' "/proc/$HPID/stat" 2>/dev/null || echo 0; }
+cpu0=$(cpu)
 wrk -t1 -c64 -d"${SECS}s" "$URL" > "$TMP/wrk" 2>&1 &
 WPID=$!
 wait "$WPID"; WPID=
+cpu1=$(cpu)
 if [ -n "$SPID" ]; then
   wait "$SPID"; SPID=
   died=$(sed -n 's/^died after \([0-9.]*\) s.*/\1/p' "$TMP/storm")
@@ -148,14 +153,21 @@ if [ "$state" != Z ] && [ "$state" != gone ]; then
   done
 fi
 if [ "$alive" = no ] && [ -z "$died" ]; then died=after-run; fi
+# How it ended, when it did (128 + N: killed by signal N).
+status=-
+if [ "$alive" = no ]; then
+  wait "$HPID"; status=$?; HPID=
+fi
 
 reqs=$(awk '/requests in/ { print $1 }' "$TMP/wrk")
 rps=$(awk '/^Requests\/sec:/ { print $2 }' "$TMP/wrk")
 non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$TMP/wrk")
 sockerr=$(awk '/Socket errors:/ { print $4 + $6 + $8 + $10 }' "$TMP/wrk" | tr -d ,)
+cpu_us=$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$(getconf CLK_TCK)" -v n="${reqs:-0}" \
+  'BEGIN { if (n > 0 && b >= a) printf "%.1f", (b - a) * 1e6 / hz / n; else print 0 }')
 echo "RESULT $(basename "$(dirname "$HAP")") bufsize=$BUFSIZE storm=$STORM secs=$SECS" \
-     "rps=${rps:-0} requests=${reqs:-0} non2xx=${non2xx:-0} sockerr=${sockerr:-0}" \
-     "alive=$alive died_after=${died:--} balanced=$balanced"
+     "rps=${rps:-0} requests=${reqs:-0} cpu_us_per_req=$cpu_us non2xx=${non2xx:-0} sockerr=${sockerr:-0}" \
+     "alive=$alive died_after=${died:--} exit_status=$status balanced=$balanced"
 
 fail=
 [ "${reqs:-0}" -gt 0 ] 2>/dev/null || fail="no request answered; "
