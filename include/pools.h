@@ -435,6 +435,34 @@ int pool_dump_filtered(int fd, int how, int max, const char *prefix, unsigned in
  */
 unsigned long pool_trim_count(void);
 
+/**
+ * The object size of `pool` in bytes (what pool_get_stats reports as
+ * `size`: the requested size rounded up to 16 unless POOL_F_EXACT), read
+ * without taking any lock. Returns 0 with errno EINVAL for a NULL or dead
+ * pool. Thread-safe.
+ */
+size_t pool_size(const struct pool_head *pool);
+
+/**
+ * The cap pool_set_limit set on the pool's `allocated` counter (0: no
+ * cap). Returns 0 with errno EINVAL for a NULL or dead pool. Thread-safe.
+ */
+unsigned long pool_get_limit(const struct pool_head *pool);
+
+/**
+ * Writes what pool_dump_sorted(fd, how, max) would write into `buf`
+ * instead, the way snprintf does: at most `len - 1` bytes of it followed
+ * by a NUL (nothing when `len` is 0, and then `buf` may be NULL). Returns
+ * the length of the whole dump, NUL not counted: the dump was cut when the
+ * result is `len` or more. HAProxy's "show pools" prints it.
+ *
+ * Returns -1 with errno EINVAL (writing nothing) for a NULL `buf` with a
+ * non-zero `len`, an unknown `how` or a negative `max`. Allocates no memory
+ * with malloc (the sorted orders map one page table, as pool_dump_sorted
+ * does). Thread-safe.
+ */
+long pool_dump_to_buffer(char *buf, size_t len, int how, int max);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -13,7 +13,7 @@
 use crate::pool::Pool;
 use crate::registry::{self, Destroyed};
 use crate::{options, os};
-use core::ffi::{c_char, c_int, c_uint, c_ulong, c_ulonglong, c_void, CStr};
+use core::ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_ulonglong, c_void, CStr};
 use core::ptr::{self, NonNull};
 
 pub use crate::options::POOL_DEFAULT_CACHE_SIZE;
@@ -770,4 +770,74 @@ pub unsafe extern "C" fn pool_dump_filtered(
 #[no_mangle]
 pub extern "C" fn pool_trim_count() -> c_ulong {
     registry::trim_count() as c_ulong
+}
+
+/// The object size of `pool` in bytes (what pool_get_stats reports as
+/// `size`: the requested size rounded up to 16 unless POOL_F_EXACT), read
+/// without taking any lock. Returns 0 with errno EINVAL for a NULL or dead
+/// pool. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn pool_size(pool: *const Pool) -> usize {
+    // SAFETY: `pool` is NULL or a pool handle (C contract).
+    match unsafe { live(pool) } {
+        Some(pool) => pool.size,
+        None => 0,
+    }
+}
+
+/// The cap pool_set_limit set on the pool's `allocated` counter (0: no
+/// cap). Returns 0 with errno EINVAL for a NULL or dead pool. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn pool_get_limit(pool: *const Pool) -> c_ulong {
+    // SAFETY: `pool` is NULL or a pool handle (C contract).
+    match unsafe { live(pool) } {
+        // Relaxed: a setting, read on its own.
+        Some(pool) => pool.limit.load(core::sync::atomic::Ordering::Relaxed) as c_ulong,
+        None => 0,
+    }
+}
+
+/// Writes what pool_dump_sorted(fd, how, max) would write into `buf`
+/// instead, the way snprintf does: at most `len - 1` bytes of it followed
+/// by a NUL (nothing when `len` is 0, and then `buf` may be NULL). Returns
+/// the length of the whole dump, NUL not counted: the dump was cut when the
+/// result is `len` or more. HAProxy's "show pools" prints it.
+///
+/// Returns -1 with errno EINVAL (writing nothing) for a NULL `buf` with a
+/// non-zero `len`, an unknown `how` or a negative `max`. Allocates no memory
+/// with malloc (the sorted orders map one page table, as pool_dump_sorted
+/// does). Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn pool_dump_to_buffer(
+    buf: *mut c_char,
+    len: usize,
+    how: c_int,
+    max: c_int,
+) -> c_long {
+    let (Some(order), Ok(max)) = (dump_order(how), usize::try_from(max)) else {
+        set_errno(libc::EINVAL);
+        return -1;
+    };
+    let out: &mut [u8] = if len == 0 {
+        &mut []
+    } else if buf.is_null() {
+        set_errno(libc::EINVAL);
+        return -1;
+    } else {
+        // SAFETY: the caller gives `len` writable bytes at `buf` (C
+        // contract), not touched by anyone else during the call.
+        unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), len) }
+    };
+    registry::dump_sorted_to_buffer(out, order, max) as c_long
+}
+
+/// The dump order a `POOL_DUMP_*` value names.
+fn dump_order(how: c_int) -> Option<registry::DumpOrder> {
+    Some(match how {
+        POOL_DUMP_UNSORTED => registry::DumpOrder::Unsorted,
+        POOL_DUMP_BY_NAME => registry::DumpOrder::Name,
+        POOL_DUMP_BY_SIZE => registry::DumpOrder::Size,
+        POOL_DUMP_BY_USAGE => registry::DumpOrder::Usage,
+        _ => return None,
+    })
 }

@@ -975,6 +975,54 @@ fn dump_kv_line(reg: &Registry, p: &Pool, fd: libc::c_int) {
     line.write_to(fd);
 }
 
+// ---- dump into a buffer -------------------------------------------------
+//
+// `dump_sorted` formats every line on the stack and hands it to
+// `Line::write_to`; given the descriptor `TO_BUFFER`, that appends the line
+// to the buffer the calling thread registered here instead of writing it.
+
+/// The descriptor `dump_sorted_to_buffer` passes to `dump_sorted`. No file
+/// descriptor is negative, so a C caller's `pool_dump(-2)` is still a write
+/// to a bad descriptor: on a thread that is not inside
+/// `dump_sorted_to_buffer` the buffer below is empty and nothing is written.
+const TO_BUFFER: libc::c_int = -2;
+
+std::thread_local! {
+    /// This thread's dump buffer: its start, its room in bytes, and how many
+    /// bytes the dump has produced so far (which may exceed the room).
+    static DUMP_BUFFER: core::cell::Cell<(*mut u8, usize, usize)> =
+        const { core::cell::Cell::new((ptr::null_mut(), 0, 0)) };
+}
+
+/// Like `dump_sorted`, into `buf`, the way snprintf does it: writes the
+/// first `buf.len() - 1` bytes of the dump and a NUL after them (nothing
+/// when `buf` is empty), and returns the length of the whole dump, NUL not
+/// counted. Calls no malloc.
+pub fn dump_sorted_to_buffer(buf: &mut [u8], order: DumpOrder, max: usize) -> usize {
+    let room = buf.len().saturating_sub(1);
+    let saved = DUMP_BUFFER.replace((buf.as_mut_ptr(), room, 0));
+    dump_sorted(TO_BUFFER, order, max);
+    let (_, _, len) = DUMP_BUFFER.replace(saved);
+    if let Some(end) = buf.get_mut(len.min(room)) {
+        *end = 0;
+    }
+    len
+}
+
+/// Appends `bytes` to this thread's dump buffer, as far as it has room.
+fn append_to_buffer(bytes: &[u8]) {
+    let (start, room, len) = DUMP_BUFFER.get();
+    let n = bytes.len().min(room.saturating_sub(len));
+    if n != 0 {
+        // SAFETY: `start..start + room` is the slice that
+        // `dump_sorted_to_buffer` borrows mutably for the whole dump (room
+        // is 0 outside it), `len + n <= room`, and `bytes` is a stack line,
+        // not part of it.
+        unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), start.add(len), n) };
+    }
+    DUMP_BUFFER.set((start, room, len + bytes.len()));
+}
+
 // ---- fork ----------------------------------------------------------------
 //
 // A threaded program that forks must find usable pools in the child. The
@@ -1166,8 +1214,12 @@ impl Line {
         }
     }
 
-    /// Writes the line to `fd`, retrying short writes.
+    /// Writes the line to `fd`, retrying short writes (or, for `TO_BUFFER`,
+    /// appends it to this thread's `dump_sorted_to_buffer` buffer).
     pub(crate) fn write_to(&self, fd: libc::c_int) {
+        if fd == TO_BUFFER {
+            return append_to_buffer(&self.buf[..self.len]);
+        }
         let mut done = 0;
         while done < self.len {
             let rest = &self.buf[done..self.len];
@@ -1363,6 +1415,33 @@ mod tests {
             "{line}"
         );
         assert!(out.lines().last().unwrap().starts_with("Total: "));
+        // SAFETY: the object came from `p`, given back once.
+        unsafe { p.free(o) };
+    }
+
+    #[test]
+    fn dump_to_buffer_is_the_dump_cut_like_snprintf() {
+        let p = create(c"buffered", 176, 0).unwrap();
+        let o = p.alloc().unwrap();
+        let mut big = [0xffu8; 1 << 16];
+        let len = dump_sorted_to_buffer(&mut big, DumpOrder::Name, 0);
+        assert!(len > 0 && len < big.len(), "{len}");
+        assert_eq!(big[len], 0, "NUL after the dump");
+        let out = core::str::from_utf8(&big[..len]).unwrap();
+        assert!(
+            out.lines()
+                .any(|l| l.contains("Pool buffered ") && l.contains("(176 bytes)")),
+            "{out}"
+        );
+        assert!(out.lines().last().unwrap().starts_with("Total: "), "{out}");
+        // Other tests create pools meanwhile: compare what every dump starts
+        // with, not two dumps.
+        let mut small = [0xffu8; 10];
+        let need = dump_sorted_to_buffer(&mut small, DumpOrder::Unsorted, 0);
+        assert!(need > small.len(), "{need}");
+        assert_eq!(&small[..9], b"  - Pool ");
+        assert_eq!(small[9], 0);
+        assert!(dump_sorted_to_buffer(&mut [], DumpOrder::Unsorted, 0) > 0);
         // SAFETY: the object came from `p`, given back once.
         unsafe { p.free(o) };
     }

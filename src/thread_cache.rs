@@ -811,11 +811,12 @@ impl ThreadCache {
     /// a free (`evict`) may evict to get it, a refill may not. Returns
     /// whether there is room.
     fn make_room(&self, e: &Entry, pool: &Pool, evict: bool) -> bool {
-        if e.top.load(Relaxed) < e.limit.get() {
+        let budget = options::cache_size();
+        // (Grants above the budget: it shrank since they were made.)
+        if e.top.load(Relaxed) < e.limit.get() && self.granted.get() <= budget {
             return true;
         }
         let size = pool.obj_size;
-        let budget = options::cache_size();
         // A grant is a step of a cluster: when the budget has no room for
         // one, unused grants come back, and then the oldest objects leave,
         // down to 7/8 of the budget counting the step (so that the next

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Stock HAProxy 2.0.0 against HAProxy on libpools, side by side, interleaved.
+#
+#   bench/haproxy-bench.sh [ROUNDS [SECS]]          the req/s table
+#   bench/haproxy-bench.sh crash RUNS SECS [BUILDS] the crash hunt
+#   bench/haproxy-bench.sh table FILE               the tables again, from
+#                                                   the printed runs in FILE
+#
+# Table: ROUNDS (default 3) rounds; each runs every cell once for SECS
+# (default 10) seconds, in an order rotated by one cell every round. A cell
+# is a build (stock-glibc, glibc, stock-musl, musl from `make haproxy`) x
+# tune.bufsize (2 MiB, 16 KiB) x SIGQUIT storm (none, every 100 us), run by
+# scripts/haproxy-traffic.sh (nbthread 16, wrk -t1 -c64, loopback). Prints
+# every run, then per cell the medians of req/s and of HAProxy's CPU time
+# per request over the runs that passed, the runs that failed or died, and
+# the libpools/stock ratios.
+#
+# Crash hunt: RUNS runs of SECS seconds of each build in BUILDS (default
+# "stock-musl musl"), 2 MiB buffers, storm on, alternating; prints when
+# each run died, if it did.
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+T=$ROOT/scripts/haproxy-traffic.sh
+H=$ROOT/target/haproxy
+
+run() { # build bufsize storm secs -> one RESULT line (the script's)
+  local out
+  out=$(nice "$T" "$H/$1/haproxy" "$4" "$2" "$3" 2>/dev/null | grep '^RESULT')
+  echo "${out:-RESULT $1 bufsize=$2 storm=$3 secs=$4 rps=0 requests=0 alive=no died_after=? balanced=no}"
+}
+
+# table METRIC TITLE: per cell the median of METRIC over the runs that
+# passed the traffic test's checks, and libpools over stock.
+table() {
+  echo
+  echo "$2"
+  echo
+  echo "| bufsize | storm | stock-glibc | glibc (libpools) | ratio | stock-musl | musl (libpools) | ratio |"
+  echo "|---|---|---|---|---|---|---|---|"
+  for bs in 2097152 16384; do
+    for storm in 0 1; do
+      row="| $([ $bs = 2097152 ] && echo 2MiB || echo 16KiB) | $([ $storm = 1 ] && echo "SIGQUIT/100us" || echo none) |"
+      declare -A med=()
+      for b in stock-glibc glibc stock-musl musl; do
+        vals=$(grep "RESULT $b bufsize=$bs storm=$storm " "$LOG" |
+               grep 'non2xx=0 sockerr=0 alive=yes' | grep -v 'balanced=no' |
+               sed -n "s/.* $1=\([0-9.]*\).*/\1/p" | sort -n)
+        total=$(grep -c "RESULT $b bufsize=$bs storm=$storm " "$LOG")
+        ok=$(printf '%s\n' "$vals" | grep -c .)
+        m=$(printf '%s\n' "$vals" | awk 'NF { a[n++] = $1 } END { if (n) print (n % 2 ? a[int(n/2)] : (a[n/2-1] + a[n/2]) / 2); else print 0 }')
+        med[$b]=$m
+        bad=$((total - ok))
+        cell=$(printf '%.1f' "$m")
+        [ "$1" = rps ] && cell=$(printf '%.0f' "$m")
+        [ "$bad" -gt 0 ] && cell="$cell ($bad of $total failed)"
+        row="$row $cell |"
+        case $b in
+          glibc|musl)
+            s=${med[stock-$b]}
+            ratio=$(awk -v a="$m" -v s="$s" 'BEGIN { if (s > 0) printf "%.2fx", a / s; else print "n/a" }')
+            row="$row $ratio |" ;;
+        esac
+      done
+      echo "$row"
+      unset med
+    done
+  done
+}
+
+if [ "${1:-}" = table ]; then
+  LOG=$2
+  table rps "Requests per second (median; higher is better)"
+  table cpu_us_per_req "HAProxy CPU time per request in microseconds, user + system (median; lower is better)"
+  exit 0
+fi
+
+if [ "${1:-}" = crash ]; then
+  RUNS=$2 SECS=$3 BUILDS=${4:-stock-musl musl}
+  for i in $(seq "$RUNS"); do
+    for b in $BUILDS; do
+      echo "run $i: $(run "$b" 2097152 1 "$SECS")"
+    done
+  done
+  exit 0
+fi
+
+ROUNDS=${1:-3}
+SECS=${2:-10}
+cells=()
+for bs in 2097152 16384; do
+  for storm in 0 1; do
+    for b in stock-glibc glibc stock-musl musl; do
+      cells+=("$b $bs $storm")
+    done
+  done
+done
+n=${#cells[@]}
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
+echo "# $(date -u +%FT%TZ) $(git -C "$ROOT" rev-parse --short HEAD) rounds=$ROUNDS secs=$SECS"
+for r in $(seq 0 $((ROUNDS - 1))); do
+  for k in $(seq 0 $((n - 1))); do
+    c=${cells[$(((k + r) % n))]}
+    # shellcheck disable=SC2086
+    line=$(run $c "$SECS")
+    echo "round $((r + 1)): $line" | tee -a "$LOG"
+  done
+done
+
+table rps "Requests per second (median; higher is better)"
+table cpu_us_per_req "HAProxy CPU time per request in microseconds, user + system (median; lower is better)"
