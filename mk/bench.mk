@@ -54,3 +54,8 @@ bench-full: bench-bin
 lint: lint-counters
 lint-counters:
 	RUSTFLAGS="--cfg pools_counters" $(CARGO) clippy --release --lib --target-dir $(COUNT_DIR) -- -D warnings
+
+# Instructions per pool_alloc / pool_free on the cache-hit path (callgrind).
+.PHONY: bench-instructions
+bench-instructions: lib
+	bench/hit-callgrind.sh

@@ -238,9 +238,25 @@ fn find_asan() -> Option<(AsanFn, AsanFn)> {
 
 /// Once, at the registry's initialisation: finds valgrind and ASan, and
 /// registers the `POOL_STATS=1` dump at exit.
+/// Whether the valgrind tool running us is memcheck, the one that needs the
+/// mempool requests (callgrind and cachegrind must see the plain path, so
+/// that their counts are those of a normal run): valgrind preloads each
+/// tool's own library, named after it.
+fn under_memcheck() -> bool {
+    // SAFETY: getenv returns null or a NUL-terminated string of the
+    // environment (no allocation: this may run inside the LD_PRELOAD malloc).
+    let p = unsafe { libc::getenv(c"LD_PRELOAD".as_ptr()) };
+    // SAFETY: as above.
+    !p.is_null()
+        && unsafe { core::ffi::CStr::from_ptr(p) }
+            .to_bytes()
+            .windows(b"vgpreload_memcheck".len())
+            .any(|w| w == b"vgpreload_memcheck")
+}
+
 pub(crate) fn init() {
     let mut tools = 0;
-    if client_request(0, VG_RUNNING_ON_VALGRIND, [0; 5]) != 0 {
+    if client_request(0, VG_RUNNING_ON_VALGRIND, [0; 5]) != 0 && under_memcheck() {
         tools |= TOOL_VALGRIND;
     }
     if let Some(f) = find_asan() {

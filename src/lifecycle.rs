@@ -88,7 +88,7 @@ impl Lifecycle {
     }
 
     /// Pins held now.
-    #[cfg(loom)]
+    #[cfg(all(loom, test))]
     pub(crate) fn pins(&self) -> usize {
         // Relaxed: a statistic.
         self.0.load(Relaxed) >> 2
@@ -110,7 +110,7 @@ impl Lifecycle {
     }
 }
 
-#[cfg(loom)]
+#[cfg(all(loom, test))]
 mod loom_tests {
     use super::*;
     use crate::shared_cache::{Cluster, Item, SharedCache};

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# bench/hit-callgrind.sh [LIBDIR]: instructions per pool_alloc and per
+# pool_free on the cache-hit path, counted by callgrind (stable on a loaded
+# machine). bench/hit.c keeps a window of 64 live objects and replaces one
+# per step, as ../shared/floor/ does; two runs that differ by 100,000 steps
+# give the per-call counts: the instructions executed in the function's own
+# code (inlined parts included, whatever source file they came from).
+# LIBDIR: where libpools.so is (default target/release, built first).
+set -eu
+cd "$(dirname "$0")/.."
+lib=$(cd "${1:-target/release}" && pwd)
+[ -f "$lib/libpools.so" ] || { echo "no $lib/libpools.so: run cargo build --release" >&2; exit 2; }
+out=target/bench/hit; mkdir -p "$out"
+gcc -O2 -Iinclude bench/hit.c -o "$out/hit" -L"$lib" -lpools -Wl,-rpath,"$lib"
+for n in 100000 200000; do
+  valgrind --tool=callgrind --callgrind-out-file="$out/cg.$n" "$out/hit" $n 2>/dev/null
+done
+count() { callgrind_annotate --threshold=100 "$1" 2>/dev/null |
+  awk -v fn="$2" '$0 ~ (":" fn "( \\[|$)") { gsub(",", "", $1); s += $1 } END { print s + 0 }'; }
+for fn in pool_alloc pool_free; do
+  a=$(count "$out/cg.100000" $fn); b=$(count "$out/cg.200000" $fn)
+  awk -v fn=$fn -v a="$a" -v b="$b" 'BEGIN { printf "%s: %.2f instructions per call\n", fn, (b - a) / 100000 }'
+done
