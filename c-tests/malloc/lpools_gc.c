@@ -4,7 +4,10 @@
  * back with free(). pool_gc from a thread that never allocated before
  * held the registry lock while that free() created the thread's cache,
  * which takes the same lock: a self-deadlock. Now pool_gc collects under
- * the lock and frees after it. A hang is killed by an alarm. */
+ * the lock and frees after it. The same for pool_destroy of a pool whose
+ * objects the calling thread caches: it released them with free() while
+ * holding a claim on its own cache, which free() waited for; now no claim
+ * exists and destroy frees after the lock. A hang is killed by an alarm. */
 #include "preload.h"
 #include <pools.h>
 #include <pthread.h>
@@ -50,6 +53,18 @@ static int run(void)
     CHECK(pool_get_stats(pool, &s) == 0);
     CHECK(s.allocated == 0 && s.shared == 0);
     CHECK(pool_destroy(pool) == NULL);
+
+    /* Objects in this thread's cache, then destroy from this thread. */
+    struct pool_head *mine = pool_create("destroy-malloc", 200, 0);
+    CHECK(mine != NULL);
+    static void *v[OBJECTS];
+    for (int i = 0; i < OBJECTS; i++)
+        v[i] = pool_alloc(mine);
+    for (int i = 0; i < OBJECTS; i++)
+        pool_free(mine, v[i]);
+    CHECK(pool_get_stats(mine, &s) == 0);
+    CHECK(s.cached > 0);
+    CHECK(pool_destroy(mine) == NULL);
     return 0;
 }
 
