@@ -68,7 +68,7 @@ use crate::{meta, options, os, registry, tls};
 use core::cell::Cell;
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use core::sync::atomic::{AtomicPtr, AtomicU64};
 
 /// Most pools alive at once (after merging); `pool_create` fails beyond.
@@ -151,12 +151,17 @@ impl Entry {
         unsafe { *self.top.as_ptr() }
     }
 
+    /// Objects cached, read by the owner or, as a statistic that may lag,
+    /// by another thread: only the two atomic bounds are read, `bottom`
+    /// first. Whoever moves `bottom` (`compact`, evictions, `unbind`) has
+    /// set `top` first, and publishes it with the Release store of `bottom`:
+    /// a reader that acquires the new `bottom` sees a `top` at least as new,
+    /// so it may count fewer objects while a move is under way, never more.
     fn objects(&self) -> usize {
-        // Relaxed: the owner's own values (or, from another thread, a
-        // statistic that may lag; clamped when it caught a move halfway).
-        let (top, bottom) = (self.top.load(Relaxed), self.bottom.load(Relaxed));
-        let n = (top as usize).saturating_sub(bottom as usize) / size_of::<*mut u8>();
-        n.min((self.end.get() as usize - self.start.get() as usize) / size_of::<*mut u8>())
+        let bottom = self.bottom.load(Acquire);
+        // Relaxed: see above; the owner reads its own value.
+        let top = self.top.load(Relaxed);
+        (top as usize).saturating_sub(bottom as usize) / size_of::<*mut u8>()
     }
 
     /// The pool this entry serves, while bound.
@@ -583,7 +588,7 @@ impl ThreadCache {
         e.start.set(start);
         // SAFETY: `cap` slots were obtained.
         e.end.set(unsafe { start.add(cap) });
-        e.bottom.store(start, Relaxed);
+        e.bottom.store(start, Release);
         e.top.store(start, Relaxed);
         e.low.set(start);
         e.limit.set(start);
@@ -608,8 +613,8 @@ impl ThreadCache {
             .set(self.granted.get() - self.grant_of(e) * pool.obj_size);
         e.key.store(0, Relaxed);
         e.pool.store(ptr::null_mut(), Relaxed);
-        e.bottom.store(ptr::null_mut(), Relaxed);
         e.top.store(ptr::null_mut(), Relaxed);
+        e.bottom.store(ptr::null_mut(), Release);
         for c in [&e.low, &e.limit, &e.start, &e.end] {
             c.set(ptr::null_mut());
         }
@@ -739,7 +744,7 @@ impl ThreadCache {
             let obj = *bottom;
             let bottom = bottom.add(1);
             self.marks(e).cut_below(Self::index(e, bottom));
-            e.bottom.store(bottom, Relaxed);
+            e.bottom.store(bottom, Release);
             if e.low.get() < bottom {
                 e.low.set(bottom);
             }
@@ -877,8 +882,8 @@ impl ThreadCache {
             let d = bottom.offset_from(start) as usize;
             self.marks(e).shift(d);
             ptr::copy(bottom, start, n);
-            e.bottom.store(start, Relaxed);
             e.top.store(start.add(n), Relaxed);
+            e.bottom.store(start, Release);
             e.low.set(e.low.get().sub(d));
             e.limit.set(e.limit.get().sub(d));
         }
@@ -967,7 +972,7 @@ impl ThreadCache {
         unsafe {
             let nb = bottom.add(n);
             self.marks(e).cut_below(Self::index(e, nb));
-            e.bottom.store(nb, Relaxed);
+            e.bottom.store(nb, Release);
             if e.low.get() < nb {
                 e.low.set(nb);
             }
