@@ -340,12 +340,15 @@ impl Drop for ExitGuard {
         // Later calls on this thread (from other TLS destructors) find no
         // cache, and `create` refuses: they take the cache-less path.
         let _ = CREATE_STATE.try_with(|s| s.set(EXITED));
+        // The word's own pointer (made from the mapping), not one made
+        // from `&ThreadCache`: it is unmapped through it.
+        let raw = tls::get().cast::<ThreadCache>();
         let tc = ThreadCache::existing();
         tls::set(EMPTY.ptr());
-        if let Some(tc) = tc {
+        if let (Some(tc), Some(raw)) = (tc, NonNull::new(raw)) {
             // SAFETY: the owner, leaving: nothing else runs on this cache.
             unsafe { drain(tc) };
-            registry::thread_exit(NonNull::from(tc));
+            registry::thread_exit(raw);
         }
     }
 }
