@@ -5,8 +5,9 @@
 //! ```text
 //!  pool_alloc / pool_free        ffi.rs: checks, errno; no logic
 //!         |
-//!  thread cache                  thread_cache.rs: per thread, newest first,
-//!         |                      byte budget, oldest evicted in clusters
+//!  thread cache                  thread_cache.rs: per thread and pool, a
+//!         |                      stack of pointers; byte budget granted on
+//!         |                      the slow path, oldest evicted in clusters
 //!  shared cache                  shared_cache.rs: per pool, buckets of
 //!         |                      self-locked list heads (xchg to BUSY)
 //!  backing allocator             os.rs: spans (span.rs, objects up to
@@ -15,7 +16,9 @@
 //!
 //! `pool.rs` orchestrates one pool's path through these layers and
 //! `registry.rs` keeps the process's pools and thread caches (create, merge,
-//! destroy, gc, statistics). `options.rs` holds the process-wide settings;
+//! destroy, gc, statistics); `lifecycle.rs` is how a destroy and the
+//! thread caches agree on when a pool head may be reused (pins in one
+//! atomic word, model-checked). `options.rs` holds the process-wide settings;
 //! `debug.rs` and `profile.rs` what the debugging options and the memory
 //! profile do on a debugging pool's path.
 

@@ -8,16 +8,16 @@
 //! back, and one load and one store of the stack's top move it.
 //!
 //! ```text
-//!   start      bottom        low            top      limit        end
-//!     |  (room)  | idle objects | recent objects | (grant) | (room) |
+//!   start      bottom         low            top      limit        end
+//!     |  (room)  | objects kept  | pushed again  | (grant) | (room) |
 //! ```
 //!
 //! Bounds, so that each hit makes one comparison:
 //! - An allocation pops while `top != low`. `low` is the *low water*: the
 //!   lowest the stack went since the thread's last eviction. When a pop
 //!   reaches it, the slow path lowers it by one (or refills an empty stack).
-//!   So the objects below `low` are exactly those that sat untouched since
-//!   the last eviction: the *idle* ones.
+//!   So the objects below `low` sat untouched since the last eviction, and
+//!   those above it were pushed since.
 //! - A free pushes while `top != limit`. `limit` ends the entry's *grant*:
 //!   the thread's byte budget is handed to its entries in steps of a
 //!   cluster, and the sum of the grants never exceeds it, so the thread never
@@ -27,10 +27,14 @@
 //!
 //! Eviction order (when a grant is refused): objects leave in clusters of
 //! one pool, taken from the bottom of its stack, so that within a pool the
-//! oldest object always leaves first. Across pools, idle objects (untouched
-//! since the previous eviction) leave before any recent one; within each of
-//! the two classes the pool holding the most bytes of it gives first. After
-//! an eviction every low water is reset to its top, starting a new period.
+//! oldest object always leaves first. Across pools, the entry whose bottom
+//! is oldest gives first, by the age marks kept in front of each array
+//! ([`Marks`]): each grant and each eviction is a tick of the thread, every
+//! grant marks the slots it opens with its tick, and at each eviction the
+//! slots above a low water are marked no older than the previous eviction
+//! (they were pushed again since). So across pools the order is oldest
+//! first to within one grant step and one eviction period, at no cost on
+//! the hit path. After an eviction every low water is reset to its top.
 //! Eviction takes bottoms away without moving the rest; the stack slides up
 //! its array (twice the largest count the budget allows) and is moved back
 //! to the start only when its grant reaches the end, at most once per as
@@ -54,13 +58,17 @@
 //! already there is a double free (see `Pool::free`).
 //!
 //! **Ownership.** Only the owner thread changes its cache; other threads read
-//! the stack bounds for statistics (atomics, Relaxed). `pool_destroy` does not
-//! reach into other threads' caches: a dead pool's entry is emptied by its
-//! owner (its objects go back to the system) at the owner's next eviction,
-//! its next call on that slot, its next cold call after a destroy, or its
-//! exit. The registry recycles a dead head only when no entry is bound to it
-//! and it has no objects out, so no entry or stale handle can ever make a
-//! later pool hand out a dead pool's objects.
+//! the stack bounds for statistics (atomics; see `Entry::objects`).
+//! `pool_destroy` does not reach into other threads' caches: a dead pool's
+//! entry is emptied by its owner (its objects go back to the system) at the
+//! owner's next eviction, its next call on that slot, its next slow call
+//! after a destroy, or its exit. A bound entry pins its pool's head (see
+//! `lifecycle`), and the registry recycles a dead head only when nothing
+//! pins it and it has no objects out, so no entry or stale handle can ever
+//! make a later pool hand out a dead pool's objects. Every call out of the
+//! cache (a put into the shared cache, a release to the system, which may
+//! be a `free` that comes back into these pools) is made after the cache's
+//! own state is consistent.
 
 use crate::pool::Pool;
 use crate::shared_cache::{Cluster, Item, CLUSTER};
