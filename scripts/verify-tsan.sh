@@ -3,9 +3,9 @@
 # (tests/stress.rs) under ThreadSanitizer: nightly Rust, the standard
 # library rebuilt with the sanitizer (-Zbuild-std), in target/tsan.
 #
-# `--cfg pools_tsan` makes the thread-cache handshake use SeqCst fences on
-# both sides instead of a compiler fence plus membarrier (see
-# registry::init_fences), which ThreadSanitizer cannot follow.
+# `--cfg pools_tsan` keeps the legacy `rwlock` shared cache out of its
+# test (its pop reads `next` of an object another popper may hold: a data
+# race by design, see VERIFICATION.md).
 #
 # Adds the nightly toolchain's rust-src with rustup if it is missing.
 # STRESS_ROUNDS (default here 1000000) sets the stress test's length.

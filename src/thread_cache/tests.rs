@@ -170,8 +170,9 @@ fn exiting_thread_gives_its_cache_back() {
     assert_eq!((s.cached, s.shared, s.used, s.allocated), (0, 10, 0, 10));
 }
 
-/// pool_destroy takes back the objects of a thread that is alive and
-/// blocked, and that thread's cache keeps working afterwards.
+/// pool_destroy succeeds while a thread that is alive and blocked caches
+/// the pool's objects; that thread gives them back to the system at its
+/// next eviction, and its cache keeps working afterwards.
 #[test]
 fn destroy_reclaims_from_a_blocked_thread() {
     let p = pool(c"tc-destroy", 256);
@@ -189,8 +190,8 @@ fn destroy_reclaims_from_a_blocked_thread() {
         unsafe { other.free(o) };
         ready_tx.send(()).unwrap();
         go_rx.recv().unwrap();
-        // The destroyed pool's objects are gone from our LRU: evicting
-        // everything must only find `other`'s object.
+        // Evicting everything gives back the destroyed pool's objects (to
+        // the system) and moves only `other`'s object to a shared cache.
         crate::evict_local_cache();
         let s = registry::stats(other);
         (s.cached, s.shared)
@@ -200,6 +201,7 @@ fn destroy_reclaims_from_a_blocked_thread() {
     assert_eq!(registry::destroy(p), Ok(Destroyed::Released));
     go_tx.send(()).unwrap();
     assert_eq!(t.join().unwrap(), (0, 1));
+    assert_eq!(p.shared.allocated(), 0, "the dead pool's objects went back");
     // SAFETY: heads are never released; `p` is now a dead handle.
     assert!(unsafe { Pool::from_handle(p) }.is_none());
 }
