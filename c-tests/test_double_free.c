@@ -43,7 +43,8 @@ static void child(size_t size, enum where w, int harmless)
         if (!again)
             _exit(4);
         do_free(p, again);
-        _exit(0);
+        do_free(p, keep);
+        _exit(pool_destroy(p) == NULL ? 0 : 5);
     }
     do_free(p, o);
     _exit(0); /* not caught */
