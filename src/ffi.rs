@@ -597,15 +597,9 @@ pub extern "C" fn pool_dump(fd: c_int) {
 /// or a negative `max`. Thread-safe.
 #[no_mangle]
 pub extern "C" fn pool_dump_sorted(fd: c_int, how: c_int, max: c_int) -> c_int {
-    let order = match how {
-        POOL_DUMP_UNSORTED => registry::DumpOrder::Unsorted,
-        POOL_DUMP_BY_NAME => registry::DumpOrder::Name,
-        POOL_DUMP_BY_SIZE => registry::DumpOrder::Size,
-        POOL_DUMP_BY_USAGE => registry::DumpOrder::Usage,
-        _ => {
-            set_errno(libc::EINVAL);
-            return -1;
-        }
+    let Some(order) = dump_order(how) else {
+        set_errno(libc::EINVAL);
+        return -1;
     };
     let Ok(max) = usize::try_from(max) else {
         set_errno(libc::EINVAL);
@@ -737,15 +731,9 @@ pub unsafe extern "C" fn pool_dump_filtered(
     prefix: *const c_char,
     flags: c_uint,
 ) -> c_int {
-    let order = match how {
-        POOL_DUMP_UNSORTED => registry::DumpOrder::Unsorted,
-        POOL_DUMP_BY_NAME => registry::DumpOrder::Name,
-        POOL_DUMP_BY_SIZE => registry::DumpOrder::Size,
-        POOL_DUMP_BY_USAGE => registry::DumpOrder::Usage,
-        _ => {
-            set_errno(libc::EINVAL);
-            return -1;
-        }
+    let Some(order) = dump_order(how) else {
+        set_errno(libc::EINVAL);
+        return -1;
     };
     let (Ok(max), 0) = (usize::try_from(max), flags & !POOL_DUMP_F_KV) else {
         set_errno(libc::EINVAL);
