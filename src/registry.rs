@@ -688,15 +688,7 @@ pub fn dump_sorted(fd: libc::c_int, order: DumpOrder, max: usize) {
             // SAFETY: the first `n` entries were written just above; the
             // mapping is ours until unmapped below.
             let entries = unsafe { core::slice::from_raw_parts_mut(base, n) };
-            match order {
-                DumpOrder::Unsorted => {}
-                DumpOrder::Name => entries.sort_unstable_by(|a, b| a.0.name().cmp(b.0.name())),
-                DumpOrder::Size | DumpOrder::Usage => {
-                    entries.sort_unstable_by_key(|e| core::cmp::Reverse(e.1))
-                }
-            }
-            let shown = if max == 0 { n } else { max.min(n) };
-            for (p, _) in entries[..shown].iter() {
+            for (p, _) in sorted_for_dump(entries, order, max) {
                 dump_line(&reg, p, fd);
             }
             // SAFETY: the mapping made above, no longer used.
@@ -886,15 +878,7 @@ pub fn dump_filtered(fd: libc::c_int, order: DumpOrder, max: usize, prefix: &[u8
     // SAFETY: the first `n` entries were written just above; the mapping is
     // ours until unmapped below.
     let entries = unsafe { core::slice::from_raw_parts_mut(base, n) };
-    match order {
-        DumpOrder::Unsorted => {}
-        DumpOrder::Name => entries.sort_unstable_by(|a, b| a.0.name().cmp(b.0.name())),
-        DumpOrder::Size | DumpOrder::Usage => {
-            entries.sort_unstable_by_key(|e| core::cmp::Reverse(e.1))
-        }
-    }
-    let shown = if max == 0 { n } else { max.min(n) };
-    for (p, _) in entries[..shown].iter() {
+    for (p, _) in sorted_for_dump(entries, order, max) {
         if flags & DUMP_KV != 0 {
             dump_kv_line(&reg, p, fd);
         } else {
@@ -1161,6 +1145,28 @@ extern "C" fn fork_child() {
             thread_cache::unmap(tc);
         }
     }
+}
+
+/// The dump's entries (a pool and its sort key) in `order`, the first
+/// `max` of them (0: all).
+fn sorted_for_dump<'a>(
+    entries: &'a mut [(&'static Pool, usize)],
+    order: DumpOrder,
+    max: usize,
+) -> &'a [(&'static Pool, usize)] {
+    match order {
+        DumpOrder::Unsorted => {}
+        DumpOrder::Name => entries.sort_unstable_by(|a, b| a.0.name().cmp(b.0.name())),
+        DumpOrder::Size | DumpOrder::Usage => {
+            entries.sort_unstable_by_key(|e| core::cmp::Reverse(e.1))
+        }
+    }
+    let shown = if max == 0 {
+        entries.len()
+    } else {
+        max.min(entries.len())
+    };
+    &entries[..shown]
 }
 
 /// One pool's line of the dump.
