@@ -706,18 +706,28 @@ impl ThreadCache {
     /// lowers the low water or refills from the shared cache.
     pub(crate) fn take(&self, pool: &Pool) -> Option<NonNull<u8>> {
         let e = self.bound_entry(pool, false)?;
-        let top = e.top.load(Relaxed);
-        if top == e.bottom.load(Relaxed) {
+        if e.own_top() == e.bottom.load(Relaxed) {
             return self.refill(e, pool);
         }
-        // SAFETY: `bottom < top`: the slot below `top` holds an object.
+        // SAFETY: the stack is not empty.
+        Some(unsafe { Self::pop_below_low(e) })
+    }
+
+    /// Pops the newest object of `e`, lowering the low water if the pop
+    /// goes below it.
+    ///
+    /// # Safety
+    /// `e` is an entry of this thread's cache holding an object.
+    unsafe fn pop_below_low(e: &Entry) -> NonNull<u8> {
+        // SAFETY: `bottom < top` (caller): the slot below `top` holds an
+        // object, which is ours from now on.
         unsafe {
-            let top = top.sub(1);
+            let top = e.own_top().sub(1);
             if top < e.low.get() {
                 e.low.set(top);
             }
             e.top.store(top, Relaxed);
-            Some(NonNull::new_unchecked(*top))
+            NonNull::new_unchecked(*top)
         }
     }
 
@@ -726,20 +736,14 @@ impl ThreadCache {
     /// binding, no refill: what `Pool::alloc_slow` tries before pinning.
     pub(crate) fn take_cached(&self, pool: &Pool) -> Option<NonNull<u8>> {
         let e = &self.table[pool.slot];
-        let top = e.own_top();
-        if e.own_key() != pool.key || top == e.bottom.load(Relaxed) {
+        if e.own_key() != pool.key || e.own_top() == e.bottom.load(Relaxed) {
             return None;
         }
-        // SAFETY: `bottom < top`: the slot below `top` holds an object.
+        // SAFETY: the stack is not empty; the object popped is ours.
         unsafe {
-            let top = top.sub(1);
-            if top < e.low.get() {
-                e.low.set(top);
-            }
-            e.top.store(top, Relaxed);
-            let obj = *top;
-            clear_key(obj);
-            Some(NonNull::new_unchecked(obj))
+            let obj = Self::pop_below_low(e);
+            clear_key(obj.as_ptr());
+            Some(obj)
         }
     }
 
