@@ -181,7 +181,7 @@ mod imp {
             }
             cur = b.next;
         }
-        let mut line = crate::registry::Line::new();
+        let mut line = crate::line::Line::new();
         let _ = core::fmt::Write::write_str(&mut line, "libpools counters:");
         for (name, s) in NAMES.iter().zip(sum) {
             let _ = core::fmt::Write::write_fmt(&mut line, format_args!(" {name}={s}"));

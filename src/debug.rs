@@ -21,9 +21,9 @@
 //! bytes from offset 32 on. Under valgrind the prefix moves the links out of
 //! the caller's bytes, which can then all be marked inaccessible.
 
+use crate::line::Line;
 use crate::options::{DBG_BACKUP, DBG_CALLER, DBG_INTEGRITY, DBG_MEMCHECK, DBG_POISON, DBG_TAG};
 use crate::pool::Pool;
-use crate::registry::Line;
 use crate::thread_cache::MIN_OBJECT;
 use core::fmt::Write;
 use core::ptr::NonNull;

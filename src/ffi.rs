@@ -116,7 +116,7 @@ pub unsafe extern "C" fn pool_create_or_abort(
     // SAFETY: same contract as pool_create.
     let p = unsafe { pool_create(name, size, flags) };
     if p.is_null() {
-        let mut line = registry::Line::new();
+        let mut line = crate::line::Line::new();
         let shown = if name.is_null() {
             "(null)"
         } else {
@@ -320,7 +320,7 @@ fn dead_pool_free(pool: *const Pool, obj: NonNull<u8>) {
     if SHOWN.fetch_add(1, Relaxed) >= 8 {
         return;
     }
-    let mut line = registry::Line::new();
+    let mut line = crate::line::Line::new();
     let _ = core::fmt::Write::write_fmt(
         &mut line,
         format_args!(

@@ -1,18 +1,18 @@
-//! `fork()` support below the registry: the load-time registration of the
-//! process's one set of `pthread_atfork` handlers, the locks of layers above
-//! the core that they cover (the LD_PRELOAD malloc's large cache), and the
-//! *fork window*.
+//! `fork()` support: the process's one set of `pthread_atfork` handlers,
+//! registered at load time, which take every lock of the library (and of
+//! the layer above the core that asks, the LD_PRELOAD malloc's large
+//! cache) before a fork and release them after it, in the parent and in
+//! the child.
 //!
-//! The prepare handler (`registry::fork_prepare`) takes every lock of the
-//! library, then opens the window on the forking thread; the parent and
-//! child handlers close it, then release the locks. Inside the window the
-//! forking thread owns every lock, so when it meets one of them held it goes
-//! on as if it had taken it (and does not release it): it is the only thread
-//! that can run through the library until the window closes. That is what
-//! lets other `pthread_atfork` handlers allocate wherever they run relative
-//! to ours: a prepare handler registered before ours runs after it, and a
-//! child or parent handler registered before ours runs before it, both
-//! inside the window.
+//! Prepare takes the locks in the order every other path takes them (the
+//! registry's init lock, the outer layer's locks, the registry lock and
+//! every pool's shared-cache heads, the span locks, the metadata arena),
+//! then opens the *fork window* on the forking thread (see `sync`): another
+//! handler that allocates inside it passes through the locks held for it.
+//! A prepare handler registered before ours runs after it, and a child or
+//! parent handler registered before ours runs before it, both inside the
+//! window. In the child, the thread caches of the threads that were not
+//! copied are drained by the only thread left.
 //!
 //! The handlers are registered by an ELF constructor, when the library is
 //! loaded: before `main`, so before any handler an application registers
@@ -20,44 +20,12 @@
 //! and child first), and never from inside `malloc` (a `pthread_atfork`
 //! that allocates would find its own lock held).
 
-use core::cell::Cell;
+use crate::thread_cache;
+use crate::{meta, registry, span, sync};
+use core::ptr::NonNull;
+use core::sync::atomic::AtomicPtr;
+use core::sync::atomic::AtomicU8;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8};
-
-/// Whether some thread's fork window is open: the cheap test before the
-/// thread-local one.
-static OPEN: AtomicBool = AtomicBool::new(false);
-
-std::thread_local! {
-    /// This thread is inside its fork window. Const and without a
-    /// destructor, so reading it registers nothing. The child's only thread
-    /// inherits the forking thread's value.
-    static INSIDE: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Whether the calling thread is inside its fork window, so that a lock of
-/// the library that it finds held is held for it (see the module comment).
-/// Callers test it only after finding a lock held: never on a fast path.
-#[inline]
-pub fn inside_window() -> bool {
-    // Relaxed: the forking thread itself stored `OPEN` (program order); for
-    // any other thread a stale `true` only costs the thread-local read,
-    // which says false.
-    OPEN.load(Relaxed) && INSIDE.try_with(Cell::get).unwrap_or(false)
-}
-
-/// Opens the window on the calling thread (the prepare handler, holding
-/// every lock).
-pub(crate) fn open_window() {
-    let _ = INSIDE.try_with(|f| f.set(true));
-    OPEN.store(true, Relaxed);
-}
-
-/// Closes it (the parent and child handlers, before releasing the locks).
-pub(crate) fn close_window() {
-    let _ = INSIDE.try_with(|f| f.set(false));
-    OPEN.store(false, Relaxed);
-}
 
 /// A pair of functions that take and release the locks of a layer above the
 /// core (called by prepare before the core's locks, and by the parent and
@@ -94,14 +62,14 @@ fn outer() -> Option<(Hook, Hook)> {
 }
 
 /// Takes the outer layer's locks (first thing in prepare).
-pub(crate) fn lock_outer() {
+fn lock_outer() {
     if let Some((lock, _)) = outer() {
         lock();
     }
 }
 
 /// Releases them (last thing in the parent and child handlers).
-pub(crate) fn unlock_outer() {
+fn unlock_outer() {
     if let Some((_, unlock)) = outer() {
         unlock();
     }
@@ -115,7 +83,46 @@ pub fn register_handlers() {
     if cfg!(miri) || DONE.swap(1, Relaxed) != 0 {
         return;
     }
-    crate::registry::register_fork_handlers();
+    // SAFETY: the three handlers are `extern "C" fn()` that never unwind.
+    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+}
+
+extern "C" fn prepare() {
+    registry::fork_lock_init();
+    lock_outer();
+    registry::fork_lock();
+    span::fork_prepare();
+    meta::fork_prepare();
+    sync::open_window();
+}
+
+/// What the parent and the child both release before the registry.
+fn release_below_registry() {
+    sync::close_window();
+    meta::fork_release();
+    span::fork_release();
+}
+
+extern "C" fn parent() {
+    release_below_registry();
+    registry::fork_unlock(false);
+    unlock_outer();
+}
+
+extern "C" fn child() {
+    span::fork_child();
+    release_below_registry();
+    let mut orphans = registry::fork_unlock(true);
+    unlock_outer();
+    while let Some(tc) = NonNull::new(orphans) {
+        // SAFETY: unregistered, mapped, and owned by no thread of the
+        // child, which has only this one: we act as its owner.
+        unsafe {
+            orphans = tc.as_ref().reg_next.get();
+            thread_cache::drain(tc.as_ref());
+            thread_cache::unmap(tc);
+        }
+    }
 }
 
 /// The library's constructor: runs when the object is loaded (the shared

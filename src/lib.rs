@@ -30,6 +30,7 @@ pub mod ffi;
 pub mod fork;
 mod legacy_cache;
 mod lifecycle;
+mod line;
 mod meta;
 mod options;
 mod os;
@@ -38,7 +39,7 @@ pub mod profile;
 pub mod registry;
 mod shared_cache;
 pub mod span;
-mod sync;
+pub mod sync;
 mod thread_cache;
 mod tls;
 

@@ -382,7 +382,7 @@ pub(crate) fn write_flag_names(w: &mut impl core::fmt::Write, flags: u32) {
 
 /// Prints one line per debugging option, for `help`.
 fn print_help() {
-    let mut out = crate::registry::Line::new();
+    let mut out = crate::line::Line::new();
     let _ = core::fmt::Write::write_str(
         &mut out,
         "libpools POOL_DEBUG / pool_set_debugging options (comma-separated;\n\
@@ -394,7 +394,7 @@ fn print_help() {
     );
     out.write_to(2);
     for (_, set, clr, help) in FLAG_WORDS {
-        let mut line = crate::registry::Line::new();
+        let mut line = crate::line::Line::new();
         let _ = core::fmt::Write::write_fmt(
             &mut line,
             format_args!("  {set:<10} {help}\n  {clr:<10} the opposite\n"),
@@ -576,7 +576,7 @@ fn getenv(name: &CStr) -> Option<&'static [u8]> {
 }
 
 fn warn(name: &CStr, value: &[u8]) {
-    let mut line = crate::registry::Line::new();
+    let mut line = crate::line::Line::new();
     let _ = core::fmt::Write::write_fmt(
         &mut line,
         format_args!(

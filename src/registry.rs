@@ -6,12 +6,13 @@
 //! object goes back to the allocator underneath while it is held (that
 //! allocator may be the process's malloc, which may be these very pools).
 
+use crate::line::{self, Line};
 use crate::pool::{Pool, Stats, KNOWN_FLAGS, POOL_F_EXACT, POOL_F_SHARED, POOL_MAX_SIZE};
 use crate::shared_cache::BUCKETS;
 use crate::thread_cache::{self, ThreadCache, MAX_POOLS, MIN_OBJECT};
 use crate::{meta, options, os, span};
 use core::ffi::CStr;
-use core::fmt::{self, Write};
+use core::fmt::Write;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering::Relaxed;
 use core::sync::atomic::{AtomicU64, AtomicUsize};
@@ -90,7 +91,7 @@ pub fn init() {
     // never inherits an initialisation half done (its Once would wait for
     // a thread that does not exist). Inside the fork window the lock is
     // held for this thread.
-    let _guard = (!crate::fork::inside_window())
+    let _guard = (!crate::sync::inside_window())
         .then(|| INIT_LOCK.lock().unwrap_or_else(PoisonError::into_inner));
     INIT.call_once(|| {
         options::load_env();
@@ -959,67 +960,21 @@ fn dump_kv_line(reg: &Registry, p: &Pool, fd: libc::c_int) {
     line.write_to(fd);
 }
 
-// ---- dump into a buffer -------------------------------------------------
-//
-// `dump_sorted` formats every line on the stack and hands it to
-// `Line::write_to`; given the descriptor `TO_BUFFER`, that appends the line
-// to the buffer the calling thread registered here instead of writing it.
-
-/// The descriptor `dump_sorted_to_buffer` passes to `dump_sorted`. No file
-/// descriptor is negative, so a C caller's `pool_dump(-2)` is still a write
-/// to a bad descriptor: on a thread that is not inside
-/// `dump_sorted_to_buffer` the buffer below is empty and nothing is written.
-const TO_BUFFER: libc::c_int = -2;
-
-std::thread_local! {
-    /// This thread's dump buffer: its start, its room in bytes, and how many
-    /// bytes the dump has produced so far (which may exceed the room).
-    static DUMP_BUFFER: core::cell::Cell<(*mut u8, usize, usize)> =
-        const { core::cell::Cell::new((ptr::null_mut(), 0, 0)) };
-}
-
-/// Like `dump_sorted`, into `buf`, the way snprintf does it: writes the
-/// first `buf.len() - 1` bytes of the dump and a NUL after them (nothing
-/// when `buf` is empty), and returns the length of the whole dump, NUL not
-/// counted. Calls no malloc.
+/// Like `dump_sorted`, into `buf`, the way snprintf does it (see
+/// `line::into_buffer`). Calls no malloc.
 pub fn dump_sorted_to_buffer(buf: &mut [u8], order: DumpOrder, max: usize) -> usize {
-    let room = buf.len().saturating_sub(1);
-    let saved = DUMP_BUFFER.replace((buf.as_mut_ptr(), room, 0));
-    dump_sorted(TO_BUFFER, order, max);
-    let (_, _, len) = DUMP_BUFFER.replace(saved);
-    if let Some(end) = buf.get_mut(len.min(room)) {
-        *end = 0;
-    }
-    len
-}
-
-/// Appends `bytes` to this thread's dump buffer, as far as it has room.
-fn append_to_buffer(bytes: &[u8]) {
-    let (start, room, len) = DUMP_BUFFER.get();
-    let n = bytes.len().min(room.saturating_sub(len));
-    if n != 0 {
-        // SAFETY: `start..start + room` is the slice that
-        // `dump_sorted_to_buffer` borrows mutably for the whole dump (room
-        // is 0 outside it), `len + n <= room`, and `bytes` is a stack line,
-        // not part of it.
-        unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), start.add(len), n) };
-    }
-    DUMP_BUFFER.set((start, room, len + bytes.len()));
+    line::into_buffer(buf, |fd| dump_sorted(fd, order, max))
 }
 
 // ---- fork ----------------------------------------------------------------
 //
-// A threaded program that forks must find usable pools in the child. The
-// prepare handler takes, in the order every other path takes them, the
-// registry lock, every shared-cache head of every pool (with the same xchg
-// lock takers use; the lists wait in their buckets) and every span lock;
-// the parent and the child put them back. Between the two the forking
-// thread is inside its fork window (see `fork`): another handler that
-// allocates there passes through the locks held for it. Thread caches of
-// threads other than the forking one do not exist in the child (their
-// owners were not copied, and one may have been mid-change), so the child
-// forgets them: their objects are leaked in the child rather than read, and
-// pool_destroy does not wait for an owner that is gone.
+// The registry's part of the fork handlers (`fork`): its init lock, its
+// lock and every shared-cache head of every pool (taken with the same xchg
+// lock takers use; the lists wait in their buckets), held from prepare to
+// the parent or the child handler. Thread caches of threads other than the
+// forking one do not exist in the child (their owners were not copied, and
+// one may have been mid-change), so the child forgets them: their owner
+// gone, the forking thread drains them.
 
 /// What the prepare handler holds until the parent or the child handler.
 struct ForkState {
@@ -1029,10 +984,9 @@ struct ForkState {
 
 /// Only the forking thread touches it, between its prepare handler and its
 /// parent or child handler; two forking threads are serialised by the
-/// registry lock that prepare takes before writing it.
+/// init lock that prepare takes before writing it.
 struct ForkCell(core::cell::UnsafeCell<ForkState>);
-// SAFETY: see the type's comment: one thread at a time, under the registry
-// lock.
+// SAFETY: see the type's comment: one thread at a time, under the locks.
 unsafe impl Sync for ForkCell {}
 
 static FORK: ForkCell = ForkCell(core::cell::UnsafeCell::new(ForkState {
@@ -1040,16 +994,9 @@ static FORK: ForkCell = ForkCell(core::cell::UnsafeCell::new(ForkState {
     init: None,
 }));
 
-/// Registers the handlers (once per process: `fork::register_handlers`,
-/// from the library's constructor).
-pub(crate) fn register_fork_handlers() {
-    // SAFETY: the three handlers are `extern "C" fn()` that never unwind.
-    unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
-}
-
 /// Inside this thread's fork window: the registry its handlers hold.
 fn fork_window_registry() -> Option<RegistryGuard> {
-    if !crate::fork::inside_window() {
+    if !crate::sync::inside_window() {
         return None;
     }
     // SAFETY: inside its window the forking thread is the only one that
@@ -1059,92 +1006,70 @@ fn fork_window_registry() -> Option<RegistryGuard> {
     Some(RegistryGuard::ForkWindow(NonNull::from(&mut **g)))
 }
 
-extern "C" fn fork_prepare() {
-    // A first initialisation under way in another thread finishes first (a
-    // child forked in the middle would find it running forever); none
-    // starts until the parent and child handlers. One that has not started
-    // is left to the child (which may have its own environment).
+/// First step of prepare: a first initialisation under way in another
+/// thread finishes (a child forked in the middle would find it running
+/// forever), and none starts until the parent and child handlers; one that
+/// has not started is left to the child (which may have its own
+/// environment). The forking thread's cache is made now if needed (it
+/// cannot be once the registry lock is held, which creation takes).
+pub(crate) fn fork_lock_init() {
     let init_guard = INIT_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
     if INIT.is_completed() {
-        // The forking thread's cache, created now if needed (it cannot be
-        // once we hold the registry lock, which creation takes).
         let _ = ThreadCache::current();
     }
-    crate::fork::lock_outer();
+    // SAFETY: we hold the init lock: no other thread touches FORK.
+    unsafe { (*FORK.0.get()).init = Some(init_guard) };
+}
+
+/// Takes the registry lock and every pool's shared-cache heads.
+pub(crate) fn fork_lock() {
     let reg = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
     for p in reg.pools() {
         p.shared.lock_for_fork();
     }
-    crate::span::fork_prepare();
-    meta::fork_prepare();
-    // SAFETY: we hold the registry lock: no other thread touches FORK.
-    unsafe {
-        let st = &mut *FORK.0.get();
-        st.guard = Some(reg);
-        st.init = Some(init_guard);
-    }
-    crate::fork::open_window();
+    // SAFETY: we hold the locks: no other thread touches FORK.
+    unsafe { (*FORK.0.get()).guard = Some(reg) };
 }
 
-/// Puts back what `fork_prepare` took but the registry lock and the outer
-/// layer's locks; returns the registry guard (to drop, which unlocks).
-fn fork_release() -> Option<MutexGuard<'static, Registry>> {
-    crate::fork::close_window();
-    // SAFETY: the forking thread, still holding the registry lock.
+/// Puts back what `fork_lock_init` and `fork_lock` took. In the child
+/// (`child` true) every thread cache but the forking thread's is dropped
+/// from the list first and returned, linked through `reg_next`, for the
+/// caller to drain once every lock is released.
+pub(crate) fn fork_unlock(child: bool) -> *mut ThreadCache {
+    // SAFETY: the forking thread, still holding the locks.
     let (reg, init_guard) = unsafe {
         let st = &mut *FORK.0.get();
         (st.guard.take(), st.init.take())
     };
     drop(init_guard);
-    let reg = reg?;
-    meta::fork_release();
-    crate::span::fork_release();
+    let mut orphans: *mut ThreadCache = ptr::null_mut();
+    let Some(mut reg) = reg else {
+        return orphans;
+    };
     for p in reg.pools() {
         p.shared.unlock_after_fork();
     }
-    Some(reg)
-}
-
-extern "C" fn fork_parent() {
-    drop(fork_release());
-    crate::fork::unlock_outer();
-}
-
-extern "C" fn fork_child() {
-    // The cache of this thread, the child's only one: made by the prepare
-    // handler, or inside the window by another handler's allocation.
-    let keep = ThreadCache::existing().map_or(ptr::null(), ptr::from_ref);
-    crate::span::fork_child();
-    let mut orphans: *mut ThreadCache = ptr::null_mut();
-    if let Some(mut reg) = fork_release() {
+    if child {
+        // The cache of this thread, the child's only one: made by the
+        // prepare handler, or inside the window by another handler's
+        // allocation.
+        let keep = ThreadCache::existing().map_or(ptr::null(), ptr::from_ref);
         let mut cur = reg.threads;
         reg.threads = ptr::null_mut();
         while let Some(tc) = NonNull::new(cur) {
             // SAFETY: a registered cache, mapped, under the registry lock.
             cur = unsafe { tc.as_ref() }.reg_next.get();
-            if ptr::eq(tc.as_ptr(), keep) {
-                // SAFETY: as above.
-                unsafe { tc.as_ref() }.reg_next.set(reg.threads);
-                reg.threads = tc.as_ptr();
+            let list = if ptr::eq(tc.as_ptr(), keep) {
+                &mut reg.threads
             } else {
-                // Its owner does not exist here: this thread gives back
-                // what it cached (below, once the locks are released).
-                // SAFETY: as above.
-                unsafe { tc.as_ref() }.reg_next.set(orphans);
-                orphans = tc.as_ptr();
-            }
+                &mut orphans
+            };
+            // SAFETY: as above.
+            unsafe { tc.as_ref() }.reg_next.set(*list);
+            *list = tc.as_ptr();
         }
     }
-    crate::fork::unlock_outer();
-    while let Some(tc) = NonNull::new(orphans) {
-        // SAFETY: unregistered, mapped, and owned by no thread of the child,
-        // which has only this one: we act as its owner.
-        unsafe {
-            orphans = tc.as_ref().reg_next.get();
-            thread_cache::drain(tc.as_ref());
-            thread_cache::unmap(tc);
-        }
-    }
+    orphans
 }
 
 /// The dump's entries (a pool and its sort key) in `order`, the first
@@ -1204,54 +1129,6 @@ fn dump_line(reg: &Registry, p: &Pool, fd: libc::c_int) {
     }
     let _ = writeln!(line);
     line.write_to(fd);
-}
-
-/// A line formatted on the stack (no allocation), truncated if too long.
-pub(crate) struct Line {
-    buf: [u8; 512],
-    len: usize,
-}
-
-impl Line {
-    pub(crate) fn new() -> Self {
-        Line {
-            buf: [0; 512],
-            len: 0,
-        }
-    }
-
-    /// Writes the line to `fd`, retrying short writes (or, for `TO_BUFFER`,
-    /// appends it to this thread's `dump_sorted_to_buffer` buffer).
-    pub(crate) fn write_to(&self, fd: libc::c_int) {
-        if fd == TO_BUFFER {
-            return append_to_buffer(&self.buf[..self.len]);
-        }
-        let mut done = 0;
-        while done < self.len {
-            let rest = &self.buf[done..self.len];
-            // SAFETY: `rest` is valid for reads of its length.
-            let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
-            if n <= 0 {
-                // EINTR: retry; anything else: give up quietly.
-                // SAFETY: reading this thread's errno.
-                if n < 0 && unsafe { *libc::__errno_location() } == libc::EINTR {
-                    continue;
-                }
-                return;
-            }
-            done += n as usize;
-        }
-    }
-}
-
-impl Write for Line {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let room = self.buf.len() - self.len;
-        let n = s.len().min(room);
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
-        Ok(())
-    }
 }
 
 #[cfg(all(test, not(loom)))]

@@ -218,7 +218,7 @@ impl SharedCache {
                     }
                 }
             }
-            if crate::fork::inside_window() {
+            if crate::sync::inside_window() {
                 // Held by the fork handlers for this thread: onto the list
                 // they keep.
                 // SAFETY: inside the window only this thread touches the
@@ -313,7 +313,7 @@ impl SharedCache {
             }
             if head == busy() {
                 count(Event::Wait);
-                if crate::fork::inside_window() {
+                if crate::sync::inside_window() {
                     // SAFETY: as in `put`.
                     let first = NonNull::new(unsafe { *bucket.fork_list.get() })?;
                     return Some((first, Locked::ForkList(&bucket.fork_list)));

@@ -1,4 +1,18 @@
-//! The atomics the shared cache and a pool's lifecycle word are written with.
+//! Locks and the atomics the model-checked protocols are written with: the
+//! fork window, the spin lock that fork handlers can carry across `fork()`,
+//! and the atomics of the shared cache and a pool's lifecycle word.
+//!
+//! ## The fork window
+//!
+//! The prepare handler (`fork`) takes every lock of the library, then opens
+//! the window on the forking thread; the parent and child handlers close
+//! it, then release the locks. Inside the window the forking thread owns
+//! every lock, so when it meets one of them held it goes on as if it had
+//! taken it (and does not release it): it is the only thread that can run
+//! through the library until the window closes. That is what lets other
+//! `pthread_atfork` handlers allocate wherever they run relative to ours.
+//!
+//! ## The atomics
 //!
 //! Under `--cfg loom` they are loom's, so the model checker explores every
 //! interleaving of the real code (see `shared_cache::loom_tests` and
@@ -72,16 +86,22 @@ pub(crate) fn peek<T>(head: &AtomicPtr<T>) -> *mut T {
 
 /// A lock that can be taken in a `pthread_atfork` prepare handler and
 /// released in the parent and the child (a std mutex guard cannot). Inside
-/// its fork window (see `crate::fork`) the forking thread finds every such
+/// its fork window (see the module comment) the forking thread finds every such
 /// lock held for it: `lock` and `unlock` then leave it alone.
-pub(crate) struct SpinLock(core::sync::atomic::AtomicBool);
+pub struct SpinLock(core::sync::atomic::AtomicBool);
+
+impl Default for SpinLock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl SpinLock {
-    pub(crate) const fn new() -> Self {
+    pub const fn new() -> Self {
         SpinLock(core::sync::atomic::AtomicBool::new(false))
     }
 
-    pub(crate) fn lock(&self) {
+    pub fn lock(&self) {
         use core::sync::atomic::Ordering::{Acquire, Relaxed};
         let backoff = crossbeam_utils::Backoff::new();
         // Acquire: see what the previous holder wrote under the lock.
@@ -90,18 +110,54 @@ impl SpinLock {
             .compare_exchange_weak(false, true, Acquire, Relaxed)
             .is_err()
         {
-            if crate::fork::inside_window() {
+            if inside_window() {
                 return;
             }
             backoff.snooze();
         }
     }
 
-    pub(crate) fn unlock(&self) {
-        if crate::fork::inside_window() {
+    pub fn unlock(&self) {
+        if inside_window() {
             return;
         }
         // Release: hand our writes to the next holder.
         self.0.store(false, core::sync::atomic::Ordering::Release);
     }
+}
+
+/// Whether some thread's fork window is open: the cheap test before the
+/// thread-local one.
+static WINDOW_OPEN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+std::thread_local! {
+    /// This thread is inside its fork window. Const and without a
+    /// destructor, so reading it registers nothing. The child's only thread
+    /// inherits the forking thread's value.
+    static INSIDE: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is inside its fork window, so that a lock of
+/// the library that it finds held is held for it (see the module comment).
+/// Callers test it only after finding a lock held: never on a fast path.
+#[inline]
+pub fn inside_window() -> bool {
+    // Relaxed: the forking thread itself stored `WINDOW_OPEN` (program
+    // order); for any other thread a stale `true` only costs the
+    // thread-local read, which says false.
+    WINDOW_OPEN.load(core::sync::atomic::Ordering::Relaxed)
+        && INSIDE.try_with(core::cell::Cell::get).unwrap_or(false)
+}
+
+/// Opens the window on the calling thread (the prepare handler, holding
+/// every lock).
+pub(crate) fn open_window() {
+    let _ = INSIDE.try_with(|f| f.set(true));
+    WINDOW_OPEN.store(true, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// Closes it (the parent and child handlers, before releasing the locks).
+pub(crate) fn close_window() {
+    let _ = INSIDE.try_with(|f| f.set(false));
+    WINDOW_OPEN.store(false, core::sync::atomic::Ordering::Relaxed);
 }

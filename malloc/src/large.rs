@@ -80,7 +80,7 @@ impl SpinLock {
             .compare_exchange_weak(false, true, Acquire, Relaxed)
             .is_err()
         {
-            if pools::fork::inside_window() {
+            if pools::sync::inside_window() {
                 return;
             }
             // Relaxed: only a hint to retry; the CAS above synchronises.
@@ -93,7 +93,7 @@ impl SpinLock {
     }
 
     fn unlock(&self) {
-        if pools::fork::inside_window() {
+        if pools::sync::inside_window() {
             return;
         }
         // Release: hand our writes to the next holder.
