@@ -24,11 +24,11 @@
 
 #![warn(unsafe_op_in_unsafe_fn)]
 
+mod backing;
 mod counters;
 mod debug;
 pub mod ffi;
 pub mod fork;
-mod legacy_cache;
 mod lifecycle;
 mod line;
 mod meta;

@@ -28,10 +28,12 @@
 //!   shared-cache take between getting the head and reading its `next`, to
 //!   make the legacy `dwcas` race likely within a short test.
 
-use crate::os::Backend;
 use core::ffi::CStr;
 use core::sync::atomic::Ordering::Relaxed;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize};
+
+/// Buckets a shared cache has room for: the most `POOL_SHARED_BUCKETS` allows.
+pub(crate) const MAX_SHARED_BUCKETS: usize = 4;
 
 /// Default per-thread cache budget in bytes (HAProxy's default).
 pub const POOL_DEFAULT_CACHE_SIZE: usize = 512 * 1024;
@@ -42,7 +44,7 @@ pub const POOL_DEFAULT_CACHE_SIZE: usize = 512 * 1024;
 // the pool is published).
 static CACHE_SIZE: AtomicUsize = AtomicUsize::new(POOL_DEFAULT_CACHE_SIZE);
 static SHARED_MODE: AtomicU8 = AtomicU8::new(SharedMode::Xchg as u8);
-static SHARED_BUCKETS: AtomicUsize = AtomicUsize::new(crate::shared_cache::BUCKETS);
+static SHARED_BUCKETS: AtomicUsize = AtomicUsize::new(MAX_SHARED_BUCKETS);
 static RACE_WINDOW: AtomicU32 = AtomicU32::new(0);
 /// `POOL_STATS=1`: print `pool_dump` to stderr when the process exits.
 static STATS_AT_EXIT: AtomicBool = AtomicBool::new(false);
@@ -280,7 +282,7 @@ pub(crate) fn set_shared_cache(name: &[u8]) -> bool {
 }
 
 /// Buckets of a shared cache created now (`POOL_SHARED_BUCKETS`): a power
-/// of two, at most [`crate::shared_cache::BUCKETS`].
+/// of two, at most [`MAX_SHARED_BUCKETS`].
 pub(crate) fn shared_buckets() -> usize {
     SHARED_BUCKETS.load(Relaxed)
 }
@@ -289,7 +291,7 @@ pub(crate) fn shared_buckets() -> usize {
 /// is 1, 2 or 4 (a power of two up to the buckets a cache has room for).
 fn set_shared_buckets(v: &[u8]) -> bool {
     match parse_size(v) {
-        Some(n) if n.is_power_of_two() && n <= crate::shared_cache::BUCKETS => {
+        Some(n) if n.is_power_of_two() && n <= MAX_SHARED_BUCKETS => {
             SHARED_BUCKETS.store(n, Relaxed);
             true
         }
@@ -316,19 +318,14 @@ fn widen(spins: u32) {
     unsafe { libc::sched_yield() };
 }
 
-/// The backend of pools created now: one guarded mapping per object with
-/// `uaf`, malloc otherwise.
-pub(crate) fn backend() -> Backend {
-    if DEBUG.load(Relaxed) & DEBUG_UAF != 0 {
-        Backend::Guarded
-    } else {
-        Backend::Malloc
-    }
+/// Whether pools created now take one guarded mapping per object (`uaf`).
+pub(crate) fn guarded_objects() -> bool {
+    DEBUG.load(Relaxed) & DEBUG_UAF != 0
 }
 
 /// Whether pools of small objects created now may take their objects from
 /// spans (`POOL_BACKEND=spans`, the default) rather than from malloc. A
-/// debugging backend ([`backend`] other than malloc) takes priority.
+/// debugging backend ([`guarded_objects`]) takes priority.
 ///
 /// Never under Miri, which cannot unmap part of a mapping (spans are aligned
 /// by trimming a larger one): the unit tests run on malloc there.
@@ -619,7 +616,7 @@ mod tests {
         assert!(!set_shared_buckets(b"3"));
         assert!(!set_shared_buckets(b"8"));
         assert!(!set_shared_buckets(b"one"));
-        assert_eq!(shared_buckets(), crate::shared_cache::BUCKETS);
+        assert_eq!(shared_buckets(), MAX_SHARED_BUCKETS);
         assert!(set_shared_buckets(b"4"));
         assert_eq!(shared_buckets(), 4);
     }

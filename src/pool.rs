@@ -1,6 +1,7 @@
 //! One pool: its object size, flags and counters, and the alloc/free path
 //! through thread cache, shared cache and backing allocator.
 
+use crate::backing::{self, Backend};
 use crate::debug::{self, Layout};
 use crate::lifecycle::{Lifecycle, Unpinned};
 use crate::options::{
@@ -8,7 +9,7 @@ use crate::options::{
 };
 use crate::shared_cache::{Cluster, Item, SharedCache};
 use crate::thread_cache::{self, ThreadCache, MIN_OBJECT};
-use crate::{options, os, registry};
+use crate::{options, registry};
 use core::cell::Cell;
 use core::ffi::CStr;
 use core::ptr::NonNull;
@@ -88,7 +89,7 @@ pub struct Pool {
     /// The shared cache's buckets, whichever variant runs over them.
     pub(crate) shared: SharedCache,
     /// Where objects come from; fixed at creation.
-    pub(crate) backend: os::Backend,
+    pub(crate) backend: Backend,
     /// The caller's name, copied; owned by the registry.
     pub(crate) name: Cell<Option<NonNull<libc::c_char>>>,
     /// The other names the pool was merged under, comma-separated (for
@@ -147,7 +148,7 @@ impl MallocFrees {
             // gave it up: read the link, then free it once.
             unsafe {
                 cur = obj.as_ptr().cast::<*mut u8>().read();
-                os::release_object(obj, 0, os::Backend::Malloc);
+                backing::release_object(obj, 0, Backend::Malloc);
             }
         }
     }
@@ -160,7 +161,7 @@ impl Pool {
         slot: usize,
         size: usize,
         flags: u32,
-        backend: os::Backend,
+        backend: Backend,
         debug: u32,
         poison: u8,
         key: u64,
@@ -434,7 +435,7 @@ impl Pool {
         if limit != 0 {
             return self.alloc_within_limit(home, limit);
         }
-        let p = os::obtain_object(self.alloc_size, self.backend)?;
+        let p = backing::obtain_object(self.alloc_size, self.backend)?;
         self.shared.count_allocated(home, 1);
         Some(p)
     }
@@ -455,7 +456,7 @@ impl Pool {
             self.shared.count_allocated(home, -1);
             return None;
         }
-        let p = os::obtain_object(self.alloc_size, self.backend);
+        let p = backing::obtain_object(self.alloc_size, self.backend);
         if p.is_none() {
             self.shared.count_allocated(home, -1);
         }
@@ -471,7 +472,7 @@ impl Pool {
     #[inline(never)]
     fn alloc_debug(&self, caller: usize) -> Option<NonNull<u8>> {
         let live = self.debug_live.load(Relaxed);
-        if live & DBG_FAIL != 0 && os::injected_failure() {
+        if live & DBG_FAIL != 0 && backing::injected_failure() {
             self.failed.fetch_add(1, Relaxed);
             return None;
         }
@@ -710,9 +711,9 @@ impl Pool {
         if self.debug != 0 {
             debug::before_release(self, obj);
         }
-        // SAFETY: objects come from `os::obtain_object` with this size and
+        // SAFETY: objects come from `backing::obtain_object` with this size and
         // backend; the caller gives it up.
-        unsafe { os::release_object(obj, self.alloc_size, self.backend) };
+        unsafe { backing::release_object(obj, self.alloc_size, self.backend) };
         self.shared.count_allocated(home, -1);
     }
 
@@ -772,7 +773,7 @@ impl Pool {
     /// # Safety
     /// `obj` is an object of this pool that nobody holds.
     unsafe fn release_or_defer(&self, obj: NonNull<u8>, later: &mut MallocFrees) {
-        if self.backend != os::Backend::Malloc {
+        if self.backend != Backend::Malloc {
             // SAFETY: forwarded (caller's contract).
             return unsafe { self.release_to_os(0, obj) };
         }

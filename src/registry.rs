@@ -6,6 +6,7 @@
 //! object goes back to the allocator underneath while it is held (that
 //! allocator may be the process's malloc, which may be these very pools).
 
+use crate::backing::{self, Backend};
 use crate::line::{self, Line};
 use crate::pool::{Pool, Stats, KNOWN_FLAGS, POOL_F_EXACT, POOL_F_SHARED, POOL_MAX_SIZE};
 use crate::shared_cache::BUCKETS;
@@ -270,7 +271,7 @@ pub fn create_span_pool(name: &CStr, size: usize, tag: u32) -> Result<&'static P
     if size == 0 || !span::reserve(tag, size.next_multiple_of(os::OBJECT_ALIGN).max(MIN_OBJECT)) {
         return Err(Error::Invalid);
     }
-    create_with(name, size, 0, Some(os::Backend::Span(tag)))
+    create_with(name, size, 0, Some(Backend::Span(tag)))
 }
 
 /// Largest object a pool takes from spans by default: one span holds at
@@ -284,12 +285,13 @@ pub(crate) const SPAN_POOL_MAX: usize = 32 * 1024;
 /// empty, which glibc's per-thread arenas do not do), unless
 /// `POOL_BACKEND=malloc` or every tag is bound to other sizes; otherwise
 /// malloc.
-fn default_backend(size: usize) -> os::Backend {
-    match options::backend() {
-        os::Backend::Malloc if options::spans_enabled() && size <= SPAN_POOL_MAX => {
-            span::tag_for_size(size.max(MIN_OBJECT)).map_or(os::Backend::Malloc, os::Backend::Span)
-        }
-        debug => debug,
+fn default_backend(size: usize) -> Backend {
+    if options::guarded_objects() {
+        Backend::Guarded
+    } else if options::spans_enabled() && size <= SPAN_POOL_MAX {
+        span::tag_for_size(size.max(MIN_OBJECT)).map_or(Backend::Malloc, Backend::Span)
+    } else {
+        Backend::Malloc
     }
 }
 
@@ -300,7 +302,7 @@ fn create_with(
     name: &CStr,
     size: usize,
     flags: u32,
-    backend: Option<os::Backend>,
+    backend: Option<Backend>,
 ) -> Result<&'static Pool, Error> {
     if size == 0 || size > POOL_MAX_SIZE || flags & !KNOWN_FLAGS != 0 {
         return Err(Error::Invalid);
@@ -576,7 +578,7 @@ fn unlink_pool(reg: &mut Registry, pool: &Pool) -> *mut Pool {
 /// memory to the OS.
 pub fn gc() {
     gc_pools();
-    os::trim();
+    backing::trim();
 }
 
 /// [`gc`] without asking the allocator underneath (for the LD_PRELOAD
@@ -760,12 +762,12 @@ fn enable_debug_all(bit: u32) {
 /// blocks) is one of the `fail=N` percent to refuse. Off the plain path:
 /// for callers that are about to map memory anyway.
 pub fn injected_failure() -> bool {
-    os::injected_failure()
+    backing::injected_failure()
 }
 
 /// The times `pool_gc` asked the allocator underneath to give memory back.
 pub fn trim_count() -> usize {
-    os::trims()
+    backing::trims()
 }
 
 /// Writes the memory profile to `fd`: the `max` call sites (0: all) that

@@ -1,5 +1,5 @@
 //! Spans: the backing allocator of the LD_PRELOAD malloc's size-class pools
-//! and of libpools' own pools of small objects (`os::Backend::Span`), and
+//! and of libpools' own pools of small objects (`backing::Backend::Span`), and
 //! the mappings for requests above the largest malloc class. Nothing here
 //! calls `malloc`.
 //!

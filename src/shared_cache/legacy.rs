@@ -26,9 +26,9 @@
 //!   its home's mutex held tries the next bucket, as an `xchg` putter does
 //!   on a BUSY head, and after a round waits on its home.
 
+use super::{Bucket, Cluster, Item, SharedCache, BUCKETS};
 use crate::counters::{count, touch, Event};
 use crate::options::{self, SharedMode};
-use crate::shared_cache::{Bucket, Cluster, Item, SharedCache, BUCKETS};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::AtomicPtr;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};

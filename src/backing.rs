@@ -1,0 +1,262 @@
+//! The backing allocators: where a pool's objects come from and go back to.
+//!
+//! [`obtain_object`] and [`release_object`] dispatch on a pool's [`Backend`]:
+//! the system allocator (`os`), a guarded mapping per object, or the spans
+//! of `span`. This module also draws the `fail=N` failures and trims the
+//! allocator underneath ([`trim`]).
+
+use crate::os::{self, map_zeroed, page, unmap, OBJECT_ALIGN};
+use core::ptr::{self, NonNull};
+use once_cell::sync::OnceCell;
+
+/// Where a pool's objects come from, fixed when the pool is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// `posix_memalign` and `free` of the libc (or of a preloaded malloc).
+    Malloc,
+    /// One mapping per object between two inaccessible guard pages,
+    /// unmapped when the object goes back: any later use faults at once
+    /// (the `uaf` debugging option, and the race tests' backing allocator).
+    Guarded,
+    /// Objects carved from the mmap'd spans of this tag (`span`): the
+    /// LD_PRELOAD malloc's size classes, whose objects `free` finds by
+    /// address, and by default the pools of objects up to
+    /// `registry::SPAN_POOL_MAX` bytes (one tag per object size). A span is
+    /// unmapped when its last object comes back.
+    Span(u32),
+}
+
+/// One object of `size` bytes, aligned to `OBJECT_ALIGN`, or `None` when the
+/// backend has no memory. (`fail=N` draws at the top of the pool's alloc
+/// path, `Pool::alloc_debug`, not here.)
+pub(crate) fn obtain_object(size: usize, backend: Backend) -> Option<NonNull<u8>> {
+    crate::counters::count(crate::counters::Event::Obtained);
+    match backend {
+        Backend::Malloc => os::obtain(size, OBJECT_ALIGN),
+        Backend::Guarded => obtain_guarded(size),
+        Backend::Span(tag) => crate::span::obtain(tag, size),
+    }
+}
+
+/// Gives back an object from [`obtain_object`].
+///
+/// # Safety
+/// `p` came from `obtain_object(size, backend)` with these `size` and
+/// `backend`, and is not used afterwards.
+pub(crate) unsafe fn release_object(p: NonNull<u8>, size: usize, backend: Backend) {
+    crate::counters::count(crate::counters::Event::Released);
+    match backend {
+        // SAFETY: a Malloc object is a posix_memalign block (caller).
+        Backend::Malloc => unsafe { os::release(p) },
+        // SAFETY: a Guarded object starts one page into its own mapping of
+        // `guarded_len(size)` bytes (caller), which nobody uses any more.
+        Backend::Guarded => unsafe {
+            unmap(
+                NonNull::new_unchecked(p.as_ptr().sub(page())),
+                guarded_len(size),
+            )
+        },
+        // SAFETY: a Span object came from the spans of this tag (caller).
+        Backend::Span(tag) => unsafe { crate::span::release(tag, p) },
+    }
+}
+
+/// Whether this allocation is one of the `fail=N` percent to refuse: the
+/// next draw of one sequence for the whole process, which starts from
+/// `POOL_FAIL_SEED`, so that a single-threaded run with the same seed
+/// fails the same calls.
+#[inline]
+pub(crate) fn injected_failure() -> bool {
+    let rate = crate::options::fail_rate();
+    rate != 0 && roll() % 100 < rate
+}
+
+/// Draws so far, for [`roll`].
+static DRAWS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// A pseudo-random number: a Weyl sequence from the seed, mixed. Relaxed:
+/// each draw takes its own step of the sequence; any interleaving of the
+/// increments gives a usable sequence.
+#[cold]
+fn roll() -> u32 {
+    let n = DRAWS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    let mut x = crate::options::fail_seed().wrapping_add(n.wrapping_mul(0x9e37_79b9));
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
+}
+
+/// A guard page, the object's pages, a guard page.
+fn guarded_len(size: usize) -> usize {
+    size.next_multiple_of(page()) + 2 * page()
+}
+
+fn obtain_guarded(size: usize) -> Option<NonNull<u8>> {
+    let len = guarded_len(size);
+    let base = map_zeroed(len)?;
+    // SAFETY: both guard pages lie inside the fresh mapping; the object
+    // starts one page in (page-aligned, so aligned to OBJECT_ALIGN).
+    unsafe {
+        let first = base.as_ptr();
+        let last = first.add(len - page());
+        if libc::mprotect(first.cast(), page(), libc::PROT_NONE) != 0
+            || libc::mprotect(last.cast(), page(), libc::PROT_NONE) != 0
+        {
+            unmap(base, len);
+            return None;
+        }
+        Some(NonNull::new_unchecked(first.add(page())))
+    }
+}
+
+type TrimFn = unsafe extern "C" fn(libc::size_t) -> libc::c_int;
+type MallctlFn = unsafe extern "C" fn(
+    *const libc::c_char,
+    *mut libc::c_void,
+    *mut libc::size_t,
+    *mut libc::c_void,
+    libc::size_t,
+) -> libc::c_int;
+
+/// How the allocator underneath is asked to give free memory back.
+#[derive(Clone, Copy)]
+enum Trimmer {
+    /// glibc's (or the LD_PRELOAD malloc's) `malloc_trim`.
+    MallocTrim(TrimFn),
+    /// jemalloc's `mallctl("arena.<MALLCTL_ARENAS_ALL>.purge")`.
+    JemallocPurge(MallctlFn),
+}
+
+/// Trims done by [`trim`] (the allocator underneath was asked to return
+/// memory), for `pool_trim_count`. Relaxed: a statistic.
+static TRIMS: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// The number of trims done so far.
+pub(crate) fn trims() -> usize {
+    TRIMS.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// Asks the allocator underneath to give free memory back to the OS, unless
+/// `POOL_TRIM=0`.
+///
+/// The allocator's entry point is looked up at run time, and used only when
+/// it belongs to the same object as the `malloc` in use: glibc has
+/// `malloc_trim`, musl has nothing (its allocator returns large chunks on
+/// `free` by itself), and a preloaded jemalloc replaces `malloc` but not
+/// glibc's `malloc_trim`, which would then trim an arena nobody uses:
+/// there its arenas are purged through `mallctl`, as HAProxy does.
+pub(crate) fn trim() {
+    static TRIMMER: OnceCell<Option<Trimmer>> = OnceCell::new();
+    if !crate::options::trim_enabled() {
+        return;
+    }
+    let Some(t) = *TRIMMER.get_or_init(find_trimmer) else {
+        return;
+    };
+    match t {
+        // SAFETY: `trim` is the libc's malloc_trim, found by its name.
+        Trimmer::MallocTrim(trim) => unsafe {
+            trim(0);
+        },
+        // SAFETY: jemalloc's mallctl, found by its name; a purge command
+        // reads and writes no argument (all null / 0). The name is a
+        // NUL-terminated literal; 4096 is MALLCTL_ARENAS_ALL.
+        Trimmer::JemallocPurge(mallctl) => unsafe {
+            mallctl(
+                c"arena.4096.purge".as_ptr(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                0,
+            );
+        },
+    }
+    TRIMS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// The loaded symbol `name`, if it is defined by the object that defines
+/// the `malloc` in use.
+#[cfg(all(target_env = "gnu", not(miri)))]
+fn beside_malloc(name: &core::ffi::CStr) -> Option<*mut libc::c_void> {
+    // SAFETY: dlsym and dladdr only read the loaded objects' symbol tables;
+    // the names are NUL-terminated and `info` is a valid out-pointer.
+    unsafe {
+        let f = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
+        let malloc = libc::dlsym(libc::RTLD_DEFAULT, c"malloc".as_ptr());
+        if f.is_null() || malloc.is_null() {
+            return None;
+        }
+        let mut a: libc::Dl_info = core::mem::zeroed();
+        let mut b: libc::Dl_info = core::mem::zeroed();
+        if libc::dladdr(f, &mut a) == 0 || libc::dladdr(malloc, &mut b) == 0 {
+            return None;
+        }
+        (a.dli_fbase == b.dli_fbase).then_some(f)
+    }
+}
+
+#[cfg(all(target_env = "gnu", not(miri)))]
+fn find_trimmer() -> Option<Trimmer> {
+    if let Some(f) = beside_malloc(c"malloc_trim") {
+        // SAFETY: the C malloc_trim: `int malloc_trim(size_t)`.
+        return Some(Trimmer::MallocTrim(unsafe {
+            core::mem::transmute::<*mut libc::c_void, TrimFn>(f)
+        }));
+    }
+    // A failed lookup formats its message with malloc: done once, at the
+    // first pool_gc, not at start-up.
+    let f = beside_malloc(c"mallctl")?;
+    // SAFETY: jemalloc's `int mallctl(const char *, void *, size_t *,
+    // void *, size_t)`.
+    Some(Trimmer::JemallocPurge(unsafe {
+        core::mem::transmute::<*mut libc::c_void, MallctlFn>(f)
+    }))
+}
+
+/// musl (and Miri) have no `malloc_trim`: musl's allocator returns large
+/// chunks to the OS on `free` by itself.
+#[cfg(not(all(target_env = "gnu", not(miri))))]
+fn find_trimmer() -> Option<Trimmer> {
+    None
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg_attr(miri, ignore = "mprotect and mincore")]
+    fn guarded_objects_are_writable_and_unmapped_on_release() {
+        for size in [1usize, 4096, 4097, 1 << 21] {
+            let p = obtain_object(size, Backend::Guarded).expect("memory");
+            assert_eq!(p.as_ptr() as usize % page(), 0);
+            // SAFETY: `p` has `size` writable bytes and is released once.
+            unsafe {
+                p.as_ptr().write_bytes(0x5a, size);
+                release_object(p, size, Backend::Guarded);
+            }
+            // The pages are gone: mincore says ENOMEM for an unmapped range.
+            let mut v = [0u8; 1];
+            // SAFETY: mincore only inspects the address range.
+            let rc = unsafe { libc::mincore(p.as_ptr().cast(), 1, v.as_mut_ptr()) };
+            assert_eq!(rc, -1, "the object's page is still mapped");
+        }
+    }
+
+    #[test]
+    fn rolls_spread_over_percentiles() {
+        let mut hits = [0u32; 10];
+        for _ in 0..10_000 {
+            hits[(roll() % 100 / 10) as usize] += 1;
+        }
+        assert!(hits.iter().all(|&h| (800..1200).contains(&h)), "{hits:?}");
+    }
+
+    #[test]
+    fn trim_can_be_called() {
+        trim();
+        trim();
+    }
+}
