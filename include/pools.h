@@ -69,11 +69,6 @@
 #define POOL_DUMP_F_KV 1
 
 /**
- * Default per-thread cache budget in bytes (HAProxy's default).
- */
-#define POOL_DEFAULT_CACHE_SIZE (512 * 1024)
-
-/**
  * May be merged with another shareable pool of the same rounded size.
  */
 #define POOL_F_SHARED 1
@@ -87,6 +82,11 @@
  * Largest object size a pool serves.
  */
 #define POOL_MAX_SIZE (1 << 30)
+
+/**
+ * Default per-thread cache budget in bytes (HAProxy's default).
+ */
+#define POOL_DEFAULT_CACHE_SIZE (512 * 1024)
 
 /**
  * The pool id of blocks that come from no pool (the LD_PRELOAD malloc's

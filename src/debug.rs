@@ -21,273 +21,20 @@
 //! bytes from offset 32 on. Under valgrind the prefix moves the links out of
 //! the caller's bytes, which can then all be marked inaccessible.
 
+use crate::checkers::{
+    self, vg, VG_CREATE_MEMPOOL, VG_DESTROY_MEMPOOL, VG_MAKE_MEM_DEFINED, VG_MEMPOOL_ALLOC,
+    VG_MEMPOOL_FREE,
+};
+use crate::head::{Layout, Pool};
 use crate::line::Line;
 use crate::options::{DBG_BACKUP, DBG_CALLER, DBG_INTEGRITY, DBG_MEMCHECK, DBG_POISON, DBG_TAG};
-use crate::pool::Pool;
-use crate::thread_cache::MIN_OBJECT;
 use core::fmt::Write;
-use core::ptr::NonNull;
-use core::sync::atomic::AtomicU8;
-use core::sync::atomic::Ordering::Relaxed;
 
 const WORD: usize = core::mem::size_of::<usize>();
-/// Bytes before the caller's bytes under valgrind: room for the cache links.
-const PREFIX: usize = MIN_OBJECT;
 /// Low half of every integrity pattern word: marks a filled (free) object.
 const FILL_MARK: usize = 0xf1ee_d0ce;
-
-/// The flags that change where the caller's bytes are or add words around
-/// them (see [`Layout`]).
-pub(crate) const LAYOUT_FLAGS: u32 = DBG_TAG | DBG_CALLER | DBG_BACKUP | DBG_MEMCHECK;
-
-/// Where the parts of a debugging pool's object are, from its start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Layout {
-    /// The caller's bytes.
-    pub(crate) user: usize,
-    /// The tag word (with `tag`).
-    pub(crate) tag: usize,
-    /// The last alloc and free call sites (with `caller`).
-    pub(crate) caller: usize,
-    /// The copy of the freed object (with `backup`).
-    pub(crate) backup: usize,
-    /// Bytes obtained per object.
-    pub(crate) total: usize,
-}
-
-impl Layout {
-    /// The layout of an object of `size` bytes under the flags `debug`.
-    /// Without layout flags, exactly what a plain pool uses.
-    pub(crate) fn new(size: usize, debug: u32) -> Layout {
-        let user = if debug & DBG_MEMCHECK != 0 { PREFIX } else { 0 };
-        let area = (user + size).max(MIN_OBJECT);
-        if debug & (DBG_TAG | DBG_CALLER | DBG_BACKUP) == 0 {
-            return Layout {
-                user,
-                tag: area,
-                caller: area,
-                backup: area,
-                total: area,
-            };
-        }
-        let tag = area.next_multiple_of(WORD);
-        let caller = tag + if debug & DBG_TAG != 0 { WORD } else { 0 };
-        let backup = caller + if debug & DBG_CALLER != 0 { 2 * WORD } else { 0 };
-        let total = backup
-            + if debug & DBG_BACKUP != 0 {
-                size.next_multiple_of(WORD)
-            } else {
-                0
-            };
-        Layout {
-            user,
-            tag,
-            caller,
-            backup,
-            total,
-        }
-    }
-
-    /// The word-aligned bytes the integrity pattern and the backup check
-    /// cover: the caller's bytes past the cache links.
-    fn checked(&self, size: usize) -> core::ops::Range<usize> {
-        let start = MIN_OBJECT.max(self.user);
-        let end = ((self.user + size) / WORD * WORD).max(start);
-        start..end
-    }
-}
-
-// ---- valgrind and ASan -------------------------------------------------
-
-const TOOL_VALGRIND: u8 = 1;
-const TOOL_ASAN: u8 = 2;
-/// The memory checkers found at start-up. Relaxed: written once in `init`,
-/// which every pool creation happens after (registry's Once).
-static TOOLS: AtomicU8 = AtomicU8::new(0);
-
-type AsanFn = unsafe extern "C" fn(*const u8, usize);
-static ASAN_POISON: once_cell::sync::OnceCell<(AsanFn, AsanFn)> = once_cell::sync::OnceCell::new();
-
-/// The flags every pool gets because of a memory checker: `DBG_MEMCHECK`
-/// under valgrind (a layout flag: the 32-byte prefix), `DBG_ASAN` (no
-/// layout change: ASan does not see the library's own accesses).
-pub(crate) fn tool_flags() -> u32 {
-    let t = TOOLS.load(Relaxed);
-    (if t & TOOL_VALGRIND != 0 {
-        DBG_MEMCHECK
-    } else {
-        0
-    }) | (if t & TOOL_ASAN != 0 {
-        crate::options::DBG_ASAN
-    } else {
-        0
-    })
-}
-
-/// Valgrind's client request: the magic preamble of valgrind.h for amd64
-/// (rotations of rdi by 128 bits in all, then `xchg rbx,rbx`), which is a
-/// no-op on real hardware and a call into the tool under valgrind.
-#[cfg(all(target_arch = "x86_64", not(miri)))]
-fn client_request(default: usize, request: usize, args: [usize; 5]) -> usize {
-    let block: [usize; 6] = [request, args[0], args[1], args[2], args[3], args[4]];
-    let result: usize;
-    // SAFETY: the sequence leaves every register as it was (rdi is rotated
-    // by 3+13+61+51 = 128 bits) except rdx, declared as the output; under
-    // valgrind the tool reads the six words `block` points to, which live
-    // until the statement ends.
-    unsafe {
-        core::arch::asm!(
-            "rol rdi, 3",
-            "rol rdi, 13",
-            "rol rdi, 61",
-            "rol rdi, 51",
-            "xchg rbx, rbx",
-            inout("rdx") default => result,
-            in("rax") block.as_ptr(),
-            inout("rdi") 0usize => _,
-            options(nostack, preserves_flags),
-        );
-    }
-    result
-}
-
-#[cfg(not(all(target_arch = "x86_64", not(miri))))]
-fn client_request(default: usize, _request: usize, _args: [usize; 5]) -> usize {
-    default
-}
-
-const VG_RUNNING_ON_VALGRIND: usize = 0x1001;
-const VG_CREATE_MEMPOOL: usize = 0x1303;
-const VG_DESTROY_MEMPOOL: usize = 0x1304;
-const VG_MEMPOOL_ALLOC: usize = 0x1305;
-const VG_MEMPOOL_FREE: usize = 0x1306;
-/// memcheck.h: VG_USERREQ_TOOL_BASE('M','C') + 2.
-const VG_MAKE_MEM_DEFINED: usize = (((b'M' as usize) << 24) | ((b'C' as usize) << 16)) + 2;
-
-fn vg(request: usize, a: usize, b: usize, c: usize) {
-    client_request(0, request, [a, b, c, 0, 0]);
-}
-
-// Weak references to ASan's functions: the dynamic linker resolves them at
-// load time, to null when no object of the process defines them (and a
-// static link does so at link time).
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
-core::arch::global_asm!(
-    ".weak __asan_poison_memory_region",
-    ".weak __asan_unpoison_memory_region",
-);
-
-/// ASan's poisoning functions, if its runtime is in the process.
-///
-/// Read from weak references rather than with `dlsym`: a `dlsym` that finds
-/// nothing makes glibc format an error message with `malloc`, which under
-/// the LD_PRELOAD malloc is the preload itself, in the middle of creating
-/// its first pool (three nested blocks, ten system calls per process).
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
-fn find_asan() -> Option<(AsanFn, AsanFn)> {
-    let (p, u): (*const (), *const ());
-    // SAFETY: loads the two GOT slots of the weak references, which the
-    // dynamic linker fills in before any code of this module runs (or the
-    // static linker, with null). Reads memory only.
-    unsafe {
-        core::arch::asm!(
-            "mov {p}, qword ptr [rip + __asan_poison_memory_region@GOTPCREL]",
-            "mov {u}, qword ptr [rip + __asan_unpoison_memory_region@GOTPCREL]",
-            p = out(reg) p,
-            u = out(reg) u,
-            options(nostack, readonly, preserves_flags, pure),
-        );
-    }
-    if p.is_null() || u.is_null() {
-        return None;
-    }
-    // SAFETY: both are ASan's `void f(void const volatile *, size_t)`.
-    unsafe {
-        Some((
-            core::mem::transmute::<*const (), AsanFn>(p),
-            core::mem::transmute::<*const (), AsanFn>(u),
-        ))
-    }
-}
-
-#[cfg(all(not(miri), not(all(target_arch = "x86_64", target_os = "linux"))))]
-fn find_asan() -> Option<(AsanFn, AsanFn)> {
-    // SAFETY: dlsym only reads the symbol tables; the names are literals.
-    // A static musl program has no dynamic symbols: dlsym returns NULL.
-    unsafe {
-        let p = libc::dlsym(libc::RTLD_DEFAULT, c"__asan_poison_memory_region".as_ptr());
-        let u = libc::dlsym(
-            libc::RTLD_DEFAULT,
-            c"__asan_unpoison_memory_region".as_ptr(),
-        );
-        if p.is_null() || u.is_null() {
-            return None;
-        }
-        // SAFETY: both are ASan's `void f(void const volatile *, size_t)`.
-        Some((
-            core::mem::transmute::<*mut libc::c_void, AsanFn>(p),
-            core::mem::transmute::<*mut libc::c_void, AsanFn>(u),
-        ))
-    }
-}
-
-#[cfg(miri)]
-fn find_asan() -> Option<(AsanFn, AsanFn)> {
-    None
-}
-
-/// Once, at the registry's initialisation: finds valgrind and ASan, and
-/// registers the `POOL_STATS=1` dump at exit.
-/// Whether the valgrind tool running us is memcheck, the one that needs the
-/// mempool requests (callgrind and cachegrind must see the plain path, so
-/// that their counts are those of a normal run): valgrind preloads each
-/// tool's own library, named after it.
-fn under_memcheck() -> bool {
-    // SAFETY: getenv returns null or a NUL-terminated string of the
-    // environment (no allocation: this may run inside the LD_PRELOAD malloc).
-    let p = unsafe { libc::getenv(c"LD_PRELOAD".as_ptr()) };
-    // SAFETY: as above.
-    !p.is_null()
-        && unsafe { core::ffi::CStr::from_ptr(p) }
-            .to_bytes()
-            .windows(b"vgpreload_memcheck".len())
-            .any(|w| w == b"vgpreload_memcheck")
-}
-
-pub(crate) fn init() {
-    let mut tools = 0;
-    if client_request(0, VG_RUNNING_ON_VALGRIND, [0; 5]) != 0 && under_memcheck() {
-        tools |= TOOL_VALGRIND;
-    }
-    if let Some(f) = find_asan() {
-        let _ = ASAN_POISON.set(f);
-        tools |= TOOL_ASAN;
-    }
-    TOOLS.store(tools, Relaxed);
-    if crate::options::profiling() && !crate::profile::enable() {
-        // No memory for the tables: profiling stays off.
-        crate::options::set_profiling(false);
-    }
-    if crate::options::stats_at_exit() {
-        // SAFETY: registering a function that lives as long as the library
-        // (glibc runs handlers of a shared object at its dlclose).
-        unsafe { libc::atexit(stats_at_exit) };
-    }
-}
-
-/// `POOL_STATS=1`: the pools on stderr at exit, and the memory profile
-/// when profiling was on. The dumps format on the stack, write with
-/// write(2) and map their tables with mmap: they call no malloc, which may
-/// be torn down by now.
-extern "C" fn stats_at_exit() {
-    crate::registry::dump_sorted(2, crate::registry::DumpOrder::Unsorted, 0);
-    if crate::profile::recorded() {
-        crate::registry::dump_profile(2, PROFILE_AT_EXIT);
-    }
-}
-
-/// Call sites `POOL_STATS=1` prints at exit when profiling was on.
-const PROFILE_AT_EXIT: usize = 30;
+use core::ptr::NonNull;
+use core::sync::atomic::Ordering::Relaxed;
 
 /// A new pool: valgrind learns of it as a memory pool.
 pub(crate) fn on_create(pool: &Pool) {
@@ -307,18 +54,6 @@ fn anchor(pool: &Pool) -> usize {
     core::ptr::from_ref(pool) as usize
 }
 
-/// An idle object about to go back to the backing allocator: its bytes
-/// become ordinary memory again for ASan (a later mapping at this address
-/// must not inherit the poison).
-pub(crate) fn before_release(pool: &Pool, base: NonNull<u8>) {
-    if pool.debug & crate::options::DBG_ASAN != 0 {
-        if let Some((_, unpoison)) = ASAN_POISON.get() {
-            // SAFETY: the object's bytes are ours, of at least this size.
-            unsafe { unpoison(base.as_ptr().add(pool.layout.user), pool.size) };
-        }
-    }
-}
-
 fn make_accessible(pool: &Pool, user: *mut u8) {
     if pool.debug & DBG_MEMCHECK != 0 {
         vg(VG_MEMPOOL_ALLOC, anchor(pool), user as usize, pool.size);
@@ -328,10 +63,7 @@ fn make_accessible(pool: &Pool, user: *mut u8) {
         }
     }
     if pool.debug & crate::options::DBG_ASAN != 0 {
-        if let Some((_, unpoison)) = ASAN_POISON.get() {
-            // SAFETY: the caller's bytes of an object we own.
-            unsafe { unpoison(user, pool.size) };
-        }
+        checkers::asan_unpoison(user, pool.size);
     }
 }
 
@@ -340,10 +72,7 @@ fn make_inaccessible(pool: &Pool, user: *mut u8) {
         vg(VG_MEMPOOL_FREE, anchor(pool), user as usize, 0);
     }
     if pool.debug & crate::options::DBG_ASAN != 0 {
-        if let Some((poison, _)) = ASAN_POISON.get() {
-            // SAFETY: the caller's bytes of an object we own.
-            unsafe { poison(user, pool.size) };
-        }
+        checkers::asan_poison(user, pool.size);
     }
 }
 
@@ -643,14 +372,14 @@ fn die(
     line.write_to(2);
     if let Some(tag) = tag {
         let mut line = Line::new();
-        let owner = crate::registry::pool_at(tag).or_else(|| crate::registry::pool_at(!tag));
+        let owner = crate::head::pool_at(tag).or_else(|| crate::head::pool_at(!tag));
         match owner {
             Some(other) if !core::ptr::eq(other, pool) => {
                 let _ = writeln!(
                     line,
                     "libpools:   the object belongs to pool \"{}\" ({}), not to pool \"{}\"",
                     other.name().to_str().unwrap_or("?"),
-                    if crate::registry::pool_at(tag).is_some() {
+                    if crate::head::pool_at(tag).is_some() {
                         "in use"
                     } else {
                         "cached there"
@@ -718,6 +447,7 @@ fn symbol(line: &mut Line, addr: usize) {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::head::MIN_OBJECT;
 
     #[test]
     fn plain_layout_is_the_plain_object() {
@@ -756,10 +486,5 @@ mod tests {
             set_word(b, 32, 0);
             assert_eq!(first_unlike_pattern(b, 32..64), Some(32));
         }
-    }
-
-    #[test]
-    fn client_requests_are_harmless_outside_valgrind() {
-        assert_eq!(client_request(7, VG_RUNNING_ON_VALGRIND, [0; 5]), 7);
     }
 }

@@ -10,14 +10,14 @@
 // instead of a Rust-only "# Safety" section.
 #![allow(non_camel_case_types, clippy::missing_safety_doc)]
 
-use crate::pool::Pool;
+use crate::head::Pool;
 use crate::registry::{self, Destroyed};
 use crate::{options, os};
 use core::ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_ulonglong, c_void, CStr};
 use core::ptr::{self, NonNull};
 
+pub use crate::head::{POOL_F_EXACT, POOL_F_SHARED, POOL_MAX_SIZE};
 pub use crate::options::POOL_DEFAULT_CACHE_SIZE;
-pub use crate::pool::{POOL_F_EXACT, POOL_F_SHARED, POOL_MAX_SIZE};
 
 /// Counters of one pool, filled by `pool_get_stats`.
 ///

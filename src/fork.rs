@@ -12,7 +12,8 @@
 //! A prepare handler registered before ours runs after it, and a child or
 //! parent handler registered before ours runs before it, both inside the
 //! window. In the child, the thread caches of the threads that were not
-//! copied are drained by the only thread left.
+//! copied are drained by the only thread left, once every other lock is
+//! released (draining may give objects back to the allocator underneath).
 //!
 //! The handlers are registered by an ELF constructor, when the library is
 //! loaded: before `main`, so before any handler an application registers
@@ -20,9 +21,8 @@
 //! and child first), and never from inside `malloc` (a `pthread_atfork`
 //! that allocates would find its own lock held).
 
-use crate::thread_cache;
+use crate::thread_cache::THREADS;
 use crate::{meta, registry, span, sync};
-use core::ptr::NonNull;
 use core::sync::atomic::AtomicPtr;
 use core::sync::atomic::AtomicU8;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
@@ -91,6 +91,7 @@ extern "C" fn prepare() {
     registry::fork_lock_init();
     lock_outer();
     registry::fork_lock();
+    THREADS.lock_for_fork();
     span::fork_prepare();
     meta::fork_prepare();
     sync::open_window();
@@ -105,24 +106,17 @@ fn release_below_registry() {
 
 extern "C" fn parent() {
     release_below_registry();
-    registry::fork_unlock(false);
+    THREADS.unlock_after_fork();
+    registry::fork_unlock();
     unlock_outer();
 }
 
 extern "C" fn child() {
     span::fork_child();
     release_below_registry();
-    let mut orphans = registry::fork_unlock(true);
+    registry::fork_unlock();
     unlock_outer();
-    while let Some(tc) = NonNull::new(orphans) {
-        // SAFETY: unregistered, mapped, and owned by no thread of the
-        // child, which has only this one: we act as its owner.
-        unsafe {
-            orphans = tc.as_ref().reg_next.get();
-            thread_cache::drain(tc.as_ref());
-            thread_cache::unmap(tc);
-        }
-    }
+    THREADS.release_orphans_after_fork();
 }
 
 /// The library's constructor: runs when the object is loaded (the shared

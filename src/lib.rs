@@ -25,10 +25,12 @@
 #![warn(unsafe_op_in_unsafe_fn)]
 
 mod backing;
+mod checkers;
 mod counters;
 mod debug;
 pub mod ffi;
 pub mod fork;
+mod head;
 mod lifecycle;
 mod line;
 mod meta;
@@ -43,8 +45,8 @@ pub mod sync;
 mod thread_cache;
 mod tls;
 
+pub use head::{Pool, Stats, POOL_F_EXACT, POOL_F_SHARED, POOL_MAX_SIZE};
 pub use options::{cache_size, shared_cache_name, POOL_DEFAULT_CACHE_SIZE};
-pub use pool::{Pool, Stats, POOL_F_EXACT, POOL_F_SHARED, POOL_MAX_SIZE};
 
 /// Sets the per-thread cache budget; the calling thread's cache fits it
 /// at once, other threads' at their next grant (see `thread_cache`).

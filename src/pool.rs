@@ -1,132 +1,17 @@
-//! One pool: its object size, flags and counters, and the alloc/free path
-//! through thread cache, shared cache and backing allocator.
+//! One pool's alloc and free: the path of an object through the thread
+//! cache, the shared cache and the backing allocator, the debugging path,
+//! and `pool_gc`'s release of what a pool keeps idle. The pool's data and
+//! the paths out of the caches are in `head`.
 
 use crate::backing::{self, Backend};
-use crate::debug::{self, Layout};
-use crate::lifecycle::{Lifecycle, Unpinned};
-use crate::options::{
-    SharedMode, DBG_COLD_FIRST, DBG_FAIL, DBG_NO_CACHE, DBG_NO_GLOBAL, DBG_PROFILE, DBG_RUNTIME,
-};
-use crate::shared_cache::{Cluster, Item, SharedCache};
-use crate::thread_cache::{self, ThreadCache, MIN_OBJECT};
-use crate::{options, registry};
-use core::cell::Cell;
-use core::ffi::CStr;
+use crate::debug;
+use crate::head::{self, clear_key, Pool};
+use crate::options::{DBG_COLD_FIRST, DBG_FAIL, DBG_NO_CACHE, DBG_PROFILE};
+use crate::shared_cache::{Cluster, Item};
+use crate::thread_cache::{self, ThreadCache};
 use core::ptr::NonNull;
-use core::sync::atomic::Ordering::{Relaxed, Release, SeqCst};
-use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize};
-
-/// May be merged with another shareable pool of the same rounded size.
-pub const POOL_F_SHARED: u32 = 1;
-/// Do not round the object size up to a multiple of 16.
-pub const POOL_F_EXACT: u32 = 2;
-/// Every flag bit `pool_create` knows.
-pub(crate) const KNOWN_FLAGS: u32 = POOL_F_SHARED | POOL_F_EXACT;
-
-/// Largest object size a pool serves.
-pub const POOL_MAX_SIZE: usize = 1 << 30;
-
-/// `magic` of a live pool; anything else is a destroyed or foreign head.
-const LIVE: u32 = 0x706f_6f6c; // "pool"
-const DEAD: u32 = 0x6465_6164; // "dead"
-/// `magic` of a dead head on the registry's free list.
-const FREE: u32 = 0x6672_6565; // "free"
-
-/// A pool of objects of one size: the opaque handle pool_create returns.
-//
-// Heads live in metadata memory and are recycled, never released, so a
-// stale handle still reads a DEAD magic until its head is reused, which the
-// registry does only once no object and no thread-cache entry of the dead
-// pool is left.
-pub struct Pool {
-    /// What the hit path compares with a thread-cache entry's key: `key`
-    /// while the pool is live and has no debugging flags, `key | 1`
-    /// otherwise, which no entry holds (see `thread_cache`).
-    pub(crate) stamp: AtomicU64,
-    /// Byte offset of this pool's entry in every thread cache's table.
-    pub(crate) entry_off: u32,
-    magic: AtomicU32,
-    /// This incarnation's random key (bit 0 clear, never 0): bound entries
-    /// hold it, and so does every free object of the pool.
-    pub(crate) key: u64,
-    /// Live, dead or free, and the thread-cache entries that pin the head.
-    life: Lifecycle,
-    /// Index of this pool in every thread cache's table.
-    pub(crate) slot: usize,
-    /// Object size as the caller sees it (rounded unless POOL_F_EXACT).
-    pub(crate) size: usize,
-    /// Bytes an object counts for in the thread caches' budget: `size`, at
-    /// least `MIN_OBJECT` (the debugging parts are not counted, so that
-    /// debugging options do not change what the caches hold).
-    pub(crate) obj_size: usize,
-    /// Bytes obtained per object from the backing allocator: `obj_size`
-    /// plus the debugging parts of `layout`.
-    pub(crate) alloc_size: usize,
-    pub(crate) flags: u32,
-    /// Debugging flags (`options::DBG_*`), fixed at creation: the layout
-    /// and what the debug path does to each object. A pool with any sends
-    /// alloc and free to `alloc_debug` / `free_debug` (through `debug_live`).
-    pub(crate) debug: u32,
-    /// `debug` plus the bits switched on while the pool lives (`DBG_FAIL`,
-    /// `DBG_PROFILE`, see [`Pool::enable_debug`]); anything but 0 sends
-    /// alloc and free to the debug path (and sets bit 0 of `stamp`, which
-    /// is what the hit path tests).
-    pub(crate) debug_live: AtomicU32,
-    /// Where an object's parts are (see `debug`); fixed at creation.
-    pub(crate) layout: Layout,
-    /// The byte `poison` fills new allocations with.
-    pub(crate) poison: u8,
-    /// Hard cap on `allocated` (0: none), `pool_set_limit`.
-    pub(crate) limit: AtomicUsize,
-    /// Fills so far, to vary the `integrity` pattern.
-    pub(crate) pattern: AtomicUsize,
-    /// Handles given out by `pool_create` (merging adds one).
-    pub(crate) users: AtomicU32,
-    /// Idle objects `pool_gc` leaves in place.
-    pub(crate) minavail: AtomicUsize,
-    /// Allocations that returned NULL.
-    pub(crate) failed: AtomicUsize,
-    /// The shared cache's buckets, whichever variant runs over them.
-    pub(crate) shared: SharedCache,
-    /// Where objects come from; fixed at creation.
-    pub(crate) backend: Backend,
-    /// The caller's name, copied; owned by the registry.
-    pub(crate) name: Cell<Option<NonNull<libc::c_char>>>,
-    /// The other names the pool was merged under, comma-separated (for
-    /// `pool_dump`); owned by the registry, written under its lock.
-    pub(crate) also: Cell<Option<NonNull<libc::c_char>>>,
-    /// The registry's list of pools, or of free heads (under its lock).
-    pub(crate) reg_next: Cell<*mut Pool>,
-}
-
-// SAFETY: the `Cell` fields (`name`, `also`, `reg_next`) are only written under the
-// registry lock, while the pool is not live (name) or only by the registry
-// (list links); everything else is atomic or immutable after creation.
-unsafe impl Sync for Pool {}
-// SAFETY: as above; a Pool holds no thread-bound state.
-unsafe impl Send for Pool {}
-
-/// A pin a call holds on its pool (see `lifecycle`), dropped at its end.
-pub(crate) struct Pin<'a>(&'a Pool);
-
-impl Drop for Pin<'_> {
-    fn drop(&mut self) {
-        self.0.unbind();
-    }
-}
-
-/// Point-in-time counters of a pool (exact when no call is in flight).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Stats {
-    pub size: usize,
-    pub users: u32,
-    pub allocated: usize,
-    pub used: usize,
-    pub cached: usize,
-    pub shared: usize,
-    pub failed: usize,
-    pub minavail: usize,
-}
+use core::sync::atomic::fence;
+use core::sync::atomic::Ordering::{Relaxed, SeqCst};
 
 /// Objects of pools backed by malloc that a holder of the registry lock took
 /// out of their pools (counted as released), chained through their first
@@ -155,173 +40,6 @@ impl MallocFrees {
 }
 
 impl Pool {
-    /// A live, empty pool in slot `slot`, its objects from `backend`, with
-    /// the debugging flags `debug` (`poison` the poison byte).
-    pub(crate) fn new(
-        slot: usize,
-        size: usize,
-        flags: u32,
-        backend: Backend,
-        debug: u32,
-        poison: u8,
-        key: u64,
-    ) -> Pool {
-        let layout = Layout::new(size, debug);
-        debug_assert!(layout.total >= size.max(MIN_OBJECT));
-        debug_assert!(key != 0 && key & 1 == 0);
-        Pool {
-            stamp: AtomicU64::new(if debug | options::runtime_debug() == 0 {
-                key
-            } else {
-                key | 1
-            }),
-            entry_off: thread_cache::entry_offset(slot),
-            magic: AtomicU32::new(LIVE),
-            key,
-            life: Lifecycle::new(),
-            slot,
-            size,
-            obj_size: size.max(MIN_OBJECT),
-            alloc_size: layout.total,
-            flags,
-            debug,
-            debug_live: AtomicU32::new(debug | options::runtime_debug()),
-            layout,
-            poison,
-            limit: AtomicUsize::new(0),
-            pattern: AtomicUsize::new(0),
-            users: AtomicU32::new(1),
-            minavail: AtomicUsize::new(0),
-            failed: AtomicUsize::new(0),
-            shared: SharedCache::new(),
-            backend,
-            name: Cell::new(None),
-            also: Cell::new(None),
-            reg_next: Cell::new(core::ptr::null_mut()),
-        }
-    }
-
-    /// The pool behind a C handle, if it is a live pool.
-    ///
-    /// # Safety
-    /// `p` is null or points to readable memory of a `Pool` (a handle from
-    /// `pool_create`, live or destroyed: heads are never unmapped).
-    #[inline]
-    pub(crate) unsafe fn from_handle<'a>(p: *const Pool) -> Option<&'a Pool> {
-        if p.is_null() || !p.is_aligned() {
-            return None;
-        }
-        // SAFETY: non-null and aligned, readable by the caller's contract.
-        let pool = unsafe { &*p };
-        // Relaxed: the handle reached the caller through whatever
-        // synchronisation published it; magic is only a misuse check.
-        (pool.magic.load(Relaxed) == LIVE).then_some(pool)
-    }
-
-    /// Whether a handle that is not live is a destroyed pool (rather than a
-    /// recycled head or something else), for the message of a free into it.
-    ///
-    /// # Safety
-    /// As for [`Pool::from_handle`], and `p` is not null.
-    pub(crate) unsafe fn is_destroyed_handle(p: *const Pool) -> bool {
-        // SAFETY: per the contract.
-        p.is_aligned() && unsafe { (*p).magic.load(Relaxed) } == DEAD
-    }
-
-    /// Marks the head destroyed, so later calls with it fail with EINVAL
-    /// and no thread binds an entry to it any more (see `lifecycle`).
-    pub(crate) fn kill(&self) {
-        // Relaxed: the hit path's and the handle check's hints; the
-        // handshake with the thread caches is the lifecycle word.
-        self.stamp.store(self.key | 1, Relaxed);
-        self.magic.store(DEAD, Relaxed);
-        self.life.kill();
-    }
-
-    /// Whether the pool was destroyed.
-    pub(crate) fn is_dead(&self) -> bool {
-        self.life.is_dead()
-    }
-
-    /// Sends this pool's calls to the debug path from now on, with the
-    /// run-time bits `bits` (`DBG_FAIL`, `DBG_PROFILE`) set for it there:
-    /// the stamp's bit 0 makes every hit miss (see `thread_cache`). The only
-    /// way to switch debugging on for a live pool: these bits change no
-    /// layout, so objects allocated before and freed after (or the reverse)
-    /// need nothing. Relaxed: a call that misses the change for a moment
-    /// takes the plain path, which is correct for these bits.
-    pub(crate) fn enable_debug(&self, bits: u32) {
-        debug_assert_eq!(bits & !DBG_RUNTIME, 0, "not a run-time bit");
-        self.debug_live.fetch_or(bits & DBG_RUNTIME, Relaxed);
-        self.stamp.fetch_or(1, Relaxed);
-    }
-
-    /// Pins the pool for one call, or `None` if it is dead.
-    pub(crate) fn pin(&self) -> Option<Pin<'_>> {
-        self.bind().then_some(Pin(self))
-    }
-
-    /// A thread-cache entry binds to (pins) this pool; false, and no pin,
-    /// if the pool is dead.
-    pub(crate) fn bind(&self) -> bool {
-        match self.life.bind() {
-            Ok(()) => true,
-            Err(u) => {
-                self.after_unpin(u);
-                false
-            }
-        }
-    }
-
-    /// A thread-cache entry unbinds, after giving its objects back.
-    pub(crate) fn unbind(&self) {
-        self.after_unpin(self.life.unbind());
-    }
-
-    /// The last pin of a dead pool is gone: what its entries put into the
-    /// shared cache after the destroyer's flush goes back, and the head may
-    /// be recycled.
-    fn after_unpin(&self, u: Unpinned) {
-        if u == Unpinned::LastOfDead {
-            self.flush();
-            registry::recycle(self);
-        }
-    }
-
-    /// Claims a dead head without pins for the free list (the registry,
-    /// under its lock, once no object is out).
-    pub(crate) fn claim_free(&self) -> bool {
-        let free = self.life.claim_free();
-        if free {
-            self.magic.store(FREE, Relaxed);
-        }
-        free
-    }
-
-    /// Marks a recycled head (or a new one) live.
-    pub(crate) fn revive(&self) {
-        self.life.revive();
-        self.magic.store(LIVE, Release);
-    }
-
-    /// The other names of a merged pool, comma-separated, or "".
-    pub(crate) fn also(&self) -> &CStr {
-        match self.also.get() {
-            // SAFETY: the registry keeps the string alive as long as the pool
-            // and replaces it only under its lock, which dump holds.
-            Some(n) => unsafe { CStr::from_ptr(n.as_ptr()) },
-            None => c"",
-        }
-    }
-
-    pub(crate) fn name(&self) -> &CStr {
-        match self.name.get() {
-            // SAFETY: the registry keeps the copy alive as long as the pool.
-            Some(n) => unsafe { CStr::from_ptr(n.as_ptr()) },
-            None => c"",
-        }
-    }
-
     /// One object: the newest in this thread's cache, else a cluster from
     /// the shared cache, else a new one. On failure, runs `pool_gc` and
     /// tries once more, then counts a failure.
@@ -386,7 +104,7 @@ impl Pool {
         };
         let p = p.or_else(|| self.alloc_after_gc())?;
         // SAFETY: an object of this pool, ours to hand out.
-        unsafe { thread_cache::clear_key(p.as_ptr()) };
+        unsafe { clear_key(p.as_ptr()) };
         Some(p)
     }
 
@@ -398,7 +116,7 @@ impl Pool {
             self.failed.fetch_add(1, Relaxed);
             return None;
         }
-        registry::gc();
+        head::gc_all_pools();
         let p = self.alloc_from_os(0);
         if p.is_none() {
             self.failed.fetch_add(1, Relaxed);
@@ -501,7 +219,7 @@ impl Pool {
             ),
         };
         // SAFETY: `base` is an object of this pool that we own.
-        unsafe { thread_cache::clear_key(base.as_ptr()) };
+        unsafe { clear_key(base.as_ptr()) };
         // SAFETY: as above.
         Some(unsafe { debug::on_alloc(self, base, from_cache, caller) })
     }
@@ -585,7 +303,7 @@ impl Pool {
         let item = base.cast::<Item>();
         // SAFETY: the object is ours; a lone object is a cluster of one.
         unsafe {
-            thread_cache::set_key(self, base);
+            head::set_key(self, base);
             (*item.as_ptr()).down = core::ptr::null_mut();
         }
         let home = ThreadCache::existing().map_or(0, |tc| tc.home);
@@ -605,7 +323,7 @@ impl Pool {
     #[inline]
     unsafe fn check_not_free(&self, obj: NonNull<u8>) {
         // SAFETY: per the contract.
-        if unsafe { thread_cache::has_key(self, obj) } {
+        if unsafe { head::has_key(self, obj) } {
             debug::double_free(self, obj);
         }
     }
@@ -619,7 +337,7 @@ impl Pool {
         // SAFETY: forwarded.
         unsafe {
             self.check_not_free(obj);
-            thread_cache::set_key(self, obj);
+            head::set_key(self, obj);
         }
         let tc = ThreadCache::current();
         if let Some(tc) = tc {
@@ -638,98 +356,6 @@ impl Pool {
                 len: 1,
             },
         );
-    }
-
-    /// Gives a cluster that leaves a thread cache (or a free) to the shared
-    /// cache, or to the system if the pool died. A thread cache that puts
-    /// into a dying pool pins it (see `lifecycle`), so whatever it puts after
-    /// the destroyer's flush is flushed when its last pin goes.
-    pub(crate) fn release_from_cache(&self, home: usize, cluster: Cluster) {
-        if self.is_dead() {
-            // SAFETY: the cluster is ours; each object is released once.
-            unsafe { cluster.for_each(|i| self.release_to_os(home, i.cast())) };
-            return;
-        }
-        self.release_cluster(home, cluster);
-    }
-
-    /// Gives a cluster to the shared cache or, when it is switched off, back
-    /// to the backing allocator.
-    ///
-    /// Counters: shared grows (or allocated drops).
-    pub(crate) fn release_cluster(&self, home: usize, cluster: Cluster) {
-        if self.debug & DBG_NO_GLOBAL != 0 {
-            // SAFETY: the cluster is ours; each object is released once.
-            unsafe { cluster.for_each(|i| self.release_to_os(home, i.cast())) };
-            return;
-        }
-        match options::shared_mode() {
-            SharedMode::Xchg => self.shared.put(home, cluster),
-            SharedMode::None => {
-                // SAFETY: the cluster is ours; each object is released once.
-                unsafe { cluster.for_each(|i| self.release_to_os(home, i.cast())) };
-            }
-            legacy => self.shared.put_legacy(legacy, home, cluster),
-        }
-    }
-
-    /// A cluster from the shared cache, starting at bucket `home`.
-    ///
-    /// Counter: shared drops by its length.
-    pub(crate) fn take_from_shared(&self, home: usize) -> Option<Cluster> {
-        if self.debug & DBG_NO_GLOBAL != 0 {
-            return None;
-        }
-        match options::shared_mode() {
-            SharedMode::Xchg => self.shared.take(home),
-            SharedMode::None => None,
-            legacy => self.shared.take_legacy(legacy, home),
-        }
-    }
-
-    /// Like `take_from_shared`, for a caller that will free the objects.
-    fn take_to_release(&self) -> Option<Cluster> {
-        match options::shared_mode() {
-            SharedMode::Xchg => self.shared.take(0),
-            SharedMode::None => None,
-            legacy => self.shared.take_legacy_to_release(legacy),
-        }
-    }
-
-    /// Objects in the shared cache (exact at quiescence).
-    pub(crate) fn shared_objects(&self) -> usize {
-        self.shared.objects()
-    }
-
-    /// Returns one object to the backing allocator.
-    ///
-    /// Counter: allocated drops.
-    ///
-    /// # Safety
-    /// `obj` is an object of this pool that nobody holds.
-    pub(crate) unsafe fn release_to_os(&self, home: usize, obj: NonNull<u8>) {
-        if self.debug != 0 {
-            debug::before_release(self, obj);
-        }
-        // SAFETY: objects come from `backing::obtain_object` with this size and
-        // backend; the caller gives it up.
-        unsafe { backing::release_object(obj, self.alloc_size, self.backend) };
-        self.shared.count_allocated(home, -1);
-    }
-
-    /// Returns every object of the shared cache to the backing allocator.
-    ///
-    /// Counters: shared drops to 0 (bar concurrent frees); allocated drops.
-    pub fn flush(&self) {
-        let release = |c: Cluster| {
-            // SAFETY: the cluster left the shared cache: it is ours.
-            unsafe { c.for_each(|i| self.release_to_os(0, i.cast())) }
-        };
-        match options::shared_mode() {
-            SharedMode::Xchg => self.shared.take_all(release),
-            SharedMode::None => {}
-            legacy => self.shared.take_all_legacy(legacy, release),
-        }
     }
 
     /// Releases shared objects while the pool keeps more than `minavail`
@@ -777,31 +403,11 @@ impl Pool {
             // SAFETY: forwarded (caller's contract).
             return unsafe { self.release_to_os(0, obj) };
         }
-        if self.debug != 0 {
-            debug::before_release(self, obj);
-        }
+        self.before_release(obj);
         // SAFETY: the object is ours (caller); a malloc block of at least
         // MIN_OBJECT bytes holds the link in its first word.
         unsafe { obj.as_ptr().cast::<*mut u8>().write(later.0) };
         later.0 = obj.as_ptr();
         self.shared.count_allocated(0, -1);
-    }
-
-    /// Counters, given the objects all thread caches hold.
-    pub(crate) fn stats(&self, cached: usize) -> Stats {
-        let allocated = self.shared.allocated();
-        let shared = self.shared_objects();
-        Stats {
-            size: self.size,
-            users: self.users.load(Relaxed),
-            allocated,
-            // `used` is what is neither cached nor shared: no counter on the
-            // hot path, exact at quiescence by construction of the others.
-            used: allocated.saturating_sub(cached + shared),
-            cached,
-            shared,
-            failed: self.failed.load(Relaxed),
-            minavail: self.minavail.load(Relaxed),
-        }
     }
 }

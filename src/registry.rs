@@ -7,16 +7,17 @@
 //! allocator may be the process's malloc, which may be these very pools).
 
 use crate::backing::{self, Backend};
+use crate::head::{
+    Layout, Pool, Stats, KNOWN_FLAGS, MIN_OBJECT, POOL_F_EXACT, POOL_F_SHARED, POOL_MAX_SIZE,
+};
 use crate::line::{self, Line};
-use crate::pool::{Pool, Stats, KNOWN_FLAGS, POOL_F_EXACT, POOL_F_SHARED, POOL_MAX_SIZE};
-use crate::shared_cache::BUCKETS;
-use crate::thread_cache::{self, ThreadCache, MAX_POOLS, MIN_OBJECT};
+use crate::thread_cache::{self, ThreadCache, MAX_POOLS, THREADS};
 use crate::{meta, options, os, span};
 use core::ffi::CStr;
 use core::fmt::Write;
 use core::ptr::{self, NonNull};
+use core::sync::atomic::AtomicU64;
 use core::sync::atomic::Ordering::Relaxed;
-use core::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Mutex, MutexGuard, Once, PoisonError, TryLockError};
 
 /// Why a registry call failed, as an errno value for the C side.
@@ -61,8 +62,6 @@ struct Registry {
     free_count: usize,
     /// Slots handed out so far; a recycled head keeps its slot.
     slots: usize,
-    /// Registered thread caches, linked through `ThreadCache::reg_next`.
-    threads: *mut ThreadCache,
     /// A pool was created once: settings that shape pools are frozen.
     created: bool,
 }
@@ -77,7 +76,6 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     free_last: ptr::null_mut(),
     free_count: 0,
     slots: 0,
-    threads: ptr::null_mut(),
     created: false,
 });
 
@@ -94,11 +92,44 @@ pub fn init() {
     // held for this thread.
     let _guard = (!crate::sync::inside_window())
         .then(|| INIT_LOCK.lock().unwrap_or_else(PoisonError::into_inner));
-    INIT.call_once(|| {
-        options::load_env();
-        crate::debug::init();
-    });
+    INIT.call_once(init_once);
 }
+
+/// Once, at initialisation: the layers below learn how to call up, the
+/// memory checkers are found, the memory profile is set up, and the
+/// `POOL_STATS=1` dump is registered for the exit.
+fn init_once() {
+    options::load_env();
+    crate::head::install_upcalls(crate::head::Upcalls {
+        gc,
+        recycle,
+        pool_at,
+    });
+    crate::checkers::init();
+    if crate::options::profiling() && !crate::profile::enable() {
+        // No memory for the tables: profiling stays off.
+        crate::options::set_profiling(false);
+    }
+    if crate::options::stats_at_exit() {
+        // SAFETY: registering a function that lives as long as the library
+        // (glibc runs handlers of a shared object at its dlclose).
+        unsafe { libc::atexit(stats_at_exit) };
+    }
+}
+
+/// `POOL_STATS=1`: the pools on stderr at exit, and the memory profile
+/// when profiling was on. The dumps format on the stack, write with
+/// write(2) and map their tables with mmap: they call no malloc, which may
+/// be torn down by now.
+extern "C" fn stats_at_exit() {
+    dump_sorted(2, DumpOrder::Unsorted, 0);
+    if crate::profile::recorded() {
+        dump_profile(2, PROFILE_AT_EXIT);
+    }
+}
+
+/// Call sites `POOL_STATS=1` prints at exit when profiling was on.
+const PROFILE_AT_EXIT: usize = 30;
 
 static INIT: Once = Once::new();
 static INIT_LOCK: Mutex<()> = Mutex::new(());
@@ -159,33 +190,13 @@ impl Registry {
         })
     }
 
-    fn threads(&self) -> impl Iterator<Item = &'static ThreadCache> {
-        let mut cur = self.threads;
-        core::iter::from_fn(move || {
-            // SAFETY: a registered cache stays mapped until its thread
-            // unregisters it, which needs the lock we hold.
-            let tc = unsafe { cur.as_ref()? };
-            cur = tc.reg_next.get();
-            Some(tc)
-        })
-    }
-
     /// Objects of `pool` in all thread caches.
     fn cached(&self, pool: &Pool) -> usize {
-        self.threads().map(|tc| tc.count_of(pool)).sum()
+        THREADS.cached(pool)
     }
 }
 
 // ---- thread caches -------------------------------------------------------
-
-/// Pools destroyed so far: a thread cache that sees it change empties its
-/// entries of dead pools (see `thread_cache`).
-static DESTROYS: AtomicUsize = AtomicUsize::new(0);
-
-pub(crate) fn destroys() -> usize {
-    // Relaxed: a hint to sweep; the sweep itself checks each pool.
-    DESTROYS.load(Relaxed)
-}
 
 /// A new pool key: random-looking, unique per creation, bit 0 clear, never
 /// 0 (see `Pool::key`).
@@ -218,39 +229,6 @@ fn next_key() -> u64 {
             return k;
         }
     }
-}
-
-/// Gives each thread its first shared-cache bucket, round robin.
-pub(crate) fn next_home() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    // Relaxed: any spread of homes is correct.
-    NEXT.fetch_add(1, Relaxed) % BUCKETS
-}
-
-pub(crate) fn thread_start(tc: NonNull<ThreadCache>) {
-    let mut reg = lock();
-    // SAFETY: the cache is live; its list link is ours under the lock.
-    unsafe { tc.as_ref() }.reg_next.set(reg.threads);
-    reg.threads = tc.as_ptr();
-}
-
-/// A thread is exiting and has drained its cache: it is unregistered and
-/// unmapped.
-pub(crate) fn thread_exit(tc: NonNull<ThreadCache>) {
-    let mut reg = lock();
-    let mut link: *mut *mut ThreadCache = &mut reg.threads;
-    // SAFETY: walking the list of registered caches under the lock.
-    unsafe {
-        while !(*link).is_null() && *link != tc.as_ptr() {
-            link = (**link).reg_next.as_ptr();
-        }
-        if !(*link).is_null() {
-            *link = tc.as_ref().reg_next.get();
-        }
-    }
-    drop(reg);
-    // SAFETY: drained and unregistered: nobody can reach the cache now.
-    unsafe { thread_cache::unmap(tc) };
 }
 
 // ---- pools ---------------------------------------------------------------
@@ -317,7 +295,7 @@ fn create_with(
     // A pool made with `uaf` does not merge with one made without, nor
     // pools with different debugging flags (layout or behaviour); with
     // `no-merge`, only pools of the same name merge (as in HAProxy).
-    let mut debug = options::pool_debug() | crate::debug::tool_flags();
+    let mut debug = options::pool_debug() | crate::checkers::tool_flags();
     if let Some(tag) = backend {
         // A size class of the LD_PRELOAD malloc (`create_span_pool`): one
         // pool per tag, whoever asks first creates it.
@@ -330,12 +308,11 @@ fn create_with(
         // finds their pool from the address and hands them out as they
         // are: no option that moves the caller's bytes or adds words
         // around them.
-        debug &= !crate::debug::LAYOUT_FLAGS;
+        debug &= !crate::head::LAYOUT_FLAGS;
     }
     let poison = options::poison_byte();
     // The backing allocator serves whole objects, debugging words included.
-    let backend =
-        backend.unwrap_or_else(|| default_backend(crate::debug::Layout::new(size, debug).total));
+    let backend = backend.unwrap_or_else(|| default_backend(Layout::new(size, debug).total));
     if flags & POOL_F_SHARED != 0 {
         let no_merge = options::no_merge();
         if let Some(p) = reg.pools().find(|p| {
@@ -372,6 +349,7 @@ fn create_with(
             unsafe {
                 head.as_ptr().write(Pool::new(
                     slot,
+                    thread_cache::entry_offset(slot),
                     size,
                     flags,
                     backend,
@@ -401,6 +379,7 @@ fn create_with(
             unsafe {
                 head.as_ptr().write(Pool::new(
                     reg.slots,
+                    thread_cache::entry_offset(reg.slots),
                     size,
                     flags,
                     backend,
@@ -495,8 +474,6 @@ pub fn destroy(pool: &'static Pool) -> Result<Destroyed, Error> {
             return Ok(Destroyed::Released);
         }
         pool.kill();
-        // Relaxed: a hint (see `destroys`).
-        DESTROYS.fetch_add(1, Relaxed);
         // The list's own pointer to the head, kept for `recycle`, not one
         // made from `&Pool`: `create` rewrites the whole head through it
         // when recycling, which a pointer derived from a shared reference
@@ -1033,45 +1010,19 @@ pub(crate) fn fork_lock() {
     unsafe { (*FORK.0.get()).guard = Some(reg) };
 }
 
-/// Puts back what `fork_lock_init` and `fork_lock` took. In the child
-/// (`child` true) every thread cache but the forking thread's is dropped
-/// from the list first and returned, linked through `reg_next`, for the
-/// caller to drain once every lock is released.
-pub(crate) fn fork_unlock(child: bool) -> *mut ThreadCache {
+/// Puts back what `fork_lock_init` and `fork_lock` took.
+pub(crate) fn fork_unlock() {
     // SAFETY: the forking thread, still holding the locks.
     let (reg, init_guard) = unsafe {
         let st = &mut *FORK.0.get();
         (st.guard.take(), st.init.take())
     };
     drop(init_guard);
-    let mut orphans: *mut ThreadCache = ptr::null_mut();
-    let Some(mut reg) = reg else {
-        return orphans;
-    };
-    for p in reg.pools() {
-        p.shared.unlock_after_fork();
-    }
-    if child {
-        // The cache of this thread, the child's only one: made by the
-        // prepare handler, or inside the window by another handler's
-        // allocation.
-        let keep = ThreadCache::existing().map_or(ptr::null(), ptr::from_ref);
-        let mut cur = reg.threads;
-        reg.threads = ptr::null_mut();
-        while let Some(tc) = NonNull::new(cur) {
-            // SAFETY: a registered cache, mapped, under the registry lock.
-            cur = unsafe { tc.as_ref() }.reg_next.get();
-            let list = if ptr::eq(tc.as_ptr(), keep) {
-                &mut reg.threads
-            } else {
-                &mut orphans
-            };
-            // SAFETY: as above.
-            unsafe { tc.as_ref() }.reg_next.set(*list);
-            *list = tc.as_ptr();
+    if let Some(reg) = reg {
+        for p in reg.pools() {
+            p.shared.unlock_after_fork();
         }
     }
-    orphans
 }
 
 /// The dump's entries (a pool and its sort key) in `order`, the first

@@ -70,9 +70,10 @@
 //! be a `free` that comes back into these pools) is made after the cache's
 //! own state is consistent.
 
-use crate::pool::Pool;
+use crate::head::{self, clear_key, Pool, KEY_OFFSET};
 use crate::shared_cache::{Cluster, Item, CLUSTER};
-use crate::{meta, options, os, registry, tls};
+use crate::sync::SpinLock;
+use crate::{meta, options, os, tls};
 use core::cell::Cell;
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
@@ -86,13 +87,6 @@ pub(crate) const MAX_POOLS: usize = 4096;
 /// whole table (Stacked Borrows tracks each byte); the tests use few slots.
 #[cfg(miri)]
 pub(crate) const MAX_POOLS: usize = 256;
-
-/// Where a free object holds its pool's key: after the two links the shared
-/// cache keeps at its start (`Item`), so that every free state keeps it.
-pub(crate) const KEY_OFFSET: usize = 2 * size_of::<usize>();
-
-/// Smallest object: the shared cache's two links and the key.
-pub(crate) const MIN_OBJECT: usize = (KEY_OFFSET + 8).next_multiple_of(os::OBJECT_ALIGN);
 
 /// log2 of `size_of::<Entry>()`.
 const ENTRY_SHIFT: u32 = 6;
@@ -303,25 +297,14 @@ pub(crate) struct ThreadCache {
     /// The registry's destroy count when this thread last emptied its
     /// entries of dead pools.
     swept: Cell<usize>,
-    /// The registry's list of thread caches (under the registry lock).
-    pub(crate) reg_next: Cell<*mut ThreadCache>,
+    /// The list of every thread cache ([`THREADS`], under its lock).
+    next: Cell<*mut ThreadCache>,
 }
 
-/// What the thread-local word points to while the thread has no cache: an
-/// all-zero cache whose entries match no pool, so that the hit path needs
-/// no null test. Never written.
-#[repr(C, align(64))]
-pub(crate) struct Empty(core::cell::UnsafeCell<[u8; size_of::<ThreadCache>()]>);
-// SAFETY: nobody ever writes it; it is read as an all-zero ThreadCache.
-unsafe impl Sync for Empty {}
-pub(crate) static EMPTY: Empty = Empty(core::cell::UnsafeCell::new([0; size_of::<ThreadCache>()]));
-
-impl Empty {
-    /// The address the thread-local word holds while a thread has no cache.
-    pub(crate) fn ptr(&self) -> *mut u8 {
-        self.0.get().cast()
-    }
-}
+// The thread-local word points to `tls::EMPTY` while the thread has no
+// cache: zero bytes that read as a table whose entries match no pool, so
+// that the hit path needs no null test.
+const _: () = assert!(size_of::<[Entry; MAX_POOLS]>() <= tls::EMPTY_BYTES);
 
 thread_local! {
     /// Where this thread is in its cache's life: `IDLE`, `CREATING` (a
@@ -352,16 +335,17 @@ impl Drop for ExitGuard {
         // from `&ThreadCache`: it is unmapped through it.
         let raw = tls::get().cast::<ThreadCache>();
         let tc = ThreadCache::existing();
-        tls::set(EMPTY.ptr());
+        tls::set(tls::EMPTY.ptr());
         if let (Some(tc), Some(raw)) = (tc, NonNull::new(raw)) {
             // SAFETY: the owner, leaving: nothing else runs on this cache.
             unsafe { drain(tc) };
-            registry::thread_exit(raw);
+            // SAFETY: drained; its owner is leaving.
+            unsafe { THREADS.remove_and_unmap(raw) };
         }
     }
 }
 
-/// The entry at byte offset `off` of this thread's table (of [`EMPTY`] if
+/// The entry at byte offset `off` of this thread's table (of `tls::EMPTY` if
 /// the thread has no cache).
 #[inline(always)]
 fn entry_at(off: u32) -> &'static Entry {
@@ -431,34 +415,6 @@ pub(crate) unsafe fn free_hit(pool: &Pool, obj: NonNull<u8>) -> bool {
     true
 }
 
-/// Clears the key word of an object being handed out (see the module docs).
-///
-/// # Safety
-/// `obj` is an object of at least MIN_OBJECT bytes that the caller owns.
-#[inline(always)]
-pub(crate) unsafe fn clear_key(obj: *mut u8) {
-    // SAFETY: per the contract.
-    unsafe { obj.add(KEY_OFFSET).cast::<u64>().write(0) };
-}
-
-/// Whether `obj` carries `pool`'s key, as every object in a free state does.
-///
-/// # Safety
-/// `obj` is an object of `pool` whose key word was initialised.
-pub(crate) unsafe fn has_key(pool: &Pool, obj: NonNull<u8>) -> bool {
-    // SAFETY: per the contract.
-    unsafe { obj.as_ptr().add(KEY_OFFSET).cast::<u64>().read() == pool.key }
-}
-
-/// Writes `pool`'s key into an object entering a free state.
-///
-/// # Safety
-/// `obj` is an object of `pool` that the caller owns.
-pub(crate) unsafe fn set_key(pool: &Pool, obj: NonNull<u8>) {
-    // SAFETY: per the contract.
-    unsafe { obj.as_ptr().add(KEY_OFFSET).cast::<u64>().write(pool.key) };
-}
-
 impl ThreadCache {
     /// This thread's cache, created and registered on first use; `None` when
     /// it cannot be had (the thread is exiting, or no memory for the table).
@@ -471,7 +427,7 @@ impl ThreadCache {
     #[inline]
     pub(crate) fn existing() -> Option<&'static ThreadCache> {
         let tc = tls::get().cast::<ThreadCache>();
-        if ptr::eq(tc.cast(), EMPTY.ptr()) || tc.is_null() {
+        if ptr::eq(tc.cast(), tls::EMPTY.ptr()) || tc.is_null() {
             return None;
         }
         // SAFETY: the word holds a registered cache, which stays mapped
@@ -510,8 +466,8 @@ impl ThreadCache {
         // SAFETY: a fresh zeroed mapping of the right size is a valid
         // ThreadCache (every field is valid all-zero) that only we see.
         let r = unsafe {
-            (*tc.as_ptr()).home = registry::next_home();
-            (*tc.as_ptr()).swept.set(registry::destroys());
+            (*tc.as_ptr()).home = next_home();
+            (*tc.as_ptr()).swept.set(head::destroys());
             &*tc.as_ptr()
         };
         // Registers the exit destructor; fails once the thread is exiting.
@@ -521,7 +477,7 @@ impl ThreadCache {
             unsafe { os::unmap(tc.cast(), size_of::<ThreadCache>()) };
             return None;
         }
-        registry::thread_start(tc);
+        THREADS.add(tc);
         tls::set(tc.as_ptr().cast());
         Some(r)
     }
@@ -652,7 +608,7 @@ impl ThreadCache {
 
     /// Empties this thread's entries of pools destroyed since it last looked.
     fn sweep_if_destroyed(&self) {
-        let d = registry::destroys();
+        let d = head::destroys();
         if self.swept.get() == d {
             return;
         }
@@ -1043,7 +999,7 @@ const MAX_CLUSTER: usize = 64;
 ///
 /// # Safety
 /// The caller is `tc`'s owner (or, in a fork child, the only thread left).
-pub(crate) unsafe fn drain(tc: &ThreadCache) {
+unsafe fn drain(tc: &ThreadCache) {
     while tc.nlisted.get() > 0 {
         let e = &tc.table[tc.listed[0].get() as usize];
         tc.unbind(e);
@@ -1090,10 +1046,138 @@ pub(crate) fn evict_all() {
 ///
 /// # Safety
 /// Nobody uses `tc` any more.
-pub(crate) unsafe fn unmap(tc: NonNull<ThreadCache>) {
+unsafe fn unmap(tc: NonNull<ThreadCache>) {
     // SAFETY: the mapping was made by `create` with this size.
     unsafe { os::unmap(tc.cast(), size_of::<ThreadCache>()) };
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests;
+
+// ---- the list of thread caches --------------------------------------------
+
+/// Every thread cache of the process, linked through `ThreadCache::next`.
+/// Its lock is taken after the registry's (stats, dumps and gc count what
+/// the caches hold) and by the fork handlers; the hit path never takes it.
+pub(crate) struct ThreadList {
+    lock: SpinLock,
+    first: core::cell::UnsafeCell<*mut ThreadCache>,
+}
+
+// SAFETY: `first` and the `next` links are only touched under `lock`, and
+// the caches they point to are not tied to any thread.
+unsafe impl Sync for ThreadList {}
+
+pub(crate) static THREADS: ThreadList = ThreadList {
+    lock: SpinLock::new(),
+    first: core::cell::UnsafeCell::new(ptr::null_mut()),
+};
+
+impl ThreadList {
+    /// Runs `f` on the list's first link, under the lock.
+    fn with<R>(&self, f: impl FnOnce(&mut *mut ThreadCache) -> R) -> R {
+        self.lock.lock();
+        // SAFETY: we hold the lock (or, inside the fork window, the fork
+        // handlers hold it for this thread, which is then the only one).
+        let r = f(unsafe { &mut *self.first.get() });
+        self.lock.unlock();
+        r
+    }
+
+    fn add(&self, tc: NonNull<ThreadCache>) {
+        self.with(|first| {
+            // SAFETY: the cache is live; its link is ours under the lock.
+            unsafe { tc.as_ref() }.next.set(*first);
+            *first = tc.as_ptr();
+        });
+    }
+
+    /// Unregisters a drained cache of an exiting thread and unmaps it.
+    ///
+    /// # Safety
+    /// `tc` is the calling thread's cache, drained, never used again.
+    unsafe fn remove_and_unmap(&self, tc: NonNull<ThreadCache>) {
+        self.with(|first| {
+            let mut link: *mut *mut ThreadCache = first;
+            // SAFETY: walking the list under its lock.
+            unsafe {
+                while !(*link).is_null() && *link != tc.as_ptr() {
+                    link = (**link).next.as_ptr();
+                }
+                if !(*link).is_null() {
+                    *link = tc.as_ref().next.get();
+                }
+            }
+        });
+        // SAFETY: drained and unregistered: nobody can reach the cache now.
+        unsafe { unmap(tc) };
+    }
+
+    /// Objects of `pool` that all thread caches hold (a snapshot: exact at
+    /// quiescence).
+    pub(crate) fn cached(&self, pool: &Pool) -> usize {
+        self.with(|first| {
+            let mut n = 0;
+            let mut cur = *first;
+            // SAFETY: a registered cache stays mapped until its thread
+            // unregisters it, which needs the lock we hold.
+            while let Some(tc) = unsafe { cur.as_ref() } {
+                n += tc.count_of(pool);
+                cur = tc.next.get();
+            }
+            n
+        })
+    }
+
+    /// The fork handlers' prepare: holds the lock across `fork()`.
+    pub(crate) fn lock_for_fork(&self) {
+        self.lock.lock();
+    }
+
+    /// The parent's handler: releases it.
+    pub(crate) fn unlock_after_fork(&self) {
+        self.lock.unlock();
+    }
+
+    /// The child's handler (the forking thread, the child's only one, still
+    /// holding the lock): the caches of the threads that were not copied
+    /// leave the list and are drained and unmapped by this thread, which
+    /// acts as their owner; then the lock is released.
+    pub(crate) fn release_orphans_after_fork(&self) {
+        let keep = ThreadCache::existing().map_or(ptr::null(), ptr::from_ref);
+        // SAFETY: this thread holds the lock (prepare took it).
+        let first = unsafe { &mut *self.first.get() };
+        let mut orphans: *mut ThreadCache = ptr::null_mut();
+        let mut cur = *first;
+        *first = ptr::null_mut();
+        while let Some(tc) = NonNull::new(cur) {
+            // SAFETY: a registered cache, mapped, under the lock.
+            let tc_ref = unsafe { tc.as_ref() };
+            cur = tc_ref.next.get();
+            let list = if ptr::eq(tc.as_ptr(), keep) {
+                &mut *first
+            } else {
+                &mut orphans
+            };
+            tc_ref.next.set(*list);
+            *list = tc.as_ptr();
+        }
+        self.lock.unlock();
+        while let Some(tc) = NonNull::new(orphans) {
+            // SAFETY: unlisted, mapped, and owned by no thread of the child,
+            // which has only this one: we act as its owner.
+            unsafe {
+                orphans = tc.as_ref().next.get();
+                drain(tc.as_ref());
+                unmap(tc);
+            }
+        }
+    }
+}
+
+/// Gives each thread its first shared-cache bucket, round robin.
+fn next_home() -> usize {
+    static NEXT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+    // Relaxed: any spread of homes is correct.
+    NEXT.fetch_add(1, Relaxed) % crate::shared_cache::BUCKETS
+}

@@ -16,10 +16,30 @@
 //! only when a cache is created.
 //!
 //! The word is never null: until a thread has a cache it points to
-//! `thread_cache::EMPTY`, an all-zero cache that no pool matches, so the hit
-//! path needs no null test. On x86-64 this is the word's initial value in
+//! [`EMPTY`], zero bytes that the thread cache reads as a table whose
+//! entries match no pool, so the hit path needs no null test. On x86-64 this is the word's initial value in
 //! the TLS image (`.tdata`, relocated by the loader before any thread copies
 //! it); elsewhere `get` maps null to it.
+
+/// Bytes of [`EMPTY`]: the most anyone reads through the word while the
+/// thread has set none of its own (the thread cache checks that its table
+/// fits).
+pub(crate) const EMPTY_BYTES: usize = 1 << 18;
+
+/// What the word points to until the thread sets its own: zeroes, never
+/// written.
+#[repr(C, align(64))]
+pub(crate) struct Empty(core::cell::UnsafeCell<[u8; EMPTY_BYTES]>);
+// SAFETY: nobody ever writes it.
+unsafe impl Sync for Empty {}
+pub(crate) static EMPTY: Empty = Empty(core::cell::UnsafeCell::new([0; EMPTY_BYTES]));
+
+impl Empty {
+    /// The address the word holds until the thread sets its own.
+    pub(crate) fn ptr(&self) -> *mut u8 {
+        self.0.get().cast()
+    }
+}
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri), not(loom)))]
 mod imp {
@@ -35,7 +55,7 @@ mod imp {
         "pools_tls_word:",
         ".quad {empty}",
         ".popsection",
-        empty = sym crate::thread_cache::EMPTY,
+        empty = sym super::EMPTY,
     );
 
     /// This thread's word.
@@ -88,7 +108,7 @@ mod imp {
     pub(crate) fn get() -> *mut u8 {
         let w = WORD.try_with(Cell::get).unwrap_or(core::ptr::null_mut());
         if w.is_null() {
-            crate::thread_cache::EMPTY.ptr()
+            super::EMPTY.ptr()
         } else {
             w
         }

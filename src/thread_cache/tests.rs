@@ -1,5 +1,5 @@
 use super::ThreadCache;
-use crate::pool::Pool;
+use crate::head::{self, Pool};
 use crate::registry::{self, Destroyed};
 use crate::shared_cache::CLUSTER;
 use core::ptr::NonNull;
@@ -133,7 +133,7 @@ fn both_ends_of_the_stack() {
     // SAFETY: each object came from `p` and is not used while cached; the
     // key marks it free, as `Pool::free` does.
     let put = |o| unsafe {
-        super::set_key(p, o);
+        head::set_key(p, o);
         assert!(tc.put(p, o));
     };
     put(a);

@@ -1,0 +1,574 @@
+//! The pool head: a pool's data (sizes, flags, key, counters, shared
+//! cache, backend), its lifecycle, what a free object of it carries, and
+//! the paths by which objects leave the caches (to the shared cache or the
+//! backing allocator). Everything above the shared cache that handles a
+//! pool's objects knows this type; the alloc and free orchestration is in
+//! `pool`, the list of pools in `registry`.
+
+use crate::backing::{self, Backend};
+use crate::checkers;
+use crate::lifecycle::{Lifecycle, Unpinned};
+use crate::options::{
+    self, SharedMode, DBG_ASAN, DBG_BACKUP, DBG_CALLER, DBG_MEMCHECK, DBG_NO_GLOBAL, DBG_RUNTIME,
+    DBG_TAG,
+};
+use crate::os;
+use crate::shared_cache::{Cluster, SharedCache};
+use core::cell::Cell;
+use core::ffi::CStr;
+use core::mem::size_of;
+use core::ptr::NonNull;
+use core::sync::atomic::Ordering::{Relaxed, Release};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize};
+
+/// May be merged with another shareable pool of the same rounded size.
+pub const POOL_F_SHARED: u32 = 1;
+/// Do not round the object size up to a multiple of 16.
+pub const POOL_F_EXACT: u32 = 2;
+/// Every flag bit `pool_create` knows.
+pub(crate) const KNOWN_FLAGS: u32 = POOL_F_SHARED | POOL_F_EXACT;
+
+/// Largest object size a pool serves.
+pub const POOL_MAX_SIZE: usize = 1 << 30;
+
+/// Where a free object holds its pool's key: after the two links the shared
+/// cache keeps at its start (`Item`), so that every free state keeps it.
+pub(crate) const KEY_OFFSET: usize = 2 * size_of::<usize>();
+
+/// Smallest object: the shared cache's two links and the key.
+pub(crate) const MIN_OBJECT: usize = (KEY_OFFSET + 8).next_multiple_of(os::OBJECT_ALIGN);
+
+const WORD: usize = core::mem::size_of::<usize>();
+/// Bytes before the caller's bytes under valgrind: room for the cache links.
+const PREFIX: usize = MIN_OBJECT;
+
+/// The flags that change where the caller's bytes are or add words around
+/// them (see [`Layout`]).
+pub(crate) const LAYOUT_FLAGS: u32 = DBG_TAG | DBG_CALLER | DBG_BACKUP | DBG_MEMCHECK;
+
+/// Where the parts of a debugging pool's object are, from its start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// The caller's bytes.
+    pub(crate) user: usize,
+    /// The tag word (with `tag`).
+    pub(crate) tag: usize,
+    /// The last alloc and free call sites (with `caller`).
+    pub(crate) caller: usize,
+    /// The copy of the freed object (with `backup`).
+    pub(crate) backup: usize,
+    /// Bytes obtained per object.
+    pub(crate) total: usize,
+}
+
+impl Layout {
+    /// The layout of an object of `size` bytes under the flags `debug`.
+    /// Without layout flags, exactly what a plain pool uses.
+    pub(crate) fn new(size: usize, debug: u32) -> Layout {
+        let user = if debug & DBG_MEMCHECK != 0 { PREFIX } else { 0 };
+        let area = (user + size).max(MIN_OBJECT);
+        if debug & (DBG_TAG | DBG_CALLER | DBG_BACKUP) == 0 {
+            return Layout {
+                user,
+                tag: area,
+                caller: area,
+                backup: area,
+                total: area,
+            };
+        }
+        let tag = area.next_multiple_of(WORD);
+        let caller = tag + if debug & DBG_TAG != 0 { WORD } else { 0 };
+        let backup = caller + if debug & DBG_CALLER != 0 { 2 * WORD } else { 0 };
+        let total = backup
+            + if debug & DBG_BACKUP != 0 {
+                size.next_multiple_of(WORD)
+            } else {
+                0
+            };
+        Layout {
+            user,
+            tag,
+            caller,
+            backup,
+            total,
+        }
+    }
+
+    /// The word-aligned bytes the integrity pattern and the backup check
+    /// cover: the caller's bytes past the cache links.
+    pub(crate) fn checked(&self, size: usize) -> core::ops::Range<usize> {
+        let start = MIN_OBJECT.max(self.user);
+        let end = ((self.user + size) / WORD * WORD).max(start);
+        start..end
+    }
+}
+
+/// `magic` of a live pool; anything else is a destroyed or foreign head.
+const LIVE: u32 = 0x706f_6f6c; // "pool"
+const DEAD: u32 = 0x6465_6164; // "dead"
+/// `magic` of a dead head on the registry's free list.
+const FREE: u32 = 0x6672_6565; // "free"
+
+/// A pool of objects of one size: the opaque handle pool_create returns.
+//
+// Heads live in metadata memory and are recycled, never released, so a
+// stale handle still reads a DEAD magic until its head is reused, which the
+// registry does only once no object and no thread-cache entry of the dead
+// pool is left.
+pub struct Pool {
+    /// What the hit path compares with a thread-cache entry's key: `key`
+    /// while the pool is live and has no debugging flags, `key | 1`
+    /// otherwise, which no entry holds (see `thread_cache`).
+    pub(crate) stamp: AtomicU64,
+    /// Byte offset of this pool's entry in every thread cache's table.
+    pub(crate) entry_off: u32,
+    magic: AtomicU32,
+    /// This incarnation's random key (bit 0 clear, never 0): bound entries
+    /// hold it, and so does every free object of the pool.
+    pub(crate) key: u64,
+    /// Live, dead or free, and the thread-cache entries that pin the head.
+    life: Lifecycle,
+    /// Index of this pool in every thread cache's table.
+    pub(crate) slot: usize,
+    /// Object size as the caller sees it (rounded unless POOL_F_EXACT).
+    pub(crate) size: usize,
+    /// Bytes an object counts for in the thread caches' budget: `size`, at
+    /// least `MIN_OBJECT` (the debugging parts are not counted, so that
+    /// debugging options do not change what the caches hold).
+    pub(crate) obj_size: usize,
+    /// Bytes obtained per object from the backing allocator: `obj_size`
+    /// plus the debugging parts of `layout`.
+    pub(crate) alloc_size: usize,
+    pub(crate) flags: u32,
+    /// Debugging flags (`options::DBG_*`), fixed at creation: the layout
+    /// and what the debug path does to each object. A pool with any sends
+    /// alloc and free to `alloc_debug` / `free_debug` (through `debug_live`).
+    pub(crate) debug: u32,
+    /// `debug` plus the bits switched on while the pool lives (`DBG_FAIL`,
+    /// `DBG_PROFILE`, see [`Pool::enable_debug`]); anything but 0 sends
+    /// alloc and free to the debug path (and sets bit 0 of `stamp`, which
+    /// is what the hit path tests).
+    pub(crate) debug_live: AtomicU32,
+    /// Where an object's parts are (see `debug`); fixed at creation.
+    pub(crate) layout: Layout,
+    /// The byte `poison` fills new allocations with.
+    pub(crate) poison: u8,
+    /// Hard cap on `allocated` (0: none), `pool_set_limit`.
+    pub(crate) limit: AtomicUsize,
+    /// Fills so far, to vary the `integrity` pattern.
+    pub(crate) pattern: AtomicUsize,
+    /// Handles given out by `pool_create` (merging adds one).
+    pub(crate) users: AtomicU32,
+    /// Idle objects `pool_gc` leaves in place.
+    pub(crate) minavail: AtomicUsize,
+    /// Allocations that returned NULL.
+    pub(crate) failed: AtomicUsize,
+    /// The shared cache's buckets, whichever variant runs over them.
+    pub(crate) shared: SharedCache,
+    /// Where objects come from; fixed at creation.
+    pub(crate) backend: Backend,
+    /// The caller's name, copied; owned by the registry.
+    pub(crate) name: Cell<Option<NonNull<libc::c_char>>>,
+    /// The other names the pool was merged under, comma-separated (for
+    /// `pool_dump`); owned by the registry, written under its lock.
+    pub(crate) also: Cell<Option<NonNull<libc::c_char>>>,
+    /// The registry's list of pools, or of free heads (under its lock).
+    pub(crate) reg_next: Cell<*mut Pool>,
+}
+
+// SAFETY: the `Cell` fields (`name`, `also`, `reg_next`) are only written under the
+// registry lock, while the pool is not live (name) or only by the registry
+// (list links); everything else is atomic or immutable after creation.
+unsafe impl Sync for Pool {}
+// SAFETY: as above; a Pool holds no thread-bound state.
+unsafe impl Send for Pool {}
+
+/// A pin a call holds on its pool (see `lifecycle`), dropped at its end.
+pub(crate) struct Pin<'a>(&'a Pool);
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        self.0.unbind();
+    }
+}
+
+/// Point-in-time counters of a pool (exact when no call is in flight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    pub size: usize,
+    pub users: u32,
+    pub allocated: usize,
+    pub used: usize,
+    pub cached: usize,
+    pub shared: usize,
+    pub failed: usize,
+    pub minavail: usize,
+}
+
+impl Pool {
+    /// A live, empty pool in slot `slot` (its entry at `entry_off` in every
+    /// thread cache's table), its objects from `backend`, with
+    /// the debugging flags `debug` (`poison` the poison byte).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        slot: usize,
+        entry_off: u32,
+        size: usize,
+        flags: u32,
+        backend: Backend,
+        debug: u32,
+        poison: u8,
+        key: u64,
+    ) -> Pool {
+        let layout = Layout::new(size, debug);
+        debug_assert!(layout.total >= size.max(MIN_OBJECT));
+        debug_assert!(key != 0 && key & 1 == 0);
+        Pool {
+            stamp: AtomicU64::new(if debug | options::runtime_debug() == 0 {
+                key
+            } else {
+                key | 1
+            }),
+            entry_off,
+            magic: AtomicU32::new(LIVE),
+            key,
+            life: Lifecycle::new(),
+            slot,
+            size,
+            obj_size: size.max(MIN_OBJECT),
+            alloc_size: layout.total,
+            flags,
+            debug,
+            debug_live: AtomicU32::new(debug | options::runtime_debug()),
+            layout,
+            poison,
+            limit: AtomicUsize::new(0),
+            pattern: AtomicUsize::new(0),
+            users: AtomicU32::new(1),
+            minavail: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            shared: SharedCache::new(),
+            backend,
+            name: Cell::new(None),
+            also: Cell::new(None),
+            reg_next: Cell::new(core::ptr::null_mut()),
+        }
+    }
+
+    /// The pool behind a C handle, if it is a live pool.
+    ///
+    /// # Safety
+    /// `p` is null or points to readable memory of a `Pool` (a handle from
+    /// `pool_create`, live or destroyed: heads are never unmapped).
+    #[inline]
+    pub(crate) unsafe fn from_handle<'a>(p: *const Pool) -> Option<&'a Pool> {
+        if p.is_null() || !p.is_aligned() {
+            return None;
+        }
+        // SAFETY: non-null and aligned, readable by the caller's contract.
+        let pool = unsafe { &*p };
+        // Relaxed: the handle reached the caller through whatever
+        // synchronisation published it; magic is only a misuse check.
+        (pool.magic.load(Relaxed) == LIVE).then_some(pool)
+    }
+
+    /// Whether a handle that is not live is a destroyed pool (rather than a
+    /// recycled head or something else), for the message of a free into it.
+    ///
+    /// # Safety
+    /// As for [`Pool::from_handle`], and `p` is not null.
+    pub(crate) unsafe fn is_destroyed_handle(p: *const Pool) -> bool {
+        // SAFETY: per the contract.
+        p.is_aligned() && unsafe { (*p).magic.load(Relaxed) } == DEAD
+    }
+
+    /// Marks the head destroyed, so later calls with it fail with EINVAL
+    /// and no thread binds an entry to it any more (see `lifecycle`).
+    pub(crate) fn kill(&self) {
+        // Relaxed: the hit path's and the handle check's hints; the
+        // handshake with the thread caches is the lifecycle word.
+        self.stamp.store(self.key | 1, Relaxed);
+        self.magic.store(DEAD, Relaxed);
+        self.life.kill();
+        // Relaxed: a hint (see `destroys`).
+        DESTROYS.fetch_add(1, Relaxed);
+    }
+
+    /// Whether the pool was destroyed.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.life.is_dead()
+    }
+
+    /// Sends this pool's calls to the debug path from now on, with the
+    /// run-time bits `bits` (`DBG_FAIL`, `DBG_PROFILE`) set for it there:
+    /// the stamp's bit 0 makes every hit miss (see `thread_cache`). The only
+    /// way to switch debugging on for a live pool: these bits change no
+    /// layout, so objects allocated before and freed after (or the reverse)
+    /// need nothing. Relaxed: a call that misses the change for a moment
+    /// takes the plain path, which is correct for these bits.
+    pub(crate) fn enable_debug(&self, bits: u32) {
+        debug_assert_eq!(bits & !DBG_RUNTIME, 0, "not a run-time bit");
+        self.debug_live.fetch_or(bits & DBG_RUNTIME, Relaxed);
+        self.stamp.fetch_or(1, Relaxed);
+    }
+
+    /// Pins the pool for one call, or `None` if it is dead.
+    pub(crate) fn pin(&self) -> Option<Pin<'_>> {
+        self.bind().then_some(Pin(self))
+    }
+
+    /// A thread-cache entry binds to (pins) this pool; false, and no pin,
+    /// if the pool is dead.
+    pub(crate) fn bind(&self) -> bool {
+        match self.life.bind() {
+            Ok(()) => true,
+            Err(u) => {
+                self.after_unpin(u);
+                false
+            }
+        }
+    }
+
+    /// A thread-cache entry unbinds, after giving its objects back.
+    pub(crate) fn unbind(&self) {
+        self.after_unpin(self.life.unbind());
+    }
+
+    /// The last pin of a dead pool is gone: what its entries put into the
+    /// shared cache after the destroyer's flush goes back, and the head may
+    /// be recycled.
+    fn after_unpin(&self, u: Unpinned) {
+        if u == Unpinned::LastOfDead {
+            self.flush();
+            if let Some(up) = UPCALLS.get() {
+                (up.recycle)(self);
+            }
+        }
+    }
+
+    /// Claims a dead head without pins for the free list (the registry,
+    /// under its lock, once no object is out).
+    pub(crate) fn claim_free(&self) -> bool {
+        let free = self.life.claim_free();
+        if free {
+            self.magic.store(FREE, Relaxed);
+        }
+        free
+    }
+
+    /// Marks a recycled head (or a new one) live.
+    pub(crate) fn revive(&self) {
+        self.life.revive();
+        self.magic.store(LIVE, Release);
+    }
+
+    /// The other names of a merged pool, comma-separated, or "".
+    pub(crate) fn also(&self) -> &CStr {
+        match self.also.get() {
+            // SAFETY: the registry keeps the string alive as long as the pool
+            // and replaces it only under its lock, which dump holds.
+            Some(n) => unsafe { CStr::from_ptr(n.as_ptr()) },
+            None => c"",
+        }
+    }
+
+    pub(crate) fn name(&self) -> &CStr {
+        match self.name.get() {
+            // SAFETY: the registry keeps the copy alive as long as the pool.
+            Some(n) => unsafe { CStr::from_ptr(n.as_ptr()) },
+            None => c"",
+        }
+    }
+
+    /// Gives a cluster that leaves a thread cache (or a free) to the shared
+    /// cache, or to the system if the pool died. A thread cache that puts
+    /// into a dying pool pins it (see `lifecycle`), so whatever it puts after
+    /// the destroyer's flush is flushed when its last pin goes.
+    pub(crate) fn release_from_cache(&self, home: usize, cluster: Cluster) {
+        if self.is_dead() {
+            // SAFETY: the cluster is ours; each object is released once.
+            unsafe { cluster.for_each(|i| self.release_to_os(home, i.cast())) };
+            return;
+        }
+        self.release_cluster(home, cluster);
+    }
+
+    /// Gives a cluster to the shared cache or, when it is switched off, back
+    /// to the backing allocator.
+    ///
+    /// Counters: shared grows (or allocated drops).
+    pub(crate) fn release_cluster(&self, home: usize, cluster: Cluster) {
+        if self.debug & DBG_NO_GLOBAL != 0 {
+            // SAFETY: the cluster is ours; each object is released once.
+            unsafe { cluster.for_each(|i| self.release_to_os(home, i.cast())) };
+            return;
+        }
+        match options::shared_mode() {
+            SharedMode::Xchg => self.shared.put(home, cluster),
+            SharedMode::None => {
+                // SAFETY: the cluster is ours; each object is released once.
+                unsafe { cluster.for_each(|i| self.release_to_os(home, i.cast())) };
+            }
+            legacy => self.shared.put_legacy(legacy, home, cluster),
+        }
+    }
+
+    /// A cluster from the shared cache, starting at bucket `home`.
+    ///
+    /// Counter: shared drops by its length.
+    pub(crate) fn take_from_shared(&self, home: usize) -> Option<Cluster> {
+        if self.debug & DBG_NO_GLOBAL != 0 {
+            return None;
+        }
+        match options::shared_mode() {
+            SharedMode::Xchg => self.shared.take(home),
+            SharedMode::None => None,
+            legacy => self.shared.take_legacy(legacy, home),
+        }
+    }
+
+    /// Like `take_from_shared`, for a caller that will free the objects.
+    pub(crate) fn take_to_release(&self) -> Option<Cluster> {
+        match options::shared_mode() {
+            SharedMode::Xchg => self.shared.take(0),
+            SharedMode::None => None,
+            legacy => self.shared.take_legacy_to_release(legacy),
+        }
+    }
+
+    /// Objects in the shared cache (exact at quiescence).
+    pub(crate) fn shared_objects(&self) -> usize {
+        self.shared.objects()
+    }
+
+    /// An idle object about to go back to the backing allocator: its bytes
+    /// become ordinary memory again for ASan (a later mapping at this
+    /// address must not inherit the poison).
+    #[inline]
+    pub(crate) fn before_release(&self, base: NonNull<u8>) {
+        if self.debug & DBG_ASAN != 0 {
+            checkers::asan_unpoison(base.as_ptr().wrapping_add(self.layout.user), self.size);
+        }
+    }
+
+    /// Returns one object to the backing allocator.
+    ///
+    /// Counter: allocated drops.
+    ///
+    /// # Safety
+    /// `obj` is an object of this pool that nobody holds.
+    pub(crate) unsafe fn release_to_os(&self, home: usize, obj: NonNull<u8>) {
+        self.before_release(obj);
+        // SAFETY: objects come from `backing::obtain_object` with this size and
+        // backend; the caller gives it up.
+        unsafe { backing::release_object(obj, self.alloc_size, self.backend) };
+        self.shared.count_allocated(home, -1);
+    }
+
+    /// Returns every object of the shared cache to the backing allocator.
+    ///
+    /// Counters: shared drops to 0 (bar concurrent frees); allocated drops.
+    pub fn flush(&self) {
+        let release = |c: Cluster| {
+            // SAFETY: the cluster left the shared cache: it is ours.
+            unsafe { c.for_each(|i| self.release_to_os(0, i.cast())) }
+        };
+        match options::shared_mode() {
+            SharedMode::Xchg => self.shared.take_all(release),
+            SharedMode::None => {}
+            legacy => self.shared.take_all_legacy(legacy, release),
+        }
+    }
+
+    /// Counters, given the objects all thread caches hold.
+    pub(crate) fn stats(&self, cached: usize) -> Stats {
+        let allocated = self.shared.allocated();
+        let shared = self.shared_objects();
+        Stats {
+            size: self.size,
+            users: self.users.load(Relaxed),
+            allocated,
+            // `used` is what is neither cached nor shared: no counter on the
+            // hot path, exact at quiescence by construction of the others.
+            used: allocated.saturating_sub(cached + shared),
+            cached,
+            shared,
+            failed: self.failed.load(Relaxed),
+            minavail: self.minavail.load(Relaxed),
+        }
+    }
+}
+
+// ---- the key of a free object -------------------------------------------
+
+/// Clears the key word of an object being handed out (see `thread_cache`).
+///
+/// # Safety
+/// `obj` is an object of at least MIN_OBJECT bytes that the caller owns.
+#[inline(always)]
+pub(crate) unsafe fn clear_key(obj: *mut u8) {
+    // SAFETY: per the contract.
+    unsafe { obj.add(KEY_OFFSET).cast::<u64>().write(0) };
+}
+
+/// Whether `obj` carries `pool`'s key, as every object in a free state does.
+///
+/// # Safety
+/// `obj` is an object of `pool` whose key word was initialised.
+pub(crate) unsafe fn has_key(pool: &Pool, obj: NonNull<u8>) -> bool {
+    // SAFETY: per the contract.
+    unsafe { obj.as_ptr().add(KEY_OFFSET).cast::<u64>().read() == pool.key }
+}
+
+/// Writes `pool`'s key into an object entering a free state.
+///
+/// # Safety
+/// `obj` is an object of `pool` that the caller owns.
+pub(crate) unsafe fn set_key(pool: &Pool, obj: NonNull<u8>) {
+    // SAFETY: per the contract.
+    unsafe { obj.as_ptr().add(KEY_OFFSET).cast::<u64>().write(pool.key) };
+}
+
+// ---- what the layers below the registry ask of it -------------------------
+
+/// Pools destroyed so far: a thread cache that sees it change empties its
+/// entries of dead pools (see `thread_cache`).
+static DESTROYS: AtomicUsize = AtomicUsize::new(0);
+
+pub(crate) fn destroys() -> usize {
+    // Relaxed: a hint to sweep; the sweep itself checks each pool.
+    DESTROYS.load(Relaxed)
+}
+
+/// The three calls that go up from the layers below the registry to it,
+/// through this one table, which the registry installs when it initialises
+/// (before any pool exists, so before any of them can be needed).
+pub(crate) struct Upcalls {
+    /// `pool_gc`: an allocation that found no memory frees what the other
+    /// pools keep idle before it fails.
+    pub(crate) gc: fn(),
+    /// The last pin of a dead pool is gone: its head may be recycled.
+    pub(crate) recycle: fn(&Pool),
+    /// The live pool whose head is at this address (for the message of a
+    /// debugging check that found an object of another pool).
+    pub(crate) pool_at: fn(usize) -> Option<&'static Pool>,
+}
+
+static UPCALLS: once_cell::sync::OnceCell<Upcalls> = once_cell::sync::OnceCell::new();
+
+/// Installs the registry's calls (once; later calls change nothing).
+pub(crate) fn install_upcalls(up: Upcalls) {
+    let _ = UPCALLS.set(up);
+}
+
+/// Runs `pool_gc` (see [`Upcalls::gc`]).
+pub(crate) fn gc_all_pools() {
+    if let Some(up) = UPCALLS.get() {
+        (up.gc)();
+    }
+}
+
+/// The live pool whose head is at `addr` (see [`Upcalls::pool_at`]).
+pub(crate) fn pool_at(addr: usize) -> Option<&'static Pool> {
+    UPCALLS.get().and_then(|up| (up.pool_at)(addr))
+}
