@@ -76,8 +76,8 @@ fn eviction_sends_the_oldest_to_the_shared_cache() {
 fn small_objects_leave_in_large_clusters() {
     let p = pool(c"tc-cluster", 64);
     let budget = crate::options::cache_size();
-    let len = super::cluster_len(p);
-    assert_eq!(len, super::CLUSTER_BYTES.min(budget / 16) / 64);
+    let len = super::evict::cluster_len(p);
+    assert_eq!(len, super::evict::CLUSTER_BYTES.min(budget / 16) / 64);
     assert!(len > CLUSTER);
     let n = budget / 64 + 1;
     let objs: Vec<_> = (0..n).map(|_| p.alloc().unwrap()).collect();

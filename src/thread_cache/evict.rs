@@ -1,0 +1,224 @@
+//! The thread cache's slow side of a free: growing an entry's grant within
+//! the byte budget, and when the budget is spent, evicting the oldest
+//! objects across the thread's entries to the shared cache, in clusters
+//! (see the parent module for the order kept).
+
+use super::{Entry, ThreadCache};
+use crate::head::Pool;
+use crate::options;
+use crate::shared_cache::{Cluster, Item, CLUSTER};
+use core::ptr::{self, NonNull};
+use core::sync::atomic::Ordering::{Relaxed, Release};
+
+impl ThreadCache {
+    /// Makes `top < limit` for `e`, growing its grant by up to a cluster;
+    /// a free (`evict`) may evict to get it, a refill may not. Returns
+    /// whether there is room.
+    pub(super) fn make_room(&self, e: &Entry, pool: &Pool, evict: bool) -> bool {
+        let budget = options::cache_size();
+        // (Grants above the budget: it shrank since they were made.)
+        if e.top.load(Relaxed) < e.limit.get() && self.granted.get() <= budget {
+            return true;
+        }
+        let size = pool.obj_size;
+        // A grant is a step of a cluster: when the budget has no room for
+        // one, unused grants come back, and then the oldest objects leave,
+        // down to 7/8 of the budget counting the step (so that the next
+        // eviction is at least an eighth of the budget away).
+        let step = cluster_len(pool) * size;
+        if self.granted.get() + step > budget {
+            self.take_back_unused_grants();
+        }
+        if self.granted.get() + step > budget && evict {
+            self.evict_to((budget - budget / 8).saturating_sub(step));
+            self.take_back_unused_grants();
+        }
+        if e.bottom.load(Relaxed) == e.top.load(Relaxed) && e.limit.get() == e.end.get() {
+            // Evicted empty (or emptied by allocations) at the end of its
+            // array: start again at the beginning.
+            self.compact(e);
+        }
+        if e.limit.get() == e.end.get() {
+            self.compact(e);
+            if e.limit.get() == e.end.get() {
+                // The array is full (the budget grew since it was sized):
+                // its oldest cluster leaves.
+                if !evict {
+                    return false;
+                }
+                self.evict_from(e, cluster_len(pool));
+                self.compact(e);
+            }
+        }
+        let room = (budget.saturating_sub(self.granted.get()) / size)
+            .min(cluster_len(pool))
+            .min(self.capacity_left(e));
+        if room == 0 {
+            return false;
+        }
+        let tick = self.next_tick();
+        self.marks(e).push(Self::index(e, e.limit.get()), tick);
+        // SAFETY: `room` slots past `limit` are inside the array.
+        e.limit.set(unsafe { e.limit.get().add(room) });
+        self.granted.set(self.granted.get() + room * size);
+        true
+    }
+
+    pub(super) fn capacity_left(&self, e: &Entry) -> usize {
+        (e.end.get() as usize - e.limit.get() as usize) / size_of::<*mut u8>()
+    }
+
+    /// Moves `e`'s stack to the start of its array (bounds move with it).
+    pub(super) fn compact(&self, e: &Entry) {
+        let (start, bottom) = (e.start.get(), e.bottom.load(Relaxed));
+        if bottom == start {
+            return;
+        }
+        let n = e.objects();
+        // SAFETY: `[bottom, limit)` lies inside the array; the copy may
+        // overlap; every bound moves down by the same distance.
+        unsafe {
+            let d = bottom.offset_from(start) as usize;
+            self.marks(e).shift(d);
+            ptr::copy(bottom, start, n);
+            e.top.store(start.add(n), Relaxed);
+            e.bottom.store(start, Release);
+            e.low.set(e.low.get().sub(d));
+            e.limit.set(e.limit.get().sub(d));
+        }
+    }
+
+    /// Every entry's grant shrinks to the objects it holds.
+    pub(super) fn take_back_unused_grants(&self) {
+        for i in 0..self.nlisted.get() {
+            let e = &self.table[self.listed[i].get() as usize];
+            let Some(pool) = e.bound_pool() else { continue };
+            let top = e.top.load(Relaxed);
+            let unused = (e.limit.get() as usize - top as usize) / size_of::<*mut u8>();
+            e.limit.set(top);
+            self.granted
+                .set(self.granted.get() - unused * pool.obj_size);
+        }
+    }
+
+    /// Evicts oldest-first (module docs) until the thread caches at most
+    /// `target` bytes, then starts a new low-water period.
+    #[cold]
+    pub(crate) fn evict_to(&self, target: usize) {
+        self.sweep_if_destroyed();
+        self.age_by_low_water();
+        loop {
+            let mut cached = 0;
+            let mut oldest: Option<(&Entry, u64)> = None;
+            for i in 0..self.nlisted.get() {
+                let e = &self.table[self.listed[i].get() as usize];
+                let Some(pool) = e.bound_pool() else { continue };
+                let n = e.objects();
+                if n == 0 || pool.is_dead() {
+                    continue;
+                }
+                cached += n * pool.obj_size;
+                let t = self.marks(e).oldest();
+                if oldest.is_none_or(|(_, o)| t < o) {
+                    oldest = Some((e, t));
+                }
+            }
+            let Some((e, _)) = oldest.filter(|_| cached > target) else {
+                break;
+            };
+            let pool = e.bound_pool().expect("listed entries are bound");
+            self.evict_from(e, cluster_len(pool));
+        }
+        let tick = self.next_tick();
+        self.evicted_at.set(tick);
+        for i in 0..self.nlisted.get() {
+            let e = &self.table[self.listed[i].get() as usize];
+            if e.bound_pool().is_some() {
+                let top = e.top.load(Relaxed);
+                e.low.set(top);
+                // What hits push from here on is no older than now.
+                self.marks(e).push(Self::index(e, top), tick);
+            }
+        }
+        self.sweep_if_destroyed();
+    }
+
+    /// Objects above an entry's low water were pushed again since the last
+    /// eviction (allocations took the stack down to the low water after
+    /// it): their marks must not say they are older.
+    pub(super) fn age_by_low_water(&self) {
+        let since = self.evicted_at.get();
+        for i in 0..self.nlisted.get() {
+            let e = &self.table[self.listed[i].get() as usize];
+            if e.bound_pool().is_some() && e.low.get() < e.top.load(Relaxed) {
+                let low = e.low.get().max(e.bottom.load(Relaxed));
+                self.marks(e).no_older_than(Self::index(e, low), since);
+            }
+        }
+    }
+
+    /// Takes up to `max` objects from the bottom of `e` and gives them to
+    /// the pool's shared cache as one cluster.
+    pub(super) fn evict_from(&self, e: &Entry, max: usize) {
+        let Some(pool) = e.bound_pool() else { return };
+        let n = max.min(e.objects());
+        if n == 0 {
+            return;
+        }
+        let bottom = e.bottom.load(Relaxed);
+        // SAFETY: `n` objects from `bottom` are cached; the bounds move past
+        // them before they leave, so the entry is consistent meanwhile.
+        unsafe {
+            let nb = bottom.add(n);
+            self.marks(e).cut_below(Self::index(e, nb));
+            e.bottom.store(nb, Release);
+            if e.low.get() < nb {
+                e.low.set(nb);
+            }
+            self.granted.set(self.granted.get() - n * pool.obj_size);
+            give_back(pool, self.home, bottom, n);
+        }
+    }
+}
+
+/// Gives `n` objects whose pointers start at `slots` to `pool`: to its
+/// shared cache as clusters while it is live, else to the system.
+///
+/// # Safety
+/// The `n` pointers are objects of `pool` that the caller owns; the slots
+/// are not written meanwhile (the entry no longer covers them).
+pub(super) unsafe fn give_back(pool: &Pool, home: usize, slots: *mut *mut u8, n: usize) {
+    let len = cluster_len(pool);
+    let mut i = 0;
+    while i < n {
+        let m = len.min(n - i);
+        let mut first: *mut Item = ptr::null_mut();
+        for j in (i..i + m).rev() {
+            // SAFETY: per the contract; the object becomes an Item.
+            unsafe {
+                let it = (*slots.add(j)).cast::<Item>();
+                (*it).down = first;
+                first = it;
+            }
+        }
+        // SAFETY: `m > 0`, so `first` is an object.
+        let first = unsafe { NonNull::new_unchecked(first) };
+        pool.release_from_cache(home, Cluster { first, len: m });
+        i += m;
+    }
+}
+
+/// Objects of `pool` moved to the shared cache as one cluster: about
+/// `CLUSTER_BYTES` (at most a sixteenth of the budget), and at least
+/// `CLUSTER` objects. Small objects move many at a time, so that the shared
+/// cache's atomic operations (one per cluster) stay rare per object; large
+/// ones move few, so that one eviction does not empty most of the budget.
+pub(crate) fn cluster_len(pool: &Pool) -> usize {
+    let bytes = CLUSTER_BYTES.min(options::cache_size() / 16);
+    (bytes / pool.obj_size).clamp(CLUSTER, MAX_CLUSTER)
+}
+
+/// Bytes moved to the shared cache per cluster, for small objects.
+pub(super) const CLUSTER_BYTES: usize = 4096;
+/// Most objects in one cluster.
+const MAX_CLUSTER: usize = 64;
