@@ -423,6 +423,14 @@ pub(crate) fn set_debugging(opts: &[u8]) -> bool {
     }
 }
 
+/// Whether the environment's `POOL_DEBUG` turns `uaf` on, by the parser
+/// `load_env` uses, without applying anything.
+pub(crate) fn uaf_in_env() -> bool {
+    getenv(c"POOL_DEBUG")
+        .and_then(|v| parse_debugging(0, v))
+        .is_some_and(|d| d & DEBUG_UAF != 0)
+}
+
 /// `debug` with the options of `opts` applied, or `None` for a bad word.
 fn parse_debugging(mut debug: u32, opts: &[u8]) -> Option<u32> {
     for word in opts.split(|&b| b == b',').filter(|w| !w.is_empty()) {

@@ -1,5 +1,5 @@
 //! Requests above the largest size class: a mapping each
-//! (`pools::span::large_obtain`), with a bounded cache of freed mappings so
+//! (`pools::preload::large_obtain`), with a bounded cache of freed mappings so
 //! that a program that frees and allocates large blocks in turn (sort's
 //! buffers, gcc's obstacks, python's big strings and lists) does not pay an
 //! `mmap`/`munmap` pair and the page faults of fresh memory every time.
@@ -19,16 +19,16 @@
 //! library is loaded) takes it in `fork`'s prepare step, before the core's
 //! locks, and releases it in the parent and the child ([`fork_lock`],
 //! [`fork_unlock`]); inside the forking thread's fork window the lock is
-//! held for that thread, which goes through it (see `pools::fork`).
+//! held for that thread, which goes through it (see `pools::sync`).
 //!
 //! A cached block stays marked as a large block in the span region map: the
-//! cache owns it, and `span::owner` still recognises it.
+//! cache owns it, and `preload::owner` still recognises it.
 
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize};
-use pools::span;
+use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::{AtomicU8, AtomicUsize};
+use pools::preload::{self, SpinLock};
 
 const PAGE: usize = 4096;
 /// Largest mapping the cache keeps (and the largest rounded to a class).
@@ -66,41 +66,6 @@ fn bin_ceil(pages: usize) -> usize {
     }
 }
 
-/// A lock a `pthread_atfork` prepare handler can take and the parent and
-/// child handlers release (a std guard could not be carried across). Inside
-/// the fork window the forking thread finds it held for it: `lock` and
-/// `unlock` leave it alone.
-struct SpinLock(AtomicBool);
-
-impl SpinLock {
-    fn lock(&self) {
-        // Acquire: see what the previous holder wrote under the lock.
-        while self
-            .0
-            .compare_exchange_weak(false, true, Acquire, Relaxed)
-            .is_err()
-        {
-            if pools::sync::inside_window() {
-                return;
-            }
-            // Relaxed: only a hint to retry; the CAS above synchronises.
-            while self.0.load(Relaxed) {
-                // SAFETY: sched_yield has no preconditions. The holder never
-                // blocks under the lock, so yielding is enough.
-                unsafe { libc::sched_yield() };
-            }
-        }
-    }
-
-    fn unlock(&self) {
-        if pools::sync::inside_window() {
-            return;
-        }
-        // Release: hand our writes to the next holder.
-        self.0.store(false, Release);
-    }
-}
-
 struct Lists {
     /// Cached blocks of each class, linked through their first word.
     head: [*mut u8; BINS],
@@ -117,7 +82,7 @@ struct Cache {
 unsafe impl Sync for Cache {}
 
 static CACHE: Cache = Cache {
-    lock: SpinLock(AtomicBool::new(false)),
+    lock: SpinLock::new(),
     lists: UnsafeCell::new(Lists {
         head: [ptr::null_mut(); BINS],
         bytes: 0,
@@ -160,7 +125,7 @@ pub(crate) fn bypassed() -> bool {
     // environment finds the same answer, so a racing store is harmless.
     match BYPASS.load(Relaxed) {
         UNKNOWN => {
-            let off = crate::uaf_requested();
+            let off = preload::uaf_requested();
             BYPASS.store(if off { CACHE_OFF } else { CACHE_ON }, Relaxed);
             off
         }
@@ -171,7 +136,7 @@ pub(crate) fn bypassed() -> bool {
 /// Mapping length for a block of `size` bytes at the default offset.
 #[inline]
 fn map_len_for(size: usize) -> Option<usize> {
-    span::large_offset()
+    preload::large_offset()
         .checked_add(size)?
         .checked_next_multiple_of(PAGE)
 }
@@ -182,7 +147,7 @@ fn map_len_for(size: usize) -> Option<usize> {
 pub(crate) fn rounded_request(size: usize) -> usize {
     match map_len_for(size) {
         Some(len) if (4 * PAGE..=MAX_CACHED_MAP).contains(&len) => {
-            bin_pages(bin_ceil(len / PAGE)) * PAGE - span::large_offset()
+            bin_pages(bin_ceil(len / PAGE)) * PAGE - preload::large_offset()
         }
         _ => size,
     }
@@ -268,19 +233,19 @@ pub(crate) fn obtain(size: usize, zero: bool) -> Option<NonNull<u8>> {
     Some(p)
 }
 
-/// `span::large_obtain(size, align)`; when the mapping fails, again after
+/// `preload::large_obtain(size, align)`; when the mapping fails, again after
 /// giving back what the pools and this cache hold (objects beyond
 /// `minavail`, spare spans, cached mappings), as a small request does after
 /// a failure.
 pub(crate) fn map_retrying(size: usize, align: usize) -> Option<NonNull<u8>> {
-    span::large_obtain(size, align).or_else(|| {
+    preload::large_obtain(size, align).or_else(|| {
         trim();
-        pools::registry::gc_pools();
-        span::large_obtain(size, align)
+        preload::gc_pools();
+        preload::large_obtain(size, align)
     })
 }
 
-/// Takes back the large block `p` of `usable` bytes (what `span::owner`
+/// Takes back the large block `p` of `usable` bytes (what `preload::owner`
 /// said): into the cache when it fits the bounds, else unmapped. A block
 /// the cache already holds (freed twice) is reported, naming `func`, and
 /// the process aborts.
@@ -289,11 +254,11 @@ pub(crate) fn map_retrying(size: usize, align: usize) -> Option<NonNull<u8>> {
 /// `p` is a large block of ours that the caller gives up: live, or (a
 /// caller's bug, caught here) sitting in the cache.
 pub(crate) unsafe fn release(func: &str, p: NonNull<u8>, usable: usize) {
-    let len = span::large_offset() + usable;
+    let len = preload::large_offset() + usable;
     // Only default-offset blocks of a whole class are cached: a block of an
     // aligned request may start further in, or have an odd length.
     let cacheable = !bypassed()
-        && p.as_ptr() as usize % span::large_align() == span::large_offset()
+        && p.as_ptr() as usize % preload::large_align() == preload::large_offset()
         && (4 * PAGE..=MAX_CACHED_MAP).contains(&len)
         && len % PAGE == 0
         && bin_pages(bin_floor(len / PAGE)) * PAGE == len;
@@ -330,7 +295,7 @@ pub(crate) unsafe fn release(func: &str, p: NonNull<u8>, usable: usize) {
     }
     sub_mapped(len);
     // SAFETY: a live large block given up by the caller.
-    unsafe { span::large_release(p) };
+    unsafe { preload::large_release(p) };
 }
 
 /// Growth up to this old size prefers a cached block and a copy to
@@ -360,9 +325,9 @@ pub(crate) unsafe fn resize(p: NonNull<u8>, old: usize, size: usize) -> Option<N
         }
     }
     // SAFETY: forwarded (caller's contract).
-    let q = unsafe { span::large_resize(p, rounded_request(size)) }?;
-    let new = match span::owner(q.as_ptr()) {
-        span::Owner::Large { usable } => usable,
+    let q = unsafe { preload::large_resize(p, rounded_request(size)) }?;
+    let new = match preload::owner(q.as_ptr()) {
+        preload::Owner::Large { usable } => usable,
         _ => old,
     };
     if new >= old {
@@ -389,7 +354,7 @@ pub(crate) fn trim() -> bool {
             // unmap it.
             unsafe {
                 p = p.cast::<*mut u8>().read();
-                span::large_release(nn);
+                preload::large_release(nn);
             }
         }
     }
@@ -425,7 +390,7 @@ mod tests {
             assert!(bin_pages(c) >= pages && (c == 0 || bin_pages(c - 1) < pages));
         }
         let r = rounded_request(40_000);
-        assert_eq!((r + span::large_offset()) % PAGE, 0);
+        assert_eq!((r + preload::large_offset()) % PAGE, 0);
         assert!(r >= 40_000);
     }
 }

@@ -4,7 +4,7 @@
 //! Requests up to [`MAX_SMALL`] bytes are served by size-class pools of the
 //! core (`malloc-16` ... `malloc-32768`, four classes per power of two), with
 //! the same thread cache and self-locked shared cache as `pool_alloc`; their
-//! objects come from the core's mmap'd spans (`pools::span`), and the span
+//! objects come from the core's mmap'd spans (`pools::preload`), and the span
 //! region map's entry for an address names its class, so `free` reads no
 //! header (neither in front of the object nor at the span's start).
 //! Larger requests get a mapping of their own, recycled through a bounded
@@ -30,8 +30,7 @@ use core::cell::Cell;
 use core::ffi::{c_int, c_void, CStr};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, Ordering::Acquire, Ordering::Release};
-use pools::span::{self, Owner};
-use pools::{registry, Pool};
+use pools::preload::{self, Owner, Pool};
 
 mod large;
 
@@ -106,25 +105,6 @@ fn class_size(c: usize) -> usize {
     }
 }
 
-/// Whether `POOL_DEBUG` (a comma list) turns `uaf` on: the last of `uaf`
-/// and `no-uaf` wins, as in the core's parser.
-pub(crate) fn uaf_requested() -> bool {
-    // SAFETY: getenv returns null or a NUL-terminated string of the
-    // environment, read before any thread of ours could change it; it does
-    // not allocate.
-    let v = unsafe { libc::getenv(c"POOL_DEBUG".as_ptr()) };
-    if v.is_null() {
-        return false;
-    }
-    // SAFETY: as above.
-    let v = unsafe { CStr::from_ptr(v) }.to_bytes();
-    v.split(|&b| b == b',').fold(false, |on, t| match t {
-        b"uaf" => true,
-        b"no-uaf" => false,
-        _ => on,
-    })
-}
-
 /// Creates the pool of class `c` on its first use; a thread that races us
 /// gets the same pool from the registry. `None` when the pool is not usable
 /// from this call: this thread is creating a class pool right now (a nested
@@ -156,7 +136,7 @@ fn create(c: usize) -> Option<&'static Pool> {
     }
     let name = CStr::from_bytes_until_nul(&name).unwrap_or(c"malloc");
     let _ = IN_INIT.try_with(|f| f.set(true));
-    let pool = registry::create_span_pool(name, size, c as u32).ok();
+    let pool = preload::create_span_pool(name, size, c as u32).ok();
     let _ = IN_INIT.try_with(|f| f.set(false));
     let pool = pool?;
     // Release: a thread that acquires the pointer sees the pool initialised.
@@ -179,10 +159,9 @@ fn pool(c: usize) -> Option<&'static Pool> {
 
 /// The library's constructor, when it is loaded (before the program's
 /// `main` and its handlers): the process's one set of fork handlers, the
-/// core's, covering the large cache's lock too (see `pools::fork`).
+/// core's, covering the large cache's lock too (see `pools::preload::cover_outer_locks`).
 extern "C" fn at_load() {
-    pools::fork::cover_outer_locks(large::fork_lock, large::fork_unlock);
-    pools::fork::register_handlers();
+    preload::cover_outer_locks(large::fork_lock, large::fork_unlock);
 }
 
 #[used]
@@ -201,7 +180,7 @@ fn invalid_pointer(func: &str, p: *const c_void) -> ! {
     report_and_abort(
         func,
         p,
-        b"not allocated by this malloc, or not the start of a block",
+        "not allocated by this malloc, or not the start of a block",
     )
 }
 
@@ -209,33 +188,17 @@ fn invalid_pointer(func: &str, p: *const c_void) -> ! {
 /// twice), and aborts: the cache would hand it out twice.
 #[cold]
 pub(crate) fn double_free(func: &str, p: *const c_void) -> ! {
-    report_and_abort(func, p, b"double free of a large block")
+    report_and_abort(func, p, "double free of a large block")
 }
 
 /// Writes `libpools_malloc: FUNC(0xADDR): invalid pointer (WHY); aborting`
 /// to stderr without allocating, and aborts.
 #[cold]
-fn report_and_abort(func: &str, p: *const c_void, why: &[u8]) -> ! {
-    let mut buf = [0u8; 200];
-    let mut len = 0;
-    let mut put = |s: &[u8]| {
-        let n = s.len().min(buf.len() - len);
-        buf[len..len + n].copy_from_slice(&s[..n]);
-        len += n;
-    };
-    put(b"libpools_malloc: ");
-    put(func.as_bytes());
-    put(b"(0x");
-    let a = p as usize;
-    let digits = (usize::BITS - a.leading_zeros()).div_ceil(4).max(1);
-    for i in (0..digits).rev() {
-        put(&[b"0123456789abcdef"[(a >> (4 * i)) & 15]]);
-    }
-    put(b"): invalid pointer (");
-    put(why);
-    put(b"); aborting\n");
-    // SAFETY: writing our own buffer to fd 2.
-    unsafe { libc::write(2, buf.as_ptr().cast(), len) };
+fn report_and_abort(func: &str, p: *const c_void, why: &str) -> ! {
+    preload::write_stderr(format_args!(
+        "libpools_malloc: {func}({:#x}): invalid pointer ({why}); aborting\n",
+        p as usize
+    ));
     // SAFETY: abort has no preconditions.
     unsafe { libc::abort() }
 }
@@ -272,7 +235,7 @@ fn alloc(size: usize) -> *mut c_void {
 #[inline(never)]
 fn alloc_unpooled(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
     let in_init = IN_INIT.try_with(Cell::get).unwrap_or(true);
-    if !in_init && registry::injected_failure() {
+    if !in_init && preload::injected_failure() {
         return None;
     }
     let p = if size > MAX_SMALL && align <= MIN_ALIGN {
@@ -281,15 +244,15 @@ fn alloc_unpooled(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> 
         // Fresh mappings read as zero.
         large::map_retrying(size, align)?
     };
-    if !in_init && pools::profile::active() {
-        pools::profile::record_unpooled(usable("malloc", p.as_ptr().cast()), false);
+    if !in_init && preload::profiling() {
+        preload::record_unpooled(usable("malloc", p.as_ptr().cast()), false);
     }
     Some(p)
 }
 
 /// Bytes usable at `p` (a block of ours), or abort naming `func`.
 fn usable(func: &str, p: *mut c_void) -> usize {
-    match span::owner(p.cast()) {
+    match preload::owner(p.cast()) {
         Owner::Span { tag } => class_size(tag as usize),
         Owner::Large { usable } => usable,
         Owner::Foreign => invalid_pointer(func, p),
@@ -304,13 +267,13 @@ fn release(func: &str, p: *mut c_void) {
     let Some(nn) = NonNull::new(p.cast::<u8>()) else {
         return;
     };
-    if let Owner::Span { tag } = span::owner(nn.as_ptr()) {
+    if let Owner::Span { tag } = preload::owner(nn.as_ptr()) {
         // Acquire: as in `pool`. A span of this tag exists, so its pool was
         // published.
         let pool = POOLS.get(tag as usize).map(|p| p.load(Acquire));
         if let Some(pool) = pool.and_then(NonNull::new) {
             // SAFETY: `p` is the start of an object of the span of this pool
-            // (span::owner checked it), given back by the caller.
+            // (preload::owner checked it), given back by the caller.
             return unsafe { pool.as_ref().free(nn) };
         }
     }
@@ -321,9 +284,9 @@ fn release(func: &str, p: *mut c_void) {
 #[cold]
 #[inline(never)]
 fn release_other(func: &str, p: NonNull<u8>) {
-    match span::owner(p.as_ptr()) {
+    match preload::owner(p.as_ptr()) {
         Owner::Large { usable } => {
-            pools::profile::record_unpooled(usable, true);
+            preload::record_unpooled(usable, true);
             // SAFETY: the start of a large block of ours, given back.
             unsafe { large::release(func, p, usable) }
         }
@@ -441,7 +404,7 @@ unsafe fn resize(p: *mut c_void, size: usize) -> *mut c_void {
         release("realloc", p);
         return ptr::null_mut();
     }
-    let owner = span::owner(p.cast());
+    let owner = preload::owner(p.cast());
     let old = match owner {
         Owner::Span { tag } => class_size(tag as usize),
         Owner::Large { usable } => usable,
@@ -573,7 +536,7 @@ pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
 /// malloc in use). Thread-safe.
 #[cfg_attr(not(test), no_mangle)]
 pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
-    registry::gc_pools();
+    preload::gc_pools();
     c_int::from(large::trim())
 }
 

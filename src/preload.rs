@@ -1,0 +1,45 @@
+//! What the LD_PRELOAD malloc (`malloc/`, `libpools_malloc.so`) uses of the
+//! core, and nothing else: its size classes are span pools, its large
+//! blocks are the spans' large mappings, and it shares the core's lock, fork
+//! handlers, option parser and memory profile rather than keeping its own.
+
+pub use crate::head::Pool;
+pub use crate::registry::{create_span_pool, gc_pools, injected_failure};
+pub use crate::span::{
+    large_align, large_obtain, large_offset, large_release, large_resize, owner, Owner,
+};
+pub use crate::sync::{inside_window, SpinLock};
+
+/// Makes the process's fork handlers also take `lock` in prepare and call
+/// `unlock` in the parent and the child (the preload's large cache). Call it
+/// from a constructor, before any thread can fork.
+pub fn cover_outer_locks(lock: extern "C" fn(), unlock: extern "C" fn()) {
+    crate::fork::cover_outer_locks(lock, unlock);
+    crate::fork::register_handlers();
+}
+
+/// Whether the environment's `POOL_DEBUG` asks for `uaf`, by the core's own
+/// parser (a list it refuses turns nothing on, as at the core's start-up).
+/// Reads the environment only: the preload asks before the core starts.
+pub fn uaf_requested() -> bool {
+    crate::options::uaf_in_env()
+}
+
+/// The memory profile is recording (see `profile`).
+pub fn profiling() -> bool {
+    crate::profile::active()
+}
+
+/// Records an allocation (or, with `free`, a release) of `bytes` that no
+/// pool served, in the memory profile.
+pub fn record_unpooled(bytes: usize, free: bool) {
+    crate::profile::record_unpooled(bytes, free);
+}
+
+/// Writes one formatted line to stderr with the core's formatter: on the
+/// stack, with write(2), no malloc (truncated past 512 bytes).
+pub fn write_stderr(args: core::fmt::Arguments<'_>) {
+    let mut line = crate::line::Line::new();
+    let _ = core::fmt::Write::write_fmt(&mut line, args);
+    line.write_to(2);
+}
