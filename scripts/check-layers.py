@@ -19,8 +19,17 @@ Prints every module's edges, then the strongly connected components with more
 than one module (the cycles) with the edges inside them, or, when there is no
 cycle, the modules by layer (layer 0 imports no other module; layer n imports
 only layers below n). --why lists the file and line of every edge.
-Exits 1 when there is a cycle, 2 on a usage error.
+When the crate root's docs have a `## Layers` section, the first ```text
+block after it declares the layers, one per line, top first:
+    NUMBER  MODULE [MODULE...]  what they hold
+(two or more spaces between the three fields). Then every module must be in
+exactly one declared layer, and every edge must go to the same layer or a
+lower one: an import that goes up fails even when it makes no cycle.
+
+Exits 1 when there is a cycle or the declared layers do not hold, 2 on a
+usage error.
 """
+import re
 import os
 import sys
 
@@ -490,6 +499,52 @@ def layers(edges):
     return level
 
 
+LAYER_LINE = re.compile(r"^\s*(\d+)\s{2,}([a-z_][a-z0-9_]*(?: [a-z_][a-z0-9_]*)*)(?:\s{2,}\S.*)?$")
+
+
+def declared_layers(src):
+    """{module: layer} from the crate root's `## Layers` diagram, or None."""
+    root = next((os.path.join(src, f) for f in ("lib.rs", "main.rs")
+                 if os.path.isfile(os.path.join(src, f))), None)
+    if root is None:
+        return None
+    docs = [l[3:].rstrip("\n") for l in open(root, encoding="utf-8")
+            if l.startswith("//!")]
+    try:
+        start = next(i for i, l in enumerate(docs) if l.strip() == "## Layers")
+        open_ = next(i for i in range(start, len(docs)) if docs[i].strip() == "```text")
+    except StopIteration:
+        return None
+    level = {}
+    for l in docs[open_ + 1:]:
+        if l.strip() == "```":
+            break
+        m = LAYER_LINE.match(l)
+        if m:
+            for mod in m.group(2).split():
+                level.setdefault(mod, []).append(int(m.group(1)))
+    return level
+
+
+def check_declared(src, mods, edges, declared):
+    """The problems with the declared layers, as lines to print."""
+    bad = []
+    for m in sorted(set(declared) - set(mods)):
+        bad.append(f"the diagram names {m}, which is not a module")
+    for m in sorted(mods):
+        if len(declared.get(m, [])) != 1:
+            where = "no layer" if m not in declared else "several layers"
+            bad.append(f"{m} is in {where} of the diagram")
+    for a in sorted(edges):
+        for b in sorted(edges[a]):
+            la, lb = declared.get(a, [None])[0], declared.get(b, [None])[0]
+            if la is not None and lb is not None and lb > la:
+                path, line, _ = edges[a][b][0]
+                bad.append(f"{a} (layer {la}) imports {b} (layer {lb}), above it: "
+                           f"{os.path.relpath(path)}:{line}")
+    return bad
+
+
 def main(argv):
     args = [a for a in argv if not a.startswith("--")]
     flags = {a for a in argv if a.startswith("--")}
@@ -520,6 +575,16 @@ def main(argv):
     level = layers(edges)
     for k in range(max(level.values(), default=-1), -1, -1):
         print(f"  layer {k}: {' '.join(sorted(m for m in level if level[m] == k))}")
+    declared = declared_layers(src)
+    if declared is not None:
+        bad = check_declared(src, mods, edges, declared)
+        for b in bad:
+            print(f"  {b}")
+        if bad:
+            print(f"{src}: FAIL: the code does not match the crate docs' layer diagram")
+            return 1
+        print(f"{src}: ok, no cycle, every import goes down the crate docs' layers")
+        return 0
     print(f"{src}: ok, no cycle")
     return 0
 

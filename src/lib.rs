@@ -2,25 +2,50 @@
 //!
 //! HAProxy-style memory pools for C programs, written in Rust.
 //!
-//! ```text
-//!  pool_alloc / pool_free        ffi.rs: checks, errno; no logic
-//!         |
-//!  thread cache                  thread_cache.rs: per thread and pool, a
-//!         |                      stack of pointers; byte budget granted on
-//!         |                      the slow path, oldest evicted in clusters
-//!  shared cache                  shared_cache.rs: per pool, buckets of
-//!         |                      self-locked list heads (xchg to BUSY)
-//!  backing allocator             os.rs: spans (span.rs, objects up to
-//!                                32 KiB), posix_memalign/free, malloc_trim
-//! ```
+//! An object's way: `pool_alloc` pops the newest pointer of this thread's
+//! stack for the pool (`thread_cache`); a miss takes a cluster from the
+//! pool's shared cache, buckets of heads each locked by one `xchg` to BUSY
+//! (`shared_cache`); a miss there asks the backing allocator (`backing`:
+//! spans, malloc, guarded mappings). `pool_free` pushes it back; a full
+//! budget evicts the thread's oldest objects to the shared cache in
+//! clusters; `pool_flush` and `pool_gc` give what is idle back to the
+//! system.
 //!
-//! `pool.rs` orchestrates one pool's path through these layers and
-//! `registry.rs` keeps the process's pools and thread caches (create, merge,
-//! destroy, gc, statistics); `lifecycle.rs` is how a destroy and the
-//! thread caches agree on when a pool head may be reused (pins in one
-//! atomic word, model-checked). `options.rs` holds the process-wide settings;
-//! `debug.rs` and `profile.rs` what the debugging options and the memory
-//! profile do on a debugging pool's path.
+//! ## Layers
+//!
+//! Each module imports only modules of its own layer or of lower ones, and
+//! none of a layer's modules import one another in a cycle;
+//! `scripts/check-layers.py` (in `make lint`) checks the code against this
+//! diagram. The three calls that go up (a failing allocation's `pool_gc`, the
+//! recycling of a dead pool's head, the owner of a misplaced object in a
+//! debugging message) go through one table, `head::Upcalls`, that the
+//! registry installs.
+//!
+//! ```text
+//!  8  ffi fork preload       the C edge (checks, errno, CStr; nothing else
+//!                            knows them); the fork handlers; the LD_PRELOAD
+//!                            malloc's one way into the core
+//!  7  registry               every pool: create, merge, destroy, gc, dumps
+//!  6  pool                   one pool's alloc and free across the layers
+//!                            below, the debugging path, gc of idle objects
+//!  5  debug profile          what the POOL_DEBUG options do to an object,
+//!                            through the five calls the pool makes; the
+//!                            memory profile by call site
+//!  4  thread_cache           per-thread stacks of pointers, the byte budget,
+//!                            oldest-first eviction, the exit drain
+//!  3  head                   the pool head: sizes, key, counters, the free
+//!                            object's key word, the paths out of the caches
+//!  2  shared_cache lifecycle  the xchg-locked buckets and their legacy
+//!                            variants; the pin word a destroy waits on
+//!                            (both model-checked with loom)
+//!  1  backing span           where objects come from: malloc, spans and the
+//!                            region map, guarded mappings, fail=N, trim
+//!  0  os sync tls line options counters meta checkers
+//!                            the floor: system calls and mappings, locks
+//!                            and the fork window, the TLS word, the stack
+//!                            formatter, settings as data, event counters,
+//!                            the metadata arena, valgrind and ASan
+//! ```
 
 #![warn(unsafe_op_in_unsafe_fn)]
 
