@@ -444,7 +444,7 @@ impl ThreadCache {
             return None;
         }
         let _ = CREATE_STATE.try_with(|s| s.set(CREATING));
-        // Creating a cache maps memory and takes the registry lock, either
+        // Creating a cache maps memory and takes the lock of the list of caches, either
         // of which may set errno; the call that got here (a pool_free, say)
         // must not report an error it did not have.
         // SAFETY: __errno_location returns this thread's errno slot.

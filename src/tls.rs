@@ -1,8 +1,8 @@
 //! The one thread-local word of the hot path: this thread's cache pointer.
 //!
 //! Rust's `thread_local!` in a shared library uses the general-dynamic TLS
-//! model: every access calls `__tls_get_addr`, which was 18 % of the samples
-//! of the 64-byte hot path (BENCHMARKS.md). On x86-64 Linux this module puts
+//! model: every access calls `__tls_get_addr` (its cost on the hot path is
+//! in BENCHMARKS.md). On x86-64 Linux this module puts
 //! the word in the *initial-exec* model instead: the symbol lives in the
 //! module's static TLS block and an access is one GOT load plus one
 //! `%fs`-relative load. glibc reserves static TLS for exactly such libraries,

@@ -23,8 +23,9 @@
 //!
 //! Besides the C entry points, the size classes and the interposition
 //! logic, this crate holds the cache of freed large mappings ([`large`],
-//! with its own spin lock and fork handlers); every pool operation is the
-//! core's.
+//! under the core's spin lock, which the core's fork handlers take through
+//! `pools::preload::cover_outer_locks`); every pool operation is the
+//! core's, reached through `pools::preload` only.
 
 use core::cell::Cell;
 use core::ffi::{c_int, c_void, CStr};
