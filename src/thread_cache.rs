@@ -76,8 +76,7 @@ use crate::{meta, options, os, tls};
 use core::cell::Cell;
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use core::sync::atomic::{AtomicPtr, AtomicU64};
+use core::sync::atomic::Ordering::{Relaxed, Release};
 
 /// Most pools alive at once (after merging); `pool_create` fails beyond.
 #[cfg(not(miri))]
@@ -95,185 +94,6 @@ pub(crate) const ENTRY_MASK: u32 = ((MAX_POOLS - 1) << ENTRY_SHIFT) as u32;
 /// A pool's byte offset of its entry in every thread's table.
 pub(crate) const fn entry_offset(slot: usize) -> u32 {
     (slot << ENTRY_SHIFT) as u32
-}
-
-/// One pool's free objects in one thread: a stack of pointers (module docs).
-/// All-zero is "unbound". Fields the hit path reads come first.
-#[repr(C, align(64))]
-pub(crate) struct Entry {
-    /// The key of the pool this entry serves, or 0 while unbound. Written by
-    /// the owner; read by statistics (Relaxed: a plain load on x86-64).
-    key: AtomicU64,
-    /// The next free slot: objects are `[bottom, top)`. Written by the
-    /// owner; read by statistics.
-    top: AtomicPtr<*mut u8>,
-    /// The low water, `bottom <= low <= top`: the bound of allocations.
-    low: Cell<*mut *mut u8>,
-    /// The end of the grant, `top <= limit <= end`: the bound of frees.
-    limit: Cell<*mut *mut u8>,
-    /// The oldest object. Written by the owner; read by statistics.
-    bottom: AtomicPtr<*mut u8>,
-    /// The array.
-    start: Cell<*mut *mut u8>,
-    end: Cell<*mut *mut u8>,
-    /// The pool served while bound. Written by the owner; read by
-    /// statistics (which compare it before trusting the counts).
-    pool: AtomicPtr<Pool>,
-}
-
-const _: () = assert!(size_of::<Entry>() == 1 << ENTRY_SHIFT);
-
-/// The key of an entry of `pool` that is closed to frees (see
-/// `ThreadCache::bound_entry`): no pool's stamp, so no hit matches it.
-fn closed(pool: &Pool) -> u64 {
-    pool.key ^ 2
-}
-
-/// The key of an entry whose next free must check the budget again
-/// (after `pool_set_cache_size`): no hit matches it either.
-fn recheck(pool: &Pool) -> u64 {
-    pool.key ^ 4
-}
-
-impl Entry {
-    /// `key`, read by its owner thread, the only writer: a plain load,
-    /// which the compiler may fold into the comparison.
-    #[inline(always)]
-    fn own_key(&self) -> u64 {
-        // SAFETY: only this thread writes `key`; other threads only read it,
-        // so this non-atomic read races with no write.
-        unsafe { *self.key.as_ptr() }
-    }
-
-    /// `top`, read by its owner thread (see `own_key`).
-    #[inline(always)]
-    fn own_top(&self) -> *mut *mut u8 {
-        // SAFETY: as in `own_key`.
-        unsafe { *self.top.as_ptr() }
-    }
-
-    /// Objects cached, read by the owner or, as a statistic that may lag,
-    /// by another thread: only the two atomic bounds are read, `bottom`
-    /// first. Whoever moves `bottom` (`compact`, evictions, `unbind`) has
-    /// set `top` first, and publishes it with the Release store of `bottom`:
-    /// a reader that acquires the new `bottom` sees a `top` at least as new,
-    /// so it may count fewer objects while a move is under way, never more.
-    fn objects(&self) -> usize {
-        let bottom = self.bottom.load(Acquire);
-        // Relaxed: see above; the owner reads its own value.
-        let top = self.top.load(Relaxed);
-        (top as usize).saturating_sub(bottom as usize) / size_of::<*mut u8>()
-    }
-
-    /// The pool this entry serves, while bound.
-    fn bound_pool(&self) -> Option<&'static Pool> {
-        // SAFETY: a bound entry names a pool head, and heads are never
-        // unmapped (nor recycled while an entry is bound to them).
-        unsafe { self.pool.load(Relaxed).as_ref() }
-    }
-}
-
-/// Bytes of an entry's block: its marks, then room for twice the most
-/// objects the budget lets it hold (so that the stack can slide).
-fn array_block(pool: &Pool) -> usize {
-    let slots = 2 * options::cache_size() / pool.obj_size;
-    (size_of::<Marks>() + slots * size_of::<*mut u8>()).next_power_of_two()
-}
-
-/// Most age marks per entry.
-const MARKS: usize = 15;
-
-/// The ages of an entry's objects, kept in front of its slots: mark `k`
-/// says that the objects from slot `slot` (up to the next mark) were pushed
-/// no earlier than the thread's slow event `tick`. Ticks count the slow
-/// events (grants and evictions), so ages are known to within a grant step
-/// of the thread (module docs). Only the owner reads or writes them.
-#[repr(C)]
-struct Marks {
-    n: usize,
-    mark: [(usize, u64); MARKS],
-}
-
-impl Marks {
-    const EMPTY: Marks = Marks {
-        n: 0,
-        mark: [(0, 0); MARKS],
-    };
-
-    /// Objects pushed from slot `slot` on are no older than `tick`.
-    fn push(&mut self, slot: usize, tick: u64) {
-        if self.n > 0 && self.mark[self.n - 1].0 >= slot {
-            // Marks at or past `slot` cover no object: replace them.
-            while self.n > 0 && self.mark[self.n - 1].0 >= slot {
-                self.n -= 1;
-            }
-        }
-        if self.n == MARKS {
-            // Merge the two neighbouring ranges whose ticks are closest,
-            // under the older tick: the least age is lost, and objects
-            // only ever look older than they are (they leave sooner).
-            // (Of equal gaps, the newest: the bottom ages matter most.)
-            let k = (1..MARKS)
-                .rev()
-                .min_by_key(|&k| self.mark[k].1 - self.mark[k - 1].1)
-                .expect("MARKS > 1");
-            self.mark.copy_within(k + 1..MARKS, k);
-            self.n -= 1;
-        }
-        self.mark[self.n] = (slot, tick);
-        self.n += 1;
-    }
-
-    /// The slots below `bottom` left: the first range starts there.
-    fn cut_below(&mut self, bottom: usize) {
-        let dead = (1..self.n)
-            .take_while(|&k| self.mark[k].0 <= bottom)
-            .count();
-        self.mark.copy_within(dead..self.n, 0);
-        self.n -= dead;
-        if self.n > 0 {
-            self.mark[0].0 = self.mark[0].0.max(bottom);
-        }
-    }
-
-    /// Every object from slot `from` on is no older than `tick`.
-    fn no_older_than(&mut self, from: usize, tick: u64) {
-        let covering = (0..self.n).rev().find(|&k| self.mark[k].0 <= from);
-        let Some(k) = covering else { return };
-        if self.mark[k].1 >= tick {
-            return;
-        }
-        let upper = self.mark[k + 1..self.n]
-            .iter()
-            .map(|m| (m.0, m.1.max(tick)));
-        let mut rest = [(0, 0); MARKS];
-        let mut m = 0;
-        for x in upper {
-            rest[m] = x;
-            m += 1;
-        }
-        self.n = k + 1;
-        self.push(from, tick);
-        for &(slot, t) in &rest[..m] {
-            self.push(slot, t);
-        }
-    }
-
-    /// Slot indexes move down by `d` (the stack moved to the array start).
-    fn shift(&mut self, d: usize) {
-        for m in &mut self.mark[..self.n] {
-            m.0 -= d;
-        }
-    }
-
-    /// The tick of the oldest object.
-    fn oldest(&self) -> u64 {
-        if self.n == 0 {
-            0
-        } else {
-            self.mark[0].1
-        }
-    }
 }
 
 /// The cache of one thread. Lives in a zeroed mapping: all-zero is the
@@ -839,9 +659,12 @@ unsafe fn unmap(tc: NonNull<ThreadCache>) {
     unsafe { os::unmap(tc.cast(), size_of::<ThreadCache>()) };
 }
 
+mod entry;
 mod evict;
 mod list;
 
+pub(crate) use entry::Entry;
+use entry::{array_block, closed, recheck, Marks};
 use evict::give_back;
 use list::next_home;
 pub(crate) use list::THREADS;
