@@ -115,10 +115,6 @@ const FREE: u32 = 0x6672_6565; // "free"
 // stale handle still reads a DEAD magic until its head is reused, which the
 // registry does only once no object and no thread-cache entry of the dead
 // pool is left.
-//
-// `repr(C)`, hit-path fields first: a hit reads `stamp` and `entry_off`,
-// one cache line of the head.
-#[repr(C)]
 pub struct Pool {
     /// What the hit path compares with a thread-cache entry's key: `key`
     /// while the pool is live and has no debugging flags, `key | 1`
