@@ -609,6 +609,23 @@ impl Pool {
         }
     }
 
+    /// Aborts, naming the object and the pool, if the caller's block `obj`
+    /// is free (its object carries the pool's key): for a caller that keeps
+    /// a block without freeing it, as the LD_PRELOAD malloc's `realloc` in
+    /// place does, so that a `realloc` after `free` is caught as a double
+    /// free. Pools whose objects carry debugging parts in front are left to
+    /// their own checks on free.
+    ///
+    /// # Safety
+    /// `obj` is the start of an object of this pool, live or free, whose
+    /// key word was initialised (every object handed out at least once).
+    pub unsafe fn abort_if_free(&self, obj: NonNull<u8>) {
+        if self.layout.user == 0 {
+            // SAFETY: per the contract.
+            unsafe { self.check_not_free(obj) };
+        }
+    }
+
     /// Puts an object (as the caches hold it) into this thread's cache, or
     /// into the shared cache when it is too large to cache per thread.
     ///
