@@ -30,6 +30,7 @@ pub mod ffi;
 pub mod fork;
 mod legacy_cache;
 mod lifecycle;
+mod links;
 mod meta;
 mod options;
 mod os;

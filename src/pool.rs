@@ -411,7 +411,7 @@ impl Pool {
         let cluster = self.take_from_shared(home)?;
         let first = cluster.first;
         // SAFETY: the cluster is ours.
-        let rest = unsafe { (*first.as_ptr()).down };
+        let rest = unsafe { Item::down(first.as_ptr()) };
         if let Some(rest) = NonNull::new(rest) {
             self.release_cluster(
                 home,
@@ -585,7 +585,7 @@ impl Pool {
         // SAFETY: the object is ours; a lone object is a cluster of one.
         unsafe {
             thread_cache::set_key(self, base);
-            (*item.as_ptr()).down = core::ptr::null_mut();
+            Item::set_down(item.as_ptr(), core::ptr::null_mut());
         }
         let home = ThreadCache::existing().map_or(0, |tc| tc.home);
         self.release_from_cache(
@@ -646,7 +646,7 @@ impl Pool {
         }
         let item = obj.cast::<Item>();
         // SAFETY: the object is ours; a lone object is a cluster of one.
-        unsafe { (*item.as_ptr()).down = core::ptr::null_mut() };
+        unsafe { Item::set_down(item.as_ptr(), core::ptr::null_mut()) };
         self.release_from_cache(
             tc.map_or(0, |tc| tc.home),
             Cluster {
@@ -769,7 +769,7 @@ impl Pool {
                         self.release_or_defer(i.cast(), later);
                         idle -= 1;
                     } else {
-                        (*i.as_ptr()).down = keep;
+                        Item::set_down(i.as_ptr(), keep);
                         keep = i.as_ptr();
                         kept += 1;
                     }

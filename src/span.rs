@@ -39,8 +39,8 @@
 //! each at least), spans are mapped 16 at a time (4 MiB) or one at a time
 //! when that fails, and nothing is reserved up front but what is used.
 
-use crate::os;
 use crate::sync::SpinLock;
+use crate::{links, os};
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
@@ -86,7 +86,8 @@ struct SpanHeader {
 
 /// The part of a span header that changes, under its tag's lock.
 struct SpanState {
-    /// Objects given back, linked through their first word.
+    /// Objects given back, linked through their first word (protected:
+    /// see `links`; every link is checked when its object is popped).
     free: *mut u8,
     /// Offset of the next object never handed out.
     bump: usize,
@@ -471,8 +472,12 @@ unsafe fn obtain_locked(st: &mut TagInner, tag: u32, size: usize) -> Option<NonN
     // SAFETY: under the lock; listed spans are mapped spans of this tag.
     let ss = unsafe { state(s) };
     let p = if let Some(p) = NonNull::new(ss.free) {
-        // SAFETY: a free object holds the next one in its first word.
-        ss.free = unsafe { p.as_ptr().cast::<*mut u8>().read() };
+        let at = p.as_ptr().cast::<*mut u8>();
+        // SAFETY: a free object of this span (checked when it became the
+        // head) holds the next one in its first word, protected.
+        ss.free = links::reveal(at, unsafe { at.read() });
+        // SAFETY: under the lock; `s` is a mapped span of this tag.
+        unsafe { check_free_link(s, at, ss.free, size, ss.bump) };
         p
     } else {
         // A listed span has room: no free object, so the bump pointer
@@ -492,6 +497,34 @@ unsafe fn obtain_locked(st: &mut TagInner, tag: u32, size: usize) -> Option<NonN
         unsafe { unlink_avail(st, s) };
     }
     Some(p)
+}
+
+/// Aborts with a message unless `next`, the link read at `at` in a free
+/// object of span `s`, is null or an object of `s` carved already: inside
+/// the span, on its grid of `size`-byte objects, below `bump`.
+///
+/// # Safety
+/// `s` is a mapped span.
+unsafe fn check_free_link(
+    s: *mut SpanHeader,
+    at: *mut *mut u8,
+    next: *mut u8,
+    size: usize,
+    bump: usize,
+) {
+    if next.is_null() {
+        return;
+    }
+    // SAFETY: `s` is mapped (caller).
+    let data = unsafe { (*s).data } as usize;
+    let off = next.addr().wrapping_sub(s.addr());
+    if off < data || off >= bump || !(off - data).is_multiple_of(size) {
+        links::corrupted(
+            b"a span's free list leaves its span",
+            at.addr(),
+            next.addr(),
+        );
+    }
 }
 
 fn new_span(tag: u32, obj_size: usize) -> Option<NonNull<SpanHeader>> {
@@ -633,8 +666,9 @@ unsafe fn release_locked(
     // SAFETY: under the lock; `s` is mapped (it holds the live `p`).
     let ss = unsafe { state(s) };
     debug_assert!(ss.live > 0);
+    let at = p.as_ptr().cast::<*mut u8>();
     // SAFETY: the object is ours (caller): its first word holds the link.
-    unsafe { p.as_ptr().cast::<*mut u8>().write(ss.free) };
+    unsafe { at.write(links::protect(at, ss.free)) };
     ss.free = p.as_ptr();
     ss.live -= 1;
     st.live -= 1;

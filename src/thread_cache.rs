@@ -779,13 +779,13 @@ impl ThreadCache {
         let cluster = pool.take_from_shared(self.home)?;
         let first = cluster.first;
         // SAFETY: the cluster is ours: its objects are linked through `down`.
-        let mut rest = unsafe { (*first.as_ptr()).down };
+        let mut rest = unsafe { Item::down(first.as_ptr()) };
         let mut left = cluster.len - 1;
         while left > 0 && self.make_room(e, pool, false) {
             // SAFETY: `top < limit` after make_room; `rest` heads the rest
             // of our cluster, `left > 0` objects.
             unsafe {
-                let next = (*rest).down;
+                let next = Item::down(rest);
                 let top = e.top.load(Relaxed);
                 *top = rest.cast();
                 e.top.store(top.add(1), Relaxed);
@@ -1013,7 +1013,7 @@ unsafe fn give_back(pool: &Pool, home: usize, slots: *mut *mut u8, n: usize) {
             // SAFETY: per the contract; the object becomes an Item.
             unsafe {
                 let it = (*slots.add(j)).cast::<Item>();
-                (*it).down = first;
+                Item::set_down(it, first);
                 first = it;
             }
         }
