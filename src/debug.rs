@@ -604,6 +604,23 @@ pub(crate) fn double_free(pool: &Pool, obj: NonNull<u8>) -> ! {
     )
 }
 
+/// A free of `obj`, which is not the start of an object of `pool` (a
+/// pointer inside an object, or past one): aborts with a message naming
+/// the pointer and the pool.
+#[cold]
+#[inline(never)]
+pub(crate) fn invalid_free(pool: &Pool, obj: NonNull<u8>) -> ! {
+    die(
+        pool,
+        obj.as_ptr(),
+        0,
+        Site::Free,
+        "invalid free (not the start of an object of this pool)",
+        None,
+        None,
+    )
+}
+
 /// Prints what went wrong with object `b` of `pool`, with the call sites
 /// known, and aborts.
 #[cold]

@@ -146,6 +146,28 @@ pub(crate) fn corrupted(what: &[u8], at: usize, value: usize) -> ! {
     unsafe { libc::abort() }
 }
 
+/// A pointer given back to a span that is not the start of an object it
+/// handed out: writes `libpools: invalid free of 0xP (...); aborting` to
+/// stderr without allocating, and aborts.
+#[cold]
+#[inline(never)]
+pub(crate) fn invalid_object(p: usize) -> ! {
+    let mut buf = [0u8; 200];
+    let mut len = 0;
+    let mut put = |s: &[u8]| {
+        let n = s.len().min(buf.len() - len);
+        buf[len..len + n].copy_from_slice(&s[..n]);
+        len += n;
+    };
+    put(b"libpools: invalid free of ");
+    hex(&mut put, p);
+    put(b" (not the start of an object: a pointer inside or past one?); aborting\n");
+    // SAFETY: writing our own buffer to fd 2.
+    unsafe { libc::write(2, buf.as_ptr().cast(), len) };
+    // SAFETY: abort has no preconditions.
+    unsafe { libc::abort() }
+}
+
 fn hex(put: &mut impl FnMut(&[u8]), v: usize) {
     put(b"0x");
     let digits = (usize::BITS - v.leading_zeros()).div_ceil(4).max(1);

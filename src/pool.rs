@@ -597,12 +597,19 @@ impl Pool {
         );
     }
 
-    /// Aborts if `obj` carries this pool's key (a double free).
+    /// Aborts if `obj` carries this pool's key (a double free), or, for a
+    /// pool on spans, if it is not the start of an object of its tag's
+    /// spans (an invalid free: inside an object, past one, or not ours).
     ///
     /// # Safety
     /// `obj` is an object of this pool whose key word was initialised.
     #[inline]
     unsafe fn check_not_free(&self, obj: NonNull<u8>) {
+        if let os::Backend::Span(tag) = self.backend {
+            if crate::span::owner(obj.as_ptr()) != (crate::span::Owner::Span { tag }) {
+                debug::invalid_free(self, obj);
+            }
+        }
         // SAFETY: per the contract.
         if unsafe { thread_cache::has_key(self, obj) } {
             debug::double_free(self, obj);

@@ -640,7 +640,12 @@ pub(crate) unsafe fn release(tag: u32, p: NonNull<u8>) {
         .as_ptr()
         .map_addr(|a| a & !(SPAN - 1))
         .cast::<SpanHeader>();
-    debug_assert_eq!(owner(p.as_ptr()), Owner::Span { tag });
+    // Objects reach their span from the caches, where a pointer the hit
+    // path took without this check may wait (an interior one): checked
+    // here, and against the bump pointer under the lock.
+    if owner(p.as_ptr()) != (Owner::Span { tag }) {
+        links::invalid_object(p.as_ptr().addr());
+    }
     t.lock.lock();
     // SAFETY: we hold the tag's lock; `p` is an object of span `s` of this
     // tag (caller), which is mapped since `p` counts as live in it.
@@ -665,7 +670,10 @@ unsafe fn release_locked(
 ) -> Option<NonNull<SpanHeader>> {
     // SAFETY: under the lock; `s` is mapped (it holds the live `p`).
     let ss = unsafe { state(s) };
-    debug_assert!(ss.live > 0);
+    if p.as_ptr().addr() - s.addr() >= ss.bump || ss.live == 0 {
+        // Past every object ever handed out: not one of them.
+        links::invalid_object(p.as_ptr().addr());
+    }
     let at = p.as_ptr().cast::<*mut u8>();
     // SAFETY: the object is ours (caller): its first word holds the link.
     unsafe { at.write(links::protect(at, ss.free)) };
