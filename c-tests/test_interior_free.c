@@ -30,7 +30,7 @@ static void (*volatile do_free)(struct pool_head *, void *) = pool_free;
 
 static void child(size_t size, size_t off, int option, int twin)
 {
-    if (option && pool_set_debugging("cold-first") != 0)
+    if (option && pool_set_debugging("zero-on-free") != 0)
         _exit(7);
     struct pool_head *p = pool_create("interior", size, 0);
     void *keep = pool_alloc(p); /* keeps the span mapped */

@@ -21,7 +21,9 @@
 //! bytes from offset 32 on. Under valgrind the prefix moves the links out of
 //! the caller's bytes, which can then all be marked inaccessible.
 
-use crate::options::{DBG_BACKUP, DBG_CALLER, DBG_INTEGRITY, DBG_MEMCHECK, DBG_POISON, DBG_TAG};
+use crate::options::{
+    DBG_BACKUP, DBG_CALLER, DBG_INTEGRITY, DBG_MEMCHECK, DBG_POISON, DBG_TAG, DBG_ZERO_ON_FREE,
+};
 use crate::pool::Pool;
 use crate::registry::Line;
 use crate::thread_cache::MIN_OBJECT;
@@ -518,6 +520,23 @@ pub(crate) unsafe fn on_free(pool: &Pool, user: NonNull<u8>, caller: usize) -> N
                 pool.size,
                 0,
             );
+        }
+    }
+    if d & DBG_ZERO_ON_FREE != 0 {
+        // All but the key word, which says the object is free (and which a
+        // second free must still find: the double-free check follows).
+        let key = crate::thread_cache::KEY_OFFSET;
+        let (start, end) = (l.user, l.user + pool.size);
+        // SAFETY: the caller's bytes, `[l.user, l.user + size)` of the
+        // object, less the key word's 8 bytes.
+        unsafe {
+            if start < key {
+                b.add(start).write_bytes(0, end.min(key) - start);
+            }
+            if end > key + 8 {
+                let from = start.max(key + 8);
+                b.add(from).write_bytes(0, end - from);
+            }
         }
     }
     if d & DBG_INTEGRITY != 0 {

@@ -40,7 +40,7 @@
 //! when that fails, and nothing is reserved up front but what is used.
 
 use crate::sync::SpinLock;
-use crate::{links, os};
+use crate::{links, options, os};
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
@@ -471,6 +471,11 @@ unsafe fn obtain_locked(st: &mut TagInner, tag: u32, size: usize) -> Option<NonN
     }
     // SAFETY: under the lock; listed spans are mapped spans of this tag.
     let ss = unsafe { state(s) };
+    // SAFETY: `s` is mapped.
+    if ss.free.is_null() && ss.bump == unsafe { (*s).data } as usize && options::random_order() {
+        // SAFETY: under the lock; `s` is an empty span of `size`-byte objects.
+        unsafe { carve_shuffled(s, ss, size) };
+    }
     let p = if let Some(p) = NonNull::new(ss.free) {
         let at = p.as_ptr().cast::<*mut u8>();
         // SAFETY: a free object of this span (checked when it became the
@@ -497,6 +502,62 @@ unsafe fn obtain_locked(st: &mut TagInner, tag: u32, size: usize) -> Option<NonN
         unsafe { unlink_avail(st, s) };
     }
     Some(p)
+}
+
+/// `random-order`: carves every object of the empty span `s` at once onto
+/// its free list, in a random order (a random bijection of the slots'
+/// indices: a few rounds of multiply-add and xor-shift over the next power
+/// of two, walking past the values beyond the span's capacity), so that
+/// the span hands out its objects in that order. Writes a link into every
+/// object: the whole span becomes resident.
+///
+/// # Safety
+/// Under the lock of `s`'s tag; `s` is a mapped span of `size`-byte
+/// objects with no object handed out and an empty free list.
+unsafe fn carve_shuffled(s: *mut SpanHeader, ss: &mut SpanState, size: usize) {
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    // SAFETY: `s` is mapped.
+    let (data, n) = unsafe { ((*s).data as usize, (*s).capacity as usize) };
+    let bits = n.next_power_of_two().trailing_zeros().max(1);
+    let mask = (1u64 << bits) - 1;
+    // Relaxed: only a different seed per span matters.
+    let mut z = links::protect(ptr::null::<*mut u8>(), s.cast::<u8>()).addr() as u64
+        ^ DRAWS
+            .fetch_add(1, Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut keys = [0u64; 3];
+    for k in &mut keys {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        *k = z;
+    }
+    let shift = bits.div_ceil(2);
+    let permute = |mut x: u64| {
+        for k in keys {
+            // Each step is a bijection of [0, 2^bits): an odd multiplier
+            // and an addition modulo 2^bits, then an xor with a right shift.
+            x = (x.wrapping_mul(k | 1).wrapping_add(k >> 32)) & mask;
+            x ^= x >> shift;
+        }
+        x
+    };
+    let mut free = ptr::null_mut::<u8>();
+    for i in 0..=mask {
+        let j = permute(i) as usize;
+        if j >= n {
+            continue;
+        }
+        // SAFETY: `j < capacity`: an object slot inside the span.
+        let obj = unsafe { s.cast::<u8>().add(data + j * size) };
+        let at = obj.cast::<*mut u8>();
+        // SAFETY: the slot is the span's, unused: its first word holds
+        // the link, protected as `release_locked` stores it.
+        unsafe { at.write(links::protect(at, free)) };
+        free = obj;
+    }
+    ss.free = free;
+    ss.bump = data + n * size;
 }
 
 /// Aborts with a message unless `next`, the link read at `at` in a free
