@@ -299,6 +299,7 @@ unsafe extern "C" fn pool_free_at(pool: *mut Pool, ptr: *mut c_void, caller: usi
         set_errno(libc::EINVAL);
         return;
     }
+    pool.check_invalid_free(obj);
     // A successful pool_free keeps errno (see pool_alloc_at).
     let saved = errno();
     // SAFETY: the caller gives back an object of this pool (C contract).

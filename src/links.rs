@@ -108,7 +108,9 @@ pub(crate) fn reveal<T>(at: *const *mut T, stored: *mut T) -> *mut T {
 /// aligned user-space address.
 #[inline(always)]
 pub(crate) fn check<T>(at: *const *mut T, next: *mut T) {
-    if next.addr() & (ALIGN - 1) != 0 || next.addr() >> ADDR_BITS != 0 {
+    // One test: the low bits of a misaligned address, the high bits of one
+    // outside user space.
+    if next.addr() & (ALIGN - 1 | !((1 << ADDR_BITS) - 1)) != 0 {
         forged(at.addr(), next.addr());
     }
 }

@@ -597,19 +597,26 @@ impl Pool {
         );
     }
 
-    /// Aborts if `obj` carries this pool's key (a double free), or, for a
-    /// pool on spans, if it is not the start of an object of its tag's
-    /// spans (an invalid free: inside an object, past one, or not ours).
+    /// Aborts, naming the pointer and the pool, if the caller's block
+    /// `user` of a pool on spans is not the start of an object of its
+    /// tag's spans (an invalid free: inside an object, past one, or not
+    /// ours), by the region map. For the C API's `pool_free` past its hit
+    /// path (the LD_PRELOAD malloc looks every pointer up already).
+    pub(crate) fn check_invalid_free(&self, user: NonNull<u8>) {
+        if let os::Backend::Span(tag) = self.backend {
+            let base = user.as_ptr().wrapping_sub(self.layout.user);
+            if crate::span::owner(base) != (crate::span::Owner::Span { tag }) {
+                debug::invalid_free(self, user);
+            }
+        }
+    }
+
+    /// Aborts if `obj` carries this pool's key (a double free).
     ///
     /// # Safety
     /// `obj` is an object of this pool whose key word was initialised.
     #[inline]
     unsafe fn check_not_free(&self, obj: NonNull<u8>) {
-        if let os::Backend::Span(tag) = self.backend {
-            if crate::span::owner(obj.as_ptr()) != (crate::span::Owner::Span { tag }) {
-                debug::invalid_free(self, obj);
-            }
-        }
         // SAFETY: per the contract.
         if unsafe { thread_cache::has_key(self, obj) } {
             debug::double_free(self, obj);
