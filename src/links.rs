@@ -110,7 +110,7 @@ pub(crate) fn reveal<T>(at: *const *mut T, stored: *mut T) -> *mut T {
 pub(crate) fn check<T>(at: *const *mut T, next: *mut T) {
     // One test: the low bits of a misaligned address, the high bits of one
     // outside user space.
-    if next.addr() & (ALIGN - 1 | !((1 << ADDR_BITS) - 1)) != 0 {
+    if next.addr() & ((ALIGN - 1) | !((1 << ADDR_BITS) - 1)) != 0 {
         forged(at.addr(), next.addr());
     }
 }
