@@ -1173,6 +1173,65 @@ mod tests {
         );
     }
 
+    /// Runs `f` in a forked child, which must die of SIGABRT.
+    fn aborts_in_child(f: fn()) {
+        // SAFETY: as in `in_child`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let ok = std::panic::catch_unwind(f).is_ok();
+            // SAFETY: as in `in_child`.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child; `status` is a valid out-pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT,
+            "child not aborted: status {status:#x}"
+        );
+    }
+
+    #[test]
+    fn a_link_out_of_its_span_aborts_even_when_well_encoded() {
+        // A forger who knew the secret could encode any pointer: the pop
+        // still checks that the link names an object of the same span.
+        aborts_in_child(|| {
+            let size = 4112;
+            let tag = own_tag(size);
+            let _keep = obtain(tag, size).unwrap(); // the span stays in use
+            let a = obtain(tag, size).unwrap();
+            let b = obtain(tag, size).unwrap();
+            // SAFETY: each given back once.
+            unsafe {
+                release(tag, a);
+                release(tag, b);
+            }
+            let outside = Box::into_raw(Box::new([0u128; 8])).cast::<u8>();
+            let at = b.as_ptr().cast::<*mut u8>();
+            // SAFETY: the test's write after free of `b`, the list's head.
+            unsafe { at.write(links::protect(at, outside)) };
+            let _ = obtain(tag, size);
+        });
+        // The same with a link inside the span but off its object grid.
+        aborts_in_child(|| {
+            let size = 4128;
+            let tag = own_tag(size);
+            let _keep = obtain(tag, size).unwrap(); // the span stays in use
+            let a = obtain(tag, size).unwrap();
+            let b = obtain(tag, size).unwrap();
+            // SAFETY: each given back once.
+            unsafe {
+                release(tag, a);
+                release(tag, b);
+            }
+            let at = b.as_ptr().cast::<*mut u8>();
+            // SAFETY: as above; 16 bytes into `a`, inside the span.
+            unsafe { at.write(links::protect(at, a.as_ptr().add(16))) };
+            let _ = obtain(tag, size);
+        });
+    }
+
     #[test]
     fn empty_spans_are_unmapped() {
         in_child(|| {
