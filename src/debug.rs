@@ -623,7 +623,8 @@ pub(crate) fn double_free(pool: &Pool, obj: NonNull<u8>) -> ! {
     )
 }
 
-/// A free of `obj`, which is not the start of an object of `pool` (a
+/// A free of the object base `obj` (the caller's pointer less the parts in
+/// front), which is not the start of an object of `pool` (a
 /// pointer inside an object, or past one): aborts with a message naming
 /// the pointer and the pool.
 #[cold]

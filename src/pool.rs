@@ -606,7 +606,8 @@ impl Pool {
         if let os::Backend::Span(tag) = self.backend {
             let base = user.as_ptr().wrapping_sub(self.layout.user);
             if crate::span::owner(base) != (crate::span::Owner::Span { tag }) {
-                debug::invalid_free(self, user);
+                // The message adds the parts in front back: give it the base.
+                debug::invalid_free(self, NonNull::new(base).unwrap_or(user));
             }
         }
     }
