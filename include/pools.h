@@ -329,6 +329,13 @@ int pool_set_shared_cache(const char *name);
  * - "backup" / "no-backup": (layout) a copy of each freed object is kept
  *   after it and compared when the object is handed out again (unless
  *   "integrity" does that check): a write after free aborts.
+ * - "zero-on-free" / "no-zero-on-free": each freed object is zeroed, all
+ *   but the 8-byte key word at offset 16 that marks it free (so a double
+ *   free is still caught): what a use after free reads is gone.
+ * - "random-order" / "no-random-order": not a pool flag; a span carved
+ *   while it is set hands out its objects in a random order (all of them
+ *   are linked at once: the span becomes resident), under the LD_PRELOAD
+ *   malloc too.
  * - "help": prints the list on stderr.
  *
  * Returns 0, or -1 with EINVAL (changing nothing) for a NULL list or an

@@ -27,7 +27,9 @@ use crate::checkers::{
 };
 use crate::head::{Layout, Pool};
 use crate::line::Line;
-use crate::options::{DBG_BACKUP, DBG_CALLER, DBG_INTEGRITY, DBG_MEMCHECK, DBG_POISON, DBG_TAG};
+use crate::options::{
+    DBG_BACKUP, DBG_CALLER, DBG_INTEGRITY, DBG_MEMCHECK, DBG_POISON, DBG_TAG, DBG_ZERO_ON_FREE,
+};
 use core::fmt::Write;
 
 const WORD: usize = core::mem::size_of::<usize>();
@@ -249,6 +251,23 @@ pub(crate) unsafe fn on_free(pool: &Pool, user: NonNull<u8>, caller: usize) -> N
             );
         }
     }
+    if d & DBG_ZERO_ON_FREE != 0 {
+        // All but the key word, which says the object is free (and which a
+        // second free must still find: the double-free check follows).
+        let key = crate::head::KEY_OFFSET;
+        let (start, end) = (l.user, l.user + pool.size);
+        // SAFETY: the caller's bytes, `[l.user, l.user + size)` of the
+        // object, less the key word's 8 bytes.
+        unsafe {
+            if start < key {
+                b.add(start).write_bytes(0, end.min(key) - start);
+            }
+            if end > key + 8 {
+                let from = start.max(key + 8);
+                b.add(from).write_bytes(0, end - from);
+            }
+        }
+    }
     if d & DBG_INTEGRITY != 0 {
         let range = l.checked(pool.size);
         // A different pattern at every fill (half of the high bits change),
@@ -328,6 +347,24 @@ pub(crate) fn double_free(pool: &Pool, obj: NonNull<u8>) -> ! {
         0,
         Site::Free,
         "double free (the object is already free)",
+        None,
+        None,
+    )
+}
+
+/// A free of the object base `obj` (the caller's pointer less the parts in
+/// front), which is not the start of an object of `pool` (a
+/// pointer inside an object, or past one): aborts with a message naming
+/// the pointer and the pool.
+#[cold]
+#[inline(never)]
+pub(crate) fn invalid_free(pool: &Pool, obj: NonNull<u8>) -> ! {
+    die(
+        pool,
+        obj.as_ptr(),
+        0,
+        Site::Free,
+        "invalid free (not the start of an object of this pool)",
         None,
         None,
     )

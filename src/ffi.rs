@@ -299,6 +299,7 @@ unsafe extern "C" fn pool_free_at(pool: *mut Pool, ptr: *mut c_void, caller: usi
         set_errno(libc::EINVAL);
         return;
     }
+    pool.check_invalid_free(obj);
     // A successful pool_free keeps errno (see pool_alloc_at).
     let saved = errno();
     // SAFETY: the caller gives back an object of this pool (C contract).
@@ -518,6 +519,13 @@ pub unsafe extern "C" fn pool_set_shared_cache(name: *const c_char) -> c_int {
 /// - "backup" / "no-backup": (layout) a copy of each freed object is kept
 ///   after it and compared when the object is handed out again (unless
 ///   "integrity" does that check): a write after free aborts.
+/// - "zero-on-free" / "no-zero-on-free": each freed object is zeroed, all
+///   but the 8-byte key word at offset 16 that marks it free (so a double
+///   free is still caught): what a use after free reads is gone.
+/// - "random-order" / "no-random-order": not a pool flag; a span carved
+///   while it is set hands out its objects in a random order (all of them
+///   are linked at once: the span becomes resident), under the LD_PRELOAD
+///   malloc too.
 /// - "help": prints the list on stderr.
 ///
 /// Returns 0, or -1 with EINVAL (changing nothing) for a NULL list or an

@@ -40,10 +40,11 @@
 //!                            (both model-checked with loom)
 //!  1  backing span           where objects come from: malloc, spans and the
 //!                            region map, guarded mappings, fail=N, trim
-//!  0  os sync tls line options counters meta checkers
+//!  0  os sync tls line links options counters meta checkers
 //!                            the floor: system calls and mappings, locks
 //!                            and the fork window, the TLS word, the stack
-//!                            formatter, settings as data, event counters,
+//!                            formatter, protected free-list links,
+//!                            settings as data, event counters,
 //!                            the metadata arena, valgrind and ASan
 //! ```
 
@@ -58,6 +59,7 @@ mod fork;
 mod head;
 mod lifecycle;
 mod line;
+mod links;
 mod meta;
 mod options;
 mod os;

@@ -196,10 +196,13 @@ mod loom_tests {
     }
 
     fn new_item() -> *mut Item {
-        Box::into_raw(Box::new(Item {
+        let item = Box::into_raw(Box::new(Item {
             next: ptr::null_mut(),
             down: ptr::null_mut(),
-        }))
+        }));
+        // SAFETY: a fresh box of ours; links are stored protected.
+        unsafe { Item::set_down(item, ptr::null_mut()) };
+        item
     }
 
     /// Whatever the interleaving, every cluster an owner put is flushed,

@@ -94,6 +94,12 @@ pub(crate) const DBG_FAIL: u32 = 1 << 20;
 /// Not a pool flag: a pool whose `Pool::debug_live` has it records its
 /// calls in the memory profile (set on every pool while profiling is on).
 pub(crate) const DBG_PROFILE: u32 = 1 << 21;
+/// `zero-on-free`: a freed object's bytes are zeroed (all but the key word
+/// the caches keep at `thread_cache::KEY_OFFSET`).
+pub(crate) const DBG_ZERO_ON_FREE: u32 = 1 << 22;
+/// `random-order`: not a pool flag; spans carved while it is set hand out
+/// their objects in a random order (see `span`).
+const DBG_RANDOM_ORDER: u32 = 1 << 23;
 /// The bits `Pool::enable_debug` may add to a live pool: they change no
 /// object's layout and no cache's behaviour.
 pub(crate) const DBG_RUNTIME: u32 = DBG_FAIL | DBG_PROFILE;
@@ -105,12 +111,13 @@ pub(crate) const DBG_POOL_FLAGS: u32 = DBG_COLD_FIRST
     | DBG_CALLER
     | DBG_TAG
     | DBG_POISON
-    | DBG_BACKUP;
+    | DBG_BACKUP
+    | DBG_ZERO_ON_FREE;
 const POISON_SHIFT: u32 = 24;
 
 /// The flag words, their opposites and their help lines, HAProxy's `-dM`
 /// names and meanings.
-const FLAG_WORDS: [(u32, &str, &str, &str); 10] = [
+const FLAG_WORDS: [(u32, &str, &str, &str); 12] = [
     (
         DBG_NO_MERGE,
         "no-merge",
@@ -176,6 +183,18 @@ const FLAG_WORDS: [(u32, &str, &str, &str); 10] = [
         "no-backup",
         "keep a copy of each freed object, compare it on reuse: a write\n\
       \x20            after free aborts",
+    ),
+    (
+        DBG_ZERO_ON_FREE,
+        "zero-on-free",
+        "no-zero-on-free",
+        "zero each freed object (what a use after free reads is gone)",
+    ),
+    (
+        DBG_RANDOM_ORDER,
+        "random-order",
+        "no-random-order",
+        "spans carved from now on hand out their objects in a random order",
     ),
 ];
 
@@ -359,6 +378,12 @@ pub(crate) fn pool_debug() -> u32 {
 /// The poison byte of a pool created now (`poison=0xNN`).
 pub(crate) fn poison_byte() -> u8 {
     (DEBUG.load(Relaxed) >> POISON_SHIFT) as u8
+}
+
+/// Whether `random-order` is set: a span carved now links its objects in
+/// a random order.
+pub(crate) fn random_order() -> bool {
+    DEBUG.load(Relaxed) & DBG_RANDOM_ORDER != 0
 }
 
 /// Whether `no-merge` is set: shareable pools merge only by name.

@@ -130,7 +130,7 @@ impl Pool {
         let cluster = self.take_from_shared(home)?;
         let first = cluster.first;
         // SAFETY: the cluster is ours.
-        let rest = unsafe { (*first.as_ptr()).down };
+        let rest = unsafe { Item::down(first.as_ptr()) };
         if let Some(rest) = NonNull::new(rest) {
             self.release_cluster(
                 home,
@@ -304,7 +304,7 @@ impl Pool {
         // SAFETY: the object is ours; a lone object is a cluster of one.
         unsafe {
             head::set_key(self, base);
-            (*item.as_ptr()).down = core::ptr::null_mut();
+            Item::set_down(item.as_ptr(), core::ptr::null_mut());
         }
         let home = ThreadCache::existing().map_or(0, |tc| tc.home);
         self.release_from_cache(
@@ -316,6 +316,21 @@ impl Pool {
         );
     }
 
+    /// Aborts, naming the pointer and the pool, if the caller's block
+    /// `user` of a pool on spans is not the start of an object of its
+    /// tag's spans (an invalid free: inside an object, past one, or not
+    /// ours), by the region map. For the C API's `pool_free` past its hit
+    /// path (the LD_PRELOAD malloc looks every pointer up already).
+    pub(crate) fn check_invalid_free(&self, user: NonNull<u8>) {
+        if let Backend::Span(tag) = self.backend {
+            let base = user.as_ptr().wrapping_sub(self.layout.user);
+            if crate::span::owner(base) != (crate::span::Owner::Span { tag }) {
+                // The message adds the parts in front back: give it the base.
+                debug::invalid_free(self, NonNull::new(base).unwrap_or(user));
+            }
+        }
+    }
+
     /// Aborts if `obj` carries this pool's key (a double free).
     ///
     /// # Safety
@@ -325,6 +340,23 @@ impl Pool {
         // SAFETY: per the contract.
         if unsafe { head::has_key(self, obj) } {
             debug::double_free(self, obj);
+        }
+    }
+
+    /// Aborts, naming the object and the pool, if the caller's block `obj`
+    /// is free (its object carries the pool's key): for a caller that keeps
+    /// a block without freeing it, as the LD_PRELOAD malloc's `realloc` in
+    /// place does, so that a `realloc` after `free` is caught as a double
+    /// free. Pools whose objects carry debugging parts in front are left to
+    /// their own checks on free.
+    ///
+    /// # Safety
+    /// `obj` is the start of an object of this pool, live or free, whose
+    /// key word was initialised (every object handed out at least once).
+    pub unsafe fn abort_if_free(&self, obj: NonNull<u8>) {
+        if self.layout.user == 0 {
+            // SAFETY: per the contract.
+            unsafe { self.check_not_free(obj) };
         }
     }
 
@@ -348,7 +380,7 @@ impl Pool {
         }
         let item = obj.cast::<Item>();
         // SAFETY: the object is ours; a lone object is a cluster of one.
-        unsafe { (*item.as_ptr()).down = core::ptr::null_mut() };
+        unsafe { Item::set_down(item.as_ptr(), core::ptr::null_mut()) };
         self.release_from_cache(
             tc.map_or(0, |tc| tc.home),
             Cluster {
@@ -379,7 +411,7 @@ impl Pool {
                         self.release_or_defer(i.cast(), later);
                         idle -= 1;
                     } else {
-                        (*i.as_ptr()).down = keep;
+                        Item::set_down(i.as_ptr(), keep);
                         keep = i.as_ptr();
                         kept += 1;
                     }

@@ -23,6 +23,7 @@
 mod legacy;
 
 use crate::counters::{count, touch, Event, LastCpu};
+use crate::links;
 use crate::sync::{peek, unlock, AtomicIsize, AtomicPtr, Backoff};
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
@@ -42,13 +43,57 @@ pub(crate) const BUCKETS: usize = 2;
 /// Objects moved by one atomic operation.
 pub(crate) const CLUSTER: usize = 8;
 
-/// The header an object carries while it sits in the shared cache.
+/// The header an object carries while it sits in the shared cache. Both
+/// links are stored protected (see `links`): read and write them through
+/// [`Item::next`], [`Item::down`] and their setters.
 #[repr(C)]
 pub(crate) struct Item {
     /// Next cluster in the bucket (meaningful on a cluster's first object).
     pub(crate) next: *mut Item,
     /// Next object of the same cluster.
     pub(crate) down: *mut Item,
+}
+
+impl Item {
+    /// The next cluster after `item`'s (its `next`, protected: `links`).
+    ///
+    /// # Safety
+    /// `item` is an object of a cluster the caller may read.
+    #[inline]
+    pub(crate) unsafe fn next(item: *mut Item) -> *mut Item {
+        // SAFETY: per the contract.
+        unsafe { links::reveal(&raw const (*item).next, (*item).next) }
+    }
+
+    /// Sets `item`'s `next` to `to`, protected.
+    ///
+    /// # Safety
+    /// The caller owns `item`.
+    #[inline]
+    pub(crate) unsafe fn set_next(item: *mut Item, to: *mut Item) {
+        // SAFETY: per the contract.
+        unsafe { (*item).next = links::protect(&raw const (*item).next, to) };
+    }
+
+    /// The next object of `item`'s cluster (its `down`, protected).
+    ///
+    /// # Safety
+    /// The caller owns `item`'s cluster.
+    #[inline]
+    pub(crate) unsafe fn down(item: *mut Item) -> *mut Item {
+        // SAFETY: per the contract.
+        unsafe { links::reveal(&raw const (*item).down, (*item).down) }
+    }
+
+    /// Sets `item`'s `down` to `to`, protected.
+    ///
+    /// # Safety
+    /// The caller owns `item`.
+    #[inline]
+    pub(crate) unsafe fn set_down(item: *mut Item, to: *mut Item) {
+        // SAFETY: per the contract.
+        unsafe { (*item).down = links::protect(&raw const (*item).down, to) };
+    }
 }
 
 /// The head value that says "locked": no object lives at address 1.
@@ -82,7 +127,7 @@ impl Cluster {
         while let Some(item) = NonNull::new(cur) {
             // SAFETY: the caller owns the cluster, so `item` is a live object
             // that nobody else reads or writes.
-            cur = unsafe { (*item.as_ptr()).down };
+            cur = unsafe { Item::down(item.as_ptr()) };
             f(item);
         }
     }
@@ -202,7 +247,7 @@ impl SharedCache {
             let mut head = peek(&bucket.head);
             while head != busy() {
                 // SAFETY: we own `first` until the CAS publishes it.
-                unsafe { (*first).next = head };
+                unsafe { Item::set_next(first, head) };
                 // Release on success: a taker's Acquire swap must see
                 // `first.next` and everything written to the objects before.
                 // Relaxed on failure: the value is only compared again.
@@ -226,7 +271,7 @@ impl SharedCache {
                 // SAFETY: inside the window only this thread touches the
                 // fork list (see `Bucket::fork_list`); `first` is ours.
                 unsafe {
-                    (*first).next = *bucket.fork_list.get();
+                    Item::set_next(first, *bucket.fork_list.get());
                     *bucket.fork_list.get() = first;
                 }
                 bucket.objects.fetch_add(cluster.len as isize, Relaxed);
@@ -260,7 +305,7 @@ impl SharedCache {
                 crate::options::race_window();
                 // SAFETY: we hold the bucket's lock, so nobody else can take
                 // `first` (and return it to the OS) while we read its `next`.
-                let next = unsafe { (*first.as_ptr()).next };
+                let next = unsafe { Item::next(first.as_ptr()) };
                 // Release: unlocks, and hands the next taker what the putters
                 // published (it acquired their writes through our swap).
                 locked.unlock(next);
@@ -291,7 +336,7 @@ impl SharedCache {
                 // SAFETY: the whole list left the bucket while we held the
                 // lock, so every cluster in it is ours.
                 unsafe {
-                    cur = (*c.as_ptr()).next;
+                    cur = Item::next(c.as_ptr());
                     let len = cluster_len(c);
                     taken += len;
                     f(Cluster { first: c, len });
@@ -416,7 +461,7 @@ unsafe fn cluster_len(first: NonNull<Item>) -> usize {
     while !cur.is_null() {
         n += 1;
         // SAFETY: the caller owns every object of the cluster.
-        cur = unsafe { (*cur).down };
+        cur = unsafe { Item::down(cur) };
     }
     n
 }

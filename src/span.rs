@@ -39,8 +39,8 @@
 //! each at least), spans are mapped 16 at a time (4 MiB) or one at a time
 //! when that fails, and nothing is reserved up front but what is used.
 
-use crate::os;
 use crate::sync::SpinLock;
+use crate::{links, options, os};
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
@@ -86,7 +86,8 @@ struct SpanHeader {
 
 /// The part of a span header that changes, under its tag's lock.
 struct SpanState {
-    /// Objects given back, linked through their first word.
+    /// Objects given back, linked through their first word (protected:
+    /// see `links`; every link is checked when its object is popped).
     free: *mut u8,
     /// Offset of the next object never handed out.
     bump: usize,
@@ -470,9 +471,18 @@ unsafe fn obtain_locked(st: &mut TagInner, tag: u32, size: usize) -> Option<NonN
     }
     // SAFETY: under the lock; listed spans are mapped spans of this tag.
     let ss = unsafe { state(s) };
+    // SAFETY: `s` is mapped.
+    if ss.free.is_null() && ss.bump == unsafe { (*s).data } as usize && options::random_order() {
+        // SAFETY: under the lock; `s` is an empty span of `size`-byte objects.
+        unsafe { carve_shuffled(s, ss, size) };
+    }
     let p = if let Some(p) = NonNull::new(ss.free) {
-        // SAFETY: a free object holds the next one in its first word.
-        ss.free = unsafe { p.as_ptr().cast::<*mut u8>().read() };
+        let at = p.as_ptr().cast::<*mut u8>();
+        // SAFETY: a free object of this span (checked when it became the
+        // head) holds the next one in its first word, protected.
+        ss.free = links::reveal(at, unsafe { at.read() });
+        // SAFETY: under the lock; `s` is a mapped span of this tag.
+        unsafe { check_free_link(s, at, ss.free, size, ss.bump) };
         p
     } else {
         // A listed span has room: no free object, so the bump pointer
@@ -492,6 +502,90 @@ unsafe fn obtain_locked(st: &mut TagInner, tag: u32, size: usize) -> Option<NonN
         unsafe { unlink_avail(st, s) };
     }
     Some(p)
+}
+
+/// `random-order`: carves every object of the empty span `s` at once onto
+/// its free list, in a random order (a random bijection of the slots'
+/// indices: a few rounds of multiply-add and xor-shift over the next power
+/// of two, walking past the values beyond the span's capacity), so that
+/// the span hands out its objects in that order. Writes a link into every
+/// object: the whole span becomes resident.
+///
+/// # Safety
+/// Under the lock of `s`'s tag; `s` is a mapped span of `size`-byte
+/// objects with no object handed out and an empty free list.
+unsafe fn carve_shuffled(s: *mut SpanHeader, ss: &mut SpanState, size: usize) {
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    // SAFETY: `s` is mapped.
+    let (data, n) = unsafe { ((*s).data as usize, (*s).capacity as usize) };
+    let bits = n.next_power_of_two().trailing_zeros().max(1);
+    let mask = (1u64 << bits) - 1;
+    // Relaxed: only a different seed per span matters.
+    let mut z = links::protect(ptr::null::<*mut u8>(), s.cast::<u8>()).addr() as u64
+        ^ DRAWS
+            .fetch_add(1, Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut keys = [0u64; 3];
+    for k in &mut keys {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        *k = z;
+    }
+    let shift = bits.div_ceil(2);
+    let permute = |mut x: u64| {
+        for k in keys {
+            // Each step is a bijection of [0, 2^bits): an odd multiplier
+            // and an addition modulo 2^bits, then an xor with a right shift.
+            x = (x.wrapping_mul(k | 1).wrapping_add(k >> 32)) & mask;
+            x ^= x >> shift;
+        }
+        x
+    };
+    let mut free = ptr::null_mut::<u8>();
+    for i in 0..=mask {
+        let j = permute(i) as usize;
+        if j >= n {
+            continue;
+        }
+        // SAFETY: `j < capacity`: an object slot inside the span.
+        let obj = unsafe { s.cast::<u8>().add(data + j * size) };
+        let at = obj.cast::<*mut u8>();
+        // SAFETY: the slot is the span's, unused: its first word holds
+        // the link, protected as `release_locked` stores it.
+        unsafe { at.write(links::protect(at, free)) };
+        free = obj;
+    }
+    ss.free = free;
+    ss.bump = data + n * size;
+}
+
+/// Aborts with a message unless `next`, the link read at `at` in a free
+/// object of span `s`, is null or an object of `s` carved already: inside
+/// the span, on its grid of `size`-byte objects, below `bump`.
+///
+/// # Safety
+/// `s` is a mapped span.
+unsafe fn check_free_link(
+    s: *mut SpanHeader,
+    at: *mut *mut u8,
+    next: *mut u8,
+    size: usize,
+    bump: usize,
+) {
+    if next.is_null() {
+        return;
+    }
+    // SAFETY: `s` is mapped (caller).
+    let data = unsafe { (*s).data } as usize;
+    let off = next.addr().wrapping_sub(s.addr());
+    if off < data || off >= bump || !(off - data).is_multiple_of(size) {
+        links::corrupted(
+            b"a span's free list leaves its span",
+            at.addr(),
+            next.addr(),
+        );
+    }
 }
 
 fn new_span(tag: u32, obj_size: usize) -> Option<NonNull<SpanHeader>> {
@@ -607,7 +701,12 @@ pub(crate) unsafe fn release(tag: u32, p: NonNull<u8>) {
         .as_ptr()
         .map_addr(|a| a & !(SPAN - 1))
         .cast::<SpanHeader>();
-    debug_assert_eq!(owner(p.as_ptr()), Owner::Span { tag });
+    // Objects reach their span from the caches, where a pointer the hit
+    // path took without this check may wait (an interior one): checked
+    // here, and against the bump pointer under the lock.
+    if owner(p.as_ptr()) != (Owner::Span { tag }) {
+        links::invalid_object(p.as_ptr().addr());
+    }
     t.lock.lock();
     // SAFETY: we hold the tag's lock; `p` is an object of span `s` of this
     // tag (caller), which is mapped since `p` counts as live in it.
@@ -632,9 +731,13 @@ unsafe fn release_locked(
 ) -> Option<NonNull<SpanHeader>> {
     // SAFETY: under the lock; `s` is mapped (it holds the live `p`).
     let ss = unsafe { state(s) };
-    debug_assert!(ss.live > 0);
+    if p.as_ptr().addr() - s.addr() >= ss.bump || ss.live == 0 {
+        // Past every object ever handed out: not one of them.
+        links::invalid_object(p.as_ptr().addr());
+    }
+    let at = p.as_ptr().cast::<*mut u8>();
     // SAFETY: the object is ours (caller): its first word holds the link.
-    unsafe { p.as_ptr().cast::<*mut u8>().write(ss.free) };
+    unsafe { at.write(links::protect(at, ss.free)) };
     ss.free = p.as_ptr();
     ss.live -= 1;
     st.live -= 1;
@@ -1068,6 +1171,65 @@ mod tests {
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
             "child failed: status {status:#x}"
         );
+    }
+
+    /// Runs `f` in a forked child, which must die of SIGABRT.
+    fn aborts_in_child(f: fn()) {
+        // SAFETY: as in `in_child`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let ok = std::panic::catch_unwind(f).is_ok();
+            // SAFETY: as in `in_child`.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child; `status` is a valid out-pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT,
+            "child not aborted: status {status:#x}"
+        );
+    }
+
+    #[test]
+    fn a_link_out_of_its_span_aborts_even_when_well_encoded() {
+        // A forger who knew the secret could encode any pointer: the pop
+        // still checks that the link names an object of the same span.
+        aborts_in_child(|| {
+            let size = 4112;
+            let tag = own_tag(size);
+            let _keep = obtain(tag, size).unwrap(); // the span stays in use
+            let a = obtain(tag, size).unwrap();
+            let b = obtain(tag, size).unwrap();
+            // SAFETY: each given back once.
+            unsafe {
+                release(tag, a);
+                release(tag, b);
+            }
+            let outside = Box::into_raw(Box::new([0u128; 8])).cast::<u8>();
+            let at = b.as_ptr().cast::<*mut u8>();
+            // SAFETY: the test's write after free of `b`, the list's head.
+            unsafe { at.write(links::protect(at, outside)) };
+            let _ = obtain(tag, size);
+        });
+        // The same with a link inside the span but off its object grid.
+        aborts_in_child(|| {
+            let size = 4128;
+            let tag = own_tag(size);
+            let _keep = obtain(tag, size).unwrap(); // the span stays in use
+            let a = obtain(tag, size).unwrap();
+            let b = obtain(tag, size).unwrap();
+            // SAFETY: each given back once.
+            unsafe {
+                release(tag, a);
+                release(tag, b);
+            }
+            let at = b.as_ptr().cast::<*mut u8>();
+            // SAFETY: as above; 16 bytes into `a`, inside the span.
+            unsafe { at.write(links::protect(at, a.as_ptr().add(16))) };
+            let _ = obtain(tag, size);
+        });
     }
 
     #[test]

@@ -71,7 +71,7 @@
 //! own state is consistent.
 
 use crate::head::{self, clear_key, Pool, KEY_OFFSET};
-use crate::shared_cache::Cluster;
+use crate::shared_cache::{Cluster, Item};
 use crate::{meta, options, os, tls};
 use core::cell::Cell;
 use core::mem::size_of;
@@ -554,13 +554,13 @@ impl ThreadCache {
         let cluster = pool.take_from_shared(self.home)?;
         let first = cluster.first;
         // SAFETY: the cluster is ours: its objects are linked through `down`.
-        let mut rest = unsafe { (*first.as_ptr()).down };
+        let mut rest = unsafe { Item::down(first.as_ptr()) };
         let mut left = cluster.len - 1;
         while left > 0 && self.make_room(e, pool, false) {
             // SAFETY: `top < limit` after make_room; `rest` heads the rest
             // of our cluster, `left > 0` objects.
             unsafe {
-                let next = (*rest).down;
+                let next = Item::down(rest);
                 let top = e.top.load(Relaxed);
                 *top = rest.cast();
                 e.top.store(top.add(1), Relaxed);

@@ -411,6 +411,19 @@ unsafe fn resize(p: *mut c_void, size: usize) -> *mut c_void {
         Owner::Large { usable } => usable,
         Owner::Foreign => invalid_pointer("realloc", p),
     };
+    if let Owner::Span { tag } = owner {
+        // Acquire: as in `release`.
+        let pool = POOLS.get(tag as usize).map(|p| p.load(Acquire));
+        if let Some(pool) = pool.and_then(NonNull::new) {
+            // SAFETY: `p` is the start of an object of this class pool's
+            // span (owner said so): a realloc of a free block is a double
+            // free, which aborts here rather than handing the block back.
+            unsafe {
+                pool.as_ref()
+                    .abort_if_free(NonNull::new_unchecked(p.cast()))
+            };
+        }
+    }
     // With `uaf`, always move: the old address must fault afterwards.
     if large::bypassed() {
         return realloc_move(p, old, size);

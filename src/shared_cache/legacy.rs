@@ -28,6 +28,7 @@
 
 use super::{Bucket, Cluster, Item, SharedCache, BUCKETS};
 use crate::counters::{count, touch, Event};
+use crate::links;
 use crate::options::{self, SharedMode};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::AtomicPtr;
@@ -113,7 +114,7 @@ impl LegacyHead {
         loop {
             let (head, seq) = unpack(cur);
             // SAFETY: we own `first` until the CAS publishes it.
-            unsafe { (*first).next = head };
+            unsafe { Item::set_next(first, head) };
             // Release: a popper's Acquire must see `next` and the objects.
             match self
                 .dw
@@ -141,14 +142,20 @@ impl LegacyHead {
             // OS since we read the head. Under `rwlock` nobody can free it
             // meanwhile (releases hold the write lock), so the read is sound
             // there. Volatile keeps the read where the original C had it.
-            let next = unsafe { ptr::read_volatile(&raw const (*first.as_ptr()).next) };
+            let at = unsafe { &raw const (*first.as_ptr()).next };
+            // SAFETY: as above. Decoded unchecked: a racing read may see
+            // anything; the link is checked once the DWCAS proved it current.
+            let next = links::decode(at, unsafe { ptr::read_volatile(at) });
             // Acquire on success: we own the cluster and must see its
             // objects as the putter left them.
             match self
                 .dw
                 .compare_exchange_weak(cur, pack(next, seq + 1), Acquire, Acquire)
             {
-                Ok(_) => return Some(first),
+                Ok(_) => {
+                    links::check(at, next);
+                    return Some(first);
+                }
                 Err(now) => {
                     count(Event::Retry);
                     cur = now;
@@ -188,7 +195,7 @@ impl LegacyHead {
         // Relaxed: the mutex orders every access to the list.
         let head = self.list.load(Relaxed);
         // SAFETY: we own `first` until it is linked in.
-        unsafe { (*first).next = head };
+        unsafe { Item::set_next(first, head) };
         self.list.store(first, Relaxed);
     }
 
@@ -199,7 +206,7 @@ impl LegacyHead {
         options::race_window();
         // SAFETY: we hold the mutex, so `first` is in the list and nobody
         // can take it (or free it) while we read its `next`.
-        let next = unsafe { (*first.as_ptr()).next };
+        let next = unsafe { Item::next(first.as_ptr()) };
         self.list.store(next, Relaxed);
         Some(first)
     }
@@ -353,7 +360,7 @@ impl SharedCache {
                 // SAFETY: the list left the bucket: every cluster in it is
                 // ours.
                 let cluster = unsafe {
-                    cur = (*c.as_ptr()).next;
+                    cur = Item::next(c.as_ptr());
                     taken(bucket, c)
                 };
                 f(cluster);

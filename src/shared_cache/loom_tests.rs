@@ -24,6 +24,8 @@ fn new_obj() -> *mut Item {
         },
         freed: AtomicUsize::new(0),
     }));
+    // SAFETY: a fresh box of ours; links are stored protected.
+    unsafe { Item::set_down(o.cast(), ptr::null_mut()) };
     o.cast()
 }
 

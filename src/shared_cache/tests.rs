@@ -9,8 +9,10 @@ pub(crate) fn make_cluster(objs: &mut Vec<usize>, len: usize) -> Cluster {
     for _ in 0..len {
         let item = Box::into_raw(Box::new(Item {
             next: ptr::null_mut(),
-            down: first,
+            down: ptr::null_mut(),
         }));
+        // SAFETY: a fresh box of ours; links are stored protected.
+        unsafe { Item::set_down(item, first) };
         objs.push(item as usize);
         first = item;
     }

@@ -197,7 +197,7 @@ pub(super) unsafe fn give_back(pool: &Pool, home: usize, slots: *mut *mut u8, n:
             // SAFETY: per the contract; the object becomes an Item.
             unsafe {
                 let it = (*slots.add(j)).cast::<Item>();
-                (*it).down = first;
+                Item::set_down(it, first);
                 first = it;
             }
         }
