@@ -3,8 +3,9 @@
 # The preload against glibc's malloc, jemalloc and mimalloc (Debian packages,
 # preloaded the same way): bench/larson.c (larson-like, 2 threads, cross-
 # thread frees; ops/s), bench/large.c (issue #19's large-block pattern: blocks
-# of 5 to 25 MiB, at most 20 live, freed and allocated again; seconds) and
-# the real programs of scripts/malloc-programs.sh
+# of 5 to 25 MiB, at most 20 live, freed and allocated again; seconds),
+# bench/prodcons.c (small blocks made on one thread, freed on another;
+# seconds) and the real programs of scripts/malloc-programs.sh
 # (wall seconds, and CPU seconds: user + system of the program and its
 # children, less sensitive to other load on a shared machine). Rounds
 # interleave the allocators; medians are reported, and ratios to glibc (and
@@ -27,6 +28,7 @@ out=target/bench-malloc
 mkdir -p "$out"
 gcc -O2 -g -pthread bench/larson.c -o "$out/larson"
 gcc -O2 -g bench/large.c -o "$out/large"
+gcc -O2 -g -pthread bench/prodcons.c -o "$out/prodcons"
 MALLOC_PROGRAMS_LIB=1 source scripts/malloc-programs.sh
 prepare
 only=${MALLOC_BENCH_ONLY:-}
@@ -42,6 +44,9 @@ for r in $(seq 1 "$rounds"); do
         if [ "$only" != large ]; then
             v=$(LD_PRELOAD="${LIB[$a]}" "$out/larson" 2 1.5 1000)
             echo "larson,$a,$v,0" >> "$raw"
+            v=$(LD_PRELOAD="${LIB[$a]}" "$out/prodcons" 2000000)
+            read -r wall cpu <<< "$v"
+            echo "prodcons,$a,$wall,$cpu" >> "$raw"
         fi
         v=$(LD_PRELOAD="${LIB[$a]}" "$out/large")
         read -r wall cpu faults <<< "$v"
@@ -88,9 +93,9 @@ def table(title, data, works):
                                                        ratio("mimalloc"), extra))
     print()
 table("Wall time (larson: throughput), medians of %d rounds" % len(m[("large", "glibc")]),
-      m, ["larson", "large", "python", "sort", "gcc", "git"])
+      m, ["larson", "prodcons", "large", "python", "sort", "gcc", "git"])
 table("CPU time (user + system, program and children), medians", cpu,
-      ["large", "python", "sort", "gcc", "git"])
+      ["prodcons", "large", "python", "sort", "gcc", "git"])
 table("Minor page faults of bench/large.c's loop, medians (fewer is better)", m,
       ["large-faults"])
 print("Ratios are speed ratios (pools speed / other speed): above 1.00x, the preload is faster.")
