@@ -5,6 +5,9 @@
 #                         under a 64 MiB address-space limit
 #   make bench-malloc     larson-like benchmark and real programs under glibc,
 #                         the preload, jemalloc and mimalloc (BENCHMARKS.md)
+#   make bench-malloc-large  only the large-block pattern (bench/large.c)
+#   make bench-footprint  peak RSS of real programs (and sqlite3) under glibc
+#                         and the preload (bench/footprint.sh)
 
 MALLOC_SO  := $(CURDIR)/$(REL)/libpools_malloc.so
 MT_OUT     := $(CT_OUT)/malloc
@@ -13,7 +16,7 @@ MT_CFLAGS  := $(CFLAGS) -fno-builtin -rdynamic
 M_TESTS    := $(basename $(notdir $(wildcard c-tests/malloc/test_*.c)))
 
 .PHONY: test-malloc test-malloc-nm test-malloc-c test-malloc-programs test-malloc-limits \
-        test-malloc-profile bench-malloc install-malloc
+        test-malloc-profile bench-malloc bench-malloc-large bench-footprint install-malloc
 
 test-malloc: test-malloc-nm test-malloc-c test-malloc-programs test-malloc-limits test-malloc-profile
 
@@ -70,6 +73,12 @@ test-malloc-profile: lib
 
 bench-malloc: lib bench-deps
 	bench/malloc-bench.sh $(MALLOC_SO) $(BENCH_ARGS)
+
+bench-malloc-large: lib bench-deps
+	MALLOC_BENCH_ONLY=large bench/malloc-bench.sh $(MALLOC_SO) $(BENCH_ARGS)
+
+bench-footprint: lib
+	bench/footprint.sh $(MALLOC_SO) $(BENCH_ARGS)
 
 install-malloc: lib
 	install -d $(DESTDIR)$(PREFIX)/lib

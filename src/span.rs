@@ -110,6 +110,14 @@ struct LargeHeader {
     usable: usize,
 }
 
+/// The first word of a large mapping's header: [`LARGE_MAGIC`] mixed with
+/// the other fields, so that a write over any of them (an underflow out of
+/// the block) is seen when the block is freed or resized.
+#[inline]
+fn seal(map_len: usize, user: *mut u8, usable: usize) -> u64 {
+    LARGE_MAGIC ^ map_len as u64 ^ (user as u64).rotate_left(21) ^ (usable as u64).rotate_left(42)
+}
+
 /// Who owns an address, from [`owner`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owner {
@@ -242,6 +250,68 @@ fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
         }
         Some(NonNull::new_unchecked(raw.as_ptr().add(head)))
     }
+}
+
+/// Bytes of the inaccessible guard page on each side of a large mapping.
+const GUARD: usize = 4096;
+
+/// Maps `len` bytes (a multiple of the page size) at an address aligned to
+/// `align` (a power of two, at least SPAN), between two inaccessible guard
+/// pages, [`GUARD`] bytes each (`PROT_NONE`: a linear overflow or underflow
+/// out of the mapping faults). The whole range is reserved `PROT_NONE`, the
+/// middle made writable, the excess trimmed.
+fn map_guarded(len: usize, align: usize) -> Option<NonNull<u8>> {
+    let total = len.checked_add(align)?.checked_add(GUARD)?;
+    // SAFETY: an anonymous private mapping at an address of the kernel's
+    // choosing touches no existing memory.
+    let raw = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            total,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return None;
+    }
+    let addr = raw as usize;
+    // At least GUARD bytes below the base, and (GUARD being a page and all
+    // of these multiples of it) GUARD bytes above its end, inside `raw`.
+    let base = (addr + GUARD).next_multiple_of(align);
+    let (lo, hi, end) = (base - GUARD, base + len + GUARD, addr + total);
+    // SAFETY: every range below lies inside the fresh mapping, which nobody
+    // else uses; all are multiples of the page size.
+    unsafe {
+        if libc::mprotect(
+            ptr::with_exposed_provenance_mut(base),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+        ) != 0
+        {
+            libc::munmap(raw, total);
+            return None;
+        }
+        if lo > addr {
+            libc::munmap(raw, lo - addr);
+        }
+        if end > hi {
+            libc::munmap(ptr::with_exposed_provenance_mut(hi), end - hi);
+        }
+    }
+    NonNull::new(ptr::with_exposed_provenance_mut(base))
+}
+
+/// Unmaps a mapping of [`map_guarded`] (`len` bytes at `base`) with its
+/// guard pages.
+///
+/// # Safety
+/// The mapping is ours and nobody uses it any more.
+unsafe fn unmap_guarded(base: *mut u8, len: usize) {
+    // SAFETY: the range is the mapping and its two guards (caller).
+    unsafe { libc::munmap(base.wrapping_sub(GUARD).cast(), len + 2 * GUARD) };
 }
 
 // ---- spans -------------------------------------------------------------------
@@ -829,10 +899,10 @@ pub fn large_obtain(size: usize, align: usize) -> Option<NonNull<u8>> {
     let len = off
         .checked_add(size.max(1))?
         .checked_next_multiple_of(4096)?;
-    let base = map_aligned(len, align.max(SPAN))?;
+    let base = map_guarded(len, align.max(SPAN))?;
     if !cover(base.as_ptr() as usize, len) {
         // SAFETY: the fresh mapping is ours and unused.
-        unsafe { os::unmap(base, len) };
+        unsafe { unmap_guarded(base.as_ptr(), len) };
         return None;
     }
     // SAFETY: `off + size <= len`: inside the fresh mapping.
@@ -840,7 +910,7 @@ pub fn large_obtain(size: usize, align: usize) -> Option<NonNull<u8>> {
     // SAFETY: the header lies at the start of the fresh writable mapping.
     unsafe {
         base.as_ptr().cast::<LargeHeader>().write(LargeHeader {
-            magic: LARGE_MAGIC,
+            magic: seal(len, user, len - off),
             map_len: len,
             user,
             usable: len - off,
@@ -903,10 +973,21 @@ pub unsafe fn large_resize(p: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
             let from = (keep_last + 1) << SPAN_SHIFT;
             mark(from, b + old_len - from, FOREIGN, FOREIGN);
         }
-        // SAFETY: shrinking our own mapping in place (no MAYMOVE): the
-        // pages cut off belong to this block, which nobody else uses.
-        let r = unsafe { libc::mremap(base.cast(), old_len, new_len, 0) };
-        if r != base.cast() {
+        // SAFETY: our own mapping, which nobody else uses: the page after
+        // the new end becomes its guard, and the pages past it (the old
+        // guard included) are unmapped.
+        let ok = unsafe {
+            let guard = base.add(new_len).cast::<libc::c_void>();
+            if libc::mprotect(guard, GUARD, libc::PROT_NONE) != 0 {
+                false
+            } else if libc::munmap(base.add(new_len + GUARD).cast(), old_len - new_len) != 0 {
+                libc::mprotect(guard, GUARD, libc::PROT_READ | libc::PROT_WRITE);
+                false
+            } else {
+                true
+            }
+        };
+        if !ok {
             mark(b, old_len, KIND_LARGE, KIND_LARGE_CONT);
             return None;
         }
@@ -916,17 +997,35 @@ pub unsafe fn large_resize(p: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
         if !cover(b, new_len) {
             return None;
         }
-        // SAFETY: growing our own mapping in place (no MAYMOVE): the kernel
-        // only extends it over addresses nobody has mapped.
-        let r = unsafe { libc::mremap(base.cast(), old_len, new_len, 0) };
-        if r == base.cast() {
+        // SAFETY: growing our own mapping in place (no MAYMOVE): the old
+        // guard page is made writable (one range with the block, as mremap
+        // needs), the kernel only extends the range over addresses nobody
+        // has mapped, and the page after the new end becomes the guard; if
+        // the kernel refuses, the old guard is restored.
+        let grown = unsafe {
+            let old_guard = base.add(old_len).cast::<libc::c_void>();
+            let rw = libc::PROT_READ | libc::PROT_WRITE;
+            if libc::mprotect(old_guard, GUARD, rw) != 0 {
+                false
+            } else if libc::mremap(base.cast(), old_len + GUARD, new_len + GUARD, 0) == base.cast()
+            {
+                // Should this fail (no memory for the split), the block is
+                // whole and usable, only unguarded after its end.
+                libc::mprotect(base.add(new_len).cast(), GUARD, libc::PROT_NONE);
+                true
+            } else {
+                libc::mprotect(old_guard, GUARD, libc::PROT_NONE);
+                false
+            }
+        };
+        if grown {
             (base, true)
         } else {
             // A SPAN-aligned range of the new length, for the header lookup.
-            let dest = map_aligned(new_len, SPAN)?;
+            let dest = map_guarded(new_len, SPAN)?;
             if !cover(dest.as_ptr() as usize, new_len) {
                 // SAFETY: `dest` is our fresh, unused mapping.
-                unsafe { os::unmap(dest, new_len) };
+                unsafe { unmap_guarded(dest.as_ptr(), new_len) };
                 return None;
             }
             // Unmark the old range first: once moved, its addresses may be
@@ -947,10 +1046,13 @@ pub unsafe fn large_resize(p: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
             };
             if r != dest.as_ptr().cast() {
                 // SAFETY: `dest` is still our fresh, unused mapping.
-                unsafe { os::unmap(dest, new_len) };
+                unsafe { unmap_guarded(dest.as_ptr(), new_len) };
                 mark(b, old_len, KIND_LARGE, KIND_LARGE_CONT);
                 return None;
             }
+            // SAFETY: the old range is gone (moved); what is left of it
+            // are its two guard pages, ours and unused.
+            unsafe { unmap_guarded(base, old_len) };
             (dest.as_ptr(), true)
         }
     };
@@ -961,6 +1063,7 @@ pub unsafe fn large_resize(p: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
         (*h).map_len = new_len;
         (*h).user = new_base.add(off);
         (*h).usable = new_len - off;
+        (*h).magic = seal(new_len, (*h).user, new_len - off);
         (*h).user
     };
     if to_mark {
@@ -983,7 +1086,7 @@ pub unsafe fn large_release(p: NonNull<u8>) {
     mark(base as usize, len, FOREIGN, FOREIGN);
     wait_header_readers();
     // SAFETY: the whole mapping is this block's, which nobody uses now.
-    unsafe { os::unmap(NonNull::new_unchecked(base), len) };
+    unsafe { unmap_guarded(base, len) };
 }
 
 /// The base of the large mapping whose granules cover `addr`.
@@ -1064,7 +1167,7 @@ fn large_owner(v: u16, addr: usize) -> Owner {
             // SAFETY: the map says a large mapping starts at `base`, and it
             // stays mapped while we are counted (see above).
             let h = unsafe { &*base.cast::<LargeHeader>() };
-            if h.magic == LARGE_MAGIC && h.user as usize == addr {
+            if h.magic == seal(h.map_len, h.user, h.usable) && h.user as usize == addr {
                 Owner::Large { usable: h.usable }
             } else {
                 Owner::Foreign
@@ -1076,6 +1179,26 @@ fn large_owner(v: u16, addr: usize) -> Owner {
     // Acquire load that sees the count drop.
     HEADER_READERS.fetch_sub(1, Release);
     owner
+}
+
+/// Whether `p` lies in a large mapping whose header has been written over
+/// (its seal does not match its fields): for the message of a rejected
+/// `free`. Reads the header as [`large_owner`] does.
+#[cold]
+pub fn large_header_corrupt(p: *const u8) -> bool {
+    let addr = p as usize;
+    // Relaxed and SeqCst: as in `large_owner`.
+    HEADER_READERS.fetch_add(1, Relaxed);
+    fence(SeqCst);
+    let corrupt = large_base(addr).is_some_and(|base| {
+        // SAFETY: the map says a large mapping starts at `base`, and it
+        // stays mapped while we are counted.
+        let h = unsafe { &*base.cast::<LargeHeader>() };
+        h.magic != seal(h.map_len, h.user, h.usable)
+    });
+    // Release: as in `large_owner`.
+    HEADER_READERS.fetch_sub(1, Release);
+    corrupt
 }
 
 /// Lookups reading a large mapping's header now ([`large_owner`]).

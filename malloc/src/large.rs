@@ -1,20 +1,39 @@
 //! Requests above the largest size class: a mapping each
-//! (`pools::preload::large_obtain`), with a bounded cache of freed mappings so
-//! that a program that frees and allocates large blocks in turn (sort's
-//! buffers, gcc's obstacks, python's big strings and lists) does not pay an
-//! `mmap`/`munmap` pair and the page faults of fresh memory every time.
+//! (`pools::preload::large_obtain`), with a cache of freed mappings sized by
+//! recent demand, so that a program that frees and allocates large blocks
+//! in turn (sort's buffers, gcc's obstacks, python's big strings and lists,
+//! image and compression buffers of several MiB) pays neither an
+//! `mmap`/`munmap` pair nor the page faults of fresh memory every time.
 //!
 //! Mapping lengths are rounded up to **page classes** (four per power of two
 //! of pages, like the small classes), so a freed mapping serves any later
 //! request of its class. The cache keeps one list per class, linked through
-//! the first word of each cached block; it holds at most [`CACHE_MAX`] bytes
-//! and at most an eighth of the large bytes mapped (but always
-//! [`CACHE_FLOOR`]), and only mappings up to [`MAX_CACHED_MAP`] bytes.
-//! `malloc_trim` (hence `pool_gc`, which calls the `malloc_trim` of the
-//! malloc in use) unmaps everything it holds.
+//! the first words of each cached block (in the mapping's first page, which
+//! is never advised away), and only mappings up to [`MAX_CACHED_MAP`] bytes.
 //!
-//! Thread safety: one spin lock guards the lists and the cached byte count;
-//! no system call and no other lock is taken under it. Fork safety: the
+//! **Sizing.** Time is cut into windows of [`WINDOW_MS`]. The *demand* is
+//! the highest count of live large bytes seen at a free in this window or
+//! the previous one; the cache may hold what brings the large memory (live
+//! and cached) up to the demand plus an eighth ([`budget`]), and always
+//! [`CACHE_FLOOR`]. So a repeating pattern finds its blocks again, and a
+//! program whose demand falls sees the cache shrink to the new demand two
+//! windows later (at its next large free: there is no thread of ours).
+//! A block that stays cached through a whole window is probably idle: it is
+//! advised with `MADV_FREE` (all but its first page), so the kernel may take
+//! its pages under memory pressure, while a reuse before that finds them
+//! still mapped (no page fault).
+//!
+//! **Reuse.** A request takes a cached block of its class or else of the
+//! smallest larger class up to twice its pages ([`BIN_REACH`]); else the
+//! largest smaller one down to half its pages ([`BIN_GROW`]), grown with `mremap` (its pages are kept, only the
+//! added ones are fresh); else a fresh mapping.
+//!
+//! `malloc_trim` (hence `pool_gc`, which calls the `malloc_trim` of the
+//! malloc in use) unmaps everything the cache holds.
+//!
+//! Thread safety: one spin lock guards the lists, the cached byte count and
+//! the demand; no system call and no other lock is taken under it. Blocks
+//! being advised or unmapped are taken off the lists first. Fork safety: the
 //! process's one set of fork handlers (the core's, registered when the
 //! library is loaded) takes it in `fork`'s prepare step, before the core's
 //! locks, and releases it in the parent and the child ([`fork_lock`],
@@ -32,14 +51,13 @@ use pools::preload::{self, SpinLock};
 
 const PAGE: usize = 4096;
 /// Largest mapping the cache keeps (and the largest rounded to a class).
-pub(crate) const MAX_CACHED_MAP: usize = 32 << 20;
-/// Most bytes the cache holds.
-pub(crate) const CACHE_MAX: usize = 64 << 20;
-/// The cache may always hold this much, even when an eighth of what is
-/// mapped is less.
+pub(crate) const MAX_CACHED_MAP: usize = 256 << 20;
+/// The cache may always hold this much, whatever the demand.
 pub(crate) const CACHE_FLOOR: usize = 16 << 20;
-/// Page classes up to MAX_CACHED_MAP (8192 pages: class 44).
-const BINS: usize = 45;
+/// Page classes up to MAX_CACHED_MAP (65536 pages: class 56).
+const BINS: usize = 57;
+/// Length of a demand window, in milliseconds.
+pub(crate) const WINDOW_MS: u64 = 1000;
 
 /// Floor class of a mapping of `pages` pages (`pages >= 4`): the largest
 /// class length that is at most `pages`.
@@ -71,6 +89,132 @@ struct Lists {
     head: [*mut u8; BINS],
     /// Bytes of the mappings in `head`.
     bytes: usize,
+    /// Highest live large bytes seen at a free in window `window`, and in
+    /// the window before it.
+    peak: usize,
+    prev_peak: usize,
+    window: u64,
+}
+
+impl Lists {
+    /// Most bytes the cache may hold while `live` bytes of large mappings
+    /// are live: what brings live and cached up to [`budget`], and always
+    /// [`CACHE_FLOOR`].
+    fn room(&self, live: usize) -> usize {
+        budget(self.peak.max(self.prev_peak))
+            .saturating_sub(live)
+            .max(CACHE_FLOOR)
+    }
+
+    /// Takes the block at the head of list `b`.
+    fn pop(&mut self, b: usize) -> *mut u8 {
+        let p = self.head[b];
+        if !p.is_null() {
+            // SAFETY: a cached block holds the next one in its first word;
+            // the cache owns it (the caller holds the lock).
+            self.head[b] = unsafe { p.cast::<*mut u8>().read() };
+            // Only mappings of exactly their class length are cached.
+            self.bytes -= bin_pages(b) * PAGE;
+        }
+        p
+    }
+
+    /// Puts the block `p` of class `b` (given up to the cache) on its list,
+    /// with `state` in its third word.
+    ///
+    /// # Safety
+    /// `p` is a mapped block of class `b` that nobody else uses.
+    unsafe fn push(&mut self, b: usize, p: NonNull<u8>, state: u64) {
+        // SAFETY: the block has room for a link, the mark and the state
+        // (caller), all in its mapping's first page.
+        unsafe {
+            p.as_ptr().cast::<*mut u8>().write(self.head[b]);
+            mark_of(p).write(CACHED_MARK ^ p.as_ptr() as usize);
+            state_of(p).write(state);
+        }
+        self.head[b] = p.as_ptr();
+        self.bytes += bin_pages(b) * PAGE;
+    }
+
+    /// Starts window `now` if it is not the current one. Then, at a window's
+    /// start: moves to `evict` (linked through their first word) the blocks
+    /// beyond [`Lists::room`] (largest first), and to `advise` those cached
+    /// since before the previous window's start and not advised yet.
+    fn roll(&mut self, now: u64, live: usize, evict: &mut *mut u8, advise: &mut *mut u8) {
+        if now == self.window {
+            return;
+        }
+        self.prev_peak = if now == self.window + 1 { self.peak } else { 0 };
+        self.peak = live;
+        self.window = now;
+        let room = self.room(live);
+        for b in (0..BINS).rev() {
+            while self.bytes > room && !self.head[b].is_null() {
+                let p = self.pop(b);
+                // SAFETY: taken off the lists: ours; its first word is free.
+                unsafe { p.cast::<*mut u8>().write(*evict) };
+                *evict = p;
+            }
+        }
+        for b in 0..BINS {
+            let mut keep: *mut u8 = ptr::null_mut();
+            while let Some(p) = NonNull::new(self.pop(b)) {
+                // SAFETY: taken off the lists: ours. Its state word was
+                // written when it was cached.
+                let st = unsafe { state_of(p).read() };
+                let list = if st & ADVISED == 0 && st + 1 < now {
+                    &mut *advise
+                } else {
+                    &mut keep
+                };
+                // SAFETY: as above; the link word is free.
+                unsafe { p.as_ptr().cast::<*mut u8>().write(*list) };
+                *list = p.as_ptr();
+            }
+            while let Some(p) = NonNull::new(keep) {
+                // SAFETY: one of the blocks just taken off list `b`; its
+                // state is kept as it was.
+                unsafe {
+                    keep = p.as_ptr().cast::<*mut u8>().read();
+                    let st = state_of(p).read();
+                    self.push(b, p, st);
+                }
+            }
+        }
+    }
+}
+
+/// Bytes of large memory (live and cached) the cache may bring the process
+/// up to, for a demand of `demand` live bytes.
+#[inline]
+fn budget(demand: usize) -> usize {
+    demand.saturating_add(demand / 8)
+}
+
+/// The third word of a cached block: the window it was cached in, or'ed
+/// with this bit once it has been advised.
+const ADVISED: u64 = 1 << 63;
+
+/// The word of `p`'s cache state.
+#[inline]
+fn state_of(p: NonNull<u8>) -> *mut u64 {
+    // SAFETY: a large block has at least 32 KiB: its third word is inside.
+    unsafe { p.as_ptr().cast::<u64>().add(2) }
+}
+
+/// The current window: milliseconds of the coarse monotonic clock (a vDSO
+/// read, no system call) divided by [`WINDOW_MS`].
+fn window_now() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write; the clock id is valid.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut t) };
+    let ms = (t.tv_sec as u64)
+        .wrapping_mul(1000)
+        .wrapping_add(t.tv_nsec as u64 / 1_000_000);
+    ms / WINDOW_MS
 }
 
 struct Cache {
@@ -86,11 +230,15 @@ static CACHE: Cache = Cache {
     lists: UnsafeCell::new(Lists {
         head: [ptr::null_mut(); BINS],
         bytes: 0,
+        peak: 0,
+        prev_peak: 0,
+        window: 0,
     }),
 };
 
-/// Bytes of large mappings in existence (live and cached): the base of the
-/// one-eighth bound. Relaxed: a heuristic; no memory is reached through it.
+/// Bytes of large mappings in existence (live and cached): live ones are
+/// this less the cache's bytes. Relaxed: a heuristic; no memory is reached
+/// through it.
 static MAPPED: AtomicUsize = AtomicUsize::new(0);
 
 /// MAPPED -= n, stopping at 0 (a block mapped before the count started, or
@@ -153,9 +301,12 @@ pub(crate) fn rounded_request(size: usize) -> usize {
     }
 }
 
-/// Bins searched above a request's own class: a cached block up to two
-/// classes larger (at most about 1.5 times the pages) serves it too.
-const BIN_SLACK: usize = 2;
+/// Bins searched above a request's own class, smallest first: a cached
+/// block up to four classes larger (twice the pages) serves it.
+const BIN_REACH: usize = 4;
+/// Then a block up to this many classes below is grown (at least half the
+/// pages).
+const BIN_GROW: usize = 4;
 
 /// The second word of a cached block: this value, xor its address. A block
 /// given back with it in place may be freed twice: the list says for sure.
@@ -181,46 +332,94 @@ fn list_holds(mut head: *mut u8, p: NonNull<u8>) -> bool {
     false
 }
 
-/// A cached block of at least `size` bytes (its first words cleared), or
-/// `None` when the cache has none of its class or the next [`BIN_SLACK`].
-fn take_cached(size: usize) -> Option<NonNull<u8>> {
+/// The class of the mapping a request of `size` bytes gets, when the cache
+/// may serve it.
+fn class_of_request(size: usize) -> Option<usize> {
     let len = map_len_for(rounded_request(size))?;
-    if !(4 * PAGE..=MAX_CACHED_MAP).contains(&len) {
-        return None;
-    }
-    let b = bin_floor(len / PAGE);
-    let hit = with_lists(|l| {
-        for j in b..(b + 1 + BIN_SLACK).min(BINS) {
-            let p = l.head[j];
+    (4 * PAGE..=MAX_CACHED_MAP)
+        .contains(&len)
+        .then(|| bin_floor(len / PAGE))
+}
+
+/// A cached block of at least `size` bytes (its first words cleared), or
+/// `None` when the cache has none of its class up to [`BIN_REACH`] above,
+/// and (when `grow`) none up to [`BIN_GROW`] below that `mremap` can grow.
+fn take_cached(size: usize, grow: bool) -> Option<NonNull<u8>> {
+    let b = class_of_request(size)?;
+    let (hit, smaller) = with_lists(|l| {
+        for j in (b..=b + BIN_REACH).filter(|&j| j < BINS) {
+            let p = l.pop(j);
             if !p.is_null() {
-                // SAFETY: a cached block holds the next one in its first
-                // word; the cache owns it.
-                l.head[j] = unsafe { p.cast::<*mut u8>().read() };
-                // Only mappings of exactly their class length are cached.
-                l.bytes -= bin_pages(j) * PAGE;
-                return p;
+                return (p, false);
             }
         }
-        ptr::null_mut()
+        if grow {
+            for j in (b.saturating_sub(BIN_GROW)..b).rev() {
+                let p = l.pop(j);
+                if !p.is_null() {
+                    return (p, true);
+                }
+            }
+        }
+        (ptr::null_mut(), false)
     });
-    let p = NonNull::new(hit)?;
-    // SAFETY: the block is now ours; the link and the mark are not the
-    // caller's data.
+    let mut p = NonNull::new(hit)?;
+    // SAFETY: the block is now ours; the link, the mark and the state are
+    // not the caller's data (and are in the first page, never advised).
     unsafe {
         p.as_ptr().cast::<*mut u8>().write(ptr::null_mut());
         mark_of(p).write(0);
+        state_of(p).write(0);
+    }
+    if smaller {
+        // SAFETY: a block of ours that nobody else uses (just taken off
+        // the lists).
+        match unsafe { grow_block(p, size) } {
+            Some(q) => p = q,
+            None => return None,
+        }
     }
     Some(p)
 }
 
+/// The usable bytes of the large block `p` of ours.
+fn usable_of(p: NonNull<u8>) -> usize {
+    match preload::owner(p.as_ptr()) {
+        preload::Owner::Large { usable } => usable,
+        _ => 0,
+    }
+}
+
+/// Grows the block `p` (taken from the cache) with `mremap` to serve `size`
+/// bytes, or unmaps it and returns `None` when the kernel refuses.
+///
+/// # Safety
+/// `p` is a large block of ours that nobody else uses.
+unsafe fn grow_block(p: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
+    let old = usable_of(p);
+    // SAFETY: forwarded (caller's contract).
+    match unsafe { preload::large_resize(p, rounded_request(size)) } {
+        Some(q) => {
+            MAPPED.fetch_add(usable_of(q).saturating_sub(old), Relaxed);
+            Some(q)
+        }
+        None => {
+            sub_mapped(preload::large_offset() + old);
+            // SAFETY: still our unused block.
+            unsafe { preload::large_release(p) };
+            None
+        }
+    }
+}
+
 /// A large block of at least `size` bytes aligned to 16 (a cached one when
-/// there is one of its class), or `None` when none can be mapped. `zero`:
+/// there is one that fits), or `None` when none can be mapped. `zero`:
 /// the first `size` bytes must read as zero (a fresh mapping already does).
 pub(crate) fn obtain(size: usize, zero: bool) -> Option<NonNull<u8>> {
-    if let Some(p) = take_cached(size) {
+    if let Some(p) = take_cached(size, true) {
         if zero {
-            // SAFETY: the block has at least `size` bytes (its class) and
-            // is the caller's.
+            // SAFETY: the block has at least `size` bytes and is the
+            // caller's.
             unsafe { p.as_ptr().write_bytes(0, size) };
         }
         return Some(p);
@@ -245,8 +444,43 @@ pub(crate) fn map_retrying(size: usize, align: usize) -> Option<NonNull<u8>> {
     })
 }
 
+/// Unmaps the cached blocks linked from `p` through their first word
+/// (taken off the lists), and counts them out of [`MAPPED`].
+fn unmap_chain(mut p: *mut u8) {
+    while let Some(nn) = NonNull::new(p) {
+        // SAFETY: a block taken off the lists, ours alone: read its link,
+        // then unmap it.
+        unsafe {
+            p = p.cast::<*mut u8>().read();
+            sub_mapped(preload::large_offset() + usable_of(nn));
+            preload::large_release(nn);
+        }
+    }
+}
+
+/// Advises the cached blocks linked from `p` (taken off the lists) with
+/// `MADV_FREE`, all but their mapping's first page, and puts them back.
+fn advise_chain(mut p: *mut u8) {
+    let now = window_now();
+    while let Some(nn) = NonNull::new(p) {
+        let len = preload::large_offset() + usable_of(nn);
+        let base = p.wrapping_sub(preload::large_offset());
+        // SAFETY: a block taken off the lists, ours alone: read its link;
+        // its pages past the first (which holds the header and the cache's
+        // words) are nobody's data.
+        unsafe {
+            p = p.cast::<*mut u8>().read();
+            libc::madvise(base.add(PAGE).cast(), len - PAGE, libc::MADV_FREE);
+        }
+        let b = bin_floor(len / PAGE);
+        // SAFETY: a mapped block of class `b` (only whole classes are
+        // cached), ours alone.
+        with_lists(|l| unsafe { l.push(b, nn, now | ADVISED) });
+    }
+}
+
 /// Takes back the large block `p` of `usable` bytes (what `preload::owner`
-/// said): into the cache when it fits the bounds, else unmapped. A block
+/// said): into the cache when there is room for it, else unmapped. A block
 /// the cache already holds (freed twice) is reported, naming `func`, and
 /// the process aborts.
 ///
@@ -263,29 +497,30 @@ pub(crate) unsafe fn release(func: &str, p: NonNull<u8>, usable: usize) {
         && len % PAGE == 0
         && bin_pages(bin_floor(len / PAGE)) * PAGE == len;
     if cacheable {
-        let limit = (MAPPED.load(Relaxed) / 8).clamp(CACHE_FLOOR, CACHE_MAX);
         let b = bin_floor(len / PAGE);
         let mark = CACHED_MARK ^ p.as_ptr() as usize;
         // SAFETY: the block is mapped (ours, live or cached): read its
         // second word. Only a match costs a walk of the list.
         let suspect = unsafe { mark_of(p).read() } == mark;
+        let now = window_now();
+        let (mut evict, mut advise) = (ptr::null_mut(), ptr::null_mut());
         let kept = with_lists(|l| {
             if suspect && list_holds(l.head[b], p) {
                 return None;
             }
-            if l.bytes + len > limit {
+            // Live bytes, this block included.
+            let live = MAPPED.load(Relaxed).saturating_sub(l.bytes);
+            l.roll(now, live, &mut evict, &mut advise);
+            l.peak = l.peak.max(live);
+            if l.bytes + len > l.room(live.saturating_sub(len)) {
                 return Some(false);
             }
-            // SAFETY: the block is given up to us (caller) and has room for
-            // a link and the mark.
-            unsafe {
-                p.as_ptr().cast::<*mut u8>().write(l.head[b]);
-                mark_of(p).write(mark);
-            }
-            l.head[b] = p.as_ptr();
-            l.bytes += len;
+            // SAFETY: the block is given up to us (caller), of class `b`.
+            unsafe { l.push(b, p, now) };
             Some(true)
         });
+        unmap_chain(evict);
+        advise_chain(advise);
         let Some(kept) = kept else {
             crate::double_free(func, p.as_ptr().cast())
         };
@@ -314,7 +549,7 @@ const COPY_MAX: usize = 4 << 20;
 /// result is another block.
 pub(crate) unsafe fn resize(p: NonNull<u8>, old: usize, size: usize) -> Option<NonNull<u8>> {
     if size > old && old <= COPY_MAX {
-        if let Some(q) = take_cached(size) {
+        if let Some(q) = take_cached(size, false) {
             // SAFETY: `p` has `old` live bytes and `q` at least `size >
             // old`; two distinct blocks. Then `p` is given back (caller).
             unsafe {
@@ -340,26 +575,15 @@ pub(crate) unsafe fn resize(p: NonNull<u8>, old: usize, size: usize) -> Option<N
 
 /// Unmaps every cached mapping; returns whether there was any.
 pub(crate) fn trim() -> bool {
-    let (heads, bytes) = with_lists(|l| {
-        let bytes = l.bytes;
+    let heads = with_lists(|l| {
         l.bytes = 0;
-        (
-            core::mem::replace(&mut l.head, [ptr::null_mut(); BINS]),
-            bytes,
-        )
+        core::mem::replace(&mut l.head, [ptr::null_mut(); BINS])
     });
-    for mut p in heads {
-        while let Some(nn) = NonNull::new(p) {
-            // SAFETY: a cached block, now ours alone: read its link, then
-            // unmap it.
-            unsafe {
-                p = p.cast::<*mut u8>().read();
-                preload::large_release(nn);
-            }
-        }
+    let any = heads.iter().any(|h| !h.is_null());
+    for p in heads {
+        unmap_chain(p);
     }
-    sub_mapped(bytes);
-    bytes != 0
+    any
 }
 
 /// Takes the cache lock: called by the core's prepare handler, before it

@@ -178,6 +178,13 @@ fn set_errno(e: c_int) {
 /// corrupt memory silently.
 #[cold]
 fn invalid_pointer(func: &str, p: *const c_void) -> ! {
+    if preload::large_header_corrupt(p.cast()) {
+        report_and_abort(
+            func,
+            p,
+            "the header of its large block is overwritten: an underflow?",
+        )
+    }
     report_and_abort(
         func,
         p,
