@@ -1,0 +1,298 @@
+//! The region map: for every `SPAN`-sized granule of the address space,
+//! whether a span or a large mapping of ours covers it (and a span's tag),
+//! so that `owner` answers for any pointer without reading memory that may
+//! be unmapped (see the parent module).
+
+use super::*;
+
+/// log2 of the granules one leaf of the region map covers: 2^16 entries
+/// (128 KiB of reserved zero pages) for 2^(16 + SPAN_SHIFT) bytes of
+/// address space, more than a process's mappings usually spread over.
+pub(super) const LEAF_BITS: u32 = 16;
+pub(super) const LEAF_GRANULES: usize = 1 << LEAF_BITS;
+pub(super) const LEAF_BYTES: usize = LEAF_GRANULES * size_of::<u16>();
+/// Bits of an address above a leaf's range.
+pub(super) const LEAF_SHIFT: u32 = SPAN_SHIFT + LEAF_BITS;
+pub(super) const ROOTS: usize = GRANULES / LEAF_GRANULES;
+
+/// The region map: a root of leaf pointers (static, so a lookup needs no
+/// mapping and no pointer to the map), and leaves of two bytes per granule
+/// reserved when a span or large mapping first lands in their range and
+/// never unmapped. A lookup loads the root entry, then the granule's entry:
+/// as many dependent loads as a flat map behind a pointer, without
+/// reserving the whole address space's map up front (128 MiB of address
+/// space, more than a modest `ulimit -v` allows).
+pub(super) static ROOTS_MAP: [AtomicPtr<AtomicU16>; ROOTS] =
+    [const { AtomicPtr::new(ptr::null_mut()) }; ROOTS];
+
+/// The entry of granule `g` (`g < GRANULES`), if its leaf exists.
+#[inline(always)]
+pub(super) fn entry(g: usize) -> Option<&'static AtomicU16> {
+    debug_assert!(g < GRANULES);
+    // SAFETY: `g < GRANULES`, so its root index is below ROOTS.
+    let root = unsafe { ROOTS_MAP.get_unchecked(g >> LEAF_BITS) };
+    // Acquire: pairs with the Release CAS that published the leaf.
+    let leaf = root.load(Acquire);
+    if leaf.is_null() {
+        return None;
+    }
+    // SAFETY: a published leaf is a live mapping of LEAF_GRANULES
+    // zero-initialised u16s, never unmapped; AtomicU16 has u16's layout.
+    Some(unsafe { &*leaf.add(g & (LEAF_GRANULES - 1)) })
+}
+
+/// Makes sure the leaves covering `[base, base + len)` exist; `false` if
+/// one could not be mapped (the range cannot be marked).
+pub(super) fn cover(base: usize, len: usize) -> bool {
+    let (first, last) = (base >> LEAF_SHIFT, (base + len - 1) >> LEAF_SHIFT);
+    if last >= ROOTS {
+        return false;
+    }
+    for root in &ROOTS_MAP[first..=last] {
+        // Acquire: as in `entry`.
+        if !root.load(Acquire).is_null() {
+            continue;
+        }
+        let Some(fresh) = map_reserve(LEAF_BYTES) else {
+            return false;
+        };
+        let fresh = fresh.cast::<AtomicU16>().as_ptr();
+        // Release on success: publishes the fresh (zeroed) leaf; Relaxed on
+        // failure: the winner's leaf is read through `entry`'s Acquire.
+        if root
+            .compare_exchange(ptr::null_mut(), fresh, Release, Relaxed)
+            .is_err()
+        {
+            // SAFETY: our leaf was never published.
+            unsafe { os::unmap(NonNull::new_unchecked(fresh.cast()), LEAF_BYTES) };
+        }
+    }
+    true
+}
+
+/// Reserves `len` bytes of zero pages backed only when written.
+pub(super) fn map_reserve(len: usize) -> Option<NonNull<u8>> {
+    // SAFETY: an anonymous private mapping at an address of the kernel's
+    // choosing touches no existing memory.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    (p != libc::MAP_FAILED).then(|| NonNull::new(p.cast()))?
+}
+
+/// Marks the granules of `[base, base + len)` with `kind` (the first) and
+/// `rest` (the others). Their leaves exist: [`cover`] said so before the
+/// range was marked the first time, and leaves are never unmapped.
+pub(super) fn mark(base: usize, len: usize, kind: u16, rest: u16) {
+    let first = base >> SPAN_SHIFT;
+    let last = (base + len - 1) >> SPAN_SHIFT;
+    for g in first..=last {
+        let e = entry(g);
+        debug_assert!(e.is_some() || kind == FOREIGN, "granule {g} not covered");
+        if let Some(e) = e {
+            // Release: a reader that acquires the kind sees the header
+            // written before it.
+            e.store(if g == first { kind } else { rest }, Release);
+        }
+    }
+}
+
+/// Maps `len` bytes at an address aligned to `align` (a power of two, at
+/// least SPAN), trimming the excess.
+pub(super) fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
+    let raw = os::map_zeroed(len.checked_add(align)?)?;
+    let addr = raw.as_ptr() as usize;
+    let base = addr.next_multiple_of(align);
+    let head = base - addr;
+    let tail = align - head;
+    // SAFETY: the trimmed pieces lie inside the fresh mapping and are not
+    // used; `head` and `tail` are multiples of the page size.
+    unsafe {
+        if head > 0 {
+            libc::munmap(raw.as_ptr().cast(), head);
+        }
+        if tail > 0 {
+            libc::munmap(raw.as_ptr().add(head + len).cast(), tail);
+        }
+        Some(NonNull::new_unchecked(raw.as_ptr().add(head)))
+    }
+}
+
+/// Bytes of the inaccessible guard page on each side of a large mapping.
+pub(super) const GUARD: usize = 4096;
+
+/// Maps `len` bytes (a multiple of the page size) at an address aligned to
+/// `align` (a power of two, at least SPAN), between two inaccessible guard
+/// pages, [`GUARD`] bytes each (`PROT_NONE`: a linear overflow or underflow
+/// out of the mapping faults). The whole range is reserved `PROT_NONE`, the
+/// middle made writable, the excess trimmed.
+pub(super) fn map_guarded(len: usize, align: usize) -> Option<NonNull<u8>> {
+    let total = len.checked_add(align)?.checked_add(GUARD)?;
+    // SAFETY: an anonymous private mapping at an address of the kernel's
+    // choosing touches no existing memory.
+    let raw = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            total,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return None;
+    }
+    let addr = raw as usize;
+    // At least GUARD bytes below the base, and (GUARD being a page and all
+    // of these multiples of it) GUARD bytes above its end, inside `raw`.
+    let base = (addr + GUARD).next_multiple_of(align);
+    let (lo, hi, end) = (base - GUARD, base + len + GUARD, addr + total);
+    // SAFETY: every range below lies inside the fresh mapping, which nobody
+    // else uses; all are multiples of the page size.
+    unsafe {
+        if libc::mprotect(
+            ptr::with_exposed_provenance_mut(base),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+        ) != 0
+        {
+            libc::munmap(raw, total);
+            return None;
+        }
+        if lo > addr {
+            libc::munmap(raw, lo - addr);
+        }
+        if end > hi {
+            libc::munmap(ptr::with_exposed_provenance_mut(hi), end - hi);
+        }
+    }
+    NonNull::new(ptr::with_exposed_provenance_mut(base))
+}
+
+/// Unmaps a mapping of [`map_guarded`] (`len` bytes at `base`) with its
+/// guard pages.
+///
+/// # Safety
+/// The mapping is ours and nobody uses it any more.
+pub(super) unsafe fn unmap_guarded(base: *mut u8, len: usize) {
+    // SAFETY: the range is the mapping and its two guards (caller).
+    unsafe { libc::munmap(base.wrapping_sub(GUARD).cast(), len + 2 * GUARD) };
+}
+
+/// Who owns `p`: a span object, a large block, or neither. Reads a header
+/// only in a granule the region map says is ours, so it never touches
+/// memory that may be unmapped. The span case (the LD_PRELOAD malloc's
+/// every `free` of a small block) is inline and reads no memory but the
+/// region map and its tag's [`Geometry`].
+#[inline(always)]
+pub fn owner(p: *const u8) -> Owner {
+    let addr = p as usize;
+    // The root entry's index is also the test of the address's range.
+    let Some(root) = ROOTS_MAP.get(addr >> LEAF_SHIFT) else {
+        return Owner::Foreign;
+    };
+    // Acquire: as in `entry`.
+    let leaf = root.load(Acquire);
+    if leaf.is_null() {
+        return Owner::Foreign;
+    }
+    // SAFETY: as in `entry`.
+    let e = unsafe { &*leaf.add((addr >> SPAN_SHIFT) & (LEAF_GRANULES - 1)) };
+    // Acquire: pairs with `mark`'s Release, so the tag's geometry (or the
+    // large mapping's header) is visible.
+    let v = e.load(Acquire);
+    if v & KIND_SPAN == 0 {
+        return large_owner(v, addr);
+    }
+    // The low byte is the tag (MAX_TAGS is 256: no bounds check).
+    let tag = usize::from(v as u8);
+    let g = &GEOMETRY[tag];
+    // Relaxed: stored before the span was marked (see the Acquire above).
+    let (data_size, div) = (g.data_size.load(Relaxed), g.div.load(Relaxed));
+    let (data, size) = (data_size >> 32, data_size & u64::from(u32::MAX));
+    let off = (addr & (SPAN - 1)) as u64;
+    let rel = off.wrapping_sub(data);
+    // The start of an object: past the header, inside the span, and a
+    // multiple of the size from the first object (so also aligned).
+    if off < data || rel + size > SPAN as u64 || rel.wrapping_mul(div) > div - 1 {
+        return Owner::Foreign;
+    }
+    Owner::Span { tag: tag as u32 }
+}
+
+/// [`owner`] for an address whose granule holds no span (map value `v`).
+#[cold]
+#[inline(never)]
+pub(super) fn large_owner(v: u16, addr: usize) -> Owner {
+    if !(v == KIND_LARGE || v == KIND_LARGE_CONT) || !addr.is_multiple_of(os::OBJECT_ALIGN) {
+        return Owner::Foreign;
+    }
+    // Counted while it reads a header: a thread that frees the block at the
+    // same time (this lookup is then of a pointer the caller does not own,
+    // which is reported) waits before unmapping it (`wait_header_readers`).
+    HEADER_READERS.fetch_add(1, Relaxed);
+    // SeqCst: either the unmapping thread's load after its own fence sees
+    // our count, or our loads of the map after this fence see its unmark.
+    fence(SeqCst);
+    let owner = match large_base(addr) {
+        Some(base) => {
+            // SAFETY: the map says a large mapping starts at `base`, and it
+            // stays mapped while we are counted (see above).
+            let h = unsafe { &*base.cast::<LargeHeader>() };
+            if h.magic == seal(h.map_len, h.user, h.usable) && h.user as usize == addr {
+                Owner::Large { usable: h.usable }
+            } else {
+                Owner::Foreign
+            }
+        }
+        None => Owner::Foreign,
+    };
+    // Release: our reads of the header happen before the unmapping thread's
+    // Acquire load that sees the count drop.
+    HEADER_READERS.fetch_sub(1, Release);
+    owner
+}
+
+/// Whether `p` lies in a large mapping whose header has been written over
+/// (its seal does not match its fields): for the message of a rejected
+/// `free`. Reads the header as [`large_owner`] does.
+#[cold]
+pub fn large_header_corrupt(p: *const u8) -> bool {
+    let addr = p as usize;
+    // Relaxed and SeqCst: as in `large_owner`.
+    HEADER_READERS.fetch_add(1, Relaxed);
+    fence(SeqCst);
+    let corrupt = large_base(addr).is_some_and(|base| {
+        // SAFETY: the map says a large mapping starts at `base`, and it
+        // stays mapped while we are counted.
+        let h = unsafe { &*base.cast::<LargeHeader>() };
+        h.magic != seal(h.map_len, h.user, h.usable)
+    });
+    // Release: as in `large_owner`.
+    HEADER_READERS.fetch_sub(1, Release);
+    corrupt
+}
+
+/// Lookups reading a large mapping's header now ([`large_owner`]).
+pub(super) static HEADER_READERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Called after unmarking a large mapping and before unmapping (or moving)
+/// it: waits until no lookup that may have seen it marked still reads its
+/// header. A lookup counts itself for a few loads only.
+pub(super) fn wait_header_readers() {
+    // SeqCst: pairs with the fence in `large_owner` (see there).
+    fence(SeqCst);
+    let backoff = Backoff::new();
+    // Acquire: see the Release in `large_owner`.
+    while HEADER_READERS.load(Acquire) != 0 {
+        backoff.snooze();
+    }
+}

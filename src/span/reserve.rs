@@ -1,0 +1,66 @@
+//! The spans mapped ahead of need, a batch at a time (see [`Reserve`]).
+
+use super::*;
+
+/// Spans mapped ahead, [`BATCH`] at a time: one `mmap` and two trimming
+/// `munmap`s per batch instead of per span, so that a short process that
+/// touches a few dozen size classes (each `git` command under the preload)
+/// does not make three system calls per class (BENCHMARKS.md has the
+/// counts). Spans not handed out yet are only address space: nothing is
+/// resident until a span is written.
+pub(super) struct Reserve {
+    pub(super) lock: SpinLock,
+    /// The next span to hand out, and how many follow it in the batch.
+    inner: UnsafeCell<(*mut u8, usize)>,
+}
+
+// SAFETY: `inner` is only touched under `lock`.
+unsafe impl Sync for Reserve {}
+
+/// Spans per batch of [`Reserve`].
+const BATCH: usize = 16;
+
+pub(super) static RESERVE: Reserve = Reserve {
+    lock: SpinLock::new(),
+    inner: UnsafeCell::new((ptr::null_mut(), 0)),
+};
+
+/// A fresh SPAN-aligned, zeroed mapping of SPAN bytes: the next one of the
+/// reserve, mapping a new batch when it is empty (or a single span when a
+/// batch cannot be mapped). Called under a tag's lock: the reserve's lock
+/// nests inside tag locks, never the other way round.
+pub(super) fn reserved_span() -> Option<NonNull<u8>> {
+    RESERVE.lock.lock();
+    // SAFETY: we hold the reserve's lock.
+    let st = unsafe { &mut *RESERVE.inner.get() };
+    if st.1 == 0 {
+        if let Some(batch) = map_aligned(SPAN * BATCH, SPAN) {
+            *st = (batch.as_ptr(), BATCH);
+        }
+    }
+    let span = if st.1 == 0 {
+        None
+    } else {
+        let span = st.0;
+        st.1 -= 1;
+        // SAFETY: when spans are left, the next one lies inside the batch
+        // mapping; after the last, this points one past its end, unused.
+        st.0 = unsafe { span.add(SPAN) };
+        NonNull::new(span)
+    };
+    RESERVE.lock.unlock();
+    span.or_else(|| map_aligned(SPAN, SPAN))
+}
+
+/// Unmaps the spans of the reserve that were never handed out.
+pub(super) fn trim_reserve() {
+    RESERVE.lock.lock();
+    // SAFETY: we hold the reserve's lock.
+    let st = unsafe { &mut *RESERVE.inner.get() };
+    let (next, left) = core::mem::replace(st, (ptr::null_mut(), 0));
+    RESERVE.lock.unlock();
+    if let Some(next) = NonNull::new(next).filter(|_| left > 0) {
+        // SAFETY: the rest of a batch mapping that nobody was given.
+        unsafe { os::unmap(next, left * SPAN) };
+    }
+}

@@ -1,0 +1,366 @@
+use super::*;
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+/// The tag of `size`, which no other test (of any module) may use, so
+/// that its counters are this test's alone.
+fn own_tag(size: usize) -> u32 {
+    let tag = tag_for_size(size).expect("a free tag");
+    assert_eq!(tag_counts(tag), (0, 0), "size {size} is used elsewhere");
+    tag
+}
+
+fn base_of(p: NonNull<u8>) -> usize {
+    p.as_ptr() as usize & !(SPAN - 1)
+}
+
+/// Whether any page of the span at `base` is mapped (mincore fails with
+/// ENOMEM on an unmapped range).
+fn mapped(base: usize) -> bool {
+    let mut v = vec![0u8; SPAN / 4096];
+    // SAFETY: mincore only inspects the range; `v` has a byte per page.
+    let rc = unsafe { libc::mincore(ptr::with_exposed_provenance_mut(base), SPAN, v.as_mut_ptr()) };
+    rc == 0
+}
+
+/// Runs `f` in a forked child, where no other test thread can map memory
+/// at an address we just unmapped; fails if `f` panics there.
+fn in_child(f: fn()) {
+    // SAFETY: the child runs `f` (which uses only its own tag, the
+    // region map and malloc, fork-safe in glibc) and leaves by _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        let ok = std::panic::catch_unwind(f).is_ok();
+        if !ok {
+            let msg = b"span test: assertion failed in the child (see above)\n";
+            // SAFETY: writing a buffer to fd 2.
+            unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+        }
+        // SAFETY: ends the child without running the parent's exit
+        // handlers or test harness.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child; `status` is a valid out-pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child failed: status {status:#x}"
+    );
+}
+
+/// Runs `f` in a forked child, which must die of SIGABRT.
+fn aborts_in_child(f: fn()) {
+    // SAFETY: as in `in_child`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        let ok = std::panic::catch_unwind(f).is_ok();
+        // SAFETY: as in `in_child`.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child; `status` is a valid out-pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT,
+        "child not aborted: status {status:#x}"
+    );
+}
+
+#[test]
+fn a_link_out_of_its_span_aborts_even_when_well_encoded() {
+    // A forger who knew the secret could encode any pointer: the pop
+    // still checks that the link names an object of the same span.
+    aborts_in_child(|| {
+        let size = 4112;
+        let tag = own_tag(size);
+        let _keep = obtain(tag, size).unwrap(); // the span stays in use
+        let a = obtain(tag, size).unwrap();
+        let b = obtain(tag, size).unwrap();
+        // SAFETY: each given back once.
+        unsafe {
+            release(tag, a);
+            release(tag, b);
+        }
+        let outside = Box::into_raw(Box::new([0u128; 8])).cast::<u8>();
+        let at = b.as_ptr().cast::<*mut u8>();
+        // SAFETY: the test's write after free of `b`, the list's head.
+        unsafe { at.write(links::protect(at, outside)) };
+        let _ = obtain(tag, size);
+    });
+    // The same with a link inside the span but off its object grid.
+    aborts_in_child(|| {
+        let size = 4128;
+        let tag = own_tag(size);
+        let _keep = obtain(tag, size).unwrap(); // the span stays in use
+        let a = obtain(tag, size).unwrap();
+        let b = obtain(tag, size).unwrap();
+        // SAFETY: each given back once.
+        unsafe {
+            release(tag, a);
+            release(tag, b);
+        }
+        let at = b.as_ptr().cast::<*mut u8>();
+        // SAFETY: as above; 16 bytes into `a`, inside the span.
+        unsafe { at.write(links::protect(at, a.as_ptr().add(16))) };
+        let _ = obtain(tag, size);
+    });
+}
+
+#[test]
+fn empty_spans_are_unmapped() {
+    in_child(|| {
+        let size = 2064;
+        let tag = own_tag(size);
+        let cap = (SPAN - data_offset(size)) / size;
+        let objs: Vec<_> = (0..3 * cap).map(|_| obtain(tag, size).unwrap()).collect();
+        let bases: Vec<usize> = objs.chunks(cap).map(|c| base_of(c[0])).collect();
+        assert_eq!(tag_counts(tag), (3, 3 * cap));
+        for chunk in objs.chunks(cap) {
+            assert!(chunk.iter().all(|&o| base_of(o) == base_of(chunk[0])));
+        }
+        for &o in &objs {
+            // SAFETY: each object is given back once.
+            unsafe { release(tag, o) };
+        }
+        // The first span to empty is kept as the spare; the others are
+        // gone: unmarked, then unmapped.
+        assert_eq!(tag_counts(tag), (1, 0));
+        assert!(mapped(bases[0]));
+        assert_eq!(owner(objs[0].as_ptr()), Owner::Span { tag });
+        for (i, &b) in bases.iter().enumerate().skip(1) {
+            assert!(!mapped(b), "span {i} is still mapped");
+            assert_eq!(owner(objs[i * cap].as_ptr()), Owner::Foreign);
+        }
+        // trim takes every tag's lock, which a parent thread may have
+        // held at fork time: drop this tag's spare alone.
+        let spare = take_spare(&TAGS[tag as usize]).expect("a spare");
+        // SAFETY: as in `trim`.
+        unsafe { os::unmap(spare.cast(), SPAN) };
+        assert_eq!(tag_counts(tag), (0, 0));
+        assert!(!mapped(bases[0]), "the spare is still mapped");
+        assert_eq!(owner(objs[0].as_ptr()), Owner::Foreign);
+    });
+}
+
+#[test]
+fn spans_with_room_are_used_before_new_ones() {
+    let size = 3088;
+    let tag = own_tag(size);
+    let cap = (SPAN - data_offset(size)) / size;
+    // One full span A, and a span B with 5 objects out.
+    let mut objs: Vec<_> = (0..cap + 5).map(|_| obtain(tag, size).unwrap()).collect();
+    let (a, b) = (base_of(objs[0]), base_of(objs[cap]));
+    assert!(objs[..cap].iter().all(|&o| base_of(o) == a));
+    assert_ne!(a, b);
+    assert_eq!(tag_counts(tag), (2, cap + 5));
+    // A regains room: it goes in front of B, whose bump pointer still
+    // has room, and its freed slots are used before anything else.
+    let back: HashSet<_> = objs.drain(10..20).collect();
+    for &o in &back {
+        // SAFETY: each object is given back once.
+        unsafe { release(tag, o) };
+    }
+    let again: HashSet<_> = (0..10).map(|_| obtain(tag, size).unwrap()).collect();
+    assert_eq!(
+        again, back,
+        "the freed slots of the fuller span were not reused"
+    );
+    objs.extend(again);
+    // Both spans have room: nothing new is mapped.
+    objs.push(obtain(tag, size).unwrap());
+    assert_eq!(base_of(*objs.last().unwrap()), b);
+    assert_eq!(tag_counts(tag), (2, cap + 6));
+    for o in objs {
+        // SAFETY: each object is given back once.
+        unsafe { release(tag, o) };
+    }
+    assert_eq!(tag_counts(tag), (1, 0));
+    // The spare serves the next object: no new span.
+    let o = obtain(tag, size).unwrap();
+    assert_eq!(tag_counts(tag), (1, 1));
+    // SAFETY: given back once.
+    unsafe { release(tag, o) };
+}
+
+#[test]
+fn live_counts_survive_threads() {
+    let size = 5136;
+    let tag = own_tag(size);
+    // Objects handed out and not released, across all threads: one
+    // handed out twice would be a broken free list or bump pointer.
+    let live = Mutex::new(HashSet::new());
+    // Objects handed from one thread to another, released by the taker.
+    let passed = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (live, passed) = (&live, &passed);
+            s.spawn(move || {
+                let mut mine = Vec::new();
+                let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ t;
+                for _ in 0..20_000 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    match x % 4 {
+                        0 | 1 => {
+                            let o = obtain(tag, size).unwrap();
+                            assert!(live.lock().unwrap().insert(o.as_ptr() as usize));
+                            // SAFETY: a fresh object of `size` bytes.
+                            unsafe { o.as_ptr().add(8).cast::<u64>().write(t) };
+                            mine.push(o);
+                        }
+                        2 => {
+                            if let Some(o) = mine.pop() {
+                                passed.lock().unwrap().push(o.as_ptr() as usize);
+                            }
+                        }
+                        _ => {
+                            let o =
+                                if x & 8 == 0 {
+                                    mine.pop()
+                                } else {
+                                    passed.lock().unwrap().pop().and_then(|a| {
+                                        NonNull::new(ptr::with_exposed_provenance_mut(a))
+                                    })
+                                };
+                            if let Some(o) = o {
+                                assert!(live.lock().unwrap().remove(&(o.as_ptr() as usize)));
+                                // SAFETY: each object is given back once.
+                                unsafe { release(tag, o) };
+                            }
+                        }
+                    }
+                }
+                for o in mine {
+                    assert!(live.lock().unwrap().remove(&(o.as_ptr() as usize)));
+                    // SAFETY: as above.
+                    unsafe { release(tag, o) };
+                }
+            });
+        }
+    });
+    let (spans, out) = tag_counts(tag);
+    let rest = passed.into_inner().unwrap();
+    assert_eq!(out, rest.len(), "live count != objects not released");
+    assert!(spans >= 1);
+    for a in rest {
+        // SAFETY: the objects left in `passed`, each given back once.
+        unsafe {
+            release(
+                tag,
+                NonNull::new(ptr::with_exposed_provenance_mut(a)).unwrap(),
+            )
+        };
+    }
+    // Every span emptied: only the spare is left, and trim drops it.
+    assert_eq!(tag_counts(tag), (1, 0));
+    trim();
+    assert_eq!(tag_counts(tag), (0, 0));
+}
+
+#[test]
+fn tags_are_bound_once_per_size() {
+    let a = tag_for_size(7000).unwrap();
+    assert_eq!(tag_for_size(6999), Some(a), "sizes round up to 16");
+    assert!(a as usize >= RESERVED_TAGS);
+    assert_ne!(tag_for_size(7024), Some(a));
+    assert_eq!(tag_for_size(SPAN / 8 + 16), None);
+    assert!(!reserve(RESERVED_TAGS as u32, 64), "not a reserved tag");
+    assert!(reserve(RESERVED_TAGS as u32 - 1, 9000));
+    assert!(reserve(RESERVED_TAGS as u32 - 1, 9000));
+    assert!(!reserve(RESERVED_TAGS as u32 - 1, 9024), "rebound");
+}
+
+#[test]
+fn span_objects_are_found_by_their_address() {
+    let tag = tag_for_size(1040).unwrap();
+    let objs: Vec<_> = (0..3000).map(|_| obtain(tag, 1040).unwrap()).collect();
+    for &o in &objs {
+        assert_eq!(owner(o.as_ptr()), Owner::Span { tag });
+        // Inside an object, not at its start: not a block we gave out.
+        assert_eq!(owner(o.as_ptr().wrapping_add(16)), Owner::Foreign);
+    }
+    for o in objs {
+        // SAFETY: each object is given back once.
+        unsafe { release(tag, o) };
+    }
+    let again = obtain(tag, 1040).unwrap();
+    assert_eq!(owner(again.as_ptr()), Owner::Span { tag });
+    // SAFETY: given back once.
+    unsafe { release(tag, again) };
+}
+
+#[test]
+fn power_of_two_objects_are_aligned_to_their_size() {
+    let tag = tag_for_size(4096).unwrap();
+    let objs: Vec<_> = (0..600).map(|_| obtain(tag, 4096).unwrap()).collect();
+    for o in objs {
+        assert_eq!(o.as_ptr() as usize % 4096, 0);
+        // SAFETY: each object is given back once.
+        unsafe { release(tag, o) };
+    }
+}
+
+#[test]
+fn large_blocks_are_found_and_unmapped() {
+    for (size, align) in [(40_000usize, 16usize), (5 << 20, 64), (100, 8 << 20)] {
+        let p = large_obtain(size, align).unwrap();
+        assert_eq!(p.as_ptr() as usize % align, 0);
+        match owner(p.as_ptr()) {
+            Owner::Large { usable } => assert!(usable >= size),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(owner(p.as_ptr().wrapping_add(4096)), Owner::Foreign);
+        // SAFETY: `size` writable bytes, released once.
+        unsafe {
+            p.as_ptr().write_bytes(1, size);
+            large_release(p);
+        }
+        assert_eq!(owner(p.as_ptr()), Owner::Foreign);
+    }
+}
+
+#[test]
+fn large_blocks_resize_keeping_their_contents() {
+    let mut p = large_obtain(100_000, 16).unwrap();
+    let fill = |p: NonNull<u8>, n: usize| {
+        // SAFETY: `n` writable bytes of a live block.
+        unsafe { (0..n).for_each(|i| p.as_ptr().add(i).write(i as u8 ^ (i >> 12) as u8)) }
+    };
+    let check = |p: NonNull<u8>, n: usize| {
+        // SAFETY: `n` readable bytes of a live block.
+        (0..n).all(|i| unsafe { p.as_ptr().add(i).read() } == i as u8 ^ (i >> 12) as u8)
+    };
+    fill(p, 100_000);
+    let mut kept = 100_000;
+    // Grow past several granules (in place or moved), then shrink.
+    for size in [3 << 20, 9 << 20, 5 << 20, 50_000, 7 << 20] {
+        // SAFETY: a live large block of ours, resized by its owner.
+        p = unsafe { large_resize(p, size) }.unwrap();
+        kept = kept.min(size);
+        assert!(check(p, kept), "contents lost at {size}");
+        match owner(p.as_ptr()) {
+            Owner::Large { usable } => assert!(usable >= size && usable < size + 8192),
+            o => panic!("{o:?}"),
+        }
+        fill(p, size);
+        kept = size;
+    }
+    // SAFETY: released once.
+    unsafe { large_release(p) };
+    assert_eq!(owner(p.as_ptr()), Owner::Foreign);
+}
+
+#[test]
+fn foreign_pointers_are_rejected() {
+    let x = Box::new([0u64; 4]);
+    assert_eq!(owner(ptr::from_ref(&*x).cast()), Owner::Foreign);
+    assert_eq!(owner(ptr::null()), Owner::Foreign);
+    assert_eq!(
+        owner(ptr::with_exposed_provenance(usize::MAX & !15)),
+        Owner::Foreign
+    );
+}
