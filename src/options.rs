@@ -15,7 +15,7 @@
 //!   or `malloc` (the libc's, or a malloc preloaded underneath the pools).
 //! - `POOL_DEBUG`: a comma list of debugging options, [`set_debugging`]
 //!   (HAProxy's `-dM` words; `help` lists them).
-//! - `POOL_STATS=1`: `pool_dump` to stderr at exit (see `debug::init`),
+//! - `POOL_STATS=1`: `pool_dump` to stderr at exit (see `registry::init`),
 //!   with the memory profile when profiling is on.
 //! - `POOL_PROFILE=1`: memory profiling by call site from the start
 //!   ([`set_profiling`], `profile`).
@@ -82,7 +82,7 @@ pub(crate) const DBG_POISON: u32 = 1 << 16;
 /// `backup`: a copy of a freed object is kept and compared on reuse.
 pub(crate) const DBG_BACKUP: u32 = 1 << 17;
 /// Not an option: set on every pool when valgrind or ASan is detected
-/// (`debug::tools`), so that cached objects are made inaccessible.
+/// (`checkers::tool_flags`), so that cached objects are made inaccessible.
 pub(crate) const DBG_MEMCHECK: u32 = 1 << 18;
 /// Not an option: set on every pool when the host program is built with
 /// AddressSanitizer, so that cached objects are poisoned.
@@ -95,7 +95,7 @@ pub(crate) const DBG_FAIL: u32 = 1 << 20;
 /// calls in the memory profile (set on every pool while profiling is on).
 pub(crate) const DBG_PROFILE: u32 = 1 << 21;
 /// `zero-on-free`: a freed object's bytes are zeroed (all but the key word
-/// the caches keep at `thread_cache::KEY_OFFSET`).
+/// the caches keep at `head::KEY_OFFSET`).
 pub(crate) const DBG_ZERO_ON_FREE: u32 = 1 << 22;
 /// `random-order`: not a pool flag; spans carved while it is set hand out
 /// their objects in a random order (see `span`).

@@ -146,7 +146,7 @@ pub(crate) struct Bucket {
     /// The list, while the fork handlers hold the head (BUSY) from prepare
     /// to the parent or child handler. Only the forking thread touches it:
     /// the handlers, and inside its fork window its own puts and takes
-    /// (see `crate::fork`).
+    /// (see `crate::fork` and the fork window in `sync`).
     /// The head of a legacy variant, when one is selected (in the same
     /// cache line, as this bucket's own head would be).
     pub(crate) legacy: LegacyHead,
