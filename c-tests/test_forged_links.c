@@ -86,13 +86,23 @@ static void run(size_t size, enum where w, int twin)
     int status = 0;
     CHECK(waitpid(pid, &status, 0) == pid);
     if (twin) {
-        if (!CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+        int passed = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+#ifdef __SANITIZE_ADDRESS__
+        /* The twin's write after free is one too, for ASan. */
+        passed = passed || strstr(buf, "AddressSanitizer: use-after-poison") != NULL;
+#endif
+        if (!CHECK(passed))
             fprintf(stderr, "  %zu B in the %s, harmless twin: status %#x: %s\n", size,
                     names[w], status, buf);
         return;
     }
     int ok = WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT &&
              strstr(buf, "corrupted free list");
+#ifdef __SANITIZE_ADDRESS__
+    /* Under ASan the library poisons cached objects: the planting write
+     * itself is reported, before any link is followed. */
+    ok = ok || strstr(buf, "AddressSanitizer: use-after-poison") != NULL;
+#endif
     if (!CHECK(ok))
         fprintf(stderr, "  %zu B in the %s: not caught: status %#x, stderr: %s\n", size,
                 names[w], status, buf);

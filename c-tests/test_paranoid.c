@@ -69,8 +69,14 @@ int main(void)
         memset(b, 0x5a, SIZE);
         pool_free(plain, a);
         pool_free(zero, b);
+#ifndef __SANITIZE_ADDRESS__
+        /* (Under ASan these reads after free are reported as what they
+         * are: the library poisons cached objects.) */
         CHECK(nonzero_after_free(a, SIZE) == SIZE - 8); /* the default keeps them */
         CHECK_EQ(nonzero_after_free(b, SIZE), 0);
+#else
+        (void)nonzero_after_free;
+#endif
     }
     /* A double free under zero-on-free still aborts. */
     fflush(stdout);

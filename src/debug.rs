@@ -252,8 +252,16 @@ pub(crate) unsafe fn on_free(pool: &Pool, user: NonNull<u8>, caller: usize) -> N
         }
     }
     if d & DBG_ZERO_ON_FREE != 0 {
+        // A second free of an object that is still free stops here, before
+        // the zeroing would wipe the links it holds in the shared cache
+        // (or, under ASan, write to bytes poisoned as cached).
+        // SAFETY: `b` is an object of this pool that was handed out, so its
+        // key word is initialised.
+        if unsafe { crate::head::has_key(pool, NonNull::new_unchecked(b)) } {
+            double_free(pool, unsafe { NonNull::new_unchecked(b) });
+        }
         // All but the key word, which says the object is free (and which a
-        // second free must still find: the double-free check follows).
+        // second free must still find).
         let key = crate::head::KEY_OFFSET;
         let (start, end) = (l.user, l.user + pool.size);
         // SAFETY: the caller's bytes, `[l.user, l.user + size)` of the
