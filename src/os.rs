@@ -129,15 +129,14 @@ fn page() -> usize {
 /// `Pool::free_object`), so that what one CPU freed last is what it takes
 /// next, still in its caches.
 pub(crate) fn current_cpu() -> usize {
-    #[cfg(not(miri))]
-    {
-        // SAFETY: sched_getcpu has no preconditions (glibc reads rseq's
-        // cpu_id or the vDSO, musl the vDSO or the system call).
-        let cpu = unsafe { libc::sched_getcpu() };
-        usize::try_from(cpu).unwrap_or(0)
+    if cfg!(miri) {
+        // Miri has no sched_getcpu; any bucket is correct.
+        return 0;
     }
-    #[cfg(miri)]
-    0
+    // SAFETY: sched_getcpu has no preconditions (glibc reads rseq's cpu_id
+    // or the vDSO, musl the vDSO or the system call).
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).unwrap_or(0)
 }
 
 /// A guard page, the object's pages, a guard page.
