@@ -15,6 +15,15 @@
 # per request over the runs that passed, the runs that failed or died, and
 # the libpools/stock ratios.
 #
+#   bench/haproxy-bench.sh cells ROUNDS SECS CELL... chosen cells only
+#   bench/haproxy-bench.sh cells-table FILE CELL...  their table again
+#
+# Cells: CELL is BUILD:BUFSIZE:STORM (e.g. musl:2097152:0), BUILD any
+# folder of target/haproxy/ that holds a haproxy binary (a build of another
+# commit copied to target/haproxy/musl-before/, say); ROUNDS rounds, the
+# order rotated by one cell each round; prints every run, then per cell the
+# runs that passed and the medians of req/s and of CPU time per request.
+#
 # Crash hunt: RUNS runs of SECS seconds of each build in BUILDS (default
 # "stock-musl musl"), 2 MiB buffers, storm on, alternating; prints when
 # each run died, if it did.
@@ -71,6 +80,54 @@ if [ "${1:-}" = table ]; then
   LOG=$2
   table rps "Requests per second (median; higher is better)"
   table cpu_us_per_req "HAProxy CPU time per request in microseconds, user + system (median; lower is better)"
+  exit 0
+fi
+
+# cells_table CELL...: per cell of $LOG, the runs that passed and the
+# medians of their req/s and CPU time per request.
+cells_table() {
+  echo
+  echo "| cell | runs passed | req/s (median) | CPU us/request (median) | each run (req/s / us) |"
+  echo "|---|---|---|---|---|"
+  for c in "$@"; do
+    IFS=: read -r b bs storm <<< "$c"
+    lines=$(grep "RESULT $b bufsize=$bs storm=$storm " "$LOG")
+    ok=$(printf '%s\n' "$lines" | grep 'non2xx=0 sockerr=0 alive=yes' | grep -v 'balanced=no')
+    printf '%s\n' "$ok" | awk -v cell="$c" -v total="$(printf '%s\n' "$lines" | grep -c .)" '
+      function med(a, n,   i, j, t) {
+        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+      }
+      match($0, / rps=[0-9.]+/) { r[++n] = substr($0, RSTART + 5, RLENGTH - 5) + 0
+        match($0, / cpu_us_per_req=[0-9.]+/); u[n] = substr($0, RSTART + 16, RLENGTH - 16) + 0
+        each = each sprintf("%s%.0f / %.1f", n > 1 ? ", " : "", r[n], u[n]) }
+      END { printf "| %s | %d of %d | %.0f | %.1f | %s |\n", cell, n, total, n ? med(r, n) : 0, n ? med(u, n) : 0, each }'
+  done
+}
+
+if [ "${1:-}" = cells-table ]; then
+  LOG=$2
+  shift 2
+  cells_table "$@"
+  exit 0
+fi
+
+if [ "${1:-}" = cells ]; then
+  ROUNDS=$2 SECS=$3
+  shift 3
+  cells=("$@")
+  n=${#cells[@]}
+  LOG=$(mktemp)
+  trap 'rm -f "$LOG"' EXIT
+  echo "# $(date -u +%FT%TZ) $(git -C "$ROOT" rev-parse --short HEAD) rounds=$ROUNDS secs=$SECS load $(cut -d' ' -f1-3 /proc/loadavg)"
+  for r in $(seq 0 $((ROUNDS - 1))); do
+    for k in $(seq 0 $((n - 1))); do
+      IFS=: read -r b bs storm <<< "${cells[$(((k + r) % n))]}"
+      echo "round $((r + 1)): $(run "$b" "$bs" "$storm" "$SECS")" | tee -a "$LOG"
+    done
+  done
+  echo "# end $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)"
+  cells_table "${cells[@]}"
   exit 0
 fi
 

@@ -39,6 +39,22 @@ pub(crate) fn page() -> usize {
     *PAGE.get_or_init(|| unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize)
 }
 
+/// The CPU the calling thread runs on (0 when the system does not say).
+/// A hint only: the thread may move at any time. It names the shared-cache
+/// bucket of the objects that skip the thread caches (`Pool::alloc_slow`,
+/// `Pool::free_object`), so that what one CPU freed last is what it takes
+/// next, still in its caches.
+pub(crate) fn current_cpu() -> usize {
+    if cfg!(miri) {
+        // Miri has no sched_getcpu; any bucket is correct.
+        return 0;
+    }
+    // SAFETY: sched_getcpu has no preconditions (glibc reads rseq's cpu_id
+    // or the vDSO, musl the vDSO or the system call).
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).unwrap_or(0)
+}
+
 /// Maps `len` bytes of zeroed, private memory (pages are only backed when
 /// first touched), or `None`.
 pub(crate) fn map_zeroed(len: usize) -> Option<NonNull<u8>> {

@@ -7,6 +7,7 @@ use crate::backing::{self, Backend};
 use crate::debug;
 use crate::head::{self, clear_key, Pool};
 use crate::options::{DBG_COLD_FIRST, DBG_FAIL, DBG_NO_CACHE, DBG_PROFILE};
+use crate::os;
 use crate::shared_cache::{Cluster, Item};
 use crate::thread_cache::{self, ThreadCache};
 use core::ptr::NonNull;
@@ -95,10 +96,12 @@ impl Pool {
         }
         let p = match ThreadCache::current() {
             // `take` refills from the shared cache when the entry is bound;
-            // objects too large for the thread cache come from it here.
+            // objects too large for the thread cache come from it here,
+            // from this CPU's bucket first, where `free_object` put what
+            // this CPU freed last (LIFO: the object still in its caches).
             Some(tc) => tc
                 .take(self)
-                .or_else(|| self.take_shared(tc.home))
+                .or_else(|| self.take_shared(os::current_cpu()))
                 .or_else(|| self.alloc_from_os(tc.home)),
             None => self.take_shared(0).or_else(|| self.alloc_from_os(0)),
         };
@@ -381,8 +384,11 @@ impl Pool {
         let item = obj.cast::<Item>();
         // SAFETY: the object is ours; a lone object is a cluster of one.
         unsafe { Item::set_down(item.as_ptr(), core::ptr::null_mut()) };
+        // Into this CPU's bucket, whichever thread frees it: the next
+        // thread on this CPU to take one (`alloc_slow`) gets it back while
+        // it is still in this CPU's caches.
         self.release_from_cache(
-            tc.map_or(0, |tc| tc.home),
+            os::current_cpu(),
             Cluster {
                 first: item,
                 len: 1,
