@@ -110,6 +110,13 @@ static void run(size_t size, enum where w, int twin)
 
 int main(void)
 {
+    const char *preload = getenv("LD_PRELOAD");
+    if (preload && strstr(preload, "vgpreload_memcheck")) {
+        /* Under memcheck the links live in a 32-byte prefix, out of the
+         * caller's bytes, and memcheck reports the planting write itself. */
+        printf("test_forged_links: skipped under memcheck\n");
+        return 0;
+    }
     const char *backend = getenv("POOL_BACKEND");
     int spans = !(backend && strcmp(backend, "malloc") == 0);
     size_t sizes[] = { 8, 4096, 256 * 1024 };
