@@ -95,11 +95,6 @@
 #define UNPOOLED 65534
 
 /**
- * `dump_filtered` flag: one `key=value` line per pool, for scripts.
- */
-#define DUMP_KV 1
-
-/**
  * A pool of objects of one size: the opaque handle pool_create returns.
  */
 struct pool_head;

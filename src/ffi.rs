@@ -675,6 +675,8 @@ pub extern "C" fn pool_dump_profile(fd: c_int, max: c_int) -> c_int {
 /// and `=`, `,` and `%`, are written `%XX`; `aliases` and `debug` are
 /// comma lists.
 pub const POOL_DUMP_F_KV: c_uint = 1;
+// The flag word goes to the registry as it is.
+const _: () = assert!(POOL_DUMP_F_KV == registry::DUMP_KV);
 
 /// Like pool_dump_sorted, with only the pools whose name, or one of the
 /// names they were merged under, starts with `prefix` (NULL or "": every

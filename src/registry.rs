@@ -9,9 +9,8 @@
 mod dump;
 mod fork;
 
-pub use dump::{
-    dump, dump_filtered, dump_profile, dump_sorted, dump_sorted_to_buffer, DumpOrder, DUMP_KV,
-};
+pub(crate) use dump::DUMP_KV;
+pub use dump::{dump, dump_filtered, dump_profile, dump_sorted, dump_sorted_to_buffer, DumpOrder};
 use fork::fork_window_registry;
 pub(crate) use fork::{fork_lock, fork_lock_init, fork_unlock};
 

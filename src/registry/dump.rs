@@ -162,7 +162,7 @@ pub fn dump_profile(fd: libc::c_int, max: usize) {
 }
 
 /// `dump_filtered` flag: one `key=value` line per pool, for scripts.
-pub const DUMP_KV: u32 = 1;
+pub(crate) const DUMP_KV: u32 = 1;
 
 /// Like `dump_sorted`, with only the pools whose name (or one of its merged
 /// names) starts with `prefix` (HAProxy's "show pools match"), the total
