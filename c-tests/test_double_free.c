@@ -12,6 +12,7 @@
  */
 #include <pools.h>
 #include "check.h"
+#include "child.h"
 
 #include <signal.h>
 #include <stdlib.h>
@@ -50,27 +51,25 @@ static void child(size_t size, enum where w, int harmless)
     _exit(0); /* not caught */
 }
 
+/* What run() gives the child. */
+struct job {
+    size_t size;
+    enum where w;
+    int harmless;
+};
+
+static void child_main(const void *arg)
+{
+    const struct job *j = arg;
+    child(j->size, j->w, j->harmless);
+}
+
 static void run(size_t size, enum where w, int harmless)
 {
-    int fds[2];
-    if (!CHECK(pipe(fds) == 0))
-        return;
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        close(fds[0]);
-        alarm(10);
-        child(size, w, harmless);
-    }
-    close(fds[1]);
-    char buf[1024] = { 0 };
-    size_t n = 0;
-    ssize_t r;
-    while (n < sizeof buf - 1 && (r = read(fds[0], buf + n, sizeof buf - 1 - n)) > 0)
-        n += (size_t)r;
-    close(fds[0]);
-    int status = 0;
-    CHECK(waitpid(pid, &status, 0) == pid);
+    struct job job = { size, w, harmless };
+    char buf[1024];
+    int status = run_in_child(child_main, &job, 10, buf, sizeof buf);
+    CHECK(status != -1);
     if (harmless) {
         if (!CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0))
             fprintf(stderr, "  %zu B in the %s, harmless twin: status %#x: %s\n", size,

@@ -20,6 +20,7 @@
  */
 #include <pools.h>
 #include "check.h"
+#include "child.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -136,28 +137,25 @@ static void child(size_t size, enum kind k, int twin)
     _exit(0); /* not caught */
 }
 
+/* What run() gives the child. */
+struct job {
+    size_t size;
+    enum kind k;
+    int twin;
+};
+
+static void child_main(const void *arg)
+{
+    const struct job *j = arg;
+    child(j->size, j->k, j->twin);
+}
+
 static void run(size_t size, enum kind k, int twin)
 {
-    int fds[2];
-    if (!CHECK(pipe(fds) == 0))
-        return;
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        close(fds[0]);
-        alarm(20);
-        child(size, k, twin);
-    }
-    close(fds[1]);
-    char buf[2048] = { 0 };
-    size_t n = 0;
-    ssize_t r;
-    while (n < sizeof buf - 1 && (r = read(fds[0], buf + n, sizeof buf - 1 - n)) > 0)
-        n += (size_t)r;
-    close(fds[0]);
-    int status = 0;
-    CHECK(waitpid(pid, &status, 0) == pid);
+    struct job job = { size, k, twin };
+    char buf[2048];
+    int status = run_in_child(child_main, &job, 20, buf, sizeof buf);
+    CHECK(status != -1);
     if (twin) {
         if (!CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0))
             fprintf(stderr, "  %zu B, %s, harmless twin: status %#x: %s\n", size, names[k],

@@ -19,6 +19,7 @@
  */
 #include <pools.h>
 #include "check.h"
+#include "child.h"
 
 #include <signal.h>
 #include <stdlib.h>
@@ -50,28 +51,26 @@ static void child(size_t size, size_t off, int option, int twin)
     _exit(twin ? 0 : 6); /* not caught */
 }
 
+/* What run() gives the child. */
+struct job {
+    size_t size;
+    size_t off;
+    int option;
+    int twin;
+};
+
+static void child_main(const void *arg)
+{
+    const struct job *j = arg;
+    child(j->size, j->off, j->option, j->twin);
+}
+
 static void run(size_t size, size_t off, int option, int twin)
 {
-    int fds[2];
-    if (!CHECK(pipe(fds) == 0))
-        return;
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        close(fds[0]);
-        alarm(10);
-        child(size, off, option, twin);
-    }
-    close(fds[1]);
-    char buf[1024] = { 0 };
-    size_t n = 0;
-    ssize_t r;
-    while (n < sizeof buf - 1 && (r = read(fds[0], buf + n, sizeof buf - 1 - n)) > 0)
-        n += (size_t)r;
-    close(fds[0]);
-    int status = 0;
-    CHECK(waitpid(pid, &status, 0) == pid);
+    struct job job = { size, off, option, twin };
+    char buf[1024];
+    int status = run_in_child(child_main, &job, 10, buf, sizeof buf);
+    CHECK(status != -1);
     const char *mode = option ? "zero-on-free" : "default";
     if (twin) {
         if (!CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0))

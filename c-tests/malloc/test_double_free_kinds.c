@@ -18,6 +18,7 @@
  * more). Each harmless twin runs the same steps but gives the second call a
  * fresh block, and must exit 0. The calls go through volatile pointers. */
 #include "preload.h"
+#include "../child.h"
 #include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -125,29 +126,25 @@ static void child(size_t size, enum kind k, int twin)
 
 static int failures;
 
+/* What run() gives the child. */
+struct job {
+    size_t size;
+    enum kind k;
+    int twin;
+};
+
+static void child_main(const void *arg)
+{
+    const struct job *j = arg;
+    child(j->size, j->k, j->twin);
+}
+
 static void run(size_t size, enum kind k, int twin)
 {
-    int fds[2];
-    CHECK(pipe(fds) == 0);
-    fflush(stdout);
-    pid_t pid = fork();
-    CHECK(pid >= 0);
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        close(fds[0]);
-        alarm(20);
-        child(size, k, twin);
-    }
-    close(fds[1]);
+    struct job job = { size, k, twin };
     char msg[2048];
-    size_t n = 0;
-    ssize_t r;
-    while (n < sizeof msg - 1 && (r = read(fds[0], msg + n, sizeof msg - 1 - n)) > 0)
-        n += (size_t)r;
-    msg[n] = 0;
-    close(fds[0]);
-    int status;
-    CHECK(waitpid(pid, &status, 0) == pid);
+    int status = run_in_child(child_main, &job, 20, msg, sizeof msg);
+    CHECK(status != -1);
     if (twin) {
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
             fprintf(stderr, "%zu B, %s, harmless twin: status %#x, \"%s\"\n", size, names[k],

@@ -8,6 +8,7 @@
  * message; each twin frees the block itself and must exit 0. The frees go
  * through a volatile function pointer. */
 #include "preload.h"
+#include "../child.h"
 #include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -46,29 +47,25 @@ static void child(size_t size, size_t off, int twin)
 
 static int failures;
 
+/* What run() gives the child. */
+struct job {
+    size_t size;
+    size_t off;
+    int twin;
+};
+
+static void child_main(const void *arg)
+{
+    const struct job *j = arg;
+    child(j->size, j->off, j->twin);
+}
+
 static void run(size_t size, size_t off, int twin)
 {
-    int fds[2];
-    CHECK(pipe(fds) == 0);
-    fflush(stdout);
-    pid_t pid = fork();
-    CHECK(pid >= 0);
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        close(fds[0]);
-        alarm(10);
-        child(size, off, twin);
-    }
-    close(fds[1]);
+    struct job job = { size, off, twin };
     char msg[1024];
-    size_t n = 0;
-    ssize_t r;
-    while (n < sizeof msg - 1 && (r = read(fds[0], msg + n, sizeof msg - 1 - n)) > 0)
-        n += (size_t)r;
-    msg[n] = 0;
-    close(fds[0]);
-    int status;
-    CHECK(waitpid(pid, &status, 0) == pid);
+    int status = run_in_child(child_main, &job, 10, msg, sizeof msg);
+    CHECK(status != -1);
     if (twin) {
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
             fprintf(stderr, "%zu B + %zu, twin: status %#x, \"%s\"\n", size, off, status, msg);
