@@ -69,44 +69,34 @@ fn aborts_in_child(f: fn()) {
     );
 }
 
+/// Gives back two objects of a fresh tag of `size`, overwrites the link of
+/// the second (the list's head) with `forge(first)`, well encoded, and
+/// takes an object: the take must abort.
+fn take_after_forging(size: usize, forge: fn(NonNull<u8>) -> *mut u8) {
+    let tag = own_tag(size);
+    let _keep = obtain(tag, size).unwrap(); // the span stays in use
+    let a = obtain(tag, size).unwrap();
+    let b = obtain(tag, size).unwrap();
+    // SAFETY: each given back once.
+    unsafe {
+        release(tag, a);
+        release(tag, b);
+    }
+    let at = b.as_ptr().cast::<*mut u8>();
+    // SAFETY: the test's write after free of `b`, the list's head.
+    unsafe { at.write(links::protect(at, forge(a))) };
+    let _ = obtain(tag, size);
+}
+
 #[test]
 fn a_link_out_of_its_span_aborts_even_when_well_encoded() {
-    // A forger who knew the secret could encode any pointer: the pop
+    // A forger who knew the secret could encode any pointer: the take
     // still checks that the link names an object of the same span.
     aborts_in_child(|| {
-        let size = 4112;
-        let tag = own_tag(size);
-        let _keep = obtain(tag, size).unwrap(); // the span stays in use
-        let a = obtain(tag, size).unwrap();
-        let b = obtain(tag, size).unwrap();
-        // SAFETY: each given back once.
-        unsafe {
-            release(tag, a);
-            release(tag, b);
-        }
-        let outside = Box::into_raw(Box::new([0u128; 8])).cast::<u8>();
-        let at = b.as_ptr().cast::<*mut u8>();
-        // SAFETY: the test's write after free of `b`, the list's head.
-        unsafe { at.write(links::protect(at, outside)) };
-        let _ = obtain(tag, size);
+        take_after_forging(4112, |_| Box::into_raw(Box::new([0u128; 8])).cast::<u8>())
     });
     // The same with a link inside the span but off its object grid.
-    aborts_in_child(|| {
-        let size = 4128;
-        let tag = own_tag(size);
-        let _keep = obtain(tag, size).unwrap(); // the span stays in use
-        let a = obtain(tag, size).unwrap();
-        let b = obtain(tag, size).unwrap();
-        // SAFETY: each given back once.
-        unsafe {
-            release(tag, a);
-            release(tag, b);
-        }
-        let at = b.as_ptr().cast::<*mut u8>();
-        // SAFETY: as above; 16 bytes into `a`, inside the span.
-        unsafe { at.write(links::protect(at, a.as_ptr().add(16))) };
-        let _ = obtain(tag, size);
-    });
+    aborts_in_child(|| take_after_forging(4128, |a| a.as_ptr().wrapping_add(16)));
 }
 
 #[test]
