@@ -7,7 +7,7 @@ pub use crate::head::Pool;
 pub use crate::registry::{create_span_pool, gc_pools, injected_failure};
 pub use crate::span::{
     large_align, large_header_corrupt, large_obtain, large_offset, large_release, large_resize,
-    owner, Owner,
+    owner, span_object, Owner,
 };
 pub use crate::sync::{inside_window, SpinLock};
 

@@ -54,7 +54,7 @@ mod reserve;
 use large::large_base;
 pub use large::{large_align, large_obtain, large_offset, large_release, large_resize};
 use region::*;
-pub use region::{large_header_corrupt, owner};
+pub use region::{large_header_corrupt, owner, span_object};
 use reserve::{reserved_span, trim_reserve, RESERVE};
 
 /// log2 of the span size and of the region map's granule.
@@ -186,21 +186,25 @@ static TAGS: [TagState; MAX_TAGS] = [const {
 static SIZES: [AtomicU32; MAX_TAGS] = [const { AtomicU32::new(0) }; MAX_TAGS];
 
 /// What [`owner`] needs of a tag's spans, so that it reads no span header:
-/// where objects start and how large they are, and `u64::MAX / size + 1`
-/// to test whether `size` divides an offset without a division (`off * div
-/// <= div - 1`, wrapping, holds exactly then: Lemire's divisibility test).
+/// where objects start, the offset of the last one from the first, and
+/// `u64::MAX / size + 1` to test whether `size` divides an offset without a
+/// division (`off * div < div`, wrapping, holds exactly then for offsets
+/// below 2^32: Lemire's divisibility test).
 /// Written by `new_span` under the tag's lock, before it marks the span
 /// (always the same values for a tag), and read by `owner` after it
 /// acquired the mark.
 struct Geometry {
-    /// `data << 32 | size`.
-    data_size: AtomicU64,
+    /// The first object's offset in the span.
+    data: AtomicU32,
+    /// The last object's offset from the first.
+    last: AtomicU32,
     div: AtomicU64,
 }
 
 static GEOMETRY: [Geometry; MAX_TAGS] = [const {
     Geometry {
-        data_size: AtomicU64::new(0),
+        data: AtomicU32::new(0),
+        last: AtomicU32::new(0),
         div: AtomicU64::new(0),
     }
 }; MAX_TAGS];
@@ -493,16 +497,17 @@ fn new_span(tag: u32, obj_size: usize) -> Option<NonNull<SpanHeader>> {
         return None;
     }
     let data = data_offset(obj_size);
+    let capacity = (SPAN - data) / obj_size;
     let g = &GEOMETRY[tag as usize];
     // Relaxed: published by the Release of `mark` below.
-    g.data_size
-        .store((data as u64) << 32 | obj_size as u64, Relaxed);
+    g.data.store(data as u32, Relaxed);
+    g.last.store(((capacity - 1) * obj_size) as u32, Relaxed);
     g.div.store(u64::MAX / obj_size as u64 + 1, Relaxed);
     // SAFETY: a fresh, writable, SPAN-aligned mapping of SPAN bytes.
     unsafe {
         base.as_ptr().cast::<SpanHeader>().write(SpanHeader {
             data: data as u32,
-            capacity: ((SPAN - data) / obj_size) as u32,
+            capacity: capacity as u32,
             state: UnsafeCell::new(SpanState {
                 free: ptr::null_mut(),
                 bump: data,

@@ -189,43 +189,71 @@ pub(super) unsafe fn unmap_guarded(base: *mut u8, len: usize) {
 
 /// Who owns `p`: a span object, a large block, or neither. Reads a header
 /// only in a granule the region map says is ours, so it never touches
-/// memory that may be unmapped. The span case (the LD_PRELOAD malloc's
-/// every `free` of a small block) is inline and reads no memory but the
-/// region map and its tag's [`Geometry`].
-#[inline(always)]
+/// memory that may be unmapped.
+#[inline]
 pub fn owner(p: *const u8) -> Owner {
+    match span_object(p) {
+        Some(tag) => Owner::Span {
+            tag: u32::from(tag),
+        },
+        None => other_owner(p as usize),
+    }
+}
+
+/// The tag of the span object that starts at `p`, or `None` when `p` is
+/// not the start of a span object (a large block, a pointer inside or past
+/// an object, or nothing of ours). The LD_PRELOAD malloc's every `free` of
+/// a small block asks this first, inline: it reads no memory but the
+/// region map and its tag's [`Geometry`], and calls nothing.
+#[inline(always)]
+pub fn span_object(p: *const u8) -> Option<u8> {
     let addr = p as usize;
+    let v = map_value(addr)?;
+    if v & KIND_SPAN == 0 {
+        return None;
+    }
+    // The low byte is the tag (MAX_TAGS is 256: no bounds check).
+    let tag = usize::from(v) & 0xff;
+    let g = &GEOMETRY[tag];
+    // Relaxed: stored before the span was marked (see `map_value`).
+    let (data, last, div) = (
+        g.data.load(Relaxed),
+        g.last.load(Relaxed),
+        g.div.load(Relaxed),
+    );
+    // Offset from the first object: it wraps for an address in the header.
+    let rel = ((addr & (SPAN - 1)) as u64).wrapping_sub(u64::from(data));
+    // The start of an object: no further than the last one, and a multiple
+    // of the size (so also aligned).
+    (rel <= u64::from(last) && rel.wrapping_mul(div) < div).then_some(tag as u8)
+}
+
+/// The region map's value for the granule of `addr`, `None` if no leaf
+/// covers it.
+#[inline(always)]
+fn map_value(addr: usize) -> Option<u16> {
     // The root entry's index is also the test of the address's range.
-    let Some(root) = ROOTS_MAP.get(addr >> LEAF_SHIFT) else {
-        return Owner::Foreign;
-    };
+    let root = ROOTS_MAP.get(addr >> LEAF_SHIFT)?;
     // Acquire: as in `entry`.
     let leaf = root.load(Acquire);
     if leaf.is_null() {
-        return Owner::Foreign;
+        return None;
     }
     // SAFETY: as in `entry`.
     let e = unsafe { &*leaf.add((addr >> SPAN_SHIFT) & (LEAF_GRANULES - 1)) };
     // Acquire: pairs with `mark`'s Release, so the tag's geometry (or the
     // large mapping's header) is visible.
-    let v = e.load(Acquire);
-    if v & KIND_SPAN == 0 {
-        return large_owner(v, addr);
+    Some(e.load(Acquire))
+}
+
+/// [`owner`] of an address that is not the start of a span object.
+#[cold]
+#[inline(never)]
+fn other_owner(addr: usize) -> Owner {
+    match map_value(addr) {
+        Some(v) if v & KIND_SPAN == 0 => large_owner(v, addr),
+        _ => Owner::Foreign,
     }
-    // The low byte is the tag (MAX_TAGS is 256: no bounds check).
-    let tag = usize::from(v as u8);
-    let g = &GEOMETRY[tag];
-    // Relaxed: stored before the span was marked (see the Acquire above).
-    let (data_size, div) = (g.data_size.load(Relaxed), g.div.load(Relaxed));
-    let (data, size) = (data_size >> 32, data_size & u64::from(u32::MAX));
-    let off = (addr & (SPAN - 1)) as u64;
-    let rel = off.wrapping_sub(data);
-    // The start of an object: past the header, inside the span, and a
-    // multiple of the size from the first object (so also aligned).
-    if off < data || rel + size > SPAN as u64 || rel.wrapping_mul(div) > div - 1 {
-        return Owner::Foreign;
-    }
-    Owner::Span { tag: tag as u32 }
 }
 
 /// [`owner`] for an address whose granule holds no span (map value `v`).

@@ -284,6 +284,24 @@ fn span_objects_are_found_by_their_address() {
 }
 
 #[test]
+fn the_slot_past_a_spans_last_object_is_no_object() {
+    // 2064-byte objects leave a tail of 1952 bytes after the last one: a
+    // slot there would end 112 bytes into the next mapping.
+    let size = 2064;
+    let tag = own_tag(size);
+    let cap = (SPAN - data_offset(size)) / size;
+    let o = obtain(tag, size).unwrap();
+    let base = base_of(o);
+    let slot = |k: usize| ptr::with_exposed_provenance::<u8>(base + data_offset(size) + k * size);
+    assert_eq!(owner(slot(cap - 1)), Owner::Span { tag });
+    assert!(data_offset(size) + cap * size < SPAN);
+    assert_eq!(owner(slot(cap)), Owner::Foreign);
+    assert_eq!(span_object(slot(cap)), None);
+    // SAFETY: given back once.
+    unsafe { release(tag, o) };
+}
+
+#[test]
 fn power_of_two_objects_are_aligned_to_their_size() {
     let tag = tag_for_size(4096).unwrap();
     let objs: Vec<_> = (0..600).map(|_| obtain(tag, 4096).unwrap()).collect();
