@@ -51,9 +51,10 @@ impl Pool {
         self.alloc_from(0)
     }
 
-    /// The hit path of [`Pool::alloc`] alone (see `thread_cache`).
+    /// The hit path of [`Pool::alloc`] alone (see `thread_cache`): `None`
+    /// sends the caller to [`Pool::alloc`].
     #[inline(always)]
-    pub(crate) fn alloc_hit(&self) -> Option<NonNull<u8>> {
+    pub fn alloc_hit(&self) -> Option<NonNull<u8>> {
         thread_cache::alloc_hit(self)
     }
 

@@ -45,8 +45,12 @@ const MIN_ALIGN: usize = 16;
 /// (`span` aligns such objects up to a page).
 const MAX_ALIGNED_CLASS: usize = 4096;
 
-/// The pool of each class; null until the class is first used.
-static POOLS: [AtomicPtr<Pool>; CLASSES] = [const { AtomicPtr::new(ptr::null_mut()) }; CLASSES];
+/// The pool of each class, null until the class is first used; indexed by
+/// the class, which is also its spans' tag. One entry per tag, so that
+/// `free` indexes it by any tag without a bounds check (the entries past
+/// the classes stay null).
+static POOLS: [AtomicPtr<Pool>; 256] = [const { AtomicPtr::new(ptr::null_mut()) }; 256];
+const _: () = assert!(CLASSES <= POOLS.len());
 
 thread_local! {
     /// This thread is creating a class pool: a nested allocation (made by
@@ -211,9 +215,28 @@ fn report_and_abort(func: &str, p: *const c_void, why: &str) -> ! {
     unsafe { libc::abort() }
 }
 
-/// A block of `size` bytes aligned to `MIN_ALIGN`, or null.
+/// A block of `size` bytes aligned to `MIN_ALIGN`, or null. The common
+/// case inline: a request of at most `TABLE_MAX` bytes whose class pool
+/// hits in this thread's cache. Everything else is one tail call to
+/// [`alloc_miss`], so this part needs no stack frame.
 #[inline(always)]
 fn alloc(size: usize) -> *mut c_void {
+    if size <= TABLE_MAX {
+        // Acquire: as in `pool`.
+        let p = POOLS[usize::from(SMALL_CLASS[size.div_ceil(MIN_ALIGN)])].load(Acquire);
+        // SAFETY: pool heads are never freed; a non-null one was published
+        // by `create`.
+        if let Some(obj) = unsafe { p.as_ref() }.and_then(Pool::alloc_hit) {
+            return obj.as_ptr().cast();
+        }
+    }
+    alloc_miss(size)
+}
+
+/// [`alloc`] past its inline part.
+#[cold]
+#[inline(never)]
+fn alloc_miss(size: usize) -> *mut c_void {
     let p = if size <= MAX_SMALL {
         match pool(class_of(size)) {
             Some(pool) => pool.alloc(),
@@ -275,14 +298,15 @@ fn release(func: &str, p: *mut c_void) {
     let Some(nn) = NonNull::new(p.cast::<u8>()) else {
         return;
     };
-    if let Owner::Span { tag } = preload::owner(nn.as_ptr()) {
+    if let Some(tag) = preload::span_object(nn.as_ptr()) {
         // Acquire: as in `pool`. A span of this tag exists, so its pool was
-        // published.
-        let pool = POOLS.get(tag as usize).map(|p| p.load(Acquire));
-        if let Some(pool) = pool.and_then(NonNull::new) {
+        // published (unless the tag is not a class: then it is null).
+        let pool = POOLS[usize::from(tag)].load(Acquire);
+        // SAFETY: pool heads are never freed.
+        if let Some(pool) = unsafe { pool.as_ref() } {
             // SAFETY: `p` is the start of an object of the span of this pool
-            // (preload::owner checked it), given back by the caller.
-            return unsafe { pool.as_ref().free(nn) };
+            // (span_object checked it), given back by the caller.
+            return unsafe { pool.free(nn) };
         }
     }
     release_other(func, nn)
