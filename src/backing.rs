@@ -38,6 +38,21 @@ pub(crate) fn obtain_object(size: usize, backend: Backend) -> Option<NonNull<u8>
     }
 }
 
+/// Up to `out.len()` objects of `size` bytes from `backend` (all in one
+/// hold of the lock, for spans); returns how many were written to `out`.
+pub(crate) fn obtain_objects(size: usize, backend: Backend, out: &mut [*mut u8]) -> usize {
+    if let Backend::Span(tag) = backend {
+        let n = crate::span::obtain_batch(tag, size, out);
+        for _ in 0..n {
+            crate::counters::count(crate::counters::Event::Obtained);
+        }
+        return n;
+    }
+    out.iter_mut()
+        .map_while(|slot| obtain_object(size, backend).map(|p| *slot = p.as_ptr()))
+        .count()
+}
+
 /// Gives back an object from [`obtain_object`].
 ///
 /// # Safety

@@ -12,8 +12,8 @@ use crate::options::{
     self, SharedMode, DBG_ASAN, DBG_BACKUP, DBG_CALLER, DBG_MEMCHECK, DBG_NO_GLOBAL, DBG_RUNTIME,
     DBG_TAG,
 };
-use crate::os;
 use crate::shared_cache::{Cluster, SharedCache};
+use crate::{os, span};
 use core::cell::Cell;
 use core::ffi::CStr;
 use core::mem::size_of;
@@ -411,6 +411,29 @@ impl Pool {
             }
             legacy => self.shared.put_legacy(legacy, home, cluster),
         }
+    }
+
+    /// Whether a thread cache that misses takes several new objects of this
+    /// pool at once: the LD_PRELOAD malloc's class pools do (the spans of a
+    /// reserved tag), unless they have a limit (then each allocation is
+    /// counted against it, see `Pool::alloc_slow`). A pool made by
+    /// `pool_create` gets one object per miss, as HAProxy's do, so that its
+    /// `allocated` counts what the program took.
+    pub(crate) fn refills_in_batches(&self) -> bool {
+        // Relaxed: a setting; a call racing with pool_set_limit may see
+        // either value.
+        matches!(self.backend, Backend::Span(tag) if (tag as usize) < span::RESERVED_TAGS)
+            && self.limit.load(Relaxed) == 0
+    }
+
+    /// Up to `out.len()` new objects from the backing allocator, counted as
+    /// allocated in bucket `home`; returns how many were written to `out`.
+    ///
+    /// Counter: allocated grows by that many.
+    pub(crate) fn obtain_new(&self, home: usize, out: &mut [*mut u8]) -> usize {
+        let n = backing::obtain_objects(self.alloc_size, self.backend, out);
+        self.shared.count_allocated(home, n as isize);
+        n
     }
 
     /// A cluster from the shared cache, starting at bucket `home`.

@@ -9,7 +9,7 @@ use crate::head::{self, clear_key, Pool};
 use crate::options::{DBG_COLD_FIRST, DBG_FAIL, DBG_NO_CACHE, DBG_PROFILE};
 use crate::os;
 use crate::shared_cache::{Cluster, Item};
-use crate::thread_cache::{self, ThreadCache};
+use crate::thread_cache::{self, Taken, ThreadCache};
 use core::ptr::NonNull;
 use core::sync::atomic::fence;
 use core::sync::atomic::Ordering::{Relaxed, SeqCst};
@@ -96,14 +96,18 @@ impl Pool {
             return self.alloc_debug(caller);
         }
         let p = match ThreadCache::current() {
-            // `take` refills from the shared cache when the entry is bound;
-            // objects too large for the thread cache come from it here,
-            // from this CPU's bucket first, where `free_object` put what
-            // this CPU freed last (LIFO: the object still in its caches).
-            Some(tc) => tc
-                .take(self)
-                .or_else(|| self.take_shared(os::current_cpu()))
-                .or_else(|| self.alloc_from_os(tc.home)),
+            Some(tc) => match tc.take(self) {
+                Taken::Object(p) => Some(p),
+                // `take` looked in the shared cache already.
+                Taken::SharedEmpty => self.alloc_from_os(tc.home),
+                // Objects too large for the thread cache come from the
+                // shared cache here, from this CPU's bucket first, where
+                // `free_object` put what this CPU freed last (LIFO: the
+                // object still in its caches).
+                Taken::NotServed => self
+                    .take_shared(os::current_cpu())
+                    .or_else(|| self.alloc_from_os(tc.home)),
+            },
             None => self.take_shared(0).or_else(|| self.alloc_from_os(0)),
         };
         let p = p.or_else(|| self.alloc_after_gc())?;
@@ -211,7 +215,7 @@ impl Pool {
         let home = tc.map_or(0, |tc| tc.home);
         let cached = match tc.filter(|_| self.debug & DBG_NO_CACHE == 0) {
             Some(tc) if self.debug & DBG_COLD_FIRST != 0 => tc.take_oldest(self),
-            Some(tc) => tc.take(self),
+            Some(tc) => tc.take(self).object(),
             None => None,
         }
         .or_else(|| self.take_shared(home));

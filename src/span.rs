@@ -343,6 +343,37 @@ pub(crate) fn obtain(tag: u32, obj_size: usize) -> Option<NonNull<u8>> {
     p
 }
 
+/// Up to `out.len()` objects of `obj_size` bytes from the spans of `tag`,
+/// in one hold of its lock, in the order [`obtain`] would hand them out
+/// (so consecutive objects of one span, as far as they go); returns how
+/// many were written to `out`. A caller that caches many objects per thread
+/// (the thread cache's refill) pays one lock and one call for them all.
+///
+/// Counters: the spans' and the tag's live objects grow by that many.
+pub(crate) fn obtain_batch(tag: u32, obj_size: usize, out: &mut [*mut u8]) -> usize {
+    let Some(t) = TAGS.get(tag as usize) else {
+        return 0;
+    };
+    // Relaxed: see SIZES.
+    let size = SIZES[tag as usize].load(Relaxed) as usize;
+    if size == 0 || obj_size > size {
+        debug_assert!(false, "tag {tag} is bound to {size}, not {obj_size}");
+        return 0;
+    }
+    let mut n = 0;
+    t.lock.lock();
+    while n < out.len() {
+        // SAFETY: we hold the tag's lock.
+        let Some(p) = (unsafe { obtain_locked(&mut *t.inner.get(), tag, size) }) else {
+            break;
+        };
+        out[n] = p.as_ptr();
+        n += 1;
+    }
+    t.lock.unlock();
+    n
+}
+
 /// Takes an object from the first span with room; when none has, reuses the
 /// spare or maps a new span.
 ///

@@ -86,6 +86,9 @@ pub(crate) const MAX_POOLS: usize = 4096;
 #[cfg(miri)]
 pub(crate) const MAX_POOLS: usize = 256;
 
+/// Most bytes of new objects one refill takes (`ThreadCache::refill_new`).
+const BATCH_BYTES: usize = 4096;
+
 /// log2 of `size_of::<Entry>()`.
 const ENTRY_SHIFT: u32 = 6;
 /// Masks a pool's `entry_off` into the table, whatever the handle holds.
@@ -118,6 +121,31 @@ pub(crate) struct ThreadCache {
     swept: Cell<usize>,
     /// The list of every thread cache ([`THREADS`], under its lock).
     next: Cell<*mut ThreadCache>,
+}
+
+/// What [`ThreadCache::take`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Taken {
+    /// An object of the pool, the caller's.
+    Object(NonNull<u8>),
+    /// Nothing: the thread cache serves the pool, and the shared cache,
+    /// which it looked at, had nothing either (nor new objects, for a pool
+    /// that refills in batches).
+    SharedEmpty,
+    /// The thread cache does not serve the pool now: its objects are too
+    /// large for it, its entry is closed, or it has no entry (a dead pool,
+    /// no memory for one).
+    NotServed,
+}
+
+impl Taken {
+    /// The object, if any.
+    pub(crate) fn object(self) -> Option<NonNull<u8>> {
+        match self {
+            Taken::Object(p) => Some(p),
+            _ => None,
+        }
+    }
 }
 
 // The thread-local word points to `tls::EMPTY` while the thread has no
@@ -478,14 +506,17 @@ impl ThreadCache {
     }
 
     /// The newest object of `pool` in this thread, through the slow path:
-    /// lowers the low water or refills from the shared cache.
-    pub(crate) fn take(&self, pool: &Pool) -> Option<NonNull<u8>> {
-        let e = self.bound_entry(pool, false)?;
+    /// lowers the low water or refills from the shared cache (or, for a
+    /// pool that refills in batches, with new objects).
+    pub(crate) fn take(&self, pool: &Pool) -> Taken {
+        let Some(e) = self.bound_entry(pool, false) else {
+            return Taken::NotServed;
+        };
         if e.own_top() == e.bottom.load(Relaxed) {
             return self.refill(e, pool);
         }
         // SAFETY: the stack is not empty.
-        Some(unsafe { Self::pop_below_low(e) })
+        Taken::Object(unsafe { Self::pop_below_low(e) })
     }
 
     /// Pops the newest object of `e`, lowering the low water if the pop
@@ -527,7 +558,7 @@ impl ThreadCache {
         let e = self.bound_entry(pool, false)?;
         let bottom = e.bottom.load(Relaxed);
         if e.top.load(Relaxed) == bottom {
-            return self.refill(e, pool);
+            return self.refill(e, pool).object();
         }
         // SAFETY: `bottom < top`: `bottom` holds the oldest object.
         unsafe {
@@ -547,11 +578,15 @@ impl ThreadCache {
     /// the caller, as many of the rest as the budget grants, and the others
     /// back (all of them for a closed entry, which `alloc_slow` then
     /// serves from the shared cache).
-    fn refill(&self, e: &Entry, pool: &Pool) -> Option<NonNull<u8>> {
+    fn refill(&self, e: &Entry, pool: &Pool) -> Taken {
         if e.key.load(Relaxed) != pool.key {
-            return None;
+            return Taken::NotServed;
         }
-        let cluster = pool.take_from_shared(self.home)?;
+        let Some(cluster) = pool.take_from_shared(self.home) else {
+            return self
+                .refill_new(e, pool)
+                .map_or(Taken::SharedEmpty, Taken::Object);
+        };
         let first = cluster.first;
         // SAFETY: the cluster is ours: its objects are linked through `down`.
         let mut rest = unsafe { Item::down(first.as_ptr()) };
@@ -577,7 +612,38 @@ impl ThreadCache {
                 },
             );
         }
-        Some(first.cast())
+        Taken::Object(first.cast())
+    }
+
+    /// An empty entry, and nothing in the shared cache: for a pool that
+    /// refills in batches (`Pool::refills_in_batches`), new objects, as many
+    /// as one grant step holds and at most a page of them, from one call to
+    /// the backing allocator. So a growing heap takes the slow path once per
+    /// batch rather than once per object, and a thread's new objects are
+    /// neighbours of each other, not of another thread's. Hands out the
+    /// first; the rest are cached, to be handed out in address order. (They
+    /// were never handed out, so they need no key: no free can be a second
+    /// free of them, and their memory stays untouched until it is used.)
+    fn refill_new(&self, e: &Entry, pool: &Pool) -> Option<NonNull<u8>> {
+        let most = cluster_len(pool).min(BATCH_BYTES / pool.obj_size);
+        if most < 2 || !pool.refills_in_batches() || !self.make_room(e, pool, false) {
+            return None;
+        }
+        let room = (e.limit.get() as usize - e.own_top() as usize) / size_of::<*mut u8>();
+        let want = (room + 1).min(most);
+        let mut batch = [ptr::null_mut(); MAX_CLUSTER];
+        let n = pool.obtain_new(self.home, &mut batch[..want]);
+        let (&first, rest) = batch[..n].split_first()?;
+        for &obj in rest.iter().rev() {
+            // SAFETY: `rest` holds at most `room` new objects of this pool,
+            // ours, and `room` slots from `top` are inside the grant.
+            unsafe {
+                let top = e.own_top();
+                *top = obj;
+                e.top.store(top.add(1), Relaxed);
+            }
+        }
+        NonNull::new(first)
     }
 
     /// The slow path of a free: grants room (evicting if the budget is
@@ -665,7 +731,7 @@ mod list;
 
 pub(crate) use entry::Entry;
 use entry::{array_block, closed, recheck, Marks};
-use evict::give_back;
+use evict::{cluster_len, give_back, MAX_CLUSTER};
 use list::next_home;
 pub(crate) use list::THREADS;
 

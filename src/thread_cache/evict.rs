@@ -221,4 +221,4 @@ pub(crate) fn cluster_len(pool: &Pool) -> usize {
 /// Bytes moved to the shared cache per cluster, for small objects.
 pub(super) const CLUSTER_BYTES: usize = 4096;
 /// Most objects in one cluster.
-const MAX_CLUSTER: usize = 64;
+pub(super) const MAX_CLUSTER: usize = 64;

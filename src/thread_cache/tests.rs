@@ -1,4 +1,4 @@
-use super::ThreadCache;
+use super::{Taken, ThreadCache};
 use crate::head::{self, Pool};
 use crate::registry::{self, Destroyed};
 use crate::shared_cache::CLUSTER;
@@ -138,7 +138,7 @@ fn both_ends_of_the_stack() {
     };
     put(a);
     put(b);
-    assert_eq!(tc.take(p), Some(b));
+    assert_eq!(tc.take(p), Taken::Object(b));
     put(c);
     assert_eq!(tc.take_oldest(p), Some(a));
     assert_eq!(tc.take_oldest(p), Some(c));
