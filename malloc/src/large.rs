@@ -539,7 +539,7 @@ pub(crate) unsafe fn release(func: &str, p: NonNull<u8>, usable: usize) {
 /// mark word; only a match takes the lock and walks the list.
 pub(crate) fn abort_if_cached(func: &str, p: NonNull<u8>, usable: usize) {
     let len = preload::large_offset() + usable;
-    if !len.is_multiple_of(PAGE) || !(4 * PAGE..=MAX_CACHED_MAP).contains(&len) {
+    if len % PAGE != 0 || !(4 * PAGE..=MAX_CACHED_MAP).contains(&len) {
         return; // only such blocks are cached (see `release`)
     }
     // SAFETY: the block is mapped (ours, live or cached): read its second word.
