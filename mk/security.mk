@@ -1,8 +1,8 @@
 # The allocator security suite (security/README.md).
 #   make bench-security   builds the suite once and runs it under glibc's
-#                         malloc, the preload, jemalloc and mimalloc (when
-#                         installed) and the C API (default and
-#                         POOL_DEBUG=tag); prints the table (BENCHMARKS.md,
+#                         malloc, the preload (default and POOL_DEBUG=uaf),
+#                         jemalloc and mimalloc (when installed) and the C
+#                         API (default and POOL_DEBUG=tag); prints the table (BENCHMARKS.md,
 #                         "Security suite"). A comparison, not a test.
 #   make test-security    part of `make test`: the preload and the C API
 #                         catch exactly the cases README "Hardening" says
