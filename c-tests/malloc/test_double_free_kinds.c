@@ -11,6 +11,9 @@
  *                   span, which a kept block holds); free(p)
  *   realloc 0       realloc(p, 0) (which frees), then free(p)
  *   realloc after   free(p), then realloc(p, 1)
+ *   realloc grow    free(p), then realloc(p, 2 * size)
+ *   realloc keep    free(p), then realloc(p, size - size / 4) (a size the
+ *                   block would be kept for)
  *
  * Each case runs in a child, which must die of SIGABRT with
  * "libpools" and "double free" on stderr (for a large block whose mapping
@@ -29,9 +32,10 @@ static void *(*volatile do_realloc)(void *, size_t) = realloc;
 static void *(*volatile do_malloc)(size_t) = malloc;
 
 enum kind { IMMEDIATE, SAME_SIZE, OTHER_SIZES, OTHER_THREAD, THREAD_EXIT, SPAN, REALLOC_0,
-            REALLOC_AFTER, KINDS };
-static const char *names[] = { "immediate",   "same size", "other sizes", "other thread",
-                               "thread exit", "span",      "realloc 0",   "realloc after" };
+            REALLOC_AFTER, REALLOC_GROW, REALLOC_KEEP, KINDS };
+static const char *names[] = { "immediate",   "same size",     "other sizes", "other thread",
+                               "thread exit", "span",          "realloc 0",   "realloc after",
+                               "realloc grow", "realloc keep" };
 
 static void *obj;
 static size_t obj_size;
@@ -113,10 +117,14 @@ static void child(size_t size, enum kind k, int twin)
         in_thread(free_obj);
     else if (k == REALLOC_AFTER)
         obj = do_realloc(obj, 1);
+    else if (k == REALLOC_GROW)
+        obj = do_realloc(obj, 2 * size);
+    else if (k == REALLOC_KEEP)
+        obj = do_realloc(obj, size - size / 4);
     else
         do_free(obj);
     if (twin) {
-        if (k == REALLOC_AFTER)
+        if (k == REALLOC_AFTER || k == REALLOC_GROW || k == REALLOC_KEEP)
             do_free(obj);
         do_free(keep);
         _exit(0);

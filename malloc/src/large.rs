@@ -533,6 +533,25 @@ pub(crate) unsafe fn release(func: &str, p: NonNull<u8>, usable: usize) {
     unsafe { preload::large_release(p) };
 }
 
+/// Aborts, naming `func`, if the large block `p` of `usable` bytes (what
+/// `preload::owner` said) is one the cache holds: a block already freed,
+/// which a `realloc` must not resize or hand back. One load of the block's
+/// mark word; only a match takes the lock and walks the list.
+pub(crate) fn abort_if_cached(func: &str, p: NonNull<u8>, usable: usize) {
+    let len = preload::large_offset() + usable;
+    if len % PAGE != 0 || !(4 * PAGE..=MAX_CACHED_MAP).contains(&len) {
+        return; // only such blocks are cached (see `release`)
+    }
+    // SAFETY: the block is mapped (ours, live or cached): read its second word.
+    if unsafe { mark_of(p).read() } != CACHED_MARK ^ p.as_ptr() as usize {
+        return;
+    }
+    let b = bin_floor(len / PAGE);
+    if with_lists(|l| list_holds(l.head[b], p)) {
+        crate::double_free(func, p.as_ptr().cast())
+    }
+}
+
 /// Growth up to this old size prefers a cached block and a copy to
 /// `mremap`: the cached block's pages are already faulted in, while the
 /// pages `mremap` adds are fresh and fault one by one as they are written

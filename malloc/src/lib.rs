@@ -439,7 +439,15 @@ unsafe fn resize(p: *mut c_void, size: usize) -> *mut c_void {
     let owner = preload::owner(p.cast());
     let old = match owner {
         Owner::Span { tag } => class_size(tag as usize),
-        Owner::Large { usable } => usable,
+        Owner::Large { usable } => {
+            // SAFETY: `p` is the start of a large block of ours (owner).
+            large::abort_if_cached(
+                "realloc",
+                unsafe { NonNull::new_unchecked(p.cast()) },
+                usable,
+            );
+            usable
+        }
         Owner::Foreign => invalid_pointer("realloc", p),
     };
     if let Owner::Span { tag } = owner {
