@@ -592,16 +592,19 @@ impl ThreadCache {
         let mut rest = unsafe { Item::down(first.as_ptr()) };
         let mut left = cluster.len - 1;
         while left > 0 && self.make_room(e, pool, false) {
-            // SAFETY: `top < limit` after make_room; `rest` heads the rest
-            // of our cluster, `left > 0` objects.
-            unsafe {
-                let next = Item::down(rest);
-                let top = e.top.load(Relaxed);
-                *top = rest.cast();
-                e.top.store(top.add(1), Relaxed);
-                rest = next;
+            let room = (e.limit.get() as usize - e.own_top() as usize) / size_of::<*mut u8>();
+            for _ in 0..left.min(room) {
+                // SAFETY: `top < limit` (`room` slots were free); `rest`
+                // heads the rest of our cluster, `left > 0` objects.
+                unsafe {
+                    let next = Item::down(rest);
+                    let top = e.own_top();
+                    *top = rest.cast();
+                    e.top.store(top.add(1), Relaxed);
+                    rest = next;
+                }
+                left -= 1;
             }
-            left -= 1;
         }
         if let Some(r) = NonNull::new(rest) {
             pool.release_cluster(

@@ -22,16 +22,24 @@ impl ThreadCache {
         }
         let size = pool.obj_size;
         // A grant is a step of a cluster: when the budget has no room for
-        // one, unused grants come back, and then the oldest objects leave,
-        // down to 7/8 of the budget counting the step (so that the next
-        // eviction is at least an eighth of the budget away).
+        // one, the grants of entries that hold nothing come back, then the
+        // oldest objects leave, until the grants (objects and the room the
+        // other entries were granted) are down to 7/8 of the budget
+        // counting the step, so that the next eviction is at least an
+        // eighth of the budget away. Only then, if that was not enough (the
+        // other entries' room alone fills the budget), does every entry's
+        // unused room come back. Taking it back earlier would make every
+        // entry that frees near the budget ask again after a few frees:
+        // with many pools freeing in turn, one free in four took this path.
         let step = cluster_len(pool) * size;
         if self.granted.get() + step > budget {
-            self.take_back_unused_grants();
+            self.take_back_empty_grants();
         }
         if self.granted.get() + step > budget && evict {
             self.evict_to((budget - budget / 8).saturating_sub(step));
-            self.take_back_unused_grants();
+            if self.granted.get() + step > budget {
+                self.take_back_unused_grants();
+            }
         }
         if e.bottom.load(Relaxed) == e.top.load(Relaxed) && e.limit.get() == e.end.get() {
             // Evicted empty (or emptied by allocations) at the end of its
@@ -88,42 +96,57 @@ impl ThreadCache {
         }
     }
 
-    /// Every entry's grant shrinks to the objects it holds.
-    pub(super) fn take_back_unused_grants(&self) {
+    /// The grant of every entry that holds no object comes back.
+    pub(super) fn take_back_empty_grants(&self) {
         for i in 0..self.nlisted.get() {
             let e = &self.table[self.listed[i].get() as usize];
-            let Some(pool) = e.bound_pool() else { continue };
-            let top = e.top.load(Relaxed);
-            let unused = (e.limit.get() as usize - top as usize) / size_of::<*mut u8>();
-            e.limit.set(top);
-            self.granted
-                .set(self.granted.get() - unused * pool.obj_size);
+            if e.bound_pool().is_some() && e.objects() == 0 {
+                self.take_back_grant(e);
+            }
         }
     }
 
-    /// Evicts oldest-first (module docs) until the thread caches at most
-    /// `target` bytes, then starts a new low-water period.
+    /// Every entry's grant shrinks to the objects it holds.
+    pub(super) fn take_back_unused_grants(&self) {
+        for i in 0..self.nlisted.get() {
+            self.take_back_grant(&self.table[self.listed[i].get() as usize]);
+        }
+    }
+
+    /// `e`'s grant shrinks to the objects it holds.
+    fn take_back_grant(&self, e: &Entry) {
+        let Some(pool) = e.bound_pool() else { return };
+        let top = e.top.load(Relaxed);
+        let unused = (e.limit.get() as usize - top as usize) / size_of::<*mut u8>();
+        e.limit.set(top);
+        self.granted
+            .set(self.granted.get() - unused * pool.obj_size);
+    }
+
+    /// Evicts oldest-first (module docs) until the thread's grants (what
+    /// it caches, and the room granted to entries) are at most `target`
+    /// bytes, or nothing is cached; then starts a new low-water period.
     #[cold]
     pub(crate) fn evict_to(&self, target: usize) {
         self.sweep_if_destroyed();
         self.age_by_low_water();
         loop {
-            let mut cached = 0;
+            if self.granted.get() <= target {
+                break;
+            }
             let mut oldest: Option<(&Entry, u64)> = None;
             for i in 0..self.nlisted.get() {
                 let e = &self.table[self.listed[i].get() as usize];
                 let Some(pool) = e.bound_pool() else { continue };
-                let n = e.objects();
-                if n == 0 || pool.is_dead() {
+                if e.objects() == 0 || pool.is_dead() {
                     continue;
                 }
-                cached += n * pool.obj_size;
                 let t = self.marks(e).oldest();
                 if oldest.is_none_or(|(_, o)| t < o) {
                     oldest = Some((e, t));
                 }
             }
-            let Some((e, _)) = oldest.filter(|_| cached > target) else {
+            let Some((e, _)) = oldest else {
                 break;
             };
             let pool = e.bound_pool().expect("listed entries are bound");
