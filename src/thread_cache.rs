@@ -23,7 +23,9 @@
 //!   cluster, and the sum of the grants never exceeds it, so the thread never
 //!   caches more than the budget without a byte counter on the hit path.
 //!   A free that reaches `limit` asks for another step; when the budget is
-//!   spent, it takes back grants that hold no objects, then evicts.
+//!   spent, it takes back grants that hold no objects, then evicts (and
+//!   takes back the other entries' unused room only if that was not
+//!   enough, see `make_room`).
 //!
 //! Eviction order (when a grant is refused): objects leave in clusters of
 //! one pool, taken from the bottom of its stack, so that within a pool the
