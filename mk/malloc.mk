@@ -36,6 +36,8 @@ test-malloc-c: lib
 	  LD_PRELOAD=$(MALLOC_SO) timeout 300 $(MT_OUT)/$$t; done
 	@echo "== preload POOL_DEBUG=uaf test_conformance"; \
 	  POOL_DEBUG=uaf LD_PRELOAD=$(MALLOC_SO) timeout 300 $(MT_OUT)/test_conformance
+	@echo "== preload POOL_DEBUG=integrity test_conformance (checks every block it hands out)"; \
+	  POOL_DEBUG=integrity LD_PRELOAD=$(MALLOC_SO) timeout 300 $(MT_OUT)/test_conformance
 	@echo "== -lpools test_fork"; timeout 300 $(MT_OUT)/test_fork_lpools
 	@echo "== -lpools test_fork_atfork"; timeout 300 $(MT_OUT)/test_fork_atfork_lpools
 	@echo "== preload test_fork_atfork, handlers registered before ours"; \

@@ -416,14 +416,19 @@ impl Pool {
     /// Whether a thread cache that misses takes several new objects of this
     /// pool at once: the LD_PRELOAD malloc's class pools do (the spans of a
     /// reserved tag), unless they have a limit (then each allocation is
-    /// counted against it, see `Pool::alloc_slow`). A pool made by
+    /// counted against it, see `Pool::alloc_slow`) or debugging options
+    /// (whose checks at hand-out, such as `integrity`, expect every cached
+    /// object to have been prepared by a free). A pool made by
     /// `pool_create` gets one object per miss, as HAProxy's do, so that its
     /// `allocated` counts what the program took.
     pub(crate) fn refills_in_batches(&self) -> bool {
-        // Relaxed: a setting; a call racing with pool_set_limit may see
-        // either value.
+        // Relaxed: settings; a call racing with pool_set_limit or with a
+        // debugging bit switched on may see either value (objects already
+        // cached stay valid for the bits switched on later, `fail` and
+        // `profile`, which do not look at objects).
         matches!(self.backend, Backend::Span(tag) if (tag as usize) < span::RESERVED_TAGS)
             && self.limit.load(Relaxed) == 0
+            && self.debug_live.load(Relaxed) == 0
     }
 
     /// Up to `out.len()` new objects from the backing allocator, counted as
