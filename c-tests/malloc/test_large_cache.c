@@ -89,19 +89,32 @@ static void bounded_and_trimmed(int use_pool_gc)
 }
 
 /* Threads allocate large blocks of many classes, fill them with a pattern
- * and hand half of them to the next thread, which checks and frees them. */
+ * and hand them to the next thread (row `to` of `handoff` is its inbox),
+ * which checks and frees them; a block whose slot in the next thread's
+ * inbox is taken is checked and freed by its own thread. */
 enum { THREADS = 3, ROUNDS = 3000, RING = 64 };
 static void *handoff[THREADS][RING];
 static size_t handoff_n[THREADS][RING];
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static volatile int stop_forker;
 
-static void check_block(const unsigned char *p, size_t n)
+/* Fails, naming the block, its size, the first wrong byte and `who`
+ * checked it, unless `p` holds `fill_block`'s pattern. */
+static void check_at(const unsigned char *p, size_t n, size_t i, const char *who)
 {
-    unsigned char s = (unsigned char)(n * 31 >> 12);
+    unsigned char want = (unsigned char)((unsigned char)(n * 31 >> 12) + i);
+    if (p[i] != want) {
+        fprintf(stderr, "%s: block %p of %zu bytes: byte %zu is %#x, not %#x\n", who,
+                (const void *)p, n, i, p[i], want);
+        exit(1);
+    }
+}
+
+static void check_block(const unsigned char *p, size_t n, const char *who)
+{
     for (size_t i = 0; i < n; i += 509)
-        CHECK(p[i] == (unsigned char)(s + i));
-    CHECK(p[n - 1] == (unsigned char)(s + n - 1));
+        check_at(p, n, i, who);
+    check_at(p, n, n - 1, who);
 }
 
 static void fill_block(unsigned char *p, size_t n)
@@ -128,14 +141,23 @@ static void *worker(void *arg)
         fill_block(p, n);
         int to = (id + 1) % THREADS, s = (int)((r >> 20) % RING);
         pthread_mutex_lock(&lock);
-        void *old = handoff[to][s];
-        size_t oldn = handoff_n[to][s];
-        handoff[to][s] = p;
-        handoff_n[to][s] = n;
+        /* One the previous thread handed to us, if any. */
+        void *in = handoff[id][s];
+        size_t inn = handoff_n[id][s];
+        handoff[id][s] = NULL;
+        if (!handoff[to][s]) {
+            handoff[to][s] = p;
+            handoff_n[to][s] = n;
+            p = NULL;
+        }
         pthread_mutex_unlock(&lock);
-        if (old) {
-            check_block(old, oldn);
-            free(old);
+        if (in) {
+            check_block(in, inn, "next thread");
+            free(in);
+        }
+        if (p) {
+            check_block(p, n, "own thread");
+            free(p);
         }
     }
     return NULL;
@@ -155,7 +177,7 @@ static void *forker(void *arg)
                 if (!p)
                     _exit(2);
                 fill_block(p, 40000 + (size_t)i * 70000);
-                check_block(p, 40000 + (size_t)i * 70000);
+                check_block(p, 40000 + (size_t)i * 70000, "fork child");
                 free(p);
             }
             malloc_trim(0);
@@ -185,7 +207,7 @@ static void threads(void)
     for (int i = 0; i < THREADS; i++)
         for (int s = 0; s < RING; s++)
             if (handoff[i][s]) {
-                check_block(handoff[i][s], handoff_n[i][s]);
+                check_block(handoff[i][s], handoff_n[i][s], "main thread");
                 free(handoff[i][s]);
             }
     printf("large cache shared by threads, forks meanwhile: ok\n");

@@ -159,14 +159,22 @@ pub unsafe fn large_resize(p: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
                 )
             };
             if r != dest.as_ptr().cast() {
-                // SAFETY: `dest` is still our fresh, unused mapping.
-                unsafe { unmap_guarded(dest.as_ptr(), new_len) };
+                // MREMAP_FIXED may have unmapped `dest`'s range before the
+                // kernel refused (and another thread's `mmap` may have got
+                // addresses in it since): only its guards are surely ours.
+                // What is left between them is either nothing, another's,
+                // or our untouched `dest`, then kept unused (a rare
+                // failure's cost: address space, no page).
+                // SAFETY: `dest`'s guards are ours and unused.
+                unsafe { unmap_guards(dest.as_ptr(), new_len) };
                 mark(b, old_len, KIND_LARGE, KIND_LARGE_CONT);
                 return None;
             }
-            // SAFETY: the old range is gone (moved); what is left of it
-            // are its two guard pages, ours and unused.
-            unsafe { unmap_guarded(base, old_len) };
+            // The old range is gone (moved) and its addresses are free for
+            // anyone's `mmap` right now: only its two guard pages are left
+            // of it, and only they may be unmapped.
+            // SAFETY: the old mapping's guards, ours and unused.
+            unsafe { unmap_guards(base, old_len) };
             (dest.as_ptr(), true)
         }
     };

@@ -187,6 +187,23 @@ pub(super) unsafe fn unmap_guarded(base: *mut u8, len: usize) {
     unsafe { libc::munmap(base.wrapping_sub(GUARD).cast(), len + 2 * GUARD) };
 }
 
+/// Unmaps only the two guard pages of a mapping of [`map_guarded`] (`len`
+/// bytes at `base`), not the range between them: for a mapping whose pages
+/// `mremap` moved away (or may have unmapped), where the range between the
+/// guards is no longer ours and another thread's `mmap` may have been given
+/// addresses in it since.
+///
+/// # Safety
+/// The guard pages are ours and nobody uses them.
+pub(super) unsafe fn unmap_guards(base: *mut u8, len: usize) {
+    // SAFETY: the page before `base` and the page at `base + len` are the
+    // mapping's guards (caller), each a range of its own.
+    unsafe {
+        libc::munmap(base.wrapping_sub(GUARD).cast(), GUARD);
+        libc::munmap(base.wrapping_add(len).cast(), GUARD);
+    }
+}
+
 /// Who owns `p`: a span object, a large block, or neither. Reads a header
 /// only in a granule the region map says is ours, so it never touches
 /// memory that may be unmapped.
