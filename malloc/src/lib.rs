@@ -185,6 +185,7 @@ fn pool(c: usize) -> Option<&'static Pool> {
 /// core's, covering the large cache's lock too (see `pools::preload::cover_outer_locks`).
 extern "C" fn at_load() {
     preload::cover_outer_locks(large::fork_lock, large::fork_unlock);
+    preload::on_fresh_span(large::span_made);
 }
 
 #[used]
@@ -440,6 +441,10 @@ unsafe fn resize(p: *mut c_void, size: usize) -> *mut c_void {
         Owner::Large { usable } => usable,
         Owner::Foreign => invalid_pointer("realloc", p),
     };
+    if let Owner::Large { usable } = owner {
+        // SAFETY: a large block of ours (owner said so).
+        unsafe { large::abort_if_cached("realloc", NonNull::new_unchecked(p.cast()), usable) };
+    }
     if let Owner::Span { tag } = owner {
         // Acquire: as in `release`.
         let pool = POOLS.get(tag as usize).map(|p| p.load(Acquire));
