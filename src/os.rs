@@ -85,6 +85,39 @@ pub(crate) unsafe fn unmap(p: NonNull<u8>, len: usize) {
     unsafe { libc::munmap(p.as_ptr().cast(), len) };
 }
 
+/// A hook the span layer (`span::reserve`) calls after each fresh span it
+/// maps or takes from its batch (not for a spare span), under the lock of
+/// the tag that takes it: it must not wait for a lock of the library (it
+/// may `SpinLock::try_lock` one and give up), since the fork handlers take
+/// the preload's own locks before the tags'. The preload's large cache
+/// unmaps cached blocks there, so that a program's small blocks reuse the
+/// memory its large ones freed (`malloc/src/large.rs`). Here, in the floor,
+/// so that the span layer calls up through it without importing the
+/// preload.
+pub type FreshSpanHook = extern "C" fn();
+
+static FRESH_SPAN_HOOK: core::sync::atomic::AtomicPtr<()> =
+    core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+
+/// Installs the hook called after each fresh span. Call it from a
+/// constructor, before any span is mapped.
+pub fn on_fresh_span(hook: FreshSpanHook) {
+    // Release: a thread that acquires the pointer may call the hook.
+    FRESH_SPAN_HOOK.store(hook as *mut (), core::sync::atomic::Ordering::Release);
+}
+
+/// Calls the hook of [`on_fresh_span`], if one is installed.
+pub(crate) fn fresh_span() {
+    // Acquire: pairs with the Release in `on_fresh_span`.
+    let hook = FRESH_SPAN_HOOK.load(core::sync::atomic::Ordering::Acquire);
+    if !hook.is_null() {
+        // SAFETY: stored from a `FreshSpanHook` by `on_fresh_span`; fn
+        // pointers and data pointers have one size and representation here.
+        let hook: FreshSpanHook = unsafe { core::mem::transmute::<*mut (), FreshSpanHook>(hook) };
+        hook();
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 //! handlers, option parser and memory profile rather than keeping its own.
 
 pub use crate::head::Pool;
+pub use crate::os::{on_fresh_span, FreshSpanHook};
 pub use crate::registry::{create_span_pool, gc_pools, injected_failure};
 pub use crate::span::{
     large_align, large_header_corrupt, large_obtain, large_offset, large_release, large_resize,

@@ -117,6 +117,16 @@ impl SpinLock {
         }
     }
 
+    /// Takes the lock if it is free; `false` (and nothing taken) if anyone
+    /// holds it, even for this thread's fork window.
+    pub fn try_lock(&self) -> bool {
+        use core::sync::atomic::Ordering::{Acquire, Relaxed};
+        // Acquire: as in `lock`.
+        self.0
+            .compare_exchange(false, true, Acquire, Relaxed)
+            .is_ok()
+    }
+
     pub fn unlock(&self) {
         if inside_window() {
             return;

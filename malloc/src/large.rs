@@ -23,6 +23,14 @@
 //! its pages under memory pressure, while a reuse before that finds them
 //! still mapped (no page fault).
 //!
+//! **Giving way to small blocks.** Each fresh span the small classes take
+//! makes the cache unmap at least a span's worth of its blocks, the
+//! smallest first ([`span_made`]): a program whose small blocks grow after
+//! its large ones were freed (sqlite's page cache after its sorter's
+//! buffers) reuses that memory, as a single heap would, instead of holding
+//! both (BENCHMARKS.md, issue #19). A pattern of large blocks alone makes
+//! no spans and keeps its cache.
+//!
 //! **Reuse.** A request takes a cached block of its class or else of the
 //! smallest larger class up to twice its pages ([`BIN_REACH`]); else the
 //! largest smaller one down to half its pages ([`BIN_GROW`]), grown with `mremap` (its pages are kept, only the
@@ -533,21 +541,24 @@ pub(crate) unsafe fn release(func: &str, p: NonNull<u8>, usable: usize) {
     unsafe { preload::large_release(p) };
 }
 
-/// Aborts, naming `func`, if the large block `p` of `usable` bytes (what
-/// `preload::owner` said) is one the cache holds: a block already freed,
-/// which a `realloc` must not resize or hand back. One load of the block's
-/// mark word; only a match takes the lock and walks the list.
-pub(crate) fn abort_if_cached(func: &str, p: NonNull<u8>, usable: usize) {
+/// Aborts, naming `func`, if the large block `p` of `usable` bytes is in
+/// the cache (it was freed: a realloc of it is a double free). Checked
+/// before the realloc allocates: the allocation may make a fresh span, and
+/// the cache may then unmap the block ([`span_made`]).
+///
+/// # Safety
+/// `p` is a large block of ours (live, or cached by a caller's bug).
+pub(crate) unsafe fn abort_if_cached(func: &str, p: NonNull<u8>, usable: usize) {
     let len = preload::large_offset() + usable;
-    if len % PAGE != 0 || !(4 * PAGE..=MAX_CACHED_MAP).contains(&len) {
-        return; // only such blocks are cached (see `release`)
-    }
-    // SAFETY: the block is mapped (ours, live or cached): read its second word.
-    if unsafe { mark_of(p).read() } != CACHED_MARK ^ p.as_ptr() as usize {
+    if !(4 * PAGE..=MAX_CACHED_MAP).contains(&len) || len % PAGE != 0 {
         return;
     }
     let b = bin_floor(len / PAGE);
-    if with_lists(|l| list_holds(l.head[b], p)) {
+    // SAFETY: the block is mapped (ours, live or cached): read its second
+    // word. Only a match costs a walk of the list.
+    if unsafe { mark_of(p).read() } == CACHED_MARK ^ p.as_ptr() as usize
+        && with_lists(|l| list_holds(l.head[b], p))
+    {
         crate::double_free(func, p.as_ptr().cast())
     }
 }
@@ -590,6 +601,34 @@ pub(crate) unsafe fn resize(p: NonNull<u8>, old: usize, size: usize) -> Option<N
         sub_mapped(old - new);
     }
     Some(q)
+}
+
+/// The span layer has just made a fresh span (`preload::on_fresh_span`,
+/// under a tag's lock): the cache unmaps at least a span's worth
+/// (`large_align()` bytes) of its blocks, the smallest first. So memory
+/// that large blocks freed goes back while the small blocks grow, as it
+/// would serve them in a single heap, rather than staying resident beside
+/// them. Gives up if the cache's lock is held (by another thread, or by the
+/// fork handlers, which take it before the tags' locks).
+pub(crate) extern "C" fn span_made() {
+    if !CACHE.lock.try_lock() {
+        return;
+    }
+    // SAFETY: we hold the lock: nobody else touches the lists.
+    let l = unsafe { &mut *CACHE.lists.get() };
+    let mut evict: *mut u8 = ptr::null_mut();
+    let mut freed = 0;
+    for b in 0..BINS {
+        while freed < preload::large_align() && !l.head[b].is_null() {
+            let p = l.pop(b);
+            // SAFETY: taken off the lists: ours; its first word is free.
+            unsafe { p.cast::<*mut u8>().write(evict) };
+            evict = p;
+            freed += bin_pages(b) * PAGE;
+        }
+    }
+    CACHE.lock.unlock();
+    unmap_chain(evict);
 }
 
 /// Unmaps every cached mapping; returns whether there was any.

@@ -2,7 +2,8 @@
 //! `LD_PRELOAD=libpools_malloc.so program`.
 //!
 //! Requests up to [`MAX_SMALL`] bytes are served by size-class pools of the
-//! core (`malloc-16` ... `malloc-32768`, four classes per power of two), with
+//! core (`malloc-16` ... `malloc-32768`, four classes per power of two and
+//! one for a page and an eighth, see [`CLASSES`]), with
 //! the same thread cache and self-locked shared cache as `pool_alloc`; their
 //! objects come from the core's mmap'd spans (`pools::preload`), and the span
 //! region map's entry for an address names its class, so `free` reads no
@@ -37,8 +38,18 @@ mod large;
 
 /// Largest request served by a size class.
 pub const MAX_SMALL: usize = 32 * 1024;
-/// Size classes: 16, 32, 48, 64, then four per power of two up to MAX_SMALL.
-const CLASSES: usize = 40;
+/// Size classes: 16, 32, 48, 64, then four per power of two up to MAX_SMALL,
+/// and [`PAGE_PLUS`] between 4096 and 5120. Requests of a page and a small
+/// header (sqlite's page-cache slots of 4104 and 4368 bytes, buffers of a
+/// page with a length in front) would otherwise take 5120 bytes, a fifth
+/// of it unused; a class for each of the steps between 4096 and 8192
+/// instead would split a program's blocks of 4 to 8 KiB over more pools,
+/// each with idle objects of its own (BENCHMARKS.md, issue #19).
+const CLASSES: usize = 41;
+/// The class of a page and up to an eighth more, and its index (the
+/// classes above it come one later than the power-of-two steps put them).
+const PAGE_PLUS: usize = 4608;
+const PAGE_PLUS_CLASS: usize = 28;
 /// Every block is aligned to at least this (what glibc guarantees on x86-64).
 const MIN_ALIGN: usize = 16;
 /// Largest power-of-two class whose objects are aligned to their size
@@ -95,7 +106,14 @@ const fn class_by_size(n: usize) -> usize {
     } else {
         let m = n - 1;
         let k = (usize::BITS - 1 - m.leading_zeros()) as usize; // 6..=14
-        4 + (k - 6) * 4 + ((m >> (k - 2)) & 3)
+        let c = 4 + (k - 6) * 4 + ((m >> (k - 2)) & 3);
+        if c < PAGE_PLUS_CLASS {
+            c
+        } else if n <= PAGE_PLUS {
+            PAGE_PLUS_CLASS
+        } else {
+            c + 1
+        }
     }
 }
 
@@ -104,9 +122,13 @@ const fn class_by_size(n: usize) -> usize {
 fn class_size(c: usize) -> usize {
     if c < 4 {
         16 * (c + 1)
+    } else if c == PAGE_PLUS_CLASS {
+        PAGE_PLUS
     } else {
-        let k = 6 + (c - 4) / 4;
-        (1 << k) + ((c - 4) % 4 + 1) * (1 << (k - 2))
+        // The power-of-two steps, counted without PAGE_PLUS's class.
+        let s = c - 4 - usize::from(c > PAGE_PLUS_CLASS);
+        let k = 6 + s / 4;
+        (1 << k) + (s % 4 + 1) * (1 << (k - 2))
     }
 }
 
@@ -116,7 +138,7 @@ fn class_size(c: usize) -> usize {
 /// allocation of the core's first-use setup), `uaf` is on, or creation
 /// failed.
 ///
-/// One class at a time, not all 40 at the first `malloc`: a short process
+/// One class at a time, not all 41 at the first `malloc`: a short process
 /// uses about half of them (BENCHMARKS.md), and each pool head costs a
 /// creation and a quarter of a page.
 #[cold]
@@ -167,6 +189,7 @@ fn pool(c: usize) -> Option<&'static Pool> {
 /// core's, covering the large cache's lock too (see `pools::preload::cover_outer_locks`).
 extern "C" fn at_load() {
     preload::cover_outer_locks(large::fork_lock, large::fork_unlock);
+    preload::on_fresh_span(large::span_made);
 }
 
 #[used]
@@ -439,17 +462,13 @@ unsafe fn resize(p: *mut c_void, size: usize) -> *mut c_void {
     let owner = preload::owner(p.cast());
     let old = match owner {
         Owner::Span { tag } => class_size(tag as usize),
-        Owner::Large { usable } => {
-            // SAFETY: `p` is the start of a large block of ours (owner).
-            large::abort_if_cached(
-                "realloc",
-                unsafe { NonNull::new_unchecked(p.cast()) },
-                usable,
-            );
-            usable
-        }
+        Owner::Large { usable } => usable,
         Owner::Foreign => invalid_pointer("realloc", p),
     };
+    if let Owner::Large { usable } = owner {
+        // SAFETY: a large block of ours (owner said so).
+        unsafe { large::abort_if_cached("realloc", NonNull::new_unchecked(p.cast()), usable) };
+    }
     if let Owner::Span { tag } = owner {
         // Acquire: as in `release`.
         let pool = POOLS.get(tag as usize).map(|p| p.load(Acquire));
@@ -626,5 +645,7 @@ mod tests {
             [class_of(64), class_of(65), class_of(80), class_of(81)],
             [3, 4, 4, 5]
         );
+        let sizes = [4096, 4097, 4608, 4609, 5120, 5121].map(|n| class_size(class_of(n)));
+        assert_eq!(sizes, [4096, PAGE_PLUS, PAGE_PLUS, 5120, 5120, 6144]);
     }
 }

@@ -49,7 +49,11 @@ pub(super) fn reserved_span() -> Option<NonNull<u8>> {
         NonNull::new(span)
     };
     RESERVE.lock.unlock();
-    span.or_else(|| map_aligned(SPAN, SPAN))
+    let span = span.or_else(|| map_aligned(SPAN, SPAN));
+    if span.is_some() {
+        os::fresh_span();
+    }
+    span
 }
 
 /// Unmaps the spans of the reserve that were never handed out.
