@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static unsigned long check_passed_;
@@ -111,5 +112,19 @@ static inline struct pool_stats check_stats_of_(struct pool_head *pool, const ch
                          __LINE__, "stats(" #pool ").shared", #s);             \
     } while (0)
 #endif
+
+/* Whether a memory checker runs the test: ASan (built in) or valgrind's
+ * memcheck (it preloads vgpreload_memcheck). The library then sends every
+ * pool down the debugging path (README, "valgrind and AddressSanitizer"),
+ * and the checker's own bookkeeping is resident beside the pools' memory. */
+static inline int under_memory_checker(void)
+{
+#ifdef __SANITIZE_ADDRESS__
+    return 1;
+#else
+    const char *preload = getenv("LD_PRELOAD");
+    return preload && strstr(preload, "vgpreload_memcheck") != NULL;
+#endif
+}
 
 #endif /* LIBPOOLS_C_TESTS_CHECK_H */

@@ -60,19 +60,6 @@ static void child(const void *arg)
     _exit(j->twin ? 0 : 6); /* 6: the call returned */
 }
 
-/* Under ASan or memcheck the library sends every pool down the debugging
- * path (README, "valgrind and AddressSanitizer"), so the default mode
- * catches it at the call too. */
-static int under_checker(void)
-{
-#ifdef __SANITIZE_ADDRESS__
-    return 1;
-#else
-    const char *preload = getenv("LD_PRELOAD");
-    return preload && strstr(preload, "vgpreload_memcheck") != NULL;
-#endif
-}
-
 int main(void)
 {
     const char *backend = getenv("POOL_BACKEND");
@@ -91,7 +78,7 @@ int main(void)
             if (!CHECK(exited_zero(st)))
                 fprintf(stderr, "  %s, %zu B, twin: status %#x: %s\n", name, sizes[s], st, buf);
             st = run_in_child(child, &bug, 10, buf, sizeof buf);
-            int at_call = *options[i] || under_checker();
+            int at_call = *options[i] || under_memory_checker(); /* debugging path */
             int ok = at_call ? died_of(st, SIGABRT) && strstr(buf, "invalid free")
                              : st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 6;
             if (!CHECK(ok))

@@ -92,20 +92,6 @@ static void *fill(void *arg)
     return NULL;
 }
 
-/* Whether a memory checker runs the test: ASan (built in) or valgrind (it
- * preloads its vgpreload libraries). Their own bookkeeping of the pool's
- * memory (shadow memory, quarantine, valgrind's maps) is resident as well,
- * so the RSS check says nothing about the pool there. */
-static int under_memory_checker(void)
-{
-#ifdef __SANITIZE_ADDRESS__
-    return 1;
-#else
-    const char *preload = getenv("LD_PRELOAD");
-    return preload && strstr(preload, "vgpreload") != NULL;
-#endif
-}
-
 /* Runs `fn` on THREADS threads and waits for them to exit. */
 static void run(void *(*fn)(void *))
 {

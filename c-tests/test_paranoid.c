@@ -32,17 +32,6 @@ static size_t nonzero_after_free(const void *o, size_t size)
     return n;
 }
 
-/* Whether ASan or valgrind's memcheck runs the test. */
-static int under_memory_checker(void)
-{
-#ifdef __SANITIZE_ADDRESS__
-    return 1;
-#else
-    const char *preload = getenv("LD_PRELOAD");
-    return preload && strstr(preload, "vgpreload_memcheck") != NULL;
-#endif
-}
-
 /* Descents in a run of `n` allocations from a fresh span of `size`. */
 static int descents(struct pool_head *p, int n)
 {
