@@ -675,18 +675,6 @@ fn take_spare(t: &TagState) -> Option<NonNull<SpanHeader>> {
     spare
 }
 
-/// Spans mapped for `tag` (its spare included) and objects handed out.
-#[cfg(test)]
-fn tag_counts(tag: u32) -> (usize, usize) {
-    let t = &TAGS[tag as usize];
-    t.lock.lock();
-    // SAFETY: we hold the tag's lock.
-    let st = unsafe { &*t.inner.get() };
-    let r = (st.spans, st.live);
-    t.lock.unlock();
-    r
-}
-
 // ---- fork ------------------------------------------------------------------------
 
 /// Takes every tag's lock, then the reserve's (the order `new_span` nests

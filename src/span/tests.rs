@@ -2,6 +2,17 @@ use super::*;
 use std::collections::HashSet;
 use std::sync::Mutex;
 
+/// Spans mapped for `tag` (its spare included) and objects handed out.
+fn tag_counts(tag: u32) -> (usize, usize) {
+    let t = &TAGS[tag as usize];
+    t.lock.lock();
+    // SAFETY: we hold the tag's lock.
+    let st = unsafe { &*t.inner.get() };
+    let r = (st.spans, st.live);
+    t.lock.unlock();
+    r
+}
+
 /// The tag of `size`, which no other test (of any module) may use, so
 /// that its counters are this test's alone.
 fn own_tag(size: usize) -> u32 {
