@@ -135,8 +135,10 @@ type MallctlFn = unsafe extern "C" fn(
     libc::size_t,
 ) -> libc::c_int;
 
-/// How the allocator underneath is asked to give free memory back.
+/// How the allocator underneath is asked to give free memory back. (On
+/// musl and under Miri nothing is: no variant is ever made there.)
 #[derive(Clone, Copy)]
+#[cfg_attr(not(all(target_env = "gnu", not(miri))), allow(dead_code))]
 enum Trimmer {
     /// glibc's (or the LD_PRELOAD malloc's) `malloc_trim`.
     MallocTrim(TrimFn),
