@@ -40,7 +40,10 @@
 //! Eviction takes bottoms away without moving the rest; the stack slides up
 //! its array (twice the largest count the budget allows) and is moved back
 //! to the start only when its grant reaches the end, at most once per as
-//! many pushes as the array has free slots.
+//! many pushes as the array has free slots. An entry's array starts small
+//! (1 KiB, from the metadata arena, four to a page) and moves to one four
+//! times as large when it is full, up to that size: a short process binds
+//! a few dozen entries and fills few of them.
 //!
 //! Why this design: the earlier linked list wrote a link into the previous
 //! newest object on every free (a second cache line, and what a use after
@@ -387,7 +390,7 @@ impl ThreadCache {
         if self.nlisted.get() == MAX_POOLS {
             return None;
         }
-        let block = array_block(pool);
+        let block = first_block(pool);
         let array = meta::obtain(block)?;
         if !pool.bind() {
             // Destroyed meanwhile (a call racing with pool_destroy).
@@ -735,7 +738,7 @@ mod evict;
 mod list;
 
 pub(crate) use entry::Entry;
-use entry::{array_block, closed, recheck, Marks};
+use entry::{array_block, closed, first_block, recheck, Marks, MOVING};
 use evict::{cluster_len, give_back, MAX_CLUSTER};
 use list::next_home;
 pub(crate) use list::THREADS;

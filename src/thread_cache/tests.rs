@@ -123,6 +123,34 @@ fn eviction_is_oldest_first_across_pools() {
     }
 }
 
+/// An entry's array starts as a 1 KiB block of the metadata arena and
+/// moves to larger ones as it fills: every object freed within the budget
+/// stays cached, and they come back newest first.
+#[test]
+fn an_entry_starts_small_and_grows() {
+    let size = 64;
+    let p = pool(c"tc-grow", size);
+    let n = 500;
+    assert!(n * size * 8 <= crate::options::cache_size());
+    let objs: Vec<_> = (0..n).map(|_| p.alloc().unwrap()).collect();
+    let tc = ThreadCache::current().unwrap();
+    let e = &tc.table[p.slot];
+    let first = (1024 - size_of::<super::Marks>()) / size_of::<*mut u8>();
+    assert_eq!(tc.capacity(e), first);
+    for &o in &objs {
+        // SAFETY: each object came from `p` and is given back once.
+        unsafe { p.free(o) };
+    }
+    assert!(tc.capacity(e) >= n, "capacity {}", tc.capacity(e));
+    assert_eq!(registry::stats(p).cached, n);
+    let back: Vec<_> = (0..n).map(|_| p.alloc().unwrap()).collect();
+    assert!(back.iter().eq(objs.iter().rev()));
+    for &o in &back {
+        // SAFETY: as above.
+        unsafe { p.free(o) };
+    }
+}
+
 /// The stack's two ends: a plain take pops the newest, `take_oldest` (the
 /// `cold-first` option) the bottom, across pushes and pops in between.
 #[test]
