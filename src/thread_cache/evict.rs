@@ -31,7 +31,8 @@ impl ThreadCache {
         // unused room come back. Taking it back earlier would make every
         // entry that frees near the budget ask again after a few frees:
         // with many pools freeing in turn, one free in four took this path.
-        let step = cluster_len(pool) * size;
+        let len = cluster_len(pool);
+        let step = len * size;
         if self.granted.get() + step > budget {
             self.take_back_empty_grants();
         }
@@ -41,26 +42,24 @@ impl ThreadCache {
                 self.take_back_unused_grants();
             }
         }
-        if e.bottom.load(Relaxed) == e.top.load(Relaxed) && e.limit.get() == e.end.get() {
-            // Evicted empty (or emptied by allocations) at the end of its
-            // array: start again at the beginning.
+        if self.capacity_left(e) < len {
+            // Less than a step of room left past the grant: the stack moves
+            // back to the start of its array, or to a larger array, so that
+            // grants stay whole steps.
             self.compact(e);
-        }
-        if e.limit.get() == e.end.get() {
-            self.compact(e);
-            if e.limit.get() == e.end.get() && !self.grow(e, pool) {
+            if self.capacity_left(e) < len && !self.grow(e, pool) && e.limit.get() == e.end.get() {
                 // The array is full at its full size (the budget grew
                 // since it was sized), or no memory for a larger one: its
                 // oldest cluster leaves.
                 if !evict {
                     return false;
                 }
-                self.evict_from(e, cluster_len(pool));
+                self.evict_from(e, len);
                 self.compact(e);
             }
         }
         let room = (budget.saturating_sub(self.granted.get()) / size)
-            .min(cluster_len(pool))
+            .min(len)
             .min(self.capacity_left(e));
         if room == 0 {
             return false;
