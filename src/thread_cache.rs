@@ -391,11 +391,11 @@ impl ThreadCache {
             return None;
         }
         let block = first_block(pool);
-        let array = meta::obtain(block)?;
+        let array = meta::obtain_array(block)?;
         if !pool.bind() {
             // Destroyed meanwhile (a call racing with pool_destroy).
             // SAFETY: obtained above with this size, unused.
-            unsafe { meta::release(array, block) };
+            unsafe { meta::release_array(array, block) };
             return None;
         }
         let cap = (block - size_of::<Marks>()) / size_of::<*mut u8>();
@@ -447,10 +447,10 @@ impl ThreadCache {
         // release that calls back into the pools finds it so.
         // SAFETY: `[bottom, bottom + n)` are this pool's cached objects, ours.
         unsafe { give_back(pool, self.home, bottom, n) };
-        // SAFETY: the block came from `meta::obtain` with this size, the
+        // SAFETY: the block came from `meta::obtain_array` with this size, the
         // marks in front of the slots.
         unsafe {
-            meta::release(
+            meta::release_array(
                 NonNull::new_unchecked(start.cast::<u8>().sub(size_of::<Marks>())),
                 size_of::<Marks>() + cap * size_of::<*mut u8>(),
             )

@@ -83,7 +83,7 @@ impl ThreadCache {
             return false;
         }
         let block = (old.next_power_of_two() * 4).min(full);
-        let Some(array) = meta::obtain(block) else {
+        let Some(array) = meta::obtain_array(block) else {
             return false;
         };
         let cap = (block - size_of::<Marks>()) / size_of::<*mut u8>();
@@ -112,7 +112,7 @@ impl ThreadCache {
             e.limit.set(limit);
             e.start.set(ns);
             e.end.set(ns.add(cap));
-            meta::release(NonNull::new_unchecked(old_block), old);
+            meta::release_array(NonNull::new_unchecked(old_block), old);
         }
         true
     }
