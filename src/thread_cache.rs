@@ -418,6 +418,9 @@ impl ThreadCache {
         // Relaxed: the owner's own entry; a statistic reader compares the
         // pool pointer stored above, which it may see late: then it counts 0.
         e.key.store(pool.key, Relaxed);
+        // A statistics reader that acquires a `top` stored after this sees
+        // the bound `bottom` (see `Entry::objects`).
+        core::sync::atomic::fence(Release);
         Some(e)
     }
 

@@ -72,16 +72,20 @@ impl Entry {
     /// acquires the new `bottom` sees a `top` at least as new, so it may
     /// count fewer objects while a move is under way, never more. A move
     /// to another array (`grow`) stores [`MOVING`] in `bottom` (Release),
-    /// then the new `top` (Release), then the new `bottom`: a reader whose
-    /// `top` is the new one acquired it, so its second load of `bottom`
-    /// finds `MOVING` or the new value, and a first load of the old one
-    /// does not match it; a `bottom` of `MOVING` counts nothing.
+    /// then the new `top` (Release), then the new `bottom`, then a Release
+    /// fence: a reader whose `top` is the new one, or one pushed after it
+    /// (Relaxed, but after the fence), synchronised with the move, so its
+    /// second load of `bottom` finds `MOVING` or the new value, and a first
+    /// load of the old one does not match it; a `bottom` of `MOVING` counts
+    /// nothing. Binding (`bound_entry`) ends with the same fence, and a
+    /// null `bottom` (the unbound entry, still seen by the reader) counts
+    /// nothing.
     pub(super) fn objects(&self) -> usize {
         let bottom = self.bottom.load(Acquire);
         // Acquire: pairs with `grow`'s Release store of the new top.
         let top = self.top.load(Acquire);
         // Relaxed: ordered after the Acquire load of `top` (see above).
-        if self.bottom.load(Relaxed) != bottom {
+        if self.bottom.load(Relaxed) != bottom || bottom.is_null() {
             return 0;
         }
         (top as usize).saturating_sub(bottom as usize) / size_of::<*mut u8>()

@@ -8,6 +8,7 @@ use crate::head::Pool;
 use crate::shared_cache::{Cluster, Item, CLUSTER};
 use crate::{meta, options};
 use core::ptr::{self, NonNull};
+use core::sync::atomic::fence;
 use core::sync::atomic::Ordering::{Relaxed, Release};
 
 impl ThreadCache {
@@ -104,10 +105,12 @@ impl ThreadCache {
                 at(e.low.get()),
                 at(e.limit.get()),
             );
-            // The order a statistics reader relies on (`Entry::objects`).
+            // The order a statistics reader relies on (`Entry::objects`);
+            // the fence makes every later (Relaxed) store of `top` carry it.
             e.bottom.store(MOVING, Release);
             e.top.store(at(top), Release);
             e.bottom.store(bottom, Release);
+            fence(Release);
             e.low.set(low);
             e.limit.set(limit);
             e.start.set(ns);

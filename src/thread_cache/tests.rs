@@ -3,6 +3,8 @@ use crate::head::{self, Pool};
 use crate::registry::{self, Destroyed};
 use crate::shared_cache::CLUSTER;
 use core::ptr::NonNull;
+use core::sync::atomic::AtomicBool;
+use core::sync::atomic::Ordering::{Acquire, Release};
 use std::collections::HashMap;
 use std::sync::mpsc;
 
@@ -148,6 +150,35 @@ fn an_entry_starts_small_and_grows() {
     for &o in &back {
         // SAFETY: as above.
         unsafe { p.free(o) };
+    }
+}
+
+/// While entries' arrays move to larger ones (a thread freeing many
+/// objects), a statistics reader on another thread never counts more
+/// cached objects than there are.
+#[test]
+fn counts_stay_bounded_while_arrays_grow() {
+    let p = pool(c"tc-grow-stats", 64);
+    // 64-byte objects: the array grows from 97 slots to 481, 2017, 8065.
+    let (n, rounds) = if cfg!(miri) { (120, 2) } else { (4000, 50) };
+    assert!(n * size_of::<u64>() * 8 <= crate::options::cache_size());
+    for _ in 0..rounds {
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // A new thread: new entries, which start small.
+                let objs: Vec<_> = (0..n).map(|_| p.alloc().unwrap()).collect();
+                for &o in &objs {
+                    // SAFETY: each object came from `p` and is given back once.
+                    unsafe { p.free(o) };
+                }
+                done.store(true, Release);
+            });
+            while !done.load(Acquire) {
+                let st = registry::stats(p);
+                assert!(st.cached <= n, "{st:?}");
+            }
+        });
     }
 }
 
