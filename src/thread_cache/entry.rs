@@ -82,7 +82,8 @@ impl Entry {
     /// nothing.
     pub(super) fn objects(&self) -> usize {
         let bottom = self.bottom.load(Acquire);
-        // Acquire: pairs with `grow`'s Release store of the new top.
+        // Acquire: pairs with `grow`'s Release store of the new top, and
+        // with the fences that end `grow` and binding for later tops.
         let top = self.top.load(Acquire);
         // Relaxed: ordered after the Acquire load of `top` (see above).
         if self.bottom.load(Relaxed) != bottom || bottom.is_null() {

@@ -163,22 +163,24 @@ fn counts_stay_bounded_while_arrays_grow() {
     let (n, rounds) = if cfg!(miri) { (120, 2) } else { (4000, 50) };
     assert!(n * size_of::<u64>() * 8 <= crate::options::cache_size());
     for _ in 0..rounds {
-        let done = AtomicBool::new(false);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                // A new thread: new entries, which start small.
-                let objs: Vec<_> = (0..n).map(|_| p.alloc().unwrap()).collect();
-                for &o in &objs {
-                    // SAFETY: each object came from `p` and is given back once.
-                    unsafe { p.free(o) };
-                }
-                done.store(true, Release);
-            });
-            while !done.load(Acquire) {
-                let st = registry::stats(p);
-                assert!(st.cached <= n, "{st:?}");
+        // Joined (not scoped): a round starts once the previous thread's
+        // exit drain is over, so one thread's cache holds the objects.
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        let t = std::thread::spawn(move || {
+            // A new thread: new entries, which start small.
+            let objs: Vec<_> = (0..n).map(|_| p.alloc().unwrap()).collect();
+            for &o in &objs {
+                // SAFETY: each object came from `p` and is given back once.
+                unsafe { p.free(o) };
             }
+            d.store(true, Release);
         });
+        while !done.load(Acquire) {
+            let st = registry::stats(p);
+            assert!(st.cached <= n, "{st:?}");
+        }
+        t.join().unwrap();
     }
 }
 
