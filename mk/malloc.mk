@@ -8,6 +8,9 @@
 #   make bench-malloc-large  only the large-block pattern (bench/large.c)
 #   make bench-footprint  peak RSS of real programs (and sqlite3) under glibc
 #                         and the preload (bench/footprint.sh)
+#   make bench-startup    the preload's fixed cost per process: page faults
+#                         and task-clock of seq, true and sqlite3, and what a
+#                         sqlite3 session has resident (bench/startup.sh)
 
 MALLOC_SO  := $(CURDIR)/$(REL)/libpools_malloc.so
 MT_OUT     := $(CT_OUT)/malloc
@@ -16,7 +19,8 @@ MT_CFLAGS  := $(CFLAGS) -fno-builtin -rdynamic
 M_TESTS    := $(basename $(notdir $(wildcard c-tests/malloc/test_*.c)))
 
 .PHONY: test-malloc test-malloc-nm test-malloc-c test-malloc-programs test-malloc-limits \
-        test-malloc-profile bench-malloc bench-malloc-large bench-footprint install-malloc
+        test-malloc-profile bench-malloc bench-malloc-large bench-footprint bench-startup \
+        install-malloc
 
 test-malloc: test-malloc-nm test-malloc-c test-malloc-programs test-malloc-limits test-malloc-profile
 
@@ -81,6 +85,9 @@ bench-malloc-large: lib bench-deps
 
 bench-footprint: lib
 	bench/footprint.sh $(MALLOC_SO) $(BENCH_ARGS)
+
+bench-startup: lib
+	bench/startup.sh $(MALLOC_SO) $(BENCH_ARGS)
 
 install-malloc: lib
 	install -d $(DESTDIR)$(PREFIX)/lib

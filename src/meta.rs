@@ -8,8 +8,12 @@
 //! block is aligned to its size) and recycled through one free list per size.
 //! Blocks up to [`SMALL_MAX`] (name copies) and larger ones (pool heads) are
 //! carved from separate chunks: a name between two heads would leave a gap
-//! as large as a head before the next one. Larger blocks get their own
-//! mapping. Chunks are never unmapped: metadata is small and pool heads are
+//! as large as a head before the next one. The thread caches' arrays
+//! ([`obtain_array`]) have chunks and free lists of their own: between the
+//! heads they would double the pages that hold heads, which the fork
+//! handlers write in every pool (so a forked process copies each such page,
+//! in the parent and in the child). Larger blocks get their own mapping.
+//! Chunks are never unmapped: metadata is small and pool heads are
 //! recycled, never freed.
 
 use crate::os;
@@ -35,10 +39,19 @@ struct Bump {
 }
 
 struct Arena {
-    /// The chunk of blocks up to `SMALL_MAX` bytes, and that of larger ones.
-    bump: [Bump; 2],
-    /// Freed blocks, one list per size, linked through their first word.
-    free: [*mut u8; CLASSES],
+    /// The chunk of blocks up to `SMALL_MAX` bytes, that of larger ones, and
+    /// that of the thread caches' arrays.
+    bump: [Bump; 3],
+    /// Freed blocks, one list per size, linked through their first word:
+    /// metadata, and arrays.
+    free: [[*mut u8; CLASSES]; 2],
+}
+
+/// Which chunks and free lists serve a block.
+#[derive(Clone, Copy)]
+enum Kind {
+    Meta = 0,
+    Array = 1,
 }
 
 /// The arena under a lock that the fork handlers hold across `fork()`
@@ -60,8 +73,8 @@ static ARENA: Locked = Locked {
                 chunk: ptr::null_mut(),
                 used: 0,
             }
-        }; 2],
-        free: [ptr::null_mut(); CLASSES],
+        }; 3],
+        free: [[ptr::null_mut(); CLASSES]; 2],
     }),
 };
 
@@ -93,23 +106,36 @@ fn block_size(size: usize) -> usize {
 /// `size` bytes of zeroed memory aligned to `block_size(size)` (to the page
 /// beyond `ARENA_MAX`), or `None` when no memory can be mapped.
 pub(crate) fn obtain(size: usize) -> Option<NonNull<u8>> {
+    obtain_kind(size, Kind::Meta)
+}
+
+/// [`obtain`] for a thread cache's array, carved apart from the metadata.
+pub(crate) fn obtain_array(size: usize) -> Option<NonNull<u8>> {
+    obtain_kind(size, Kind::Array)
+}
+
+fn obtain_kind(size: usize, kind: Kind) -> Option<NonNull<u8>> {
     let bs = block_size(size);
     if bs > ARENA_MAX {
         return os::map_zeroed(bs);
     }
     let class = (bs.trailing_zeros() - 4) as usize;
-    with_arena(|a| obtain_locked(a, class, bs))
+    with_arena(|a| obtain_locked(a, class, bs, kind))
 }
 
-fn obtain_locked(a: &mut Arena, class: usize, bs: usize) -> Option<NonNull<u8>> {
-    if let Some(p) = NonNull::new(a.free[class]) {
+fn obtain_locked(a: &mut Arena, class: usize, bs: usize, kind: Kind) -> Option<NonNull<u8>> {
+    let free = &mut a.free[kind as usize][class];
+    if let Some(p) = NonNull::new(*free) {
         // SAFETY: a free block holds the next free block in its first word.
-        a.free[class] = unsafe { p.as_ptr().cast::<*mut u8>().read() };
+        *free = unsafe { p.as_ptr().cast::<*mut u8>().read() };
         // SAFETY: the block has `bs` bytes and is ours now.
         unsafe { p.as_ptr().write_bytes(0, bs) };
         return Some(p);
     }
-    let b = &mut a.bump[usize::from(bs > SMALL_MAX)];
+    let b = match kind {
+        Kind::Meta => &mut a.bump[usize::from(bs > SMALL_MAX)],
+        Kind::Array => &mut a.bump[2],
+    };
     // Chunks are page-aligned, so an offset that is a multiple of `bs`
     // gives a block aligned to `bs`.
     let mut start = b.used.next_multiple_of(bs);
@@ -130,6 +156,23 @@ fn obtain_locked(a: &mut Arena, class: usize, bs: usize) -> Option<NonNull<u8>> 
 /// # Safety
 /// `p` came from `obtain(size)` with the same `size` and is not used any more.
 pub(crate) unsafe fn release(p: NonNull<u8>, size: usize) {
+    // SAFETY: forwarded (caller's contract).
+    unsafe { release_kind(p, size, Kind::Meta) }
+}
+
+/// Gives back a block from [`obtain_array`].
+///
+/// # Safety
+/// `p` came from `obtain_array(size)` with the same `size` and is not used
+/// any more.
+pub(crate) unsafe fn release_array(p: NonNull<u8>, size: usize) {
+    // SAFETY: forwarded (caller's contract).
+    unsafe { release_kind(p, size, Kind::Array) }
+}
+
+/// # Safety
+/// `p` came from `obtain_kind(size, kind)` and is not used any more.
+unsafe fn release_kind(p: NonNull<u8>, size: usize, kind: Kind) {
     let bs = block_size(size);
     if bs > ARENA_MAX {
         // SAFETY: a block of this size is a mapping of its own (caller).
@@ -139,14 +182,45 @@ pub(crate) unsafe fn release(p: NonNull<u8>, size: usize) {
     let class = (bs.trailing_zeros() - 4) as usize;
     with_arena(|a| {
         // SAFETY: the block is ours (caller) and at least a pointer wide.
-        unsafe { p.as_ptr().cast::<*mut u8>().write(a.free[class]) };
-        a.free[class] = p.as_ptr();
+        unsafe {
+            p.as_ptr()
+                .cast::<*mut u8>()
+                .write(a.free[kind as usize][class])
+        };
+        a.free[kind as usize][class] = p.as_ptr();
     })
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    /// Arrays come from chunks of their own: pool heads carved around
+    /// them stay neighbours (on a private arena, so that other tests'
+    /// blocks do not interleave).
+    #[test]
+    fn arrays_are_carved_apart_from_heads() {
+        let mut a = Arena {
+            bump: [const {
+                Bump {
+                    chunk: ptr::null_mut(),
+                    used: 0,
+                }
+            }; 3],
+            free: [[ptr::null_mut(); CLASSES]; 2],
+        };
+        let (bs, class) = (1024, (1024u32.trailing_zeros() - 4) as usize);
+        let h1 = obtain_locked(&mut a, class, bs, Kind::Meta).expect("memory");
+        let arr = obtain_locked(&mut a, class, bs, Kind::Array).expect("memory");
+        let h2 = obtain_locked(&mut a, class, bs, Kind::Meta).expect("memory");
+        assert_eq!(h2.as_ptr() as usize, h1.as_ptr() as usize + bs);
+        assert_ne!(arr.as_ptr() as usize, h1.as_ptr() as usize + bs);
+        for b in &a.bump[1..] {
+            // SAFETY: each chunk was mapped by obtain_locked with CHUNK
+            // bytes; nothing uses its blocks any more.
+            unsafe { os::unmap(NonNull::new(b.chunk).expect("a chunk"), CHUNK) };
+        }
+    }
 
     #[test]
     fn blocks_are_aligned_zeroed_and_recycled() {

@@ -40,7 +40,10 @@
 //! Eviction takes bottoms away without moving the rest; the stack slides up
 //! its array (twice the largest count the budget allows) and is moved back
 //! to the start only when its grant reaches the end, at most once per as
-//! many pushes as the array has free slots.
+//! many pushes as the array has free slots. An entry's array starts small
+//! (1 KiB, from the metadata arena, four to a page) and moves to one four
+//! times as large when it is full, up to that size: a short process binds
+//! a few dozen entries and fills few of them.
 //!
 //! Why this design: the earlier linked list wrote a link into the previous
 //! newest object on every free (a second cache line, and what a use after
@@ -387,12 +390,12 @@ impl ThreadCache {
         if self.nlisted.get() == MAX_POOLS {
             return None;
         }
-        let block = array_block(pool);
-        let array = meta::obtain(block)?;
+        let block = first_block(pool);
+        let array = meta::obtain_array(block)?;
         if !pool.bind() {
             // Destroyed meanwhile (a call racing with pool_destroy).
             // SAFETY: obtained above with this size, unused.
-            unsafe { meta::release(array, block) };
+            unsafe { meta::release_array(array, block) };
             return None;
         }
         let cap = (block - size_of::<Marks>()) / size_of::<*mut u8>();
@@ -415,6 +418,9 @@ impl ThreadCache {
         // Relaxed: the owner's own entry; a statistic reader compares the
         // pool pointer stored above, which it may see late: then it counts 0.
         e.key.store(pool.key, Relaxed);
+        // A statistics reader that acquires a `top` stored after this sees
+        // the bound `bottom` (see `Entry::objects`).
+        core::sync::atomic::fence(Release);
         Some(e)
     }
 
@@ -444,10 +450,10 @@ impl ThreadCache {
         // release that calls back into the pools finds it so.
         // SAFETY: `[bottom, bottom + n)` are this pool's cached objects, ours.
         unsafe { give_back(pool, self.home, bottom, n) };
-        // SAFETY: the block came from `meta::obtain` with this size, the
+        // SAFETY: the block came from `meta::obtain_array` with this size, the
         // marks in front of the slots.
         unsafe {
-            meta::release(
+            meta::release_array(
                 NonNull::new_unchecked(start.cast::<u8>().sub(size_of::<Marks>())),
                 size_of::<Marks>() + cap * size_of::<*mut u8>(),
             )
@@ -735,7 +741,7 @@ mod evict;
 mod list;
 
 pub(crate) use entry::Entry;
-use entry::{array_block, closed, recheck, Marks};
+use entry::{array_block, closed, first_block, recheck, Marks, MOVING};
 use evict::{cluster_len, give_back, MAX_CLUSTER};
 use list::next_home;
 pub(crate) use list::THREADS;

@@ -618,8 +618,14 @@ pub(crate) extern "C" fn span_made() {
     let l = unsafe { &mut *CACHE.lists.get() };
     let mut evict: *mut u8 = ptr::null_mut();
     let mut freed = 0;
+    let want = preload::large_align();
     for b in 0..BINS {
-        while freed < preload::large_align() && !l.head[b].is_null() {
+        // An empty cache (a short process's, at each of its first spans)
+        // walks no list.
+        if freed >= want || l.bytes == 0 {
+            break;
+        }
+        while freed < want && !l.head[b].is_null() {
             let p = l.pop(b);
             // SAFETY: taken off the lists: ours; its first word is free.
             unsafe { p.cast::<*mut u8>().write(evict) };

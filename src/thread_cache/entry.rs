@@ -66,14 +66,29 @@ impl Entry {
 
     /// Objects cached, read by the owner or, as a statistic that may lag,
     /// by another thread: only the two atomic bounds are read, `bottom`
-    /// first. Whoever moves `bottom` (`compact`, evictions, `unbind`) has
-    /// set `top` first, and publishes it with the Release store of `bottom`:
-    /// a reader that acquires the new `bottom` sees a `top` at least as new,
-    /// so it may count fewer objects while a move is under way, never more.
+    /// first and again after `top`. Whoever moves `bottom` within the
+    /// array (`compact`, evictions, `unbind`) has set `top` first, and
+    /// publishes it with the Release store of `bottom`: a reader that
+    /// acquires the new `bottom` sees a `top` at least as new, so it may
+    /// count fewer objects while a move is under way, never more. A move
+    /// to another array (`grow`) stores [`MOVING`] in `bottom` (Release),
+    /// then the new `top` (Release), then the new `bottom`, then a Release
+    /// fence: a reader whose `top` is the new one, or one pushed after it
+    /// (Relaxed, but after the fence), synchronised with the move, so its
+    /// second load of `bottom` finds `MOVING` or the new value, and a first
+    /// load of the old one does not match it; a `bottom` of `MOVING` counts
+    /// nothing. Binding (`bound_entry`) ends with the same fence, and a
+    /// null `bottom` (the unbound entry, still seen by the reader) counts
+    /// nothing.
     pub(super) fn objects(&self) -> usize {
         let bottom = self.bottom.load(Acquire);
-        // Relaxed: see above; the owner reads its own value.
-        let top = self.top.load(Relaxed);
+        // Acquire: pairs with `grow`'s Release store of the new top, and
+        // with the fences that end `grow` and binding for later tops.
+        let top = self.top.load(Acquire);
+        // Relaxed: ordered after the Acquire load of `top` (see above).
+        if self.bottom.load(Relaxed) != bottom || bottom.is_null() {
+            return 0;
+        }
         (top as usize).saturating_sub(bottom as usize) / size_of::<*mut u8>()
     }
 
@@ -85,7 +100,24 @@ impl Entry {
     }
 }
 
-/// Bytes of an entry's block: its marks, then room for twice the most
+/// `bottom` while the stack moves to another array (`grow`): above every
+/// `top`, so that a reader counts nothing. Never dereferenced.
+pub(super) const MOVING: *mut *mut u8 = core::ptr::without_provenance_mut(usize::MAX);
+
+/// Bytes of an entry's first block: its marks and room for the largest
+/// cluster ([`MAX_CLUSTER`](super::MAX_CLUSTER)), at most its full size
+/// ([`array_block`]). Four such blocks share a page of the metadata arena,
+/// so the first use of a pool costs no mapping and no page of its own; the
+/// array grows fourfold when full (`grow`), up to the full size.
+pub(super) fn first_block(pool: &Pool) -> usize {
+    array_block(pool).min(FIRST_BLOCK)
+}
+
+const FIRST_BLOCK: usize = 1024;
+const _: () =
+    assert!((FIRST_BLOCK - size_of::<Marks>()) / size_of::<*mut u8>() >= super::MAX_CLUSTER);
+
+/// Bytes of an entry's full block: its marks, then room for twice the most
 /// objects the budget lets it hold (so that the stack can slide).
 pub(super) fn array_block(pool: &Pool) -> usize {
     let slots = 2 * options::cache_size() / pool.obj_size;

@@ -3,11 +3,12 @@
 //! objects across the thread's entries to the shared cache, in clusters
 //! (see the parent module for the order kept).
 
-use super::{Entry, ThreadCache};
+use super::{array_block, Entry, Marks, ThreadCache, MOVING};
 use crate::head::Pool;
-use crate::options;
 use crate::shared_cache::{Cluster, Item, CLUSTER};
+use crate::{meta, options};
 use core::ptr::{self, NonNull};
+use core::sync::atomic::fence;
 use core::sync::atomic::Ordering::{Relaxed, Release};
 
 impl ThreadCache {
@@ -31,7 +32,8 @@ impl ThreadCache {
         // unused room come back. Taking it back earlier would make every
         // entry that frees near the budget ask again after a few frees:
         // with many pools freeing in turn, one free in four took this path.
-        let step = cluster_len(pool) * size;
+        let len = cluster_len(pool);
+        let step = len * size;
         if self.granted.get() + step > budget {
             self.take_back_empty_grants();
         }
@@ -41,25 +43,24 @@ impl ThreadCache {
                 self.take_back_unused_grants();
             }
         }
-        if e.bottom.load(Relaxed) == e.top.load(Relaxed) && e.limit.get() == e.end.get() {
-            // Evicted empty (or emptied by allocations) at the end of its
-            // array: start again at the beginning.
+        if self.capacity_left(e) < len {
+            // Less than a step of room left past the grant: the stack moves
+            // back to the start of its array, or to a larger array, so that
+            // grants stay whole steps.
             self.compact(e);
-        }
-        if e.limit.get() == e.end.get() {
-            self.compact(e);
-            if e.limit.get() == e.end.get() {
-                // The array is full (the budget grew since it was sized):
-                // its oldest cluster leaves.
+            if self.capacity_left(e) < len && !self.grow(e, pool) && e.limit.get() == e.end.get() {
+                // The array is full at its full size (the budget grew
+                // since it was sized), or no memory for a larger one: its
+                // oldest cluster leaves.
                 if !evict {
                     return false;
                 }
-                self.evict_from(e, cluster_len(pool));
+                self.evict_from(e, len);
                 self.compact(e);
             }
         }
         let room = (budget.saturating_sub(self.granted.get()) / size)
-            .min(cluster_len(pool))
+            .min(len)
             .min(self.capacity_left(e));
         if room == 0 {
             return false;
@@ -69,6 +70,53 @@ impl ThreadCache {
         // SAFETY: `room` slots past `limit` are inside the array.
         e.limit.set(unsafe { e.limit.get().add(room) });
         self.granted.set(self.granted.get() + room * size);
+        true
+    }
+
+    /// Moves `e`'s stack, its marks and its bounds to an array four times
+    /// as large, at most the full size ([`array_block`]); `false` if it has
+    /// that size already or no memory is left (then nothing changed).
+    /// Statistics readers count nothing while it moves (`Entry::objects`).
+    fn grow(&self, e: &Entry, pool: &Pool) -> bool {
+        let old = size_of::<Marks>() + self.capacity(e) * size_of::<*mut u8>();
+        let full = array_block(pool);
+        if old.next_power_of_two() >= full {
+            return false;
+        }
+        let block = (old.next_power_of_two() * 4).min(full);
+        let Some(array) = meta::obtain_array(block) else {
+            return false;
+        };
+        let cap = (block - size_of::<Marks>()) / size_of::<*mut u8>();
+        let start = e.start.get();
+        let top = e.top.load(Relaxed);
+        // SAFETY: the old block holds the marks, then the slots up to
+        // `top`, `used` bytes in all, and the new one is larger; both are
+        // ours (the owner's), distinct. Every bound keeps its index in the
+        // new array, whose slots are `cap` from its marks on.
+        unsafe {
+            let used = size_of::<Marks>() + Self::index(e, top) * size_of::<*mut u8>();
+            let old_block = start.cast::<u8>().sub(size_of::<Marks>());
+            ptr::copy_nonoverlapping(old_block, array.as_ptr(), used);
+            let ns = array.as_ptr().add(size_of::<Marks>()).cast::<*mut u8>();
+            let at = |p: *mut *mut u8| ns.add(Self::index(e, p));
+            let (bottom, low, limit) = (
+                at(e.bottom.load(Relaxed)),
+                at(e.low.get()),
+                at(e.limit.get()),
+            );
+            // The order a statistics reader relies on (`Entry::objects`);
+            // the fence makes every later (Relaxed) store of `top` carry it.
+            e.bottom.store(MOVING, Release);
+            e.top.store(at(top), Release);
+            e.bottom.store(bottom, Release);
+            fence(Release);
+            e.low.set(low);
+            e.limit.set(limit);
+            e.start.set(ns);
+            e.end.set(ns.add(cap));
+            meta::release_array(NonNull::new_unchecked(old_block), old);
+        }
         true
     }
 

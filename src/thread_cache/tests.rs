@@ -3,6 +3,8 @@ use crate::head::{self, Pool};
 use crate::registry::{self, Destroyed};
 use crate::shared_cache::CLUSTER;
 use core::ptr::NonNull;
+use core::sync::atomic::AtomicBool;
+use core::sync::atomic::Ordering::{Acquire, Release};
 use std::collections::HashMap;
 use std::sync::mpsc;
 
@@ -120,6 +122,65 @@ fn eviction_is_oldest_first_across_pools() {
             // SAFETY: as above.
             unsafe { p.free(o) };
         }
+    }
+}
+
+/// An entry's array starts as a 1 KiB block of the metadata arena and
+/// moves to larger ones as it fills: every object freed within the budget
+/// stays cached, and they come back newest first.
+#[test]
+fn an_entry_starts_small_and_grows() {
+    let size = 64;
+    let p = pool(c"tc-grow", size);
+    let n = 500;
+    assert!(n * size * 8 <= crate::options::cache_size());
+    let objs: Vec<_> = (0..n).map(|_| p.alloc().unwrap()).collect();
+    let tc = ThreadCache::current().unwrap();
+    let e = &tc.table[p.slot];
+    let first = (1024 - size_of::<super::Marks>()) / size_of::<*mut u8>();
+    assert_eq!(tc.capacity(e), first);
+    for &o in &objs {
+        // SAFETY: each object came from `p` and is given back once.
+        unsafe { p.free(o) };
+    }
+    assert!(tc.capacity(e) >= n, "capacity {}", tc.capacity(e));
+    assert_eq!(registry::stats(p).cached, n);
+    let back: Vec<_> = (0..n).map(|_| p.alloc().unwrap()).collect();
+    assert!(back.iter().eq(objs.iter().rev()));
+    for &o in &back {
+        // SAFETY: as above.
+        unsafe { p.free(o) };
+    }
+}
+
+/// While entries' arrays move to larger ones (a thread freeing many
+/// objects), a statistics reader on another thread never counts more
+/// cached objects than there are.
+#[test]
+fn counts_stay_bounded_while_arrays_grow() {
+    let p = pool(c"tc-grow-stats", 64);
+    // 64-byte objects: the array grows from 97 slots to 481, 2017, 8065.
+    let (n, rounds) = if cfg!(miri) { (120, 2) } else { (4000, 50) };
+    assert!(n * size_of::<u64>() * 8 <= crate::options::cache_size());
+    for _ in 0..rounds {
+        // Joined (not scoped): a round starts once the previous thread's
+        // exit drain is over, so one thread's cache holds the objects.
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        let t = std::thread::spawn(move || {
+            // A new thread: new entries, which start small.
+            let objs: Vec<_> = (0..n).map(|_| p.alloc().unwrap()).collect();
+            for &o in &objs {
+                // SAFETY: each object came from `p` and is given back once.
+                unsafe { p.free(o) };
+            }
+            d.store(true, Release);
+        });
+        while !done.load(Acquire) {
+            let st = registry::stats(p);
+            assert!(st.cached <= n, "{st:?}");
+        }
+        t.join().unwrap();
     }
 }
 
