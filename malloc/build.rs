@@ -8,10 +8,10 @@
 //! itself anyway, which comes first, unless the program defined a malloc of
 //! its own: then the pools no longer call it.
 //!
-//! The unwinder is linked statically. Rust's std on linux-gnu asks for `-lgcc_s`, so the preload would make
-//! every process it is preloaded into find, map and relocate
-//! `libgcc_s.so.1`, which programs written in C rarely load: 7 page faults
-//! and 18,000 instructions per process (`true`, `git --version`). With
+//! The unwinder is linked statically. Rust's std on linux-gnu asks for
+//! `-lgcc_s`, so the preload would make every process it is preloaded into
+//! find, map and relocate `libgcc_s.so.1`, which programs written in C
+//! rarely load: 7 page faults and 18,000 instructions per process (`true`, `git --version`). With
 //! `panic = "abort"` the unwinder only serves the backtrace of a panic
 //! message, so the static archive does as well.
 //!
