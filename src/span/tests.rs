@@ -21,6 +21,43 @@ fn own_tag(size: usize) -> u32 {
     tag
 }
 
+/// Runs `f` with the calling thread held on the CPU it runs on, so that
+/// every `obtain` of `f` carves through one CPU slot (a test that counts
+/// which span each object comes from must not see a migration).
+fn on_one_cpu<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: cpu_set_t is plain data, valid all-zero; the calls only read
+    // and write the sets given, for the calling thread (pid 0).
+    unsafe {
+        let mut old: libc::cpu_set_t = core::mem::zeroed();
+        let size = size_of::<libc::cpu_set_t>();
+        assert_eq!(libc::sched_getaffinity(0, size, &mut old), 0);
+        let mut one: libc::cpu_set_t = core::mem::zeroed();
+        libc::CPU_SET(libc::sched_getcpu() as usize, &mut one);
+        assert_eq!(libc::sched_setaffinity(0, size, &one), 0);
+        let r = f();
+        assert_eq!(libc::sched_setaffinity(0, size, &old), 0);
+        r
+    }
+}
+
+/// Whether CPU slot `slot` of `tag` has a chunk.
+fn has_chunk(tag: u32, slot: usize) -> bool {
+    let t = &TAGS[tag as usize];
+    t.lock.lock();
+    // SAFETY: we hold the tag's lock.
+    let set = unsafe { !(*t.inner.get()).chunks[slot].span.is_null() };
+    t.lock.unlock();
+    set
+}
+
+/// 4 KiB pages in which objects of both `a` and `b` start.
+fn shared_pages(a: &[NonNull<u8>], b: &[NonNull<u8>]) -> usize {
+    let pages = |v: &[NonNull<u8>]| -> HashSet<usize> {
+        v.iter().map(|o| o.as_ptr() as usize / 4096).collect()
+    };
+    pages(a).intersection(&pages(b)).count()
+}
+
 fn base_of(p: NonNull<u8>) -> usize {
     p.as_ptr() as usize & !(SPAN - 1)
 }
@@ -113,41 +150,47 @@ fn a_link_out_of_its_span_aborts_even_when_well_encoded() {
 #[test]
 fn empty_spans_are_unmapped() {
     in_child(|| {
-        let size = 2064;
-        let tag = own_tag(size);
-        let cap = (SPAN - data_offset(size)) / size;
-        let objs: Vec<_> = (0..3 * cap).map(|_| obtain(tag, size).unwrap()).collect();
-        let bases: Vec<usize> = objs.chunks(cap).map(|c| base_of(c[0])).collect();
-        assert_eq!(tag_counts(tag), (3, 3 * cap));
-        for chunk in objs.chunks(cap) {
-            assert!(chunk.iter().all(|&o| base_of(o) == base_of(chunk[0])));
-        }
-        for &o in &objs {
-            // SAFETY: each object is given back once.
-            unsafe { release(tag, o) };
-        }
-        // The first span to empty is kept as the spare; the others are
-        // gone: unmarked, then unmapped.
-        assert_eq!(tag_counts(tag), (1, 0));
-        assert!(mapped(bases[0]));
-        assert_eq!(owner(objs[0].as_ptr()), Owner::Span { tag });
-        for (i, &b) in bases.iter().enumerate().skip(1) {
-            assert!(!mapped(b), "span {i} is still mapped");
-            assert_eq!(owner(objs[i * cap].as_ptr()), Owner::Foreign);
-        }
-        // trim takes every tag's lock, which a parent thread may have
-        // held at fork time: drop this tag's spare alone.
-        let spare = take_spare(&TAGS[tag as usize]).expect("a spare");
-        // SAFETY: as in `trim`.
-        unsafe { os::unmap(spare.cast(), SPAN) };
-        assert_eq!(tag_counts(tag), (0, 0));
-        assert!(!mapped(bases[0]), "the spare is still mapped");
-        assert_eq!(owner(objs[0].as_ptr()), Owner::Foreign);
+        on_one_cpu(|| {
+            let size = 2064;
+            let tag = own_tag(size);
+            let cap = (SPAN - data_offset(size)) / size;
+            let objs: Vec<_> = (0..3 * cap).map(|_| obtain(tag, size).unwrap()).collect();
+            let bases: Vec<usize> = objs.chunks(cap).map(|c| base_of(c[0])).collect();
+            assert_eq!(tag_counts(tag), (3, 3 * cap));
+            for chunk in objs.chunks(cap) {
+                assert!(chunk.iter().all(|&o| base_of(o) == base_of(chunk[0])));
+            }
+            for &o in &objs {
+                // SAFETY: each object is given back once.
+                unsafe { release(tag, o) };
+            }
+            // The first span to empty is kept as the spare; the others are
+            // gone: unmarked, then unmapped.
+            assert_eq!(tag_counts(tag), (1, 0));
+            assert!(mapped(bases[0]));
+            assert_eq!(owner(objs[0].as_ptr()), Owner::Span { tag });
+            for (i, &b) in bases.iter().enumerate().skip(1) {
+                assert!(!mapped(b), "span {i} is still mapped");
+                assert_eq!(owner(objs[i * cap].as_ptr()), Owner::Foreign);
+            }
+            // trim takes every tag's lock, which a parent thread may have
+            // held at fork time: drop this tag's spare alone.
+            let spare = take_spare(&TAGS[tag as usize]).expect("a spare");
+            // SAFETY: as in `trim`.
+            unsafe { os::unmap(spare.cast(), SPAN) };
+            assert_eq!(tag_counts(tag), (0, 0));
+            assert!(!mapped(bases[0]), "the spare is still mapped");
+            assert_eq!(owner(objs[0].as_ptr()), Owner::Foreign);
+        })
     });
 }
 
 #[test]
 fn spans_with_room_are_used_before_new_ones() {
+    on_one_cpu(spans_with_room_are_used_before_new_ones_on_one_cpu);
+}
+
+fn spans_with_room_are_used_before_new_ones_on_one_cpu() {
     let size = 3088;
     let tag = own_tag(size);
     let cap = (SPAN - data_offset(size)) / size;
@@ -184,6 +227,98 @@ fn spans_with_room_are_used_before_new_ones() {
     assert_eq!(tag_counts(tag), (1, 1));
     // SAFETY: given back once.
     unsafe { release(tag, o) };
+}
+
+#[test]
+fn cpu_slots_carve_apart() {
+    // Sizes that divide the page and sizes that do not, up to objects
+    // larger than a page; enough objects to cross spans.
+    for size in [64usize, 48, 1040, 3008, 9008] {
+        let tag = own_tag(size);
+        let cap = (SPAN - data_offset(size)) / size;
+        let n = (cap + cap / 2).min(3000);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            // In turns, as two CPUs would that allocate at the same time.
+            a.push(obtain_in(tag, size, 0).unwrap());
+            b.push(obtain_in(tag, size, 3).unwrap());
+        }
+        assert_eq!(
+            shared_pages(&a, &b),
+            0,
+            "{size} B: a page holds objects of both slots"
+        );
+        assert_eq!(tag_counts(tag).1, 2 * n);
+        if size < 2048 {
+            // Within a slot, objects come in address order inside a chunk.
+            assert_eq!(a[1].as_ptr() as usize, a[0].as_ptr() as usize + size);
+        }
+        let all: HashSet<_> = a.iter().chain(&b).map(|o| o.as_ptr() as usize).collect();
+        assert_eq!(all.len(), 2 * n, "an object handed out twice");
+        for o in a.into_iter().chain(b) {
+            // SAFETY: each object is given back once.
+            unsafe { release(tag, o) };
+        }
+        assert_eq!(tag_counts(tag), (1, 0));
+        assert!(
+            !has_chunk(tag, 0) && !has_chunk(tag, 3),
+            "a chunk outlived its span"
+        );
+    }
+}
+
+#[test]
+fn a_slot_that_stops_leaves_its_chunk_and_nothing_else() {
+    let size = 1008;
+    let tag = own_tag(size);
+    let cap = (SPAN - data_offset(size)) / size;
+    // Slot 1 carves a chunk of the first span, takes one object, stops.
+    let first = obtain_in(tag, size, 1).unwrap();
+    let span = base_of(first);
+    // Slot 2 takes the rest of the span's room, then goes to a new span
+    // rather than into slot 1's chunk.
+    let mut objs = vec![first];
+    let next = loop {
+        let o = obtain_in(tag, size, 2).unwrap();
+        if base_of(o) != span {
+            break o;
+        }
+        objs.push(o);
+    };
+    let left = cap - objs.len();
+    assert!(
+        left >= 1 && left < 4096 / size + 1,
+        "slot 1's chunk: {left} objects"
+    );
+    assert_eq!(tag_counts(tag), (2, objs.len() + 1));
+    // Slot 1 comes back: its chunk still serves it, in the first span.
+    let again = obtain_in(tag, size, 1).unwrap();
+    assert_eq!(again.as_ptr() as usize, first.as_ptr() as usize + size);
+    objs.push(again);
+    objs.push(next);
+    for o in objs {
+        // SAFETY: each object is given back once.
+        unsafe { release(tag, o) };
+    }
+    // Both spans emptied although slot 1's chunk was not used up: one
+    // became the spare, the other is unmapped, and no chunk is left.
+    assert_eq!(tag_counts(tag), (1, 0));
+    assert!(!has_chunk(tag, 1) && !has_chunk(tag, 2));
+}
+
+#[test]
+fn an_object_carved_for_a_cpu_and_not_handed_out_is_not_taken_back() {
+    // The chunk's next object lies below the bump pointer: the release
+    // must still see that nobody was handed it.
+    aborts_in_child(|| {
+        let size = 256;
+        let tag = own_tag(size);
+        let o = obtain_in(tag, size, 0).unwrap();
+        assert!(has_chunk(tag, 0));
+        let never = NonNull::new(o.as_ptr().wrapping_add(size)).unwrap();
+        // SAFETY: the test's invalid release; it must abort.
+        unsafe { release(tag, never) };
+    });
 }
 
 #[test]
