@@ -8,15 +8,19 @@
 //! objects follow, carved in order by a bump pointer and recycled through the
 //! span's free list. So the span of any object is found by masking its
 //! address, with no header in front of each object; its tag (its object
-//! size) is in the region map.
+//! size) is in the region map. The bump pointer hands out *chunks*: each
+//! thread carves its new objects from a chunk of its own (through one of a
+//! few carving slots, see [`Chunk`]), so that two threads' new objects never
+//! share a page.
 //!
 //! A *tag* is one object size: the malloc's classes reserve theirs by number
 //! ([`reserve`]), other pools get one per object size on demand
 //! ([`tag_for_size`]). Each tag has a spinlock (the slow path: objects reach
 //! spans only when the thread and shared caches miss or overflow), a list of
-//! its spans with room, and at most one empty spare span. A span whose last
-//! live object comes back is unmarked and unmapped, unless it becomes the
-//! spare; [`trim`] (from `pool_gc`) unmaps the spares.
+//! its spans with room, its slots' chunks, and at most one empty spare span.
+//! A span whose last live object comes back drops its chunks and is
+//! unmarked and unmapped, unless it becomes the spare; [`trim`] (from
+//! `pool_gc`) unmaps the spares.
 //!
 //! A large mapping starts at a `SPAN`-aligned address with a
 //! [`LargeHeader`]; the caller's block follows at the requested alignment.
@@ -107,7 +111,7 @@ struct SpanState {
     prev: *mut SpanHeader,
     next: *mut SpanHeader,
     listed: bool,
-    /// The CPU slots whose [`Chunk`] lies in this span, one bit each.
+    /// The carving slots whose [`Chunk`] lies in this span, one bit each.
     chunked: u16,
 }
 
@@ -161,28 +165,47 @@ struct TagInner {
     /// Spans mapped (the spare included) and objects handed out.
     spans: usize,
     live: usize,
-    /// Each CPU slot's range of objects carved from a span's bump pointer
-    /// and not handed out yet (see [`Chunk`]).
+    /// Each carving slot's range of objects carved from a span's bump
+    /// pointer and not handed out yet (see [`Chunk`]).
     chunks: [Chunk; CHUNK_SLOTS],
 }
 
-/// CPU slots of a tag: CPU `c` carves through slot `c % CHUNK_SLOTS`.
-const CHUNK_SLOTS: usize = 16;
+/// Carving slots of a tag: the thread whose home is `h` carves through
+/// slot `h % CHUNK_SLOTS` (homes are handed out round robin, so threads
+/// that run at the same time have different slots, up to this many).
+pub(crate) const CHUNK_SLOTS: usize = 16;
 const _: () = assert!(CHUNK_SLOTS <= u16::BITS as usize);
 
-/// The unit of address space a CPU slot carves at a time: the page of the
-/// hardware prefetchers (they fetch ahead within 4 KiB, whatever the
-/// system's page size).
-const CHUNK_BYTES: usize = 4096;
+/// The address space a slot carves at a time for `size`-byte objects: an
+/// aligned block of about [`CHUNK_OBJECTS`] objects, a power of two from
+/// two pages to a quarter of a span. A thread that carves while others do
+/// gets its new objects in runs of this many bytes (a thread that carves
+/// alone gets them all in a row, as from one bump pointer); the longer the
+/// run, the fewer places where one thread's walk through its objects runs
+/// into the next thread's (what the prefetchers pull across). Its cost is
+/// address space: a slot whose thread stops carving leaves at most one
+/// chunk of the tag unused until another thread of the slot carves or the
+/// span empties.
+fn chunk_bytes(size: usize) -> usize {
+    (size * CHUNK_OBJECTS)
+        .next_power_of_two()
+        .clamp(2 * 4096, SPAN / 4)
+}
 
-/// New objects of one CPU slot: the objects of span `span` at offsets
+/// Objects a chunk holds, about: two of the thread cache's largest
+/// clusters (64 objects), which is what a thread takes and gives back at
+/// a time.
+const CHUNK_OBJECTS: usize = 128;
+
+/// New objects of one carving slot: the objects of span `span` at offsets
 /// `next, next + size, ...` below `end`, which the span's bump pointer has
 /// passed but nobody was handed yet. A chunk is the run of objects that
-/// start in one 4 KiB page ([`CHUNK_BYTES`]; at least one object), so
-/// that the new objects of two CPUs never start in the same page: two
-/// threads on two CPUs walking their own objects do not run into each
-/// other's lines, which the prefetchers would pull across (BENCHMARKS.md,
-/// issue #13). Empty while `span` is null. Under the tag's lock.
+/// start in one aligned block of [`chunk_bytes`] (at least one object), so
+/// that the new objects of two threads never start in the same page, and
+/// a thread's new objects are neighbours of each other: two threads on
+/// two CPUs walking their own objects then do not run into each other's
+/// lines, which the prefetchers would pull across (BENCHMARKS.md, issue
+/// #13). Empty while `span` is null. Under the tag's lock.
 #[derive(Clone, Copy)]
 struct Chunk {
     span: *mut SpanHeader,
@@ -360,15 +383,16 @@ unsafe fn unlink_avail(st: &mut TagInner, s: *mut SpanHeader) {
 }
 
 /// One object of `obj_size` bytes from the spans of `tag`, or `None` when no
-/// span can be mapped. The tag was bound ([`reserve`], [`tag_for_size`]) to
-/// a size of at least `obj_size`.
+/// span can be mapped, for the thread whose home is `home` (its carving
+/// slot). The tag was bound ([`reserve`], [`tag_for_size`]) to a size of
+/// at least `obj_size`.
 ///
 /// Counters: the span's and the tag's live objects grow by one.
-pub(crate) fn obtain(tag: u32, obj_size: usize) -> Option<NonNull<u8>> {
-    obtain_in(tag, obj_size, cpu_slot())
+pub(crate) fn obtain(tag: u32, obj_size: usize, home: usize) -> Option<NonNull<u8>> {
+    obtain_in(tag, obj_size, home % CHUNK_SLOTS)
 }
 
-/// [`obtain`] through CPU slot `slot` (below [`CHUNK_SLOTS`]).
+/// [`obtain`] through carving slot `slot` (below [`CHUNK_SLOTS`]).
 fn obtain_in(tag: u32, obj_size: usize, slot: usize) -> Option<NonNull<u8>> {
     let t = TAGS.get(tag as usize)?;
     // Relaxed: see SIZES.
@@ -384,12 +408,6 @@ fn obtain_in(tag: u32, obj_size: usize, slot: usize) -> Option<NonNull<u8>> {
     p
 }
 
-/// The chunk slot of the calling thread's CPU (a hint: the thread may move;
-/// any slot is correct).
-fn cpu_slot() -> usize {
-    os::current_cpu() % CHUNK_SLOTS
-}
-
 /// Up to `out.len()` objects of `obj_size` bytes from the spans of `tag`,
 /// in one hold of its lock, in the order [`obtain`] would hand them out
 /// (so consecutive objects of one span, as far as they go); returns how
@@ -397,7 +415,7 @@ fn cpu_slot() -> usize {
 /// (the thread cache's refill) pays one lock and one call for them all.
 ///
 /// Counters: the spans' and the tag's live objects grow by that many.
-pub(crate) fn obtain_batch(tag: u32, obj_size: usize, out: &mut [*mut u8]) -> usize {
+pub(crate) fn obtain_batch(tag: u32, obj_size: usize, home: usize, out: &mut [*mut u8]) -> usize {
     let Some(t) = TAGS.get(tag as usize) else {
         return 0;
     };
@@ -408,7 +426,7 @@ pub(crate) fn obtain_batch(tag: u32, obj_size: usize, out: &mut [*mut u8]) -> us
         return 0;
     }
     let mut n = 0;
-    let slot = cpu_slot();
+    let slot = home % CHUNK_SLOTS;
     t.lock.lock();
     while n < out.len() {
         // SAFETY: we hold the tag's lock.
@@ -423,7 +441,7 @@ pub(crate) fn obtain_batch(tag: u32, obj_size: usize, out: &mut [*mut u8]) -> us
 }
 
 /// Takes an object: from the first span's free list; else from the chunk
-/// of CPU slot `slot`; else from a new chunk carved for the slot from the
+/// of carving slot `slot`; else from a new chunk carved for the slot from the
 /// first span's bump pointer (when no span has room, from the spare or a
 /// new span).
 ///
@@ -435,11 +453,11 @@ pub(crate) fn obtain_batch(tag: u32, obj_size: usize, out: &mut [*mut u8]) -> us
 /// absorbs allocations, so their objects keep coming back until they empty
 /// and are unmapped; the front's memory is also the most recently touched.
 ///
-/// Why chunks: so that the new objects of two CPUs never start in the same
-/// page (see [`Chunk`]). A span is listed while it has room that any CPU
-/// can take (free objects, or bump room for a new chunk); the objects of
+/// Why chunks: so that the new objects of two threads never start in the
+/// same page (see [`Chunk`]). A span is listed while it has room that any
+/// slot can take (free objects, or bump room for a new chunk); the objects of
 /// a chunk are reached through its slot alone, so a slot that stops
-/// allocating leaves at most a page of its span unused (address space
+/// allocating leaves at most a chunk of its span unused (address space
 /// only: the chunk's memory is not touched) until it comes back or the
 /// span empties, which drops its chunks.
 ///
@@ -556,8 +574,9 @@ unsafe fn hand_out(
     p
 }
 
-/// Gives CPU slot `slot` a chunk of `s`: the objects from the bump pointer
-/// on that start in the bump pointer's 4 KiB page (at least one).
+/// Gives carving slot `slot` a chunk of `s`: the objects from the bump
+/// pointer on that start in the bump pointer's block of [`chunk_bytes`]
+/// (at least one).
 ///
 /// # Safety
 /// Under the lock of `s`'s tag, bound to `size`; `s` is mapped, its bump
@@ -569,9 +588,9 @@ unsafe fn carve_chunk(st: &mut TagInner, s: *mut SpanHeader, slot: usize, size: 
     let start = ss.bump;
     let limit = limit(s, size);
     debug_assert!(start + size <= limit && st.chunks[slot].span.is_null());
-    // The span is SPAN-aligned: offsets are pages as addresses are.
-    let page_end = (start | (CHUNK_BYTES - 1)) + 1;
-    let end = (start + (page_end - start).div_ceil(size) * size).min(limit);
+    // The span is SPAN-aligned: offsets are aligned as addresses are.
+    let block_end = (start | (chunk_bytes(size) - 1)) + 1;
+    let end = (start + (block_end - start).div_ceil(size) * size).min(limit);
     ss.bump = end;
     ss.chunked |= 1 << slot;
     st.chunks[slot] = Chunk {
@@ -581,7 +600,7 @@ unsafe fn carve_chunk(st: &mut TagInner, s: *mut SpanHeader, slot: usize, size: 
     };
 }
 
-/// The next object of CPU slot `slot`'s chunk, with its span, or `None` if
+/// The next object of carving slot `slot`'s chunk, with its span, or `None` if
 /// the chunk is empty.
 ///
 /// # Safety
@@ -792,7 +811,7 @@ unsafe fn release_locked(
     let ss = unsafe { state(s) };
     let off = p.as_ptr().addr() - s.addr();
     if off >= ss.bump || ss.live == 0 || in_chunk(st, s, ss.chunked, off) {
-        // Past every object ever handed out, or carved for a CPU and not
+        // Past every object ever handed out, or carved for a slot and not
         // handed out yet: not one of them.
         links::invalid_object(p.as_ptr().addr());
     }
