@@ -2,7 +2,9 @@
  * test_large: 2 MiB and 64 MiB objects, the thread-cache bypass for objects
  * larger than an eighth of the budget (and its exact boundary), a budget
  * large enough to cache 2 MiB objects, and pool_flush giving back the whole
- * shared cache (allocated == used afterwards) while leaving thread caches.
+ * shared cache (allocated == used afterwards) while leaving thread caches;
+ * objects of 2 MiB and more each in a mapping of its own that starts at a
+ * 2 MiB boundary (so that one huge page can back it), unmapped by the flush.
  */
 #include <pools.h>
 #include "check.h"
@@ -12,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define MiB (1024u * 1024u)
 
@@ -244,6 +247,46 @@ static void test_flush_leaves_thread_cache(void)
     CHECK(pool_destroy(p) == NULL);
 }
 
+/* Whether the byte at `p` is mapped: mincore fails with ENOMEM where
+ * nothing is. */
+static int mapped(const void *p)
+{
+    unsigned char v;
+    void *page = (void *)((uintptr_t)p & ~(uintptr_t)4095);
+    return mincore(page, 1, &v) == 0;
+}
+
+static void test_huge_page_objects(void)
+{
+    /* HAProxy's trash chunk: a 2 MiB buffer and its 32-byte header */
+    const size_t size = 2 * MiB + 32;
+    const char *backend = getenv("POOL_BACKEND");
+    int own_mappings = !(backend && strcmp(backend, "malloc") == 0);
+    struct pool_head *p = pool_create("huge_pages", size, 0);
+    CHECK(p != NULL);
+    enum { N = 3 };
+    unsigned char *o[N];
+    for (int i = 0; i < N; i++) {
+        o[i] = pool_alloc(p);
+        CHECK(o[i] != NULL);
+        if (!o[i])
+            return;
+        if (own_mappings)
+            CHECK_EQ((uintptr_t)o[i] % (2 * MiB), 0);
+        stamp(o[i], size, (unsigned)i + 5);
+    }
+    for (int i = 0; i < N; i++) {
+        CHECK(stamped(o[i], size, (unsigned)i + 5));
+        pool_free(p, o[i]);
+    }
+    pool_flush(p);
+    CHECK_COUNTS(p, 0, 0, 0, 0);
+    if (own_mappings)
+        for (int i = 0; i < N; i++)
+            CHECK(!mapped(o[i]) && !mapped(o[i] + size - 1));
+    CHECK(pool_destroy(p) == NULL);
+}
+
 int main(void)
 {
     test_2mib();
@@ -252,5 +295,6 @@ int main(void)
     test_big_budget();
     test_large_from_thread();
     test_flush_leaves_thread_cache();
+    test_huge_page_objects();
     return check_done();
 }

@@ -1,8 +1,8 @@
 //! The backing allocators: where a pool's objects come from and go back to.
 //!
 //! [`obtain_object`] and [`release_object`] dispatch on a pool's [`Backend`]:
-//! the system allocator (`os`), a guarded mapping per object, or the spans
-//! of `span`. This module also draws the `fail=N` failures and trims the
+//! the system allocator (`os`), a guarded mapping per object, the spans of
+//! `span`, or a mapping per huge object. This module also draws the `fail=N` failures and trims the
 //! allocator underneath ([`trim`]).
 
 use crate::os::{self, map_zeroed, page, unmap, OBJECT_ALIGN};
@@ -24,7 +24,15 @@ pub(crate) enum Backend {
     /// `registry::SPAN_POOL_MAX` bytes (one tag per object size). A span is
     /// unmapped when its last object comes back.
     Span(u32),
+    /// One mapping per object, aligned to a huge page, unmapped when the
+    /// object goes back: pools of objects of at least [`HUGE_PAGE`] bytes
+    /// (see [`obtain_huge`]).
+    Huge,
 }
+
+/// The size and alignment of a transparent huge page on x86-64 and
+/// aarch64 with 4 KiB pages.
+pub(crate) const HUGE_PAGE: usize = 2 << 20;
 
 /// One object of `size` bytes, aligned to `OBJECT_ALIGN`, or `None` when the
 /// backend has no memory, for the thread whose home is `home` (spans carve
@@ -37,6 +45,7 @@ pub(crate) fn obtain_object(size: usize, backend: Backend, home: usize) -> Optio
         Backend::Malloc => os::obtain(size, OBJECT_ALIGN),
         Backend::Guarded => obtain_guarded(size),
         Backend::Span(tag) => crate::span::obtain(tag, size, home),
+        Backend::Huge => obtain_huge(size),
     }
 }
 
@@ -81,6 +90,9 @@ pub(crate) unsafe fn release_object(p: NonNull<u8>, size: usize, backend: Backen
         },
         // SAFETY: a Span object came from the spans of this tag (caller).
         Backend::Span(tag) => unsafe { crate::span::release(tag, p) },
+        // SAFETY: a Huge object starts its own mapping of `size` bytes
+        // rounded up to a page (caller), which nobody uses any more.
+        Backend::Huge => unsafe { unmap(p, size.next_multiple_of(page())) },
     }
 }
 
@@ -131,6 +143,34 @@ fn obtain_guarded(size: usize) -> Option<NonNull<u8>> {
             return None;
         }
         Some(NonNull::new_unchecked(first.add(page())))
+    }
+}
+
+/// An object of `size >= HUGE_PAGE` bytes in a mapping of its own that
+/// starts at a `HUGE_PAGE` boundary, with the kernel asked to back each
+/// whole huge page of it with one (`MADV_HUGEPAGE`, which does nothing
+/// where transparent huge pages are off): the first write into such a
+/// range is one page fault instead of 512, and it is then resident as a
+/// whole. What lies past the last whole huge page stays in small pages.
+/// The alignment costs one `munmap` or two (the slack around the object in
+/// a mapping one huge page longer).
+fn obtain_huge(size: usize) -> Option<NonNull<u8>> {
+    debug_assert!(size >= HUGE_PAGE);
+    let len = size.next_multiple_of(page());
+    let base = map_zeroed(len + HUGE_PAGE)?;
+    let head = base.as_ptr().addr().next_multiple_of(HUGE_PAGE) - base.as_ptr().addr();
+    // SAFETY: `head < HUGE_PAGE`, so `[base + head, base + head + len)`
+    // lies inside the fresh mapping of `len + HUGE_PAGE` bytes; the `head`
+    // bytes before it and the `HUGE_PAGE - head` after it are ours and
+    // unused. madvise only advises.
+    unsafe {
+        let p = base.as_ptr().add(head);
+        if head > 0 {
+            unmap(base, head);
+        }
+        unmap(NonNull::new_unchecked(p.add(len)), HUGE_PAGE - head);
+        libc::madvise(p.cast(), len, libc::MADV_HUGEPAGE);
+        Some(NonNull::new_unchecked(p))
     }
 }
 
@@ -267,6 +307,31 @@ mod tests {
             // SAFETY: mincore only inspects the address range.
             let rc = unsafe { libc::mincore(p.as_ptr().cast(), 1, v.as_mut_ptr()) };
             assert_eq!(rc, -1, "the object's page is still mapped");
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "mmap and mincore")]
+    fn huge_objects_start_a_huge_page_and_are_unmapped_on_release() {
+        for size in [HUGE_PAGE, HUGE_PAGE + 32, 3 * HUGE_PAGE] {
+            let objs: Vec<_> = (0..3)
+                .map(|_| obtain_object(size, Backend::Huge, 0).expect("memory"))
+                .collect();
+            for &p in &objs {
+                assert_eq!(p.as_ptr() as usize % HUGE_PAGE, 0, "size {size}");
+                // SAFETY: `p` has `size` writable bytes.
+                unsafe { p.as_ptr().write_bytes(0x5a, size) };
+            }
+            for p in objs {
+                // SAFETY: `p` is a Huge object of `size` bytes, released once.
+                unsafe { release_object(p, size, Backend::Huge) };
+                for at in [0, size - 1] {
+                    let mut v = [0u8; 1];
+                    // SAFETY: mincore only inspects the address range.
+                    let rc = unsafe { libc::mincore(p.as_ptr().add(at).cast(), 1, v.as_mut_ptr()) };
+                    assert_eq!(rc, -1, "byte {at} of a released object is mapped");
+                }
+            }
         }
     }
 

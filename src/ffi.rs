@@ -80,10 +80,13 @@ unsafe fn live<'a>(pool: *const Pool) -> Option<&'a Pool> {
 /// Memory: objects up to 32 KiB come from 256 KiB spans mapped with mmap and
 /// shared by the pools of one object size; a span goes back to the OS as
 /// soon as none of its objects is held by a pool or the application
-/// (pool_flush, pool_gc). Larger objects, and every object when the
-/// environment says POOL_BACKEND=malloc (to put jemalloc or mimalloc under
-/// the pools), come from the libc's malloc. The `uaf` debugging option takes
-/// priority over both.
+/// (pool_flush, pool_gc). Objects of 2 MiB or more each get a mapping of
+/// their own, aligned to 2 MiB so that transparent huge pages can back it
+/// (one page fault per 2 MiB; resident as a whole once touched), unmapped
+/// when the object goes back. Objects in between, and every object when
+/// the environment says POOL_BACKEND=malloc (to put jemalloc or mimalloc
+/// under the pools), come from the libc's malloc. The `uaf` debugging
+/// option takes priority over all of these.
 ///
 /// Returns NULL with errno EINVAL for a NULL name, a size of 0 or above
 /// POOL_MAX_SIZE, or an unknown flag; NULL with ENOMEM when memory or pool

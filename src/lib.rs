@@ -6,10 +6,10 @@
 //! stack for the pool (`thread_cache`); a miss takes a cluster from the
 //! pool's shared cache, buckets of heads each locked by one `xchg` to BUSY
 //! (`shared_cache`); a miss there asks the backing allocator (`backing`:
-//! spans, malloc, guarded mappings). `pool_free` pushes it back; a full
-//! budget evicts the thread's oldest objects to the shared cache in
-//! clusters; `pool_flush` and `pool_gc` give what is idle back to the
-//! system.
+//! spans, malloc, guarded or huge-page mappings). `pool_free` pushes it
+//! back; a full budget evicts the thread's oldest objects to the shared
+//! cache in clusters; `pool_flush` and `pool_gc` give what is idle back to
+//! the system.
 //!
 //! ## Layers
 //!
@@ -39,7 +39,8 @@
 //!                            variants; the pin word a destroy waits on
 //!                            (both model-checked with loom)
 //!  1  backing span           where objects come from: malloc, spans and the
-//!                            region map, guarded mappings, fail=N, trim
+//!                            region map, guarded and huge-page mappings,
+//!                            fail=N, trim
 //!  0  os sync tls line links options counters meta checkers
 //!                            the floor: system calls and mappings, locks
 //!                            and the fork window, the TLS word, the stack

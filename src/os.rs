@@ -1,8 +1,8 @@
 //! The system underneath: the libc allocator (`posix_memalign`/`free`, or
 //! those of a malloc preloaded underneath) and anonymous mappings of zeroed
 //! pages. No other module calls `malloc`, `posix_memalign` or `free`;
-//! besides this module, `backing` (guarded objects) and `span` (its spans,
-//! with `mmap`, `munmap` and `madvise`) map memory.
+//! besides this module, `backing` (guarded and huge-page objects) and
+//! `span` (its spans, with `mmap`, `munmap` and `madvise`) map memory.
 
 use core::ptr::{self, NonNull};
 use once_cell::sync::OnceCell;

@@ -265,13 +265,16 @@ pub(crate) const SPAN_POOL_MAX: usize = 32 * 1024;
 /// backend if one is selected (`uaf`); otherwise, up to [`SPAN_POOL_MAX`],
 /// the spans of the tag of its object size (given back to the OS when
 /// empty, which glibc's per-thread arenas do not do), unless
-/// `POOL_BACKEND=malloc` or every tag is bound to other sizes; otherwise
-/// malloc.
+/// `POOL_BACKEND=malloc` or every tag is bound to other sizes; from a huge
+/// page up (`backing::HUGE_PAGE`), a mapping per object that huge pages
+/// can back, unless `POOL_BACKEND=malloc`; otherwise malloc.
 fn default_backend(size: usize) -> Backend {
     if options::guarded_objects() {
         Backend::Guarded
     } else if options::spans_enabled() && size <= SPAN_POOL_MAX {
         span::tag_for_size(size.max(MIN_OBJECT)).map_or(Backend::Malloc, Backend::Span)
+    } else if options::spans_enabled() && size >= backing::HUGE_PAGE {
+        Backend::Huge
     } else {
         Backend::Malloc
     }
