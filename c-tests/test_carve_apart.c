@@ -1,5 +1,5 @@
 /*
- * test_carve_cpus: the new objects of two threads never start in the same
+ * test_carve_apart: the new objects of two threads never start in the same
  * 4 KiB page, even when the threads take them in turns, one object each,
  * from the same pool (BENCHMARKS.md, issue #13: two threads on two CPUs
  * walking objects that share pages run into each other's lines); and each
@@ -181,12 +181,12 @@ int main(void)
 {
     const char *backend = getenv("POOL_BACKEND");
     if (backend && strcmp(backend, "malloc") == 0) {
-        puts("test_carve_cpus: POOL_BACKEND=malloc, nothing to check");
+        puts("test_carve_apart: POOL_BACKEND=malloc, nothing to check");
         return 0;
     }
     int cpu[2];
     if (two_cpus(cpu) != 0) {
-        puts("test_carve_cpus: fewer than two CPUs, threads not pinned");
+        puts("test_carve_apart: fewer than two CPUs, threads not pinned");
         cpu[0] = cpu[1] = -1;
     }
     /* Sizes that divide the page and sizes that do not (an object may then
