@@ -35,30 +35,38 @@ pub(crate) enum Backend {
 pub(crate) const HUGE_PAGE: usize = 2 << 20;
 
 /// One object of `size` bytes, aligned to `OBJECT_ALIGN`, or `None` when the
-/// backend has no memory. (`fail=N` draws at the top of the pool's alloc
-/// path, `Pool::alloc_debug`, not here.)
-pub(crate) fn obtain_object(size: usize, backend: Backend) -> Option<NonNull<u8>> {
+/// backend has no memory, for the thread whose home is `home` (spans carve
+/// each thread's new objects apart from the others', see `span::obtain`).
+/// (`fail=N` draws at the top of the pool's alloc path, `Pool::alloc_debug`,
+/// not here.)
+pub(crate) fn obtain_object(size: usize, backend: Backend, home: usize) -> Option<NonNull<u8>> {
     crate::counters::count(crate::counters::Event::Obtained);
     match backend {
         Backend::Malloc => os::obtain(size, OBJECT_ALIGN),
         Backend::Guarded => obtain_guarded(size),
-        Backend::Span(tag) => crate::span::obtain(tag, size),
+        Backend::Span(tag) => crate::span::obtain(tag, size, home),
         Backend::Huge => obtain_huge(size),
     }
 }
 
 /// Up to `out.len()` objects of `size` bytes from `backend` (all in one
-/// hold of the lock, for spans); returns how many were written to `out`.
-pub(crate) fn obtain_objects(size: usize, backend: Backend, out: &mut [*mut u8]) -> usize {
+/// hold of the lock, for spans), for the thread whose home is `home`;
+/// returns how many were written to `out`.
+pub(crate) fn obtain_objects(
+    size: usize,
+    backend: Backend,
+    home: usize,
+    out: &mut [*mut u8],
+) -> usize {
     if let Backend::Span(tag) = backend {
-        let n = crate::span::obtain_batch(tag, size, out);
+        let n = crate::span::obtain_batch(tag, size, home, out);
         for _ in 0..n {
             crate::counters::count(crate::counters::Event::Obtained);
         }
         return n;
     }
     out.iter_mut()
-        .map_while(|slot| obtain_object(size, backend).map(|p| *slot = p.as_ptr()))
+        .map_while(|slot| obtain_object(size, backend, home).map(|p| *slot = p.as_ptr()))
         .count()
 }
 
@@ -287,7 +295,7 @@ mod tests {
     #[cfg_attr(miri, ignore = "mprotect and mincore")]
     fn guarded_objects_are_writable_and_unmapped_on_release() {
         for size in [1usize, 4096, 4097, 1 << 21] {
-            let p = obtain_object(size, Backend::Guarded).expect("memory");
+            let p = obtain_object(size, Backend::Guarded, 0).expect("memory");
             assert_eq!(p.as_ptr() as usize % page(), 0);
             // SAFETY: `p` has `size` writable bytes and is released once.
             unsafe {
@@ -307,7 +315,7 @@ mod tests {
     fn huge_objects_start_a_huge_page_and_are_unmapped_on_release() {
         for size in [HUGE_PAGE, HUGE_PAGE + 32, 3 * HUGE_PAGE] {
             let objs: Vec<_> = (0..3)
-                .map(|_| obtain_object(size, Backend::Huge).expect("memory"))
+                .map(|_| obtain_object(size, Backend::Huge, 0).expect("memory"))
                 .collect();
             for &p in &objs {
                 assert_eq!(p.as_ptr() as usize % HUGE_PAGE, 0, "size {size}");

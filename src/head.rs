@@ -436,7 +436,7 @@ impl Pool {
     ///
     /// Counter: allocated grows by that many.
     pub(crate) fn obtain_new(&self, home: usize, out: &mut [*mut u8]) -> usize {
-        let n = backing::obtain_objects(self.alloc_size, self.backend, out);
+        let n = backing::obtain_objects(self.alloc_size, self.backend, home, out);
         self.shared.count_allocated(home, n as isize);
         n
     }

@@ -161,7 +161,7 @@ impl Pool {
         if limit != 0 {
             return self.alloc_within_limit(home, limit);
         }
-        let p = backing::obtain_object(self.alloc_size, self.backend)?;
+        let p = backing::obtain_object(self.alloc_size, self.backend, home)?;
         self.shared.count_allocated(home, 1);
         Some(p)
     }
@@ -182,7 +182,7 @@ impl Pool {
             self.shared.count_allocated(home, -1);
             return None;
         }
-        let p = backing::obtain_object(self.alloc_size, self.backend);
+        let p = backing::obtain_object(self.alloc_size, self.backend, home);
         if p.is_none() {
             self.shared.count_allocated(home, -1);
         }

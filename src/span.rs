@@ -8,15 +8,19 @@
 //! objects follow, carved in order by a bump pointer and recycled through the
 //! span's free list. So the span of any object is found by masking its
 //! address, with no header in front of each object; its tag (its object
-//! size) is in the region map.
+//! size) is in the region map. The bump pointer hands out *chunks*: each
+//! thread carves its new objects from a chunk of its own (through one of a
+//! few carving slots, see [`Chunk`]), so that two threads' new objects never
+//! share a page.
 //!
 //! A *tag* is one object size: the malloc's classes reserve theirs by number
 //! ([`reserve`]), other pools get one per object size on demand
 //! ([`tag_for_size`]). Each tag has a spinlock (the slow path: objects reach
 //! spans only when the thread and shared caches miss or overflow), a list of
-//! its spans with room, and at most one empty spare span. A span whose last
-//! live object comes back is unmarked and unmapped, unless it becomes the
-//! spare; [`trim`] (from `pool_gc`) unmaps the spares.
+//! its spans with room, its slots' chunks, and at most one empty spare span.
+//! A span whose last live object comes back drops its chunks and is
+//! unmarked and unmapped, unless it becomes the spare; [`trim`] (from
+//! `pool_gc`) unmaps the spares.
 //!
 //! A large mapping starts at a `SPAN`-aligned address with a
 //! [`LargeHeader`]; the caller's block follows at the requested alignment.
@@ -107,6 +111,8 @@ struct SpanState {
     prev: *mut SpanHeader,
     next: *mut SpanHeader,
     listed: bool,
+    /// The carving slots whose [`Chunk`] lies in this span, one bit each.
+    chunked: u16,
 }
 
 /// The start of every large mapping.
@@ -159,7 +165,59 @@ struct TagInner {
     /// Spans mapped (the spare included) and objects handed out.
     spans: usize,
     live: usize,
+    /// Each carving slot's range of objects carved from a span's bump
+    /// pointer and not handed out yet (see [`Chunk`]).
+    chunks: [Chunk; CHUNK_SLOTS],
 }
+
+/// Carving slots of a tag: the thread whose home is `h` carves through
+/// slot `h % CHUNK_SLOTS` (homes are handed out round robin, so threads
+/// that run at the same time have different slots, up to this many).
+pub(crate) const CHUNK_SLOTS: usize = 16;
+const _: () = assert!(CHUNK_SLOTS <= u16::BITS as usize);
+
+/// The address space a slot carves at a time for `size`-byte objects: an
+/// aligned block of about [`CHUNK_OBJECTS`] objects, a power of two from
+/// two pages to a quarter of a span. A thread that carves while others do
+/// gets its new objects in runs of this many bytes (a thread that carves
+/// alone gets them all in a row, as from one bump pointer); the longer the
+/// run, the fewer places where one thread's walk through its objects runs
+/// into the next thread's (what the prefetchers pull across). Its cost is
+/// address space: a slot whose thread stops carving leaves at most one
+/// chunk of the tag unused until another thread of the slot carves or the
+/// span empties.
+fn chunk_bytes(size: usize) -> usize {
+    (size * CHUNK_OBJECTS)
+        .next_power_of_two()
+        .clamp(2 * 4096, SPAN / 4)
+}
+
+/// Objects a chunk holds, about: two of the thread cache's largest
+/// clusters (64 objects), which is what a thread takes and gives back at
+/// a time.
+const CHUNK_OBJECTS: usize = 128;
+
+/// New objects of one carving slot: the objects of span `span` at offsets
+/// `next, next + size, ...` below `end`, which the span's bump pointer has
+/// passed but nobody was handed yet. A chunk is the run of objects that
+/// start in one aligned block of [`chunk_bytes`] (at least one object), so
+/// that the new objects of two threads never start in the same page, and
+/// a thread's new objects are neighbours of each other: two threads on
+/// two CPUs walking their own objects then do not run into each other's
+/// lines, which the prefetchers would pull across (BENCHMARKS.md, issue
+/// #13). Empty while `span` is null. Under the tag's lock.
+#[derive(Clone, Copy)]
+struct Chunk {
+    span: *mut SpanHeader,
+    next: u32,
+    end: u32,
+}
+
+const NO_CHUNK: Chunk = Chunk {
+    span: ptr::null_mut(),
+    next: 0,
+    end: 0,
+};
 
 // SAFETY: `inner` is only touched under `lock`.
 unsafe impl Sync for TagState {}
@@ -172,6 +230,7 @@ static TAGS: [TagState; MAX_TAGS] = [const {
             spare: ptr::null_mut(),
             spans: 0,
             live: 0,
+            chunks: [NO_CHUNK; CHUNK_SLOTS],
         }),
     }
 }; MAX_TAGS];
@@ -324,11 +383,17 @@ unsafe fn unlink_avail(st: &mut TagInner, s: *mut SpanHeader) {
 }
 
 /// One object of `obj_size` bytes from the spans of `tag`, or `None` when no
-/// span can be mapped. The tag was bound ([`reserve`], [`tag_for_size`]) to
-/// a size of at least `obj_size`.
+/// span can be mapped, for the thread whose home is `home` (its carving
+/// slot). The tag was bound ([`reserve`], [`tag_for_size`]) to a size of
+/// at least `obj_size`.
 ///
 /// Counters: the span's and the tag's live objects grow by one.
-pub(crate) fn obtain(tag: u32, obj_size: usize) -> Option<NonNull<u8>> {
+pub(crate) fn obtain(tag: u32, obj_size: usize, home: usize) -> Option<NonNull<u8>> {
+    obtain_in(tag, obj_size, home % CHUNK_SLOTS)
+}
+
+/// [`obtain`] through carving slot `slot` (below [`CHUNK_SLOTS`]).
+fn obtain_in(tag: u32, obj_size: usize, slot: usize) -> Option<NonNull<u8>> {
     let t = TAGS.get(tag as usize)?;
     // Relaxed: see SIZES.
     let size = SIZES[tag as usize].load(Relaxed) as usize;
@@ -338,7 +403,7 @@ pub(crate) fn obtain(tag: u32, obj_size: usize) -> Option<NonNull<u8>> {
     }
     t.lock.lock();
     // SAFETY: we hold the tag's lock.
-    let p = unsafe { obtain_locked(&mut *t.inner.get(), tag, size) };
+    let p = unsafe { obtain_locked(&mut *t.inner.get(), tag, size, slot) };
     t.lock.unlock();
     p
 }
@@ -350,7 +415,7 @@ pub(crate) fn obtain(tag: u32, obj_size: usize) -> Option<NonNull<u8>> {
 /// (the thread cache's refill) pays one lock and one call for them all.
 ///
 /// Counters: the spans' and the tag's live objects grow by that many.
-pub(crate) fn obtain_batch(tag: u32, obj_size: usize, out: &mut [*mut u8]) -> usize {
+pub(crate) fn obtain_batch(tag: u32, obj_size: usize, home: usize, out: &mut [*mut u8]) -> usize {
     let Some(t) = TAGS.get(tag as usize) else {
         return 0;
     };
@@ -361,10 +426,11 @@ pub(crate) fn obtain_batch(tag: u32, obj_size: usize, out: &mut [*mut u8]) -> us
         return 0;
     }
     let mut n = 0;
+    let slot = home % CHUNK_SLOTS;
     t.lock.lock();
     while n < out.len() {
         // SAFETY: we hold the tag's lock.
-        let Some(p) = (unsafe { obtain_locked(&mut *t.inner.get(), tag, size) }) else {
+        let Some(p) = (unsafe { obtain_locked(&mut *t.inner.get(), tag, size, slot) }) else {
             break;
         };
         out[n] = p.as_ptr();
@@ -374,8 +440,10 @@ pub(crate) fn obtain_batch(tag: u32, obj_size: usize, out: &mut [*mut u8]) -> us
     n
 }
 
-/// Takes an object from the first span with room; when none has, reuses the
-/// spare or maps a new span.
+/// Takes an object: from the first span's free list; else from the chunk
+/// of carving slot `slot`; else from a new chunk carved for the slot from the
+/// first span's bump pointer (when no span has room, from the spare or a
+/// new span).
 ///
 /// Why the first span, and why a span that regains room goes in front: a
 /// span leaves the list when full and comes back at its first release, so
@@ -385,9 +453,35 @@ pub(crate) fn obtain_batch(tag: u32, obj_size: usize, out: &mut [*mut u8]) -> us
 /// absorbs allocations, so their objects keep coming back until they empty
 /// and are unmapped; the front's memory is also the most recently touched.
 ///
+/// Why chunks: so that the new objects of two threads never start in the
+/// same page (see [`Chunk`]). A span is listed while it has room that any
+/// slot can take (free objects, or bump room for a new chunk); the objects of
+/// a chunk are reached through its slot alone, so a slot that stops
+/// allocating leaves at most a chunk of its span unused (address space
+/// only: the chunk's memory is not touched) until it comes back or the
+/// span empties, which drops its chunks.
+///
 /// # Safety
-/// Under the lock of `tag`, bound to `size`.
-unsafe fn obtain_locked(st: &mut TagInner, tag: u32, size: usize) -> Option<NonNull<u8>> {
+/// Under the lock of `tag`, bound to `size`; `slot < CHUNK_SLOTS`.
+unsafe fn obtain_locked(
+    st: &mut TagInner,
+    tag: u32,
+    size: usize,
+    slot: usize,
+) -> Option<NonNull<u8>> {
+    if !st.avail.is_null() {
+        let s = st.avail;
+        // SAFETY: under the lock; a listed span is a mapped span of this tag.
+        if let Some(p) = unsafe { pop_free(st, s, size) } {
+            // SAFETY: as above; `p` is an object of `s`.
+            return Some(unsafe { hand_out(st, s, size, p) });
+        }
+    }
+    // SAFETY: under the lock.
+    if let Some((s, p)) = unsafe { take_chunk(st, slot, size) } {
+        // SAFETY: a chunk's span is mapped; `p` is one of its objects.
+        return Some(unsafe { hand_out(st, s, size, p) });
+    }
     let mut s = st.avail;
     if s.is_null() {
         s = if st.spare.is_null() {
@@ -399,40 +493,154 @@ unsafe fn obtain_locked(st: &mut TagInner, tag: u32, size: usize) -> Option<NonN
         };
         // SAFETY: under the lock; an empty span is never listed.
         unsafe { push_avail(st, s) };
+        if options::random_order() {
+            // SAFETY: under the lock; `s` is an empty span of `size`-byte
+            // objects (a spare was reset when it emptied).
+            unsafe { carve_shuffled(s, state(s), size) };
+            // SAFETY: as above; the span's free list now holds every slot.
+            let p = unsafe { pop_free(st, s, size) }?;
+            // SAFETY: `p` is an object of `s`.
+            return Some(unsafe { hand_out(st, s, size, p) });
+        }
     }
-    // SAFETY: under the lock; listed spans are mapped spans of this tag.
+    // SAFETY: under the lock; `s` is listed, so it has room, and no free
+    // object (the free list was tried above): its bump pointer has room.
+    let bump = unsafe { state(s) }.bump;
+    if bump + size > limit(s, size) {
+        debug_assert!(false, "a listed span of tag {tag} has no room");
+        return None;
+    }
+    // SAFETY: under the lock; the slot's chunk is empty (tried above).
+    unsafe { carve_chunk(st, s, slot, size) };
+    // SAFETY: under the lock; the chunk just carved holds an object.
+    let (s, p) = unsafe { take_chunk(st, slot, size) }?;
+    // SAFETY: `p` is an object of `s`.
+    Some(unsafe { hand_out(st, s, size, p) })
+}
+
+/// The end of the last object of span `s` of `size`-byte objects.
+fn limit(s: *mut SpanHeader, size: usize) -> usize {
+    // SAFETY: `s` is mapped (callers: a span of the tag, under its lock);
+    // `data` and `capacity` are written once, before it is marked.
+    unsafe { (*s).data as usize + (*s).capacity as usize * size }
+}
+
+/// Pops the first object of span `s`'s free list, checking its link.
+///
+/// # Safety
+/// Under the lock of `s`'s tag, bound to `size`; `s` is mapped, and no
+/// other reference to its state is alive.
+unsafe fn pop_free(st: &TagInner, s: *mut SpanHeader, size: usize) -> Option<NonNull<u8>> {
+    // SAFETY: per the contract.
     let ss = unsafe { state(s) };
-    // SAFETY: `s` is mapped.
-    if ss.free.is_null() && ss.bump == unsafe { (*s).data } as usize && options::random_order() {
-        // SAFETY: under the lock; `s` is an empty span of `size`-byte objects.
-        unsafe { carve_shuffled(s, ss, size) };
+    let p = NonNull::new(ss.free)?;
+    let at = p.as_ptr().cast::<*mut u8>();
+    // SAFETY: a free object of this span (checked when it became the
+    // head) holds the next one in its first word, protected.
+    ss.free = links::reveal(at, unsafe { at.read() });
+    // SAFETY: under the lock; `s` is a mapped span of this tag.
+    unsafe { check_free_link(s, at, ss.free, size, ss.bump) };
+    if !ss.free.is_null() && in_chunk(st, s, ss.chunked, ss.free.addr() - s.addr()) {
+        links::corrupted(
+            b"a span's free list holds an object never handed out",
+            at.addr(),
+            ss.free.addr(),
+        );
     }
-    let p = if let Some(p) = NonNull::new(ss.free) {
-        let at = p.as_ptr().cast::<*mut u8>();
-        // SAFETY: a free object of this span (checked when it became the
-        // head) holds the next one in its first word, protected.
-        ss.free = links::reveal(at, unsafe { at.read() });
-        // SAFETY: under the lock; `s` is a mapped span of this tag.
-        unsafe { check_free_link(s, at, ss.free, size, ss.bump) };
-        p
-    } else {
-        // A listed span has room: no free object, so the bump pointer
-        // still has `size` bytes before the span's end.
-        debug_assert!(ss.bump + size <= SPAN);
-        // SAFETY: `bump + size <= SPAN`: inside the span.
-        let p = unsafe { s.cast::<u8>().add(ss.bump) };
-        ss.bump += size;
-        // SAFETY: inside a mapping, so not null.
-        unsafe { NonNull::new_unchecked(p) }
-    };
+    Some(p)
+}
+
+/// Counts `p`, an object of span `s` that is being handed out, as live;
+/// a listed span left with no room for a new chunk and no free object
+/// leaves the list.
+///
+/// # Safety
+/// Under the lock of `s`'s tag, bound to `size`; `s` is mapped, and no
+/// other reference to its state is alive.
+unsafe fn hand_out(
+    st: &mut TagInner,
+    s: *mut SpanHeader,
+    size: usize,
+    p: NonNull<u8>,
+) -> NonNull<u8> {
+    // SAFETY: per the contract.
+    let ss = unsafe { state(s) };
     ss.live += 1;
     st.live += 1;
-    // SAFETY: `s` is a mapped span.
-    if ss.live == unsafe { (*s).capacity } as usize {
+    if ss.listed && ss.free.is_null() && ss.bump + size > limit(s, size) {
         // SAFETY: under the lock; `s` is listed.
         unsafe { unlink_avail(st, s) };
     }
-    Some(p)
+    p
+}
+
+/// Gives carving slot `slot` a chunk of `s`: the objects from the bump
+/// pointer on that start in the bump pointer's block of [`chunk_bytes`]
+/// (at least one).
+///
+/// # Safety
+/// Under the lock of `s`'s tag, bound to `size`; `s` is mapped, its bump
+/// pointer has room for an object, the slot's chunk is empty, and no
+/// other reference to the span's state is alive.
+unsafe fn carve_chunk(st: &mut TagInner, s: *mut SpanHeader, slot: usize, size: usize) {
+    // SAFETY: per the contract.
+    let ss = unsafe { state(s) };
+    let start = ss.bump;
+    let limit = limit(s, size);
+    debug_assert!(start + size <= limit && st.chunks[slot].span.is_null());
+    // The span is SPAN-aligned: offsets are aligned as addresses are.
+    let block_end = (start | (chunk_bytes(size) - 1)) + 1;
+    let end = (start + (block_end - start).div_ceil(size) * size).min(limit);
+    ss.bump = end;
+    ss.chunked |= 1 << slot;
+    st.chunks[slot] = Chunk {
+        span: s,
+        next: start as u32,
+        end: end as u32,
+    };
+}
+
+/// The next object of carving slot `slot`'s chunk, with its span, or `None` if
+/// the chunk is empty.
+///
+/// # Safety
+/// Under the lock of the tag, bound to `size`; no reference to the state
+/// of the chunk's span is alive.
+unsafe fn take_chunk(
+    st: &mut TagInner,
+    slot: usize,
+    size: usize,
+) -> Option<(*mut SpanHeader, NonNull<u8>)> {
+    let c = &mut st.chunks[slot];
+    let s = c.span;
+    if s.is_null() {
+        return None;
+    }
+    // SAFETY: a chunk lies inside its span, which is mapped while the
+    // chunk is set (a span that empties drops its chunks).
+    let p = unsafe { s.cast::<u8>().add(c.next as usize) };
+    c.next += size as u32;
+    if c.next >= c.end {
+        *c = NO_CHUNK;
+        // SAFETY: under the lock; the span is mapped (above).
+        unsafe { state(s).chunked &= !(1 << slot) };
+    }
+    // SAFETY: inside a mapping, so not null.
+    Some((s, unsafe { NonNull::new_unchecked(p) }))
+}
+
+/// Whether the object at offset `off` of span `s` lies in a chunk, that is
+/// was carved and never handed out. `chunked` is the span's mask.
+fn in_chunk(st: &TagInner, s: *mut SpanHeader, chunked: u16, off: usize) -> bool {
+    let mut m = chunked;
+    while m != 0 {
+        let c = &st.chunks[m.trailing_zeros() as usize];
+        m &= m - 1;
+        if c.span == s && (c.next as usize..c.end as usize).contains(&off) {
+            return true;
+        }
+    }
+    false
 }
 
 /// `random-order`: carves every object of the empty span `s` at once onto
@@ -546,6 +754,7 @@ fn new_span(tag: u32, obj_size: usize) -> Option<NonNull<SpanHeader>> {
                 prev: ptr::null_mut(),
                 next: ptr::null_mut(),
                 listed: false,
+                chunked: 0,
             }),
         })
     };
@@ -600,8 +809,10 @@ unsafe fn release_locked(
 ) -> Option<NonNull<SpanHeader>> {
     // SAFETY: under the lock; `s` is mapped (it holds the live `p`).
     let ss = unsafe { state(s) };
-    if p.as_ptr().addr() - s.addr() >= ss.bump || ss.live == 0 {
-        // Past every object ever handed out: not one of them.
+    let off = p.as_ptr().addr() - s.addr();
+    if off >= ss.bump || ss.live == 0 || in_chunk(st, s, ss.chunked, off) {
+        // Past every object ever handed out, or carved for a slot and not
+        // handed out yet: not one of them.
         links::invalid_object(p.as_ptr().addr());
     }
     let at = p.as_ptr().cast::<*mut u8>();
@@ -617,6 +828,13 @@ unsafe fn release_locked(
             unsafe { push_avail(st, s) };
         }
         return None;
+    }
+    // Nothing of `s` is out: the chunks carved in it go (their objects
+    // are never handed out), so that it can be reset or unmapped.
+    let mut m = core::mem::take(&mut ss.chunked);
+    while m != 0 {
+        st.chunks[m.trailing_zeros() as usize] = NO_CHUNK;
+        m &= m - 1;
     }
     if ss.listed {
         // SAFETY: under the lock; `s` is listed (`ss` is not used after).

@@ -21,6 +21,24 @@ fn own_tag(size: usize) -> u32 {
     tag
 }
 
+/// Whether carving slot `slot` of `tag` has a chunk.
+fn has_chunk(tag: u32, slot: usize) -> bool {
+    let t = &TAGS[tag as usize];
+    t.lock.lock();
+    // SAFETY: we hold the tag's lock.
+    let set = unsafe { !(*t.inner.get()).chunks[slot].span.is_null() };
+    t.lock.unlock();
+    set
+}
+
+/// 4 KiB pages in which objects of both `a` and `b` start.
+fn shared_pages(a: &[NonNull<u8>], b: &[NonNull<u8>]) -> usize {
+    let pages = |v: &[NonNull<u8>]| -> HashSet<usize> {
+        v.iter().map(|o| o.as_ptr() as usize / 4096).collect()
+    };
+    pages(a).intersection(&pages(b)).count()
+}
+
 fn base_of(p: NonNull<u8>) -> usize {
     p.as_ptr() as usize & !(SPAN - 1)
 }
@@ -85,9 +103,9 @@ fn aborts_in_child(f: fn()) {
 /// takes an object: the take must abort.
 fn take_after_forging(size: usize, forge: fn(NonNull<u8>) -> *mut u8) {
     let tag = own_tag(size);
-    let _keep = obtain(tag, size).unwrap(); // the span stays in use
-    let a = obtain(tag, size).unwrap();
-    let b = obtain(tag, size).unwrap();
+    let _keep = obtain(tag, size, 0).unwrap(); // the span stays in use
+    let a = obtain(tag, size, 0).unwrap();
+    let b = obtain(tag, size, 0).unwrap();
     // SAFETY: each given back once.
     unsafe {
         release(tag, a);
@@ -96,7 +114,7 @@ fn take_after_forging(size: usize, forge: fn(NonNull<u8>) -> *mut u8) {
     let at = b.as_ptr().cast::<*mut u8>();
     // SAFETY: the test's write after free of `b`, the list's head.
     unsafe { at.write(links::protect(at, forge(a))) };
-    let _ = obtain(tag, size);
+    let _ = obtain(tag, size, 0);
 }
 
 #[test]
@@ -116,7 +134,9 @@ fn empty_spans_are_unmapped() {
         let size = 2064;
         let tag = own_tag(size);
         let cap = (SPAN - data_offset(size)) / size;
-        let objs: Vec<_> = (0..3 * cap).map(|_| obtain(tag, size).unwrap()).collect();
+        let objs: Vec<_> = (0..3 * cap)
+            .map(|_| obtain(tag, size, 0).unwrap())
+            .collect();
         let bases: Vec<usize> = objs.chunks(cap).map(|c| base_of(c[0])).collect();
         assert_eq!(tag_counts(tag), (3, 3 * cap));
         for chunk in objs.chunks(cap) {
@@ -152,7 +172,9 @@ fn spans_with_room_are_used_before_new_ones() {
     let tag = own_tag(size);
     let cap = (SPAN - data_offset(size)) / size;
     // One full span A, and a span B with 5 objects out.
-    let mut objs: Vec<_> = (0..cap + 5).map(|_| obtain(tag, size).unwrap()).collect();
+    let mut objs: Vec<_> = (0..cap + 5)
+        .map(|_| obtain(tag, size, 0).unwrap())
+        .collect();
     let (a, b) = (base_of(objs[0]), base_of(objs[cap]));
     assert!(objs[..cap].iter().all(|&o| base_of(o) == a));
     assert_ne!(a, b);
@@ -164,14 +186,14 @@ fn spans_with_room_are_used_before_new_ones() {
         // SAFETY: each object is given back once.
         unsafe { release(tag, o) };
     }
-    let again: HashSet<_> = (0..10).map(|_| obtain(tag, size).unwrap()).collect();
+    let again: HashSet<_> = (0..10).map(|_| obtain(tag, size, 0).unwrap()).collect();
     assert_eq!(
         again, back,
         "the freed slots of the fuller span were not reused"
     );
     objs.extend(again);
     // Both spans have room: nothing new is mapped.
-    objs.push(obtain(tag, size).unwrap());
+    objs.push(obtain(tag, size, 0).unwrap());
     assert_eq!(base_of(*objs.last().unwrap()), b);
     assert_eq!(tag_counts(tag), (2, cap + 6));
     for o in objs {
@@ -180,10 +202,102 @@ fn spans_with_room_are_used_before_new_ones() {
     }
     assert_eq!(tag_counts(tag), (1, 0));
     // The spare serves the next object: no new span.
-    let o = obtain(tag, size).unwrap();
+    let o = obtain(tag, size, 0).unwrap();
     assert_eq!(tag_counts(tag), (1, 1));
     // SAFETY: given back once.
     unsafe { release(tag, o) };
+}
+
+#[test]
+fn carving_slots_carve_apart() {
+    // Sizes that divide the page and sizes that do not, up to objects
+    // larger than a page; enough objects to cross spans.
+    for size in [64usize, 48, 1040, 3008, 9008] {
+        let tag = own_tag(size);
+        let cap = (SPAN - data_offset(size)) / size;
+        let n = (cap + cap / 2).min(3000);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            // In turns, as two threads would that allocate at the same time.
+            a.push(obtain_in(tag, size, 0).unwrap());
+            b.push(obtain_in(tag, size, 3).unwrap());
+        }
+        assert_eq!(
+            shared_pages(&a, &b),
+            0,
+            "{size} B: a page holds objects of both slots"
+        );
+        assert_eq!(tag_counts(tag).1, 2 * n);
+        if size < 2048 {
+            // Within a slot, objects come in address order inside a chunk.
+            assert_eq!(a[1].as_ptr() as usize, a[0].as_ptr() as usize + size);
+        }
+        let all: HashSet<_> = a.iter().chain(&b).map(|o| o.as_ptr() as usize).collect();
+        assert_eq!(all.len(), 2 * n, "an object handed out twice");
+        for o in a.into_iter().chain(b) {
+            // SAFETY: each object is given back once.
+            unsafe { release(tag, o) };
+        }
+        assert_eq!(tag_counts(tag), (1, 0));
+        assert!(
+            !has_chunk(tag, 0) && !has_chunk(tag, 3),
+            "a chunk outlived its span"
+        );
+    }
+}
+
+#[test]
+fn a_slot_that_stops_leaves_its_chunk_and_nothing_else() {
+    let size = 1008;
+    let tag = own_tag(size);
+    let cap = (SPAN - data_offset(size)) / size;
+    // Slot 1 carves a chunk of the first span, takes one object, stops.
+    let first = obtain_in(tag, size, 1).unwrap();
+    let span = base_of(first);
+    // Slot 2 takes the rest of the span's room, then goes to a new span
+    // rather than into slot 1's chunk.
+    let mut objs = vec![first];
+    let next = loop {
+        let o = obtain_in(tag, size, 2).unwrap();
+        if base_of(o) != span {
+            break o;
+        }
+        objs.push(o);
+    };
+    let left = cap - objs.len();
+    assert!(
+        left >= 1 && left <= chunk_bytes(size) / size + 1,
+        "slot 1's chunk: {left} objects"
+    );
+    assert_eq!(tag_counts(tag), (2, objs.len() + 1));
+    // Slot 1 comes back: its chunk still serves it, in the first span.
+    let again = obtain_in(tag, size, 1).unwrap();
+    assert_eq!(again.as_ptr() as usize, first.as_ptr() as usize + size);
+    objs.push(again);
+    objs.push(next);
+    for o in objs {
+        // SAFETY: each object is given back once.
+        unsafe { release(tag, o) };
+    }
+    // Both spans emptied although slot 1's chunk was not used up: one
+    // became the spare, the other is unmapped, and no chunk is left.
+    assert_eq!(tag_counts(tag), (1, 0));
+    assert!(!has_chunk(tag, 1) && !has_chunk(tag, 2));
+}
+
+#[test]
+fn an_object_carved_for_a_slot_and_not_handed_out_is_not_taken_back() {
+    // The chunk's next object lies below the bump pointer: the release
+    // must still see that nobody was handed it.
+    aborts_in_child(|| {
+        let size = 256;
+        let tag = own_tag(size);
+        let o = obtain_in(tag, size, 0).unwrap();
+        assert!(has_chunk(tag, 0));
+        let never = NonNull::new(o.as_ptr().wrapping_add(size)).unwrap();
+        // SAFETY: the test's invalid release; it must abort.
+        unsafe { release(tag, never) };
+    });
 }
 
 #[test]
@@ -207,7 +321,7 @@ fn live_counts_survive_threads() {
                     x ^= x << 17;
                     match x % 4 {
                         0 | 1 => {
-                            let o = obtain(tag, size).unwrap();
+                            let o = obtain(tag, size, t as usize).unwrap();
                             assert!(live.lock().unwrap().insert(o.as_ptr() as usize));
                             // SAFETY: a fresh object of `size` bytes.
                             unsafe { o.as_ptr().add(8).cast::<u64>().write(t) };
@@ -278,7 +392,7 @@ fn tags_are_bound_once_per_size() {
 #[test]
 fn span_objects_are_found_by_their_address() {
     let tag = tag_for_size(1040).unwrap();
-    let objs: Vec<_> = (0..3000).map(|_| obtain(tag, 1040).unwrap()).collect();
+    let objs: Vec<_> = (0..3000).map(|_| obtain(tag, 1040, 0).unwrap()).collect();
     for &o in &objs {
         assert_eq!(owner(o.as_ptr()), Owner::Span { tag });
         // Inside an object, not at its start: not a block we gave out.
@@ -288,7 +402,7 @@ fn span_objects_are_found_by_their_address() {
         // SAFETY: each object is given back once.
         unsafe { release(tag, o) };
     }
-    let again = obtain(tag, 1040).unwrap();
+    let again = obtain(tag, 1040, 0).unwrap();
     assert_eq!(owner(again.as_ptr()), Owner::Span { tag });
     // SAFETY: given back once.
     unsafe { release(tag, again) };
@@ -301,7 +415,7 @@ fn the_slot_past_a_spans_last_object_is_no_object() {
     let size = 2064;
     let tag = own_tag(size);
     let cap = (SPAN - data_offset(size)) / size;
-    let o = obtain(tag, size).unwrap();
+    let o = obtain(tag, size, 0).unwrap();
     let base = base_of(o);
     let slot = |k: usize| ptr::with_exposed_provenance::<u8>(base + data_offset(size) + k * size);
     assert_eq!(owner(slot(cap - 1)), Owner::Span { tag });
@@ -315,7 +429,7 @@ fn the_slot_past_a_spans_last_object_is_no_object() {
 #[test]
 fn power_of_two_objects_are_aligned_to_their_size() {
     let tag = tag_for_size(4096).unwrap();
-    let objs: Vec<_> = (0..600).map(|_| obtain(tag, 4096).unwrap()).collect();
+    let objs: Vec<_> = (0..600).map(|_| obtain(tag, 4096, 0).unwrap()).collect();
     for o in objs {
         assert_eq!(o.as_ptr() as usize % 4096, 0);
         // SAFETY: each object is given back once.

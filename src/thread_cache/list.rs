@@ -126,9 +126,13 @@ impl ThreadList {
     }
 }
 
-/// Gives each thread its first shared-cache bucket, round robin.
+/// Gives each thread its home, round robin: its first shared-cache bucket
+/// (the home modulo the buckets in use) and its carving slot in the spans
+/// (modulo `span::CHUNK_SLOTS`), so that threads created one after the
+/// other start at different buckets and carve new objects apart.
 pub(super) fn next_home() -> usize {
     static NEXT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+    const HOMES: usize = crate::span::CHUNK_SLOTS * crate::shared_cache::BUCKETS;
     // Relaxed: any spread of homes is correct.
-    NEXT.fetch_add(1, Relaxed) % crate::shared_cache::BUCKETS
+    NEXT.fetch_add(1, Relaxed) % HOMES
 }
