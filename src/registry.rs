@@ -508,11 +508,21 @@ pub fn destroy(pool: &'static Pool) -> Result<Destroyed, Error> {
 /// takes an object out of its source before it reaches its destination, so
 /// an object that another thread moves meanwhile is counted at most once:
 /// the answer errs towards "in use", and then only while a move is in
-/// flight, so it is asked again a few times.
+/// flight. So it is asked again: a few times after a short spin, then
+/// after yielding the CPU, so that a mover preempted in the middle of its
+/// move (another thread's eviction, on a loaded machine) can finish it. A
+/// pool that is in use costs its `pool_destroy` these retries, about
+/// `IN_USE_YIELDS` system calls.
 fn in_use(reg: &Registry, pool: &Pool) -> bool {
-    (0..4).all(|i| {
-        for _ in 0..i * 64 {
-            core::hint::spin_loop();
+    const IN_USE_SPINS: usize = 4;
+    const IN_USE_YIELDS: usize = 64;
+    (0..IN_USE_SPINS + IN_USE_YIELDS).all(|i| {
+        if i < IN_USE_SPINS {
+            for _ in 0..i * 64 {
+                core::hint::spin_loop();
+            }
+        } else {
+            std::thread::yield_now();
         }
         let allocated = pool.shared.allocated();
         let shared = pool.shared_objects();
