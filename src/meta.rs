@@ -47,6 +47,19 @@ struct Arena {
     free: [[*mut u8; CLASSES]; 2],
 }
 
+impl Arena {
+    /// No chunk and no freed block yet.
+    const EMPTY: Arena = Arena {
+        bump: [const {
+            Bump {
+                chunk: ptr::null_mut(),
+                used: 0,
+            }
+        }; 3],
+        free: [[ptr::null_mut(); CLASSES]; 2],
+    };
+}
+
 /// Which chunks and free lists serve a block.
 #[derive(Clone, Copy)]
 enum Kind {
@@ -67,15 +80,7 @@ unsafe impl Sync for Locked {}
 
 static ARENA: Locked = Locked {
     lock: SpinLock::new(),
-    arena: UnsafeCell::new(Arena {
-        bump: [const {
-            Bump {
-                chunk: ptr::null_mut(),
-                used: 0,
-            }
-        }; 3],
-        free: [[ptr::null_mut(); CLASSES]; 2],
-    }),
+    arena: UnsafeCell::new(Arena::EMPTY),
 };
 
 /// Runs `f` on the arena, under its lock.
@@ -200,15 +205,7 @@ mod tests {
     /// blocks do not interleave).
     #[test]
     fn arrays_are_carved_apart_from_heads() {
-        let mut a = Arena {
-            bump: [const {
-                Bump {
-                    chunk: ptr::null_mut(),
-                    used: 0,
-                }
-            }; 3],
-            free: [[ptr::null_mut(); CLASSES]; 2],
-        };
+        let mut a = Arena::EMPTY;
         let (bs, class) = (1024, (1024u32.trailing_zeros() - 4) as usize);
         let h1 = obtain_locked(&mut a, class, bs, Kind::Meta).expect("memory");
         let arr = obtain_locked(&mut a, class, bs, Kind::Array).expect("memory");
