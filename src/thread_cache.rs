@@ -632,9 +632,11 @@ impl ThreadCache {
     /// the backing allocator. So a growing heap takes the slow path once per
     /// batch rather than once per object, and a thread's new objects are
     /// neighbours of each other, not of another thread's. Hands out the
-    /// first; the rest are cached, to be handed out in address order. (They
-    /// were never handed out, so they need no key: no free can be a second
-    /// free of them, and their memory stays untouched until it is used.)
+    /// first; the rest are cached, to be handed out in address order, each
+    /// marked with the pool's key as every cached object is: a `free` of one
+    /// of them (a forged pointer near a block the program holds) aborts as
+    /// a double free instead of caching it twice. The marks touch the
+    /// batch's page, which the next hand-outs would touch anyway.
     fn refill_new(&self, e: &Entry, pool: &Pool) -> Option<NonNull<u8>> {
         let most = cluster_len(pool).min(BATCH_BYTES / pool.obj_size);
         if most < 2 || !pool.refills_in_batches() || !self.make_room(e, pool, false) {
@@ -647,8 +649,10 @@ impl ThreadCache {
         let (&first, rest) = batch[..n].split_first()?;
         for &obj in rest.iter().rev() {
             // SAFETY: `rest` holds at most `room` new objects of this pool,
-            // ours, and `room` slots from `top` are inside the grant.
+            // ours (not null, at least MIN_OBJECT bytes), and `room` slots
+            // from `top` are inside the grant.
             unsafe {
+                head::set_key(pool, NonNull::new_unchecked(obj));
                 let top = e.own_top();
                 *top = obj;
                 e.top.store(top.add(1), Relaxed);
