@@ -430,7 +430,20 @@ pub(crate) fn obtain_batch(tag: u32, obj_size: usize, home: usize, out: &mut [*m
     t.lock.lock();
     while n < out.len() {
         // SAFETY: we hold the tag's lock.
-        let Some(p) = (unsafe { obtain_locked(&mut *t.inner.get(), tag, size, slot) }) else {
+        let st = unsafe { &mut *t.inner.get() };
+        // What `obtain_locked` would hand out one by one, as one run: the
+        // slot's chunk, while the first span has no free object.
+        // SAFETY: under the lock; a listed span is mapped.
+        if st.avail.is_null() || unsafe { state(st.avail) }.free.is_null() {
+            // SAFETY: under the lock, no reference to a span's state alive.
+            let k = unsafe { take_chunk_run(st, slot, size, &mut out[n..]) };
+            if k > 0 {
+                n += k;
+                continue;
+            }
+        }
+        // SAFETY: we hold the tag's lock.
+        let Some(p) = (unsafe { obtain_locked(st, tag, size, slot) }) else {
             break;
         };
         out[n] = p.as_ptr();
@@ -627,6 +640,49 @@ unsafe fn take_chunk(
     }
     // SAFETY: inside a mapping, so not null.
     Some((s, unsafe { NonNull::new_unchecked(p) }))
+}
+
+/// Up to `out.len()` next objects of carving slot `slot`'s chunk, handed
+/// out (counted live) as [`take_chunk`] and [`hand_out`] would one by one;
+/// returns how many were written to `out` (0 when the chunk is empty).
+///
+/// # Safety
+/// Under the lock of the tag, bound to `size`; no reference to the state
+/// of the chunk's span is alive.
+unsafe fn take_chunk_run(
+    st: &mut TagInner,
+    slot: usize,
+    size: usize,
+    out: &mut [*mut u8],
+) -> usize {
+    let c = &mut st.chunks[slot];
+    let s = c.span;
+    if s.is_null() {
+        return 0;
+    }
+    let left = (c.end - c.next) as usize / size;
+    let k = left.min(out.len());
+    for (i, o) in out[..k].iter_mut().enumerate() {
+        // SAFETY: the chunk's objects lie inside its span, which is
+        // mapped while the chunk is set (a span that empties drops its
+        // chunks).
+        *o = unsafe { s.cast::<u8>().add(c.next as usize + i * size) };
+    }
+    c.next += (k * size) as u32;
+    if c.next >= c.end {
+        *c = NO_CHUNK;
+        // SAFETY: under the lock; the span is mapped (above).
+        unsafe { state(s).chunked &= !(1 << slot) };
+    }
+    // SAFETY: under the lock; the span is mapped.
+    let ss = unsafe { state(s) };
+    ss.live += k;
+    st.live += k;
+    if k > 0 && ss.listed && ss.free.is_null() && ss.bump + size > limit(s, size) {
+        // SAFETY: under the lock; `s` is listed.
+        unsafe { unlink_avail(st, s) };
+    }
+    k
 }
 
 /// Whether the object at offset `off` of span `s` lies in a chunk, that is

@@ -286,6 +286,49 @@ fn a_slot_that_stops_leaves_its_chunk_and_nothing_else() {
 }
 
 #[test]
+fn a_batch_hands_out_free_objects_first_then_its_chunk_in_order() {
+    let size = 80;
+    let tag = own_tag(size);
+    let cap = (SPAN - data_offset(size)) / size;
+    let per_chunk = chunk_bytes(size) / size;
+    // More than a chunk and more than a span: runs cross both.
+    let mut out = vec![ptr::null_mut(); cap + per_chunk + 7];
+    assert_eq!(obtain_batch(tag, size, 5, &mut out), out.len());
+    let set: HashSet<_> = out.iter().map(|p| p.addr()).collect();
+    assert_eq!(set.len(), out.len(), "an object handed out twice");
+    assert_eq!(tag_counts(tag), (2, out.len()));
+    // Inside a span, the objects come in address order.
+    let span0 = out[0].addr() & !(SPAN - 1);
+    for w in out.windows(2) {
+        if w[1].addr() & !(SPAN - 1) == span0 {
+            assert_eq!(w[1].addr(), w[0].addr() + size);
+        }
+    }
+    // Two objects go back: the next batch hands them out first (the
+    // first span's free list), then goes on with the chunk.
+    let (a, b) = (out[3], out[cap - 1]);
+    // SAFETY: each is given back once, and taken again below.
+    unsafe {
+        release(tag, NonNull::new(a).unwrap());
+        release(tag, NonNull::new(b).unwrap());
+    }
+    let mut more = [ptr::null_mut(); 3];
+    assert_eq!(obtain_batch(tag, size, 5, &mut more), 3);
+    assert_eq!(
+        HashSet::from([more[0].addr(), more[1].addr()]),
+        HashSet::from([a.addr(), b.addr()])
+    );
+    assert_eq!(more[2].addr(), out[out.len() - 1].addr() + size);
+    assert_eq!(tag_counts(tag), (2, out.len() + 1));
+    for &o in out.iter().chain(&more[2..]) {
+        // SAFETY: each object is given back once.
+        unsafe { release(tag, NonNull::new(o).unwrap()) };
+    }
+    assert_eq!(tag_counts(tag), (1, 0));
+    assert!(!has_chunk(tag, 5), "a chunk outlived its span");
+}
+
+#[test]
 fn an_object_carved_for_a_slot_and_not_handed_out_is_not_taken_back() {
     // The chunk's next object lies below the bump pointer: the release
     // must still see that nobody was handed it.
