@@ -490,10 +490,9 @@ unsafe fn obtain_locked(
             return Some(unsafe { hand_out(st, s, size, p) });
         }
     }
-    // SAFETY: under the lock.
-    if let Some((s, p)) = unsafe { take_chunk(st, slot, size) } {
-        // SAFETY: a chunk's span is mapped; `p` is one of its objects.
-        return Some(unsafe { hand_out(st, s, size, p) });
+    // SAFETY: under the lock; no reference to a span's state is alive.
+    if let Some(p) = unsafe { take_one_of_chunk(st, slot, size) } {
+        return Some(p);
     }
     let mut s = st.avail;
     if s.is_null() {
@@ -526,9 +525,20 @@ unsafe fn obtain_locked(
     // SAFETY: under the lock; the slot's chunk is empty (tried above).
     unsafe { carve_chunk(st, s, slot, size) };
     // SAFETY: under the lock; the chunk just carved holds an object.
-    let (s, p) = unsafe { take_chunk(st, slot, size) }?;
-    // SAFETY: `p` is an object of `s`.
-    Some(unsafe { hand_out(st, s, size, p) })
+    unsafe { take_one_of_chunk(st, slot, size) }
+}
+
+/// The next object of carving slot `slot`'s chunk, handed out, or `None`
+/// if the chunk is empty.
+///
+/// # Safety
+/// As [`take_chunk_run`].
+unsafe fn take_one_of_chunk(st: &mut TagInner, slot: usize, size: usize) -> Option<NonNull<u8>> {
+    let mut p = [ptr::null_mut()];
+    // SAFETY: per the contract. `p` stays null when the chunk is empty; a
+    // chunk's object lies inside a mapping, so it is not null.
+    unsafe { take_chunk_run(st, slot, size, &mut p) };
+    NonNull::new(p[0])
 }
 
 /// The end of the last object of span `s` of `size`-byte objects.
@@ -613,38 +623,10 @@ unsafe fn carve_chunk(st: &mut TagInner, s: *mut SpanHeader, slot: usize, size: 
     };
 }
 
-/// The next object of carving slot `slot`'s chunk, with its span, or `None` if
-/// the chunk is empty.
-///
-/// # Safety
-/// Under the lock of the tag, bound to `size`; no reference to the state
-/// of the chunk's span is alive.
-unsafe fn take_chunk(
-    st: &mut TagInner,
-    slot: usize,
-    size: usize,
-) -> Option<(*mut SpanHeader, NonNull<u8>)> {
-    let c = &mut st.chunks[slot];
-    let s = c.span;
-    if s.is_null() {
-        return None;
-    }
-    // SAFETY: a chunk lies inside its span, which is mapped while the
-    // chunk is set (a span that empties drops its chunks).
-    let p = unsafe { s.cast::<u8>().add(c.next as usize) };
-    c.next += size as u32;
-    if c.next >= c.end {
-        *c = NO_CHUNK;
-        // SAFETY: under the lock; the span is mapped (above).
-        unsafe { state(s).chunked &= !(1 << slot) };
-    }
-    // SAFETY: inside a mapping, so not null.
-    Some((s, unsafe { NonNull::new_unchecked(p) }))
-}
-
 /// Up to `out.len()` next objects of carving slot `slot`'s chunk, handed
-/// out (counted live) as [`take_chunk`] and [`hand_out`] would one by one;
-/// returns how many were written to `out` (0 when the chunk is empty).
+/// out (counted live, and the span unlisted when it has no room left, as
+/// [`hand_out`] does); returns how many were written to `out` (0 when the
+/// chunk is empty).
 ///
 /// # Safety
 /// Under the lock of the tag, bound to `size`; no reference to the state
