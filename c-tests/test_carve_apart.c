@@ -7,8 +7,8 @@
  * Also checks that `allocated` counts exactly the objects taken (one new
  * object per miss), and that every object comes back.
  *
- * The turns run one at a time, each on a named worker (a semaphore per
- * worker), pinned to two different CPUs when there are two. Skipped under
+ * The turns run one at a time, each on a named worker (stepper.h),
+ * pinned to two different CPUs when there are two. Skipped under
  * POOL_BACKEND=malloc (the objects are malloc's, placed as it likes).
  */
 #ifndef _GNU_SOURCE
@@ -16,10 +16,10 @@
 #endif
 #include <pools.h>
 #include "check.h"
+#include "stepper.h"
 
 #include <pthread.h>
 #include <sched.h>
-#include <semaphore.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -28,13 +28,11 @@
 #define TURNS 200u
 #define PAGE 4096u
 
+/* A thread's objects of `pool`, taken one per step. */
 struct worker {
-    pthread_t th;
-    sem_t go;
-    sem_t done;
-    int cpu;    /* -1: not pinned */
+    struct stepper thread;
+    int cpu; /* -1: not pinned */
     int pinned;
-    int quit;
     struct pool_head *pool;
     void *objs[TURNS];
     unsigned n;
@@ -43,7 +41,7 @@ struct worker {
 static void *(*volatile get)(struct pool_head *) = pool_alloc;
 static void (*volatile put)(struct pool_head *, void *) = pool_free;
 
-static void *worker_main(void *arg)
+static void pin(void *arg)
 {
     struct worker *w = arg;
     w->pinned = 1;
@@ -54,21 +52,24 @@ static void *worker_main(void *arg)
         w->pinned = pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0 &&
                     sched_getcpu() == w->cpu;
     }
-    sem_post(&w->done);
-    for (;;) {
-        sem_wait(&w->go);
-        if (w->quit)
-            break;
-        w->objs[w->n] = get(w->pool);
-        CHECK(w->objs[w->n] != NULL);
-        if (w->objs[w->n])
-            memset(w->objs[w->n], 0x5a, 16);
-        w->n++;
-        sem_post(&w->done);
-    }
+}
+
+static void take(void *arg)
+{
+    struct worker *w = arg;
+    w->objs[w->n] = get(w->pool);
+    CHECK(w->objs[w->n] != NULL);
+    if (w->objs[w->n])
+        memset(w->objs[w->n], 0x5a, 16);
+    w->n++;
+}
+
+/* Frees the thread's objects on the thread itself. */
+static void give_back(void *arg)
+{
+    struct worker *w = arg;
     for (unsigned i = 0; i < w->n; i++)
         put(w->pool, w->objs[i]);
-    return NULL;
 }
 
 static void start(struct worker *w, int cpu, struct pool_head *pool)
@@ -76,25 +77,14 @@ static void start(struct worker *w, int cpu, struct pool_head *pool)
     memset(w, 0, sizeof(*w));
     w->cpu = cpu;
     w->pool = pool;
-    CHECK(sem_init(&w->go, 0, 0) == 0);
-    CHECK(sem_init(&w->done, 0, 0) == 0);
-    CHECK(pthread_create(&w->th, NULL, worker_main, w) == 0);
-    sem_wait(&w->done);
-}
-
-static void step(struct worker *w)
-{
-    sem_post(&w->go);
-    sem_wait(&w->done);
+    stepper_start(&w->thread);
+    stepper_run(&w->thread, pin, w);
 }
 
 static void stop(struct worker *w)
 {
-    w->quit = 1;
-    sem_post(&w->go);
-    CHECK(pthread_join(w->th, NULL) == 0);
-    sem_destroy(&w->go);
-    sem_destroy(&w->done);
+    stepper_run(&w->thread, give_back, w);
+    stepper_stop(&w->thread);
 }
 
 /* Pages in which an object of `a` and an object of `b` start. */
@@ -152,8 +142,8 @@ static void run(size_t size, const int cpu[2])
     start(&wb, cpu[1], pool);
     CHECK(wa.pinned && wb.pinned);
     for (unsigned t = 0; t < TURNS; t++) {
-        step(&wa);
-        step(&wb);
+        stepper_run(&wa.thread, take, &wa);
+        stepper_run(&wb.thread, take, &wb);
     }
     struct pool_stats st;
     pool_get_stats(pool, &st);

@@ -6,69 +6,26 @@
  * likely still in that CPU's caches), and the counts stay exact.
  *
  * Both worker threads are pinned to the CPU the test starts on; the steps
- * run one at a time, each on a named worker (a semaphore per worker).
+ * run one at a time, each on a named worker (stepper.h).
  */
 #include <pools.h>
 #include "check.h"
+#include "stepper.h"
 
 #include <pthread.h>
 #include <sched.h>
-#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define OBJ_SIZE (256u * 1024u) /* > 512 KiB / 8: skips the thread cache */
 
-struct worker {
-    pthread_t th;
-    sem_t go;    /* posted by main: run `step` */
-    sem_t done;  /* posted by the worker when `step` returned */
-    void (*step)(void);
-    int quit;
-};
-
 static struct pool_head *pool;
 static unsigned char *a, *b, *c, *d;
 
-static void *worker_main(void *arg)
+static void alloc_two(void *unused)
 {
-    struct worker *w = arg;
-    for (;;) {
-        sem_wait(&w->go);
-        if (w->quit)
-            return NULL;
-        w->step();
-        sem_post(&w->done);
-    }
-}
-
-static void start(struct worker *w)
-{
-    memset(w, 0, sizeof(*w));
-    CHECK(sem_init(&w->go, 0, 0) == 0);
-    CHECK(sem_init(&w->done, 0, 0) == 0);
-    CHECK(pthread_create(&w->th, NULL, worker_main, w) == 0);
-}
-
-static void run(struct worker *w, void (*step)(void))
-{
-    w->step = step;
-    sem_post(&w->go);
-    sem_wait(&w->done);
-}
-
-static void stop(struct worker *w)
-{
-    w->quit = 1;
-    sem_post(&w->go);
-    pthread_join(w->th, NULL);
-    sem_destroy(&w->go);
-    sem_destroy(&w->done);
-}
-
-static void alloc_two(void)
-{
+    (void)unused;
     a = pool_alloc(pool);
     b = pool_alloc(pool);
     CHECK(a != NULL && b != NULL && a != b);
@@ -78,12 +35,12 @@ static void alloc_two(void)
     }
 }
 
-static void free_a(void) { pool_free(pool, a); }
-static void free_b(void) { pool_free(pool, b); }
-static void alloc_c(void) { c = pool_alloc(pool); }
-static void alloc_d(void) { d = pool_alloc(pool); }
-static void free_c(void) { pool_free(pool, c); }
-static void free_d(void) { pool_free(pool, d); }
+static void free_a(void *unused) { (void)unused; pool_free(pool, a); }
+static void free_b(void *unused) { (void)unused; pool_free(pool, b); }
+static void alloc_c(void *unused) { (void)unused; c = pool_alloc(pool); }
+static void alloc_d(void *unused) { (void)unused; d = pool_alloc(pool); }
+static void free_c(void *unused) { (void)unused; pool_free(pool, c); }
+static void free_d(void *unused) { (void)unused; pool_free(pool, d); }
 
 int main(void)
 {
@@ -105,20 +62,20 @@ int main(void)
 
     /* One after the other, so that each gets its thread cache (and with it
      * its own home bucket) before the next one exists. */
-    struct worker wa, wb;
-    start(&wa);
-    run(&wa, alloc_two);
-    start(&wb);
+    struct stepper wa, wb;
+    stepper_start(&wa);
+    stepper_run(&wa, alloc_two, NULL);
+    stepper_start(&wb);
     CHECK_COUNTS(pool, 2, 2, 0, 0);
 
     /* a, then b, leave for the shared cache from the same CPU; the next
      * allocation there, on the thread that freed a, gets b. */
-    run(&wa, free_a);
-    run(&wb, free_b);
+    stepper_run(&wa, free_a, NULL);
+    stepper_run(&wb, free_b, NULL);
     CHECK_COUNTS(pool, 2, 0, 0, 2);
-    run(&wa, alloc_c);
+    stepper_run(&wa, alloc_c, NULL);
     CHECK(c == b);
-    run(&wb, alloc_d);
+    stepper_run(&wb, alloc_d, NULL);
     CHECK(d == a);
     CHECK_COUNTS(pool, 2, 2, 0, 0);
 
@@ -131,11 +88,11 @@ int main(void)
         CHECK(d && d[4096] == 0xA1 && d[OBJ_SIZE - 1] == 0xA1);
     }
 
-    run(&wa, free_c);
-    run(&wb, free_d);
+    stepper_run(&wa, free_c, NULL);
+    stepper_run(&wb, free_d, NULL);
     CHECK_COUNTS(pool, 2, 0, 0, 2);
-    stop(&wa);
-    stop(&wb);
+    stepper_stop(&wa);
+    stepper_stop(&wb);
     CHECK(pool_destroy(pool) == NULL);
     return check_done();
 }

@@ -6,13 +6,11 @@
  * before, each one's blocks are neighbours of each other, not of the other
  * thread's.
  *
- * The steps run one at a time, each on a named worker (a semaphore per
- * worker).
+ * The steps run one at a time, each on a named worker (stepper.h).
  */
 #include "preload.h"
+#include "../stepper.h"
 
-#include <pthread.h>
-#include <semaphore.h>
 #include <stdint.h>
 
 /* A class that start-up does not use: 216 bytes land in the 224-byte
@@ -20,11 +18,9 @@
 #define REQUEST 216u
 #define TURNS 12u
 
+/* A thread's blocks, taken one per step. */
 struct worker {
-    pthread_t th;
-    sem_t go;
-    sem_t done;
-    int quit;
+    struct stepper thread;
     void *blocks[TURNS];
     unsigned n;
 };
@@ -32,41 +28,12 @@ struct worker {
 static void *(*volatile get)(size_t) = malloc;
 static void (*volatile put)(void *) = free;
 
-static void *worker_main(void *arg)
+static void take(void *arg)
 {
     struct worker *w = arg;
-    for (;;) {
-        sem_wait(&w->go);
-        if (w->quit)
-            return NULL;
-        w->blocks[w->n] = get(REQUEST);
-        CHECK(w->blocks[w->n] != NULL);
-        w->n++;
-        sem_post(&w->done);
-    }
-}
-
-static void start(struct worker *w)
-{
-    memset(w, 0, sizeof(*w));
-    CHECK(sem_init(&w->go, 0, 0) == 0);
-    CHECK(sem_init(&w->done, 0, 0) == 0);
-    CHECK(pthread_create(&w->th, NULL, worker_main, w) == 0);
-}
-
-static void step(struct worker *w)
-{
-    sem_post(&w->go);
-    sem_wait(&w->done);
-}
-
-static void stop(struct worker *w)
-{
-    w->quit = 1;
-    sem_post(&w->go);
-    CHECK(pthread_join(w->th, NULL) == 0);
-    for (unsigned i = 0; i < w->n; i++)
-        put(w->blocks[i]);
+    w->blocks[w->n] = get(REQUEST);
+    CHECK(w->blocks[w->n] != NULL);
+    w->n++;
 }
 
 /* How many of w's blocks start where the previous one ends. */
@@ -87,16 +54,20 @@ int main(void)
     CHECK(class_size == 224);
     put(probe);
 
-    struct worker wa, wb;
-    start(&wa);
-    start(&wb);
+    struct worker wa = { .n = 0 }, wb = { .n = 0 };
+    stepper_start(&wa.thread);
+    stepper_start(&wb.thread);
     for (unsigned t = 0; t < TURNS; t++) {
-        step(&wa);
-        step(&wb);
+        stepper_run(&wa.thread, take, &wa);
+        stepper_run(&wb.thread, take, &wb);
     }
     unsigned na = neighbours(&wa, class_size), nb = neighbours(&wb, class_size);
-    stop(&wa);
-    stop(&wb);
+    stepper_stop(&wa.thread);
+    stepper_stop(&wb.thread);
+    for (unsigned i = 0; i < wa.n; i++)
+        put(wa.blocks[i]);
+    for (unsigned i = 0; i < wb.n; i++)
+        put(wb.blocks[i]);
     if (na != TURNS - 1 || nb != TURNS - 1) {
         fprintf(stderr, "blocks in address order: %u and %u of %u\n", na, nb, TURNS - 1);
         return 1;
