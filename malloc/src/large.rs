@@ -33,8 +33,11 @@
 //!
 //! **Reuse.** A request takes a cached block of its class or else of the
 //! smallest larger class up to twice its pages ([`BIN_REACH`]); else the
-//! largest smaller one down to half its pages ([`BIN_GROW`]), grown with `mremap` (its pages are kept, only the
-//! added ones are fresh); else a fresh mapping.
+//! largest smaller one down to half its pages ([`BIN_GROW`]), grown with
+//! `mremap` (its pages are kept, only the added ones are fresh); else a
+//! fresh mapping. A realloc that grows a block takes a cached block up to
+//! 16 times its pages ([`GROW_REACH`]) and unmaps the block it leaves
+//! ([`resize`]); else it grows the block with `mremap`.
 //!
 //! `malloc_trim` (hence `pool_gc`, which calls the `malloc_trim` of the
 //! malloc in use) unmaps everything the cache holds.
@@ -312,6 +315,11 @@ pub(crate) fn rounded_request(size: usize) -> usize {
 /// Bins searched above a request's own class, smallest first: a cached
 /// block up to four classes larger (twice the pages) serves it.
 const BIN_REACH: usize = 4;
+/// The same for a realloc that grows a block: up to 16 classes larger (16
+/// times the pages). The cached block is resident already, a buffer that
+/// grows is likely to grow into it, and growing by `mremap` instead would
+/// fault fresh pages while the cached block stays resident beside them.
+const GROW_REACH: usize = 16;
 /// Then a block up to this many classes below is grown (at least half the
 /// pages).
 const BIN_GROW: usize = 4;
@@ -350,12 +358,12 @@ fn class_of_request(size: usize) -> Option<usize> {
 }
 
 /// A cached block of at least `size` bytes (its first words cleared), or
-/// `None` when the cache has none of its class up to [`BIN_REACH`] above,
+/// `None` when the cache has none of its class up to `reach` classes above,
 /// and (when `grow`) none up to [`BIN_GROW`] below that `mremap` can grow.
-fn take_cached(size: usize, grow: bool) -> Option<NonNull<u8>> {
+fn take_cached(size: usize, reach: usize, grow: bool) -> Option<NonNull<u8>> {
     let b = class_of_request(size)?;
     let (hit, smaller) = with_lists(|l| {
-        for j in (b..=b + BIN_REACH).filter(|&j| j < BINS) {
+        for j in (b..=b + reach).filter(|&j| j < BINS) {
             let p = l.pop(j);
             if !p.is_null() {
                 return (p, false);
@@ -424,7 +432,7 @@ unsafe fn grow_block(p: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
 /// there is one that fits), or `None` when none can be mapped. `zero`:
 /// the first `size` bytes must read as zero (a fresh mapping already does).
 pub(crate) fn obtain(size: usize, zero: bool) -> Option<NonNull<u8>> {
-    if let Some(p) = take_cached(size, true) {
+    if let Some(p) = take_cached(size, BIN_REACH, true) {
         if zero {
             // SAFETY: the block has at least `size` bytes and is the
             // caller's.
@@ -536,7 +544,58 @@ pub(crate) unsafe fn release(func: &str, p: NonNull<u8>, usable: usize) {
             return;
         }
     }
-    sub_mapped(len);
+    // SAFETY: forwarded (caller's contract).
+    unsafe { unmap_live(p, usable) };
+}
+
+/// Bytes [`move_contents`] copies before it drops the source's pages.
+const MOVE_STEP: usize = 128 << 10;
+
+/// Copies the `n` bytes of the large block `p` into `q`, dropping `p`'s
+/// pages (`MADV_DONTNEED`) as each [`MOVE_STEP`] is copied, so that the
+/// process does not hold both copies at once: `q`, taken from the cache, is
+/// resident already. `p`'s first page (its header and the cache's words)
+/// is kept; `p` reads as zero past it afterwards.
+///
+/// # Safety
+/// `p` has `n` bytes that are nobody's any more once copied, `q` has room
+/// for `n` bytes, and the two do not overlap.
+unsafe fn move_contents(p: NonNull<u8>, q: NonNull<u8>, n: usize) {
+    // `p`'s header lies at `p - large_offset()` or below (an aligned
+    // block starts further into its mapping): the pages from `dropped` on
+    // hold only the block's bytes.
+    let mut dropped = (p.as_ptr() as usize - preload::large_offset()) + PAGE;
+    let mut done = 0;
+    while done < n {
+        let step = MOVE_STEP.min(n - done);
+        // SAFETY: both ranges lie inside their blocks (caller).
+        unsafe { ptr::copy_nonoverlapping(p.as_ptr().add(done), q.as_ptr().add(done), step) };
+        done += step;
+        // The whole pages below the end of what is copied.
+        let end = (p.as_ptr() as usize + done) & !(PAGE - 1);
+        if end > dropped {
+            // SAFETY: pages of `p`'s own mapping whose bytes were copied,
+            // past its first page, so its header stays. A failure (never
+            // for a private anonymous mapping) only leaves them resident.
+            unsafe {
+                libc::madvise(
+                    dropped as *mut libc::c_void,
+                    end - dropped,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            dropped = end;
+        }
+    }
+}
+
+/// Unmaps the live large block `p` of `usable` bytes, given up by the
+/// caller, and counts it out of [`MAPPED`].
+///
+/// # Safety
+/// `p` is a live large block of ours that nobody uses any more.
+unsafe fn unmap_live(p: NonNull<u8>, usable: usize) {
+    sub_mapped(preload::large_offset() + usable);
     // SAFETY: a live large block given up by the caller.
     unsafe { preload::large_release(p) };
 }
@@ -574,17 +633,23 @@ const COPY_MAX: usize = 4 << 20;
 /// block of at most [`COPY_MAX`] bytes and the cache has one, else by
 /// remapping. `None` leaves the block as it is.
 ///
+/// The block a growth leaves behind is unmapped, not cached: a buffer that
+/// grows step by step (a sorter's, doubling from 64 KiB to 2 MiB) would
+/// otherwise leave one resident block per step that moved, kept beside the
+/// grown one, and the next growth through the same sizes finds the grown
+/// block in the cache anyway.
+///
 /// # Safety
 /// `p` is a live large block of the caller's, which it gives up if the
 /// result is another block.
 pub(crate) unsafe fn resize(p: NonNull<u8>, old: usize, size: usize) -> Option<NonNull<u8>> {
     if size > old && old <= COPY_MAX {
-        if let Some(q) = take_cached(size, false) {
+        if let Some(q) = take_cached(size, GROW_REACH, false) {
             // SAFETY: `p` has `old` live bytes and `q` at least `size >
-            // old`; two distinct blocks. Then `p` is given back (caller).
+            // old`; two distinct blocks. Then `p` is given up (caller).
             unsafe {
-                ptr::copy_nonoverlapping(p.as_ptr(), q.as_ptr(), old);
-                release("realloc", p, old);
+                move_contents(p, q, old);
+                unmap_live(p, old);
             }
             return Some(q);
         }
