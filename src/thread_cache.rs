@@ -226,10 +226,12 @@ pub(crate) fn alloc_hit(pool: &Pool) -> Option<NonNull<u8>> {
     // SAFETY: `low < top` within the array: the slot below `top` holds a
     // cached object of this pool, which is ours from now on.
     unsafe {
-        let top = top.sub(1);
-        let obj = *top;
-        e.top.store(top, Relaxed);
+        let obj = *top.sub(1);
         clear_key(obj);
+        // `top` read again after the store into the object (which might
+        // alias it as far as the compiler knows): the update compiles to
+        // one subtraction in memory.
+        e.top.store(e.top.load(Relaxed).sub(1), Relaxed);
         Some(NonNull::new_unchecked(obj))
     }
 }
@@ -261,7 +263,8 @@ pub(crate) unsafe fn free_hit(pool: &Pool, obj: NonNull<u8>) -> bool {
     // SAFETY: `top < limit <= end`: a slot of the array; the object is ours.
     unsafe {
         *top = obj.as_ptr();
-        e.top.store(top.add(1), Relaxed);
+        // Read again after the store into the slot, as in `alloc_hit`.
+        e.top.store(e.top.load(Relaxed).add(1), Relaxed);
         key.write(stamp);
     }
     true
