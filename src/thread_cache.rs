@@ -96,8 +96,6 @@ const BATCH_BYTES: usize = 4096;
 
 /// log2 of `size_of::<Entry>()`.
 const ENTRY_SHIFT: u32 = 6;
-/// Masks a pool's `entry_off` into the table, whatever the handle holds.
-pub(crate) const ENTRY_MASK: u32 = ((MAX_POOLS - 1) << ENTRY_SHIFT) as u32;
 
 /// A pool's byte offset of its entry in every thread's table.
 pub(crate) const fn entry_offset(slot: usize) -> u32 {
@@ -197,13 +195,15 @@ impl Drop for ExitGuard {
     }
 }
 
-/// The entry at byte offset `off` of this thread's table (of `tls::EMPTY` if
-/// the thread has no cache).
+/// The entry of `pool` in this thread's table (in `tls::EMPTY` if the
+/// thread has no cache).
 #[inline(always)]
-fn entry_at(off: u32) -> &'static Entry {
+fn entry_of(pool: &Pool) -> &'static Entry {
     // SAFETY: the word points to this thread's cache or to EMPTY, both of
-    // which hold a whole table, and the mask keeps the offset inside it.
-    unsafe { &*tls::get().add((off & ENTRY_MASK) as usize).cast::<Entry>() }
+    // which hold a whole table, and every head's `entry_off` is the offset
+    // of its slot's entry, set when the head is made and rewritten with
+    // the same value when it is reused (its slot never changes).
+    unsafe { &*tls::get().add(pool.entry_off as usize).cast::<Entry>() }
 }
 
 /// The hit path of an allocation: the newest cached object of `pool`, or
@@ -215,7 +215,7 @@ pub(crate) fn alloc_hit(pool: &Pool) -> Option<NonNull<u8>> {
     // published the handle; a destroy racing with this call is the
     // caller's bug, which the registry makes harmless (module docs).
     let stamp = pool.stamp.load(Relaxed);
-    let e = entry_at(pool.entry_off);
+    let e = entry_of(pool);
     if e.own_key() != stamp {
         return None;
     }
@@ -246,7 +246,7 @@ pub(crate) fn alloc_hit(pool: &Pool) -> Option<NonNull<u8>> {
 pub(crate) unsafe fn free_hit(pool: &Pool, obj: NonNull<u8>) -> bool {
     // Relaxed: as in `alloc_hit`.
     let stamp = pool.stamp.load(Relaxed);
-    let e = entry_at(pool.entry_off);
+    let e = entry_of(pool);
     if e.own_key() != stamp {
         return false;
     }
