@@ -149,13 +149,16 @@ impl Handle {
     }
 }
 
-/// A handle and the word in front of it.
+/// A handle and the zero words around it.
 #[repr(C, align(64))]
 struct HandleRow {
     /// Never written: zero, no pool's stamp. A thread with no cache reads it
     /// as the key of the pool's entry (its bias is `tls::NO_CACHE`).
     no_entry: core::cell::UnsafeCell<u64>,
     handle: Handle,
+    /// Never written: zero, so that every byte of the row is initialised
+    /// (the row is what such a thread takes for the entry).
+    rest: core::cell::UnsafeCell<[u64; 5]>,
 }
 
 /// Bytes from one handle to the next.
@@ -179,16 +182,17 @@ static HANDLES: Handles = Handles(
                 stamp: AtomicU64::new(0),
                 pool: AtomicPtr::new(ptr::null_mut()),
             },
+            rest: core::cell::UnsafeCell::new([0; 5]),
         }
     }; MAX_POOLS],
 );
 
-/// The handle of slot `slot`. Its address is exposed: the hit path makes
-/// the address of the pool's entry in a thread's table from it.
+/// The handle of slot `slot`. The array's address is exposed: the hit path
+/// makes the address of an entry from a handle's (which, in a thread
+/// without a cache, is the handle's row).
 pub(crate) fn handle_of_slot(slot: usize) -> &'static Handle {
-    let h = &HANDLES.0[slot].handle;
-    let _ = ptr::from_ref(h).expose_provenance();
-    h
+    let _ = ptr::from_ref(&HANDLES).expose_provenance();
+    &HANDLES.0[slot].handle
 }
 
 /// The address of slot 0's handle: a thread whose table of entries (one per

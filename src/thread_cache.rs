@@ -155,8 +155,9 @@ impl Taken {
 /// The entry a thread without a cache reads where there is no bias: zero,
 /// whose key is no pool's stamp. Never written.
 struct NoEntry(Entry);
-// SAFETY: never written (a hit needs a key that matches a stamp, and no
-// stamp is 0), so sharing it between threads races with nothing.
+// SAFETY: never written: its key (0) is no pool's stamp (only a handle no
+// pool has had has a zero stamp, and then the entry's top and bounds, all
+// null, make both hit paths miss), so sharing it races with nothing.
 unsafe impl Sync for NoEntry {}
 // SAFETY: all-zero is a valid Entry (the unbound state).
 static NO_ENTRY: NoEntry = NoEntry(unsafe { core::mem::zeroed() });
