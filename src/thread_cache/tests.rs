@@ -368,11 +368,11 @@ fn a_thread_without_a_cache_misses_on_both_hit_paths() {
     // SAFETY: given back to `p` once.
     unsafe { p.free(obj) };
     let obj = p.alloc().unwrap();
-    let addr = obj.as_ptr().expose_provenance();
+    let shared = core::sync::atomic::AtomicPtr::new(obj.as_ptr());
     std::thread::spawn(move || {
         assert!(ThreadCache::existing().is_none());
         assert_eq!(p.handle.alloc_hit(), None);
-        let obj = NonNull::new(core::ptr::with_exposed_provenance_mut::<u8>(addr)).unwrap();
+        let obj = NonNull::new(shared.into_inner()).unwrap();
         // SAFETY: an aligned object of `p`; a miss leaves it to us.
         assert!(!unsafe { p.handle.free_hit(obj) });
         assert!(ThreadCache::existing().is_none());
