@@ -10,7 +10,7 @@
 // instead of a Rust-only "# Safety" section.
 #![allow(non_camel_case_types, clippy::missing_safety_doc)]
 
-use crate::head::Pool;
+use crate::head::{Handle, Pool};
 use crate::registry::{self, Destroyed};
 use crate::{options, os};
 use core::ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_ulonglong, c_void, CStr};
@@ -61,7 +61,7 @@ fn set_errno(e: c_int) {
 /// # Safety
 /// `pool` is null or a handle from pool_create (possibly destroyed).
 #[inline]
-unsafe fn live<'a>(pool: *const Pool) -> Option<&'a Pool> {
+unsafe fn live<'a>(pool: *const Handle) -> Option<&'a Pool> {
     // SAFETY: forwarded from the caller.
     let p = unsafe { Pool::from_handle(pool) };
     if p.is_none() {
@@ -92,7 +92,11 @@ unsafe fn live<'a>(pool: *const Pool) -> Option<&'a Pool> {
 /// POOL_MAX_SIZE, or an unknown flag; NULL with ENOMEM when memory or pool
 /// slots (4096 live pools) run out. Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn pool_create(name: *const c_char, size: usize, flags: c_uint) -> *mut Pool {
+pub unsafe extern "C" fn pool_create(
+    name: *const c_char,
+    size: usize,
+    flags: c_uint,
+) -> *mut Handle {
     if name.is_null() {
         set_errno(libc::EINVAL);
         return ptr::null_mut();
@@ -100,7 +104,7 @@ pub unsafe extern "C" fn pool_create(name: *const c_char, size: usize, flags: c_
     // SAFETY: a non-null name is a NUL-terminated string (C contract).
     let name = unsafe { CStr::from_ptr(name) };
     match registry::create(name, size, flags) {
-        Ok(p) => ptr::from_ref(p).cast_mut(),
+        Ok(p) => p.handle.as_ptr(),
         Err(e) => {
             set_errno(e.errno());
             ptr::null_mut()
@@ -115,7 +119,7 @@ pub unsafe extern "C" fn pool_create_or_abort(
     name: *const c_char,
     size: usize,
     flags: c_uint,
-) -> *mut Pool {
+) -> *mut Handle {
     // SAFETY: same contract as pool_create.
     let p = unsafe { pool_create(name, size, flags) };
     if p.is_null() {
@@ -154,7 +158,7 @@ pub unsafe extern "C" fn pool_create_or_abort(
 /// the poison byte under the `poison` debugging option). Any thread may call
 /// it; the object may be freed by any thread.
 #[no_mangle]
-pub unsafe extern "C" fn pool_alloc(pool: *mut Pool) -> *mut c_void {
+pub unsafe extern "C" fn pool_alloc(pool: *mut Handle) -> *mut c_void {
     if !pool.is_null() {
         // SAFETY: a non-null `pool` is a handle from pool_create (C
         // contract), live or destroyed: heads are never unmapped.
@@ -172,7 +176,7 @@ pub unsafe extern "C" fn pool_alloc(pool: *mut Pool) -> *mut c_void {
 /// the stack at entry, since pool_alloc jumps here) becomes the second
 /// argument of `pool_alloc_at`, for the `caller` option: a jump, no frame.
 #[cfg_attr(all(target_arch = "x86_64", not(miri)), unsafe(naked))]
-unsafe extern "C" fn pool_alloc_miss(pool: *mut Pool) -> *mut c_void {
+unsafe extern "C" fn pool_alloc_miss(pool: *mut Handle) -> *mut c_void {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     core::arch::naked_asm!("mov rsi, [rsp]", "jmp {}", sym pool_alloc_at);
     #[cfg(not(all(target_arch = "x86_64", not(miri))))]
@@ -183,7 +187,7 @@ unsafe extern "C" fn pool_alloc_miss(pool: *mut Pool) -> *mut c_void {
 }
 
 /// pool_alloc called from `caller`, past the hit path.
-unsafe extern "C" fn pool_alloc_at(pool: *mut Pool, caller: usize) -> *mut c_void {
+unsafe extern "C" fn pool_alloc_at(pool: *mut Handle, caller: usize) -> *mut c_void {
     // SAFETY: `pool` is NULL or a pool handle (C contract).
     let Some(pool) = (unsafe { live(pool) }) else {
         return ptr::null_mut();
@@ -211,7 +215,7 @@ unsafe extern "C" fn pool_alloc_at(pool: *mut Pool, caller: usize) -> *mut c_voi
 /// Like pool_alloc, with the object's bytes set to zero.
 #[cfg_attr(all(target_arch = "x86_64", not(miri)), unsafe(naked))]
 #[no_mangle]
-pub unsafe extern "C" fn pool_zalloc(pool: *mut Pool) -> *mut c_void {
+pub unsafe extern "C" fn pool_zalloc(pool: *mut Handle) -> *mut c_void {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     core::arch::naked_asm!("mov rsi, [rsp]", "jmp {}", sym pool_zalloc_at);
     #[cfg(not(all(target_arch = "x86_64", not(miri))))]
@@ -222,7 +226,7 @@ pub unsafe extern "C" fn pool_zalloc(pool: *mut Pool) -> *mut c_void {
 }
 
 /// pool_zalloc called from `caller`.
-unsafe extern "C" fn pool_zalloc_at(pool: *mut Pool, caller: usize) -> *mut c_void {
+unsafe extern "C" fn pool_zalloc_at(pool: *mut Handle, caller: usize) -> *mut c_void {
     // SAFETY: `pool` is NULL or a pool handle (C contract).
     let Some(pool) = (unsafe { live(pool) }) else {
         return ptr::null_mut();
@@ -252,7 +256,7 @@ unsafe extern "C" fn pool_zalloc_at(pool: *mut Pool, caller: usize) -> *mut c_vo
 /// `integrity` debugging option was set when the pool was created (then it
 /// aborts with a message).
 #[no_mangle]
-pub unsafe extern "C" fn pool_free(pool: *mut Pool, ptr: *mut c_void) {
+pub unsafe extern "C" fn pool_free(pool: *mut Handle, ptr: *mut c_void) {
     let Some(obj) = NonNull::new(ptr.cast::<u8>()) else {
         return;
     };
@@ -275,7 +279,7 @@ pub unsafe extern "C" fn pool_free(pool: *mut Pool, ptr: *mut c_void) {
 
 /// pool_free past the hit path (see `pool_alloc_miss`).
 #[cfg_attr(all(target_arch = "x86_64", not(miri)), unsafe(naked))]
-unsafe extern "C" fn pool_free_miss(pool: *mut Pool, ptr: *mut c_void) {
+unsafe extern "C" fn pool_free_miss(pool: *mut Handle, ptr: *mut c_void) {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     core::arch::naked_asm!("mov rdx, [rsp]", "jmp {}", sym pool_free_at);
     #[cfg(not(all(target_arch = "x86_64", not(miri))))]
@@ -286,7 +290,7 @@ unsafe extern "C" fn pool_free_miss(pool: *mut Pool, ptr: *mut c_void) {
 }
 
 /// pool_free called from `caller`, past the hit path.
-unsafe extern "C" fn pool_free_at(pool: *mut Pool, ptr: *mut c_void, caller: usize) {
+unsafe extern "C" fn pool_free_at(pool: *mut Handle, ptr: *mut c_void, caller: usize) {
     let Some(obj) = NonNull::new(ptr.cast::<u8>()) else {
         return;
     };
@@ -309,14 +313,14 @@ unsafe extern "C" fn pool_free_at(pool: *mut Pool, ptr: *mut c_void, caller: usi
     if unsafe { pool.free_slow(obj, caller) } {
         set_errno(saved);
     } else {
-        dead_pool_free(pool, obj);
+        dead_pool_free(pool.handle, obj);
     }
 }
 
 /// pool_free into a pool that is dead: EINVAL, and a line on stderr (for
 /// the first few), since the object is lost to the caller's bookkeeping.
 #[cold]
-fn dead_pool_free(pool: *const Pool, obj: NonNull<u8>) {
+fn dead_pool_free(pool: *const Handle, obj: NonNull<u8>) {
     use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
     static SHOWN: AtomicU32 = AtomicU32::new(0);
     set_errno(libc::EINVAL);
@@ -338,7 +342,7 @@ fn dead_pool_free(pool: *const Pool, obj: NonNull<u8>) {
 /// underneath (a span is unmapped once all its objects are back, see
 /// pool_create). Objects in thread caches stay. NULL does nothing.
 #[no_mangle]
-pub unsafe extern "C" fn pool_flush(pool: *mut Pool) {
+pub unsafe extern "C" fn pool_flush(pool: *mut Handle) {
     if pool.is_null() {
         return;
     }
@@ -355,7 +359,7 @@ pub unsafe extern "C" fn pool_flush(pool: *mut Pool) {
 /// pool_trim_count), unless the environment says POOL_TRIM=0. The argument
 /// is unused: pass NULL.
 #[no_mangle]
-pub extern "C" fn pool_gc(pool: *mut Pool) {
+pub extern "C" fn pool_gc(pool: *mut Handle) {
     let _ = pool;
     registry::gc();
 }
@@ -369,7 +373,7 @@ pub extern "C" fn pool_gc(pool: *mut Pool) {
 /// errno EINVAL (destroyed heads are recycled, so this detection lasts until
 /// a new pool reuses the head).
 #[no_mangle]
-pub unsafe extern "C" fn pool_destroy(pool: *mut Pool) -> *mut c_void {
+pub unsafe extern "C" fn pool_destroy(pool: *mut Handle) -> *mut c_void {
     if pool.is_null() {
         return ptr::null_mut();
     }
@@ -392,7 +396,7 @@ pub unsafe extern "C" fn pool_destroy(pool: *mut Pool) -> *mut c_void {
 /// Fills `*out` with the pool's counters. Returns 0, or -1 with errno
 /// EINVAL when either pointer is NULL or the pool is not live.
 #[no_mangle]
-pub unsafe extern "C" fn pool_get_stats(pool: *const Pool, out: *mut pool_stats) -> c_int {
+pub unsafe extern "C" fn pool_get_stats(pool: *const Handle, out: *mut pool_stats) -> c_int {
     // SAFETY: `pool` is NULL or a pool handle (C contract).
     let Some(pool) = (unsafe { live(pool) }) else {
         return -1;
@@ -421,7 +425,7 @@ pub unsafe extern "C" fn pool_get_stats(pool: *const Pool, out: *mut pool_stats)
 /// Sets how many idle objects pool_gc leaves in the pool. Returns 0, or -1
 /// with errno EINVAL for a NULL or dead pool.
 #[no_mangle]
-pub unsafe extern "C" fn pool_set_minavail(pool: *mut Pool, minavail: c_ulong) -> c_int {
+pub unsafe extern "C" fn pool_set_minavail(pool: *mut Handle, minavail: c_ulong) -> c_int {
     // SAFETY: `pool` is NULL or a pool handle (C contract).
     let Some(pool) = (unsafe { live(pool) }) else {
         return -1;
@@ -553,7 +557,7 @@ pub unsafe extern "C" fn pool_set_debugging(opts: *const c_char) -> c_int {
 /// may fail where the cap had room for exactly one). Returns 0, or -1 with
 /// errno EINVAL for a NULL or dead pool. Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn pool_set_limit(pool: *mut Pool, limit: c_ulong) -> c_int {
+pub unsafe extern "C" fn pool_set_limit(pool: *mut Handle, limit: c_ulong) -> c_int {
     // SAFETY: `pool` is NULL or a pool handle (C contract).
     let Some(pool) = (unsafe { live(pool) }) else {
         return -1;
@@ -729,7 +733,7 @@ pub extern "C" fn pool_trim_count() -> c_ulong {
 /// without taking any lock. Returns 0 with errno EINVAL for a NULL or dead
 /// pool. Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn pool_size(pool: *const Pool) -> usize {
+pub unsafe extern "C" fn pool_size(pool: *const Handle) -> usize {
     // SAFETY: `pool` is NULL or a pool handle (C contract).
     match unsafe { live(pool) } {
         Some(pool) => pool.size,
@@ -740,7 +744,7 @@ pub unsafe extern "C" fn pool_size(pool: *const Pool) -> usize {
 /// The cap pool_set_limit set on the pool's `allocated` counter (0: no
 /// cap). Returns 0 with errno EINVAL for a NULL or dead pool. Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn pool_get_limit(pool: *const Pool) -> c_ulong {
+pub unsafe extern "C" fn pool_get_limit(pool: *const Handle) -> c_ulong {
     // SAFETY: `pool` is NULL or a pool handle (C contract).
     match unsafe { live(pool) } {
         // Relaxed: a setting, read on its own.

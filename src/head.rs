@@ -17,9 +17,9 @@ use crate::{os, span};
 use core::cell::Cell;
 use core::ffi::CStr;
 use core::mem::size_of;
-use core::ptr::NonNull;
+use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering::{Relaxed, Release};
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
 
 /// May be merged with another shareable pool of the same rounded size.
 pub const POOL_F_SHARED: u32 = 1;
@@ -103,25 +103,128 @@ impl Layout {
     }
 }
 
+/// A pool of objects of one size: the opaque handle pool_create returns.
+//
+// The part of a pool the hit path reads. Handles are an array in slot
+// order, `HANDLES`, laid out like the entries of a thread cache's table, so
+// that a thread finds a pool's entry as the handle's address plus a
+// per-thread number, with no load from the pool (`thread_cache`). A handle
+// names the same head for ever (a head keeps its slot), and is never
+// unmapped.
+pub struct Handle {
+    /// What the hit path compares with a thread-cache entry's key: the
+    /// pool's `key` while it is live and has no debugging flags, `key | 1`
+    /// otherwise, which no entry holds (see `thread_cache`).
+    pub(crate) stamp: AtomicU64,
+    /// The head, from its first life on; null before.
+    pool: AtomicPtr<Pool>,
+}
+
+impl Handle {
+    /// The head a handle names, live or not; `None` for NULL, a misaligned
+    /// pointer, or a handle no pool has had.
+    ///
+    /// # Safety
+    /// `h` is null or points to readable memory of a `Handle`.
+    #[inline]
+    pub(crate) unsafe fn head<'a>(h: *const Handle) -> Option<&'a Pool> {
+        if h.is_null() || !h.is_aligned() {
+            return None;
+        }
+        // SAFETY: non-null and aligned, readable by the caller's contract;
+        // a head is never unmapped. Relaxed: as in `Pool::from_handle`.
+        unsafe { (*h).pool.load(Relaxed).as_ref() }
+    }
+
+    /// The slot of this handle, if it is one of [`HANDLES`].
+    pub(crate) fn slot(&self) -> Option<usize> {
+        let off = ptr::from_ref(self).addr().wrapping_sub(first_handle_addr());
+        (off.is_multiple_of(HANDLE_STRIDE) && off / HANDLE_STRIDE < MAX_POOLS)
+            .then_some(off / HANDLE_STRIDE)
+    }
+
+    /// The C pointer of this handle.
+    pub fn as_ptr(&self) -> *mut Handle {
+        ptr::from_ref(self).cast_mut()
+    }
+}
+
+/// A handle and the zero words around it.
+#[repr(C, align(64))]
+struct HandleRow {
+    /// Never written: zero, no pool's stamp. A thread with no cache reads it
+    /// as the key of the pool's entry (its bias is `tls::NO_CACHE`).
+    no_entry: core::cell::UnsafeCell<u64>,
+    handle: Handle,
+    /// Never written: zero, so that every byte of the row is initialised
+    /// (the row is what such a thread takes for the entry).
+    rest: core::cell::UnsafeCell<[u64; 5]>,
+}
+
+/// Bytes from one handle to the next.
+pub(crate) const HANDLE_STRIDE: usize = size_of::<HandleRow>();
+
+const _: () = assert!(HANDLE_STRIDE == 64);
+const _: () = assert!(
+    core::mem::offset_of!(HandleRow, handle) - core::mem::offset_of!(HandleRow, no_entry)
+        == crate::tls::NO_CACHE.wrapping_neg()
+);
+
+/// Every handle, by slot: zero (`.bss`) until a pool takes it.
+struct Handles([HandleRow; MAX_POOLS]);
+// SAFETY: the handles' fields are atomics; `no_entry` is never written.
+unsafe impl Sync for Handles {}
+static HANDLES: Handles = Handles(
+    [const {
+        HandleRow {
+            no_entry: core::cell::UnsafeCell::new(0),
+            handle: Handle {
+                stamp: AtomicU64::new(0),
+                pool: AtomicPtr::new(ptr::null_mut()),
+            },
+            rest: core::cell::UnsafeCell::new([0; 5]),
+        }
+    }; MAX_POOLS],
+);
+
+/// The handle of slot `slot`. The array's address is exposed: the hit path
+/// makes the address of an entry from a handle's (which, in a thread
+/// without a cache, is the handle's row).
+pub(crate) fn handle_of_slot(slot: usize) -> &'static Handle {
+    let _ = ptr::from_ref(&HANDLES).expose_provenance();
+    &HANDLES.0[slot].handle
+}
+
+/// The address of slot 0's handle: a thread whose table of entries (one per
+/// slot, `HANDLE_STRIDE` bytes apart) is at `t` has the bias `t` minus this.
+pub(crate) fn first_handle_addr() -> usize {
+    ptr::from_ref(&HANDLES.0[0].handle).addr()
+}
+
+/// Most pools alive at once (after merging); `pool_create` fails beyond.
+#[cfg(not(miri))]
+pub(crate) const MAX_POOLS: usize = 4096;
+/// Under Miri fewer: every `&ThreadCache` is retagged over its whole table
+/// (Stacked Borrows tracks each byte); the tests use few slots.
+#[cfg(miri)]
+pub(crate) const MAX_POOLS: usize = 256;
+
 /// `magic` of a live pool; anything else is a destroyed or foreign head.
 const LIVE: u32 = 0x706f_6f6c; // "pool"
 const DEAD: u32 = 0x6465_6164; // "dead"
 /// `magic` of a dead head on the registry's free list.
 const FREE: u32 = 0x6672_6565; // "free"
 
-/// A pool of objects of one size: the opaque handle pool_create returns.
+/// A pool of objects of one size, behind its [`Handle`].
 //
 // Heads live in metadata memory and are recycled, never released, so a
 // stale handle still reads a DEAD magic until its head is reused, which the
 // registry does only once no object and no thread-cache entry of the dead
 // pool is left.
 pub struct Pool {
-    /// What the hit path compares with a thread-cache entry's key: `key`
-    /// while the pool is live and has no debugging flags, `key | 1`
-    /// otherwise, which no entry holds (see `thread_cache`).
-    pub(crate) stamp: AtomicU64,
-    /// Byte offset of this pool's entry in every thread cache's table.
-    pub(crate) entry_off: u32,
+    /// The handle `pool_create` gives out for this head (the same through
+    /// all its lives: a head keeps its slot).
+    pub(crate) handle: &'static Handle,
     magic: AtomicU32,
     /// This incarnation's random key (bit 0 clear, never 0): bound entries
     /// hold it, and so does every free object of the pool.
@@ -146,7 +249,7 @@ pub struct Pool {
     pub(crate) debug: u32,
     /// `debug` plus the bits switched on while the pool lives (`DBG_FAIL`,
     /// `DBG_PROFILE`, see [`Pool::enable_debug`]); anything but 0 sends
-    /// alloc and free to the debug path (and sets bit 0 of `stamp`, which
+    /// alloc and free to the debug path (and sets bit 0 of the handle's `stamp`, which
     /// is what the hit path tests).
     pub(crate) debug_live: AtomicU32,
     /// Where an object's parts are (see `debug`); fixed at creation.
@@ -206,13 +309,12 @@ pub struct Stats {
 }
 
 impl Pool {
-    /// A live, empty pool in slot `slot` (its entry at `entry_off` in every
-    /// thread cache's table), its objects from `backend`, with
+    /// A live, empty pool in slot `slot` (its handle `handle_of_slot(slot)`),
+    /// its objects from `backend`, with
     /// the debugging flags `debug` (`poison` the poison byte).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         slot: usize,
-        entry_off: u32,
         size: usize,
         flags: u32,
         backend: Backend,
@@ -224,12 +326,7 @@ impl Pool {
         debug_assert!(layout.total >= size.max(MIN_OBJECT));
         debug_assert!(key != 0 && key & 1 == 0);
         Pool {
-            stamp: AtomicU64::new(if debug | options::runtime_debug() == 0 {
-                key
-            } else {
-                key | 1
-            }),
-            entry_off,
+            handle: handle_of_slot(slot),
             magic: AtomicU32::new(LIVE),
             key,
             life: Lifecycle::new(),
@@ -258,15 +355,12 @@ impl Pool {
     /// The pool behind a C handle, if it is a live pool.
     ///
     /// # Safety
-    /// `p` is null or points to readable memory of a `Pool` (a handle from
-    /// `pool_create`, live or destroyed: heads are never unmapped).
+    /// `h` is null or points to readable memory of a `Handle` (one from
+    /// `pool_create`, live or destroyed: handles are never unmapped).
     #[inline]
-    pub(crate) unsafe fn from_handle<'a>(p: *const Pool) -> Option<&'a Pool> {
-        if p.is_null() || !p.is_aligned() {
-            return None;
-        }
-        // SAFETY: non-null and aligned, readable by the caller's contract.
-        let pool = unsafe { &*p };
+    pub(crate) unsafe fn from_handle<'a>(h: *const Handle) -> Option<&'a Pool> {
+        // SAFETY: forwarded.
+        let pool = unsafe { Handle::head(h) }?;
         // Relaxed: the handle reached the caller through whatever
         // synchronisation published it; magic is only a misuse check.
         (pool.magic.load(Relaxed) == LIVE).then_some(pool)
@@ -276,10 +370,10 @@ impl Pool {
     /// recycled head or something else), for the message of a free into it.
     ///
     /// # Safety
-    /// As for [`Pool::from_handle`], and `p` is not null.
-    pub(crate) unsafe fn is_destroyed_handle(p: *const Pool) -> bool {
+    /// As for [`Pool::from_handle`].
+    pub(crate) unsafe fn is_destroyed_handle(h: *const Handle) -> bool {
         // SAFETY: per the contract.
-        p.is_aligned() && unsafe { (*p).magic.load(Relaxed) } == DEAD
+        unsafe { Handle::head(h) }.is_some_and(|p| p.magic.load(Relaxed) == DEAD)
     }
 
     /// Marks the head destroyed, so later calls with it fail with EINVAL
@@ -287,7 +381,7 @@ impl Pool {
     pub(crate) fn kill(&self) {
         // Relaxed: the hit path's and the handle check's hints; the
         // handshake with the thread caches is the lifecycle word.
-        self.stamp.store(self.key | 1, Relaxed);
+        self.handle.stamp.store(self.key | 1, Relaxed);
         self.magic.store(DEAD, Relaxed);
         self.life.kill();
         // Relaxed: a hint (see `destroys`).
@@ -309,7 +403,7 @@ impl Pool {
     pub(crate) fn enable_debug(&self, bits: u32) {
         debug_assert_eq!(bits & !DBG_RUNTIME, 0, "not a run-time bit");
         self.debug_live.fetch_or(bits & DBG_RUNTIME, Relaxed);
-        self.stamp.fetch_or(1, Relaxed);
+        self.handle.stamp.fetch_or(1, Relaxed);
     }
 
     /// Pins the pool for one call, or `None` if it is dead.
@@ -356,9 +450,21 @@ impl Pool {
         free
     }
 
-    /// Marks a recycled head (or a new one) live.
+    /// Marks a recycled head (or a new one) live, and its handle: the
+    /// handle names this head, and its stamp is this life's key (with bit
+    /// 0 set if the pool has debugging options).
     pub(crate) fn revive(&self) {
         self.life.revive();
+        // Relaxed: the handle reaches a caller through whatever publishes
+        // it, after this; a stale handle's call racing with the reuse of
+        // its head is the caller's bug (as for `magic`).
+        self.handle
+            .pool
+            .store(ptr::from_ref(self).cast_mut(), Relaxed);
+        let debug = self.debug_live.load(Relaxed) != 0;
+        self.handle
+            .stamp
+            .store(if debug { self.key | 1 } else { self.key }, Relaxed);
         self.magic.store(LIVE, Release);
     }
 

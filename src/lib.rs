@@ -74,7 +74,7 @@ mod sync;
 mod thread_cache;
 mod tls;
 
-pub use head::{Pool, Stats, POOL_F_EXACT, POOL_F_SHARED, POOL_MAX_SIZE};
+pub use head::{Handle, Pool, Stats, POOL_F_EXACT, POOL_F_SHARED, POOL_MAX_SIZE};
 pub use options::{cache_size, shared_cache_name, POOL_DEFAULT_CACHE_SIZE};
 
 /// Sets the per-thread cache budget; the calling thread's cache fits it

@@ -5,7 +5,7 @@
 
 use crate::backing::{self, Backend};
 use crate::debug;
-use crate::head::{self, clear_key, Pool};
+use crate::head::{self, clear_key, Handle, Pool};
 use crate::options::{DBG_COLD_FIRST, DBG_FAIL, DBG_NO_CACHE, DBG_PROFILE};
 use crate::os;
 use crate::shared_cache::{Cluster, Item};
@@ -40,6 +40,26 @@ impl MallocFrees {
     }
 }
 
+impl Handle {
+    /// The hit path of [`Pool::alloc`] through the pool's handle: `None`
+    /// sends the caller to the slow path (see `thread_cache`).
+    #[inline(always)]
+    pub fn alloc_hit(&self) -> Option<NonNull<u8>> {
+        thread_cache::alloc_hit(self)
+    }
+
+    /// The hit path of [`Pool::free`] through the pool's handle: false if
+    /// the object must take the slow path.
+    ///
+    /// # Safety
+    /// As for [`Pool::free`] on the handle's pool, with `obj` aligned.
+    #[inline(always)]
+    pub(crate) unsafe fn free_hit(&self, obj: NonNull<u8>) -> bool {
+        // SAFETY: forwarded.
+        unsafe { thread_cache::free_hit(self, obj) }
+    }
+}
+
 impl Pool {
     /// One object: the newest in this thread's cache, else a cluster from
     /// the shared cache, else a new one. On failure, runs `pool_gc` and
@@ -55,25 +75,14 @@ impl Pool {
     /// sends the caller to [`Pool::alloc`].
     #[inline(always)]
     pub fn alloc_hit(&self) -> Option<NonNull<u8>> {
-        thread_cache::alloc_hit(self)
-    }
-
-    /// The hit path of [`Pool::free`] alone: false if the object must take
-    /// the slow path.
-    ///
-    /// # Safety
-    /// As for [`Pool::free`], with `obj` aligned.
-    #[inline(always)]
-    pub(crate) unsafe fn free_hit(&self, obj: NonNull<u8>) -> bool {
-        // SAFETY: forwarded.
-        unsafe { thread_cache::free_hit(self, obj) }
+        thread_cache::alloc_hit(self.handle)
     }
 
     /// [`Pool::alloc`] for a call made from the return address `caller`
     /// (kept by the `caller` debugging option).
     #[inline(always)]
     pub fn alloc_from(&self, caller: usize) -> Option<NonNull<u8>> {
-        thread_cache::alloc_hit(self).or_else(|| self.alloc_slow(caller))
+        thread_cache::alloc_hit(self.handle).or_else(|| self.alloc_slow(caller))
     }
 
     /// [`Pool::alloc_from`] past the hit path: a debugging pool, no thread
@@ -254,7 +263,7 @@ impl Pool {
     #[inline(always)]
     pub unsafe fn free_from(&self, obj: NonNull<u8>, caller: usize) {
         // SAFETY: forwarded.
-        if !unsafe { thread_cache::free_hit(self, obj) } {
+        if !unsafe { thread_cache::free_hit(self.handle, obj) } {
             // SAFETY: forwarded. A dead pool's object stays the caller's.
             let _ = unsafe { self.free_slow(obj, caller) };
         }

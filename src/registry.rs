@@ -356,7 +356,6 @@ fn create_with(
             unsafe {
                 head.as_ptr().write(Pool::new(
                     slot,
-                    thread_cache::entry_offset(slot),
                     size,
                     flags,
                     backend,
@@ -386,7 +385,6 @@ fn create_with(
             unsafe {
                 head.as_ptr().write(Pool::new(
                     reg.slots,
-                    thread_cache::entry_offset(reg.slots),
                     size,
                     flags,
                     backend,
@@ -470,7 +468,7 @@ pub fn destroy(pool: &'static Pool) -> Result<Destroyed, Error> {
         let mut reg = lock();
         // Re-check under the lock: two threads may race to destroy one pool.
         // SAFETY: `pool` is a pool head.
-        if unsafe { Pool::from_handle(pool) }.is_none() {
+        if unsafe { Pool::from_handle(pool.handle) }.is_none() {
             return Err(Error::Invalid);
         }
         if in_use(&reg, pool) {

@@ -54,13 +54,23 @@
 //! that run once per cluster of objects.
 //!
 //! **Keys.** Each live pool has a random 64-bit key; an entry bound to it
-//! holds the same key. The hit path compares the pool's `stamp` with the
-//! entry's key: `stamp` equals the key while the pool is live and plain, and
-//! has bit 0 set while the pool is dead or has debugging options, which no
-//! entry key has, so one comparison checks the handle, the entry's binding
-//! and the debug switch. The key is also written into every freed object
-//! at [`KEY_OFFSET`], and cleared on every hand-out: a free that finds it
-//! already there is a double free (see `Pool::free`).
+//! holds the same key. The hit path compares the `stamp` of the pool's
+//! handle with the entry's key: `stamp` equals the key while the pool is
+//! live and plain, and has bit 0 set while the pool is dead or has debugging
+//! options, which no entry key has, so one comparison checks the handle,
+//! the entry's binding and the debug switch. The key is also written into
+//! every freed object at [`KEY_OFFSET`], and cleared on every hand-out: a
+//! free that finds it already there is a double free (see `Pool::free`).
+//!
+//! **Finding the entry.** The handles (`head::Handle`) are an array in slot
+//! order, 64 bytes apart, as the entries of every table are; the thread's
+//! *bias* (`tls`) is its table's address minus the first handle's, so an
+//! entry is the handle's address plus the bias: two loads (the TLS word
+//! through the GOT) and no load from the handle but its stamp. A thread
+//! with no cache has a bias that lands on the zero word in front of each
+//! handle, a key that matches no stamp. Where the bias is not used
+//! (`tls::BIASED`: Miri, loom, other targets) the entry comes from the
+//! pool's slot.
 //!
 //! **Ownership.** Only the owner thread changes its cache; other threads read
 //! the stack bounds for statistics (atomics; see `Entry::objects`).
@@ -75,7 +85,7 @@
 //! be a `free` that comes back into these pools) is made after the cache's
 //! own state is consistent.
 
-use crate::head::{self, clear_key, Pool, KEY_OFFSET};
+use crate::head::{self, clear_key, Handle, Pool, KEY_OFFSET};
 use crate::shared_cache::{Cluster, Item};
 use crate::{meta, options, os, tls};
 use core::cell::Cell;
@@ -83,32 +93,21 @@ use core::mem::size_of;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering::{Relaxed, Release};
 
-/// Most pools alive at once (after merging); `pool_create` fails beyond.
-#[cfg(not(miri))]
-pub(crate) const MAX_POOLS: usize = 4096;
-/// Under Miri a smaller table: every `&ThreadCache` is retagged over the
-/// whole table (Stacked Borrows tracks each byte); the tests use few slots.
-#[cfg(miri)]
-pub(crate) const MAX_POOLS: usize = 256;
+pub(crate) use crate::head::MAX_POOLS;
 
 /// Most bytes of new objects one refill takes (`ThreadCache::refill_new`).
 const BATCH_BYTES: usize = 4096;
 
-/// log2 of `size_of::<Entry>()`.
-const ENTRY_SHIFT: u32 = 6;
-/// Masks a pool's `entry_off` into the table, whatever the handle holds.
-pub(crate) const ENTRY_MASK: u32 = ((MAX_POOLS - 1) << ENTRY_SHIFT) as u32;
-
-/// A pool's byte offset of its entry in every thread's table.
-pub(crate) const fn entry_offset(slot: usize) -> u32 {
-    (slot << ENTRY_SHIFT) as u32
-}
+// Entries are laid out as the handles are: an entry's address is its
+// pool's handle plus the thread's bias (see `entry_of`).
+const _: () = assert!(size_of::<Entry>() == head::HANDLE_STRIDE);
 
 /// The cache of one thread. Lives in a zeroed mapping: all-zero is the
 /// "unused" state of every field, so the table costs nothing until touched.
 #[repr(C)]
 pub(crate) struct ThreadCache {
-    /// Per-pool entries, at offset 0 so that an entry is `tc + entry_off`.
+    /// Per-pool entries by slot, at offset 0: the bias (see `entry_of`) is
+    /// the cache's address minus the first handle's.
     table: [Entry; MAX_POOLS],
     /// The bucket this thread starts at in shared caches.
     pub(crate) home: usize,
@@ -153,10 +152,15 @@ impl Taken {
     }
 }
 
-// The thread-local word points to `tls::EMPTY` while the thread has no
-// cache: zero bytes that read as a table whose entries match no pool, so
-// that the hit path needs no null test.
-const _: () = assert!(size_of::<[Entry; MAX_POOLS]>() <= tls::EMPTY_BYTES);
+/// The entry a thread without a cache reads where there is no bias: zero,
+/// whose key is no pool's stamp. Never written.
+struct NoEntry(Entry);
+// SAFETY: never written: its key (0) is no pool's stamp (only a handle no
+// pool has had has a zero stamp, and then the entry's top and bounds, all
+// null, make both hit paths miss), so sharing it races with nothing.
+unsafe impl Sync for NoEntry {}
+// SAFETY: all-zero is a valid Entry (the unbound state).
+static NO_ENTRY: NoEntry = NoEntry(unsafe { core::mem::zeroed() });
 
 thread_local! {
     /// Where this thread is in its cache's life: `IDLE`, `CREATING` (a
@@ -187,7 +191,7 @@ impl Drop for ExitGuard {
         // from `&ThreadCache`: it is unmapped through it.
         let raw = tls::get().cast::<ThreadCache>();
         let tc = ThreadCache::existing();
-        tls::set(tls::EMPTY.ptr());
+        tls::set(ptr::null_mut(), tls::NO_CACHE);
         if let (Some(tc), Some(raw)) = (tc, NonNull::new(raw)) {
             // SAFETY: the owner, leaving: nothing else runs on this cache.
             unsafe { drain(tc) };
@@ -197,25 +201,40 @@ impl Drop for ExitGuard {
     }
 }
 
-/// The entry at byte offset `off` of this thread's table (of `tls::EMPTY` if
-/// the thread has no cache).
+/// The entry of the pool of handle `h` in this thread's table (a zero
+/// entry if the thread has no cache).
 #[inline(always)]
-fn entry_at(off: u32) -> &'static Entry {
-    // SAFETY: the word points to this thread's cache or to EMPTY, both of
-    // which hold a whole table, and the mask keeps the offset inside it.
-    unsafe { &*tls::get().add((off & ENTRY_MASK) as usize).cast::<Entry>() }
+fn entry_of(h: &Handle) -> &'static Entry {
+    if tls::BIASED {
+        let e = tls::bias().wrapping_add(ptr::from_ref(h).addr());
+        // SAFETY: `h` is a handle of `head::HANDLES` (every handle is), in
+        // slot `s`, `HANDLE_STRIDE * s` bytes after the first. With a
+        // cache, the bias is the table's address minus the first handle's,
+        // so `e` is `table[s]`; with none it is `tls::NO_CACHE`, and `e` the
+        // word in front of the handle, zero and never written, which reads
+        // as the key of an entry that matches no pool (the hit path reads
+        // nothing else of it). Both addresses were exposed
+        // (`create_registered`, `head::handle_of_slot`).
+        unsafe { &*ptr::with_exposed_provenance::<Entry>(e) }
+    } else {
+        match (ThreadCache::existing(), h.slot()) {
+            (Some(tc), Some(slot)) => &tc.table[slot],
+            _ => &NO_ENTRY.0,
+        }
+    }
 }
 
-/// The hit path of an allocation: the newest cached object of `pool`, or
+/// The hit path of an allocation: the newest cached object of the pool of
+/// handle `h`, or
 /// `None` for the slow path (no cache, empty down to the low water, a
 /// dead pool, or debugging options).
 #[inline(always)]
-pub(crate) fn alloc_hit(pool: &Pool) -> Option<NonNull<u8>> {
+pub(crate) fn alloc_hit(h: &Handle) -> Option<NonNull<u8>> {
     // Relaxed: a handle's stamp reached the caller through whatever
     // published the handle; a destroy racing with this call is the
     // caller's bug, which the registry makes harmless (module docs).
-    let stamp = pool.stamp.load(Relaxed);
-    let e = entry_at(pool.entry_off);
+    let stamp = h.stamp.load(Relaxed);
+    let e = entry_of(h);
     if e.own_key() != stamp {
         return None;
     }
@@ -226,25 +245,28 @@ pub(crate) fn alloc_hit(pool: &Pool) -> Option<NonNull<u8>> {
     // SAFETY: `low < top` within the array: the slot below `top` holds a
     // cached object of this pool, which is ours from now on.
     unsafe {
-        let top = top.sub(1);
-        let obj = *top;
-        e.top.store(top, Relaxed);
+        let obj = *top.sub(1);
         clear_key(obj);
+        // `top` read again after the store into the object (which might
+        // alias it as far as the compiler knows): the update compiles to
+        // one subtraction in memory.
+        e.top.store(e.top.load(Relaxed).sub(1), Relaxed);
         Some(NonNull::new_unchecked(obj))
     }
 }
 
-/// The hit path of a free: pushes `obj` and returns true, or returns false
+/// The hit path of a free into the pool of handle `h`: pushes `obj` and
+/// returns true, or returns false
 /// for the slow path (no room in the grant, a dead pool, debugging
 /// options, or the object already carrying the key of a free object).
 ///
 /// # Safety
-/// `obj` is a non-null object that the caller gives back to `pool`.
+/// `obj` is a non-null object that the caller gives back to the pool.
 #[inline(always)]
-pub(crate) unsafe fn free_hit(pool: &Pool, obj: NonNull<u8>) -> bool {
+pub(crate) unsafe fn free_hit(h: &Handle, obj: NonNull<u8>) -> bool {
     // Relaxed: as in `alloc_hit`.
-    let stamp = pool.stamp.load(Relaxed);
-    let e = entry_at(pool.entry_off);
+    let stamp = h.stamp.load(Relaxed);
+    let e = entry_of(h);
     if e.own_key() != stamp {
         return false;
     }
@@ -261,7 +283,8 @@ pub(crate) unsafe fn free_hit(pool: &Pool, obj: NonNull<u8>) -> bool {
     // SAFETY: `top < limit <= end`: a slot of the array; the object is ours.
     unsafe {
         *top = obj.as_ptr();
-        e.top.store(top.add(1), Relaxed);
+        // Read again after the store into the slot, as in `alloc_hit`.
+        e.top.store(e.top.load(Relaxed).add(1), Relaxed);
         key.write(stamp);
     }
     true
@@ -279,7 +302,7 @@ impl ThreadCache {
     #[inline]
     pub(crate) fn existing() -> Option<&'static ThreadCache> {
         let tc = tls::get().cast::<ThreadCache>();
-        if ptr::eq(tc.cast(), tls::EMPTY.ptr()) || tc.is_null() {
+        if tc.is_null() {
             return None;
         }
         // SAFETY: the word holds a registered cache, which stays mapped
@@ -330,7 +353,8 @@ impl ThreadCache {
             return None;
         }
         THREADS.add(tc);
-        tls::set(tc.as_ptr().cast());
+        let bias = tc.as_ptr().addr().wrapping_sub(head::first_handle_addr());
+        tls::set(tc.as_ptr().cast(), bias);
         Some(r)
     }
 

@@ -1,50 +1,45 @@
-//! The one thread-local word of the hot path: this thread's cache pointer.
+//! The thread-local words of the hot path: this thread's cache pointer
+//! and, where the hit path reads it, the cache's *bias*.
 //!
 //! Rust's `thread_local!` in a shared library uses the general-dynamic TLS
 //! model: every access calls `__tls_get_addr` (its cost on the hot path is
 //! in BENCHMARKS.md). On x86-64 Linux this module puts
-//! the word in the *initial-exec* model instead: the symbol lives in the
+//! the words in the *initial-exec* model instead: the symbols live in the
 //! module's static TLS block and an access is one GOT load plus one
 //! `%fs`-relative load. glibc reserves static TLS for exactly such libraries,
 //! even when they are `dlopen`ed; a static link relaxes the access further,
 //! to a single `%fs` load. Elsewhere (other targets, Miri, loom) a plain
-//! `thread_local!` holds the word.
+//! `thread_local!` holds the pointer and there is no bias ([`BIASED`]).
 //!
-//! The symbol is hidden, so each library that embeds the pools (libpools.so,
-//! libpools_malloc.so) has its own word. The word carries no destructor: the
-//! thread-exit drain stays on a `thread_local!` in `thread_cache`, touched
-//! only when a cache is created.
+//! The symbols are hidden, so each library that embeds the pools
+//! (libpools.so, libpools_malloc.so) has its own words. They carry no
+//! destructor: the thread-exit drain stays on a `thread_local!` in
+//! `thread_cache`, touched only when a cache is created.
 //!
-//! The word is never null: until a thread has a cache it points to
-//! [`EMPTY`], zero bytes that the thread cache reads as a table whose
-//! entries match no pool, so the hit path needs no null test. On x86-64 this is the word's initial value in
-//! the TLS image (`.tdata`, relocated by the loader before any thread copies
-//! it); elsewhere `get` maps null to it.
+//! The pointer is null until the thread has a cache. The bias is a number
+//! that the thread cache adds to a pool handle's address to find the
+//! pool's entry in this thread's table, with no load from the handle; it
+//! is [`NO_CACHE`] until the thread has a cache, which the handles' layout
+//! turns into a word that reads as the key of an entry that matches no
+//! pool. Its initial value
+//! is in the TLS image (`.tdata`), so it needs no relocation.
 
-/// Bytes of [`EMPTY`]: the most anyone reads through the word while the
-/// thread has set none of its own (the thread cache checks that its table
-/// fits).
-pub(crate) const EMPTY_BYTES: usize = 1 << 18;
+/// Whether the hit path reads the bias (this target) or the pointer.
+pub(crate) const BIASED: bool = cfg!(all(
+    target_arch = "x86_64",
+    target_os = "linux",
+    not(miri),
+    not(loom)
+));
 
-/// What the word points to until the thread sets its own: zeroes, never
-/// written.
-#[repr(C, align(64))]
-pub(crate) struct Empty(core::cell::UnsafeCell<[u8; EMPTY_BYTES]>);
-// SAFETY: nobody ever writes it.
-unsafe impl Sync for Empty {}
-pub(crate) static EMPTY: Empty = Empty(core::cell::UnsafeCell::new([0; EMPTY_BYTES]));
-
-impl Empty {
-    /// The address the word holds until the thread sets its own.
-    pub(crate) fn ptr(&self) -> *mut u8 {
-        self.0.get().cast()
-    }
-}
+/// The bias while the thread has no cache: minus 8. Whoever lays out the
+/// handles keeps the word in front of each one zero (see `head::Handle`).
+pub(crate) const NO_CACHE: usize = 8usize.wrapping_neg();
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri), not(loom)))]
 mod imp {
-    // An 8-byte, 8-aligned TLS object (`.tdata`) whose initial value is
-    // the address of the empty cache.
+    // Two 8-byte, 8-aligned TLS objects (`.tdata`): the cache pointer,
+    // initially null, and the bias, initially NO_CACHE.
     core::arch::global_asm!(
         ".pushsection .tdata.pools_tls_word,\"awT\",@progbits",
         ".p2align 3",
@@ -53,15 +48,21 @@ mod imp {
         ".type pools_tls_word,@object",
         ".size pools_tls_word,8",
         "pools_tls_word:",
-        ".quad {empty}",
+        ".quad 0",
+        ".globl pools_tls_bias",
+        ".hidden pools_tls_bias",
+        ".type pools_tls_bias,@object",
+        ".size pools_tls_bias,8",
+        "pools_tls_bias:",
+        ".quad {no_cache}",
         ".popsection",
-        empty = sym super::EMPTY,
+        no_cache = const super::NO_CACHE,
     );
 
-    /// This thread's word.
+    /// This thread's cache pointer (null if none).
     #[inline(always)]
     pub(crate) fn get() -> *mut u8 {
-        let word: *mut u8;
+        let word: usize;
         // SAFETY: reads this thread's copy of `pools_tls_word`: the GOT slot
         // holds its offset from the thread pointer (`%fs` base), which the
         // loader fills in before any code of this module runs. Reads memory
@@ -74,20 +75,41 @@ mod imp {
                 options(nostack, readonly, preserves_flags, pure),
             );
         }
+        // The pointer was exposed when it was set.
+        core::ptr::with_exposed_provenance_mut(word)
+    }
+
+    /// This thread's bias.
+    #[inline(always)]
+    pub(crate) fn bias() -> usize {
+        let word: usize;
+        // SAFETY: as in `get`, for `pools_tls_bias`.
+        unsafe {
+            core::arch::asm!(
+                "mov {w}, qword ptr [rip + pools_tls_bias@GOTTPOFF]",
+                "mov {w}, qword ptr fs:[{w}]",
+                w = out(reg) word,
+                options(nostack, readonly, preserves_flags, pure),
+            );
+        }
         word
     }
 
-    /// Sets this thread's word.
+    /// Sets this thread's cache pointer and bias.
     #[inline]
-    pub(crate) fn set(word: *mut u8) {
-        // SAFETY: writes this thread's copy of `pools_tls_word` (see `get`);
-        // no other thread can address it.
+    pub(crate) fn set(cache: *mut u8, bias: usize) {
+        let word = cache.expose_provenance();
+        // SAFETY: writes this thread's copies of the two words (see `get`);
+        // no other thread can address them.
         unsafe {
             core::arch::asm!(
                 "mov {off}, qword ptr [rip + pools_tls_word@GOTTPOFF]",
                 "mov qword ptr fs:[{off}], {w}",
+                "mov {off}, qword ptr [rip + pools_tls_bias@GOTTPOFF]",
+                "mov qword ptr fs:[{off}], {b}",
                 off = out(reg) _,
                 w = in(reg) word,
+                b = in(reg) bias,
                 options(nostack, preserves_flags),
             );
         }
@@ -102,23 +124,24 @@ mod imp {
         static WORD: Cell<*mut u8> = const { Cell::new(core::ptr::null_mut()) };
     }
 
-    /// This thread's word (the empty cache until it is set, and while the
+    /// This thread's cache pointer (null until it is set, and while the
     /// thread is being torn down).
     #[inline]
     pub(crate) fn get() -> *mut u8 {
-        let w = WORD.try_with(Cell::get).unwrap_or(core::ptr::null_mut());
-        if w.is_null() {
-            super::EMPTY.ptr()
-        } else {
-            w
-        }
+        WORD.try_with(Cell::get).unwrap_or(core::ptr::null_mut())
     }
 
-    /// Sets this thread's word.
+    /// No bias on this target (`BIASED` is false): never read.
     #[inline]
-    pub(crate) fn set(word: *mut u8) {
-        let _ = WORD.try_with(|w| w.set(word));
+    pub(crate) fn bias() -> usize {
+        super::NO_CACHE
+    }
+
+    /// Sets this thread's cache pointer (the bias is not kept).
+    #[inline]
+    pub(crate) fn set(cache: *mut u8, _bias: usize) {
+        let _ = WORD.try_with(|w| w.set(cache));
     }
 }
 
-pub(crate) use imp::{get, set};
+pub(crate) use imp::{bias, get, set};

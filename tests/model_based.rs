@@ -41,14 +41,14 @@
 //! end.
 
 use pools::ffi;
-use pools::{Pool, POOL_F_EXACT, POOL_F_SHARED, POOL_MAX_SIZE};
+use pools::{Handle, POOL_F_EXACT, POOL_F_SHARED, POOL_MAX_SIZE};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_void, CStr, CString};
 use std::ptr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-type H = *mut Pool;
+type H = *mut Handle;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 

@@ -119,7 +119,7 @@ fn destroyed_heads_wait_in_quarantine() {
         .collect();
     // SAFETY: heads are never unmapped.
     assert!(
-        unsafe { Pool::from_handle(p) }.is_none(),
+        unsafe { Pool::from_handle(p.handle) }.is_none(),
         "head reused early"
     );
     assert!(fresh.iter().all(|q| !ptr::eq(*q, p)));

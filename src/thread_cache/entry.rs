@@ -33,7 +33,7 @@ pub(crate) struct Entry {
     pub(super) pool: AtomicPtr<Pool>,
 }
 
-const _: () = assert!(size_of::<Entry>() == 1 << super::ENTRY_SHIFT);
+const _: () = assert!(size_of::<Entry>() == 64);
 
 /// The key of an entry of `pool` that is closed to frees (see
 /// `ThreadCache::bound_entry`): no pool's stamp, so no hit matches it.

@@ -264,7 +264,7 @@ fn destroy_reclaims_from_a_blocked_thread() {
     assert_eq!(t.join().unwrap(), (0, 1));
     assert_eq!(p.shared.allocated(), 0, "the dead pool's objects went back");
     // SAFETY: heads are never released; `p` is now a dead handle.
-    assert!(unsafe { Pool::from_handle(p) }.is_none());
+    assert!(unsafe { Pool::from_handle(p.handle) }.is_none());
 }
 
 /// An object crossing threads, with its pointer's provenance (an address
@@ -356,4 +356,30 @@ fn frees_of_many_pools_near_the_budget_stay_on_the_hit_path() {
         let s = registry::stats(p);
         assert_eq!(s.cached + s.shared, o.len(), "{s:?}");
     }
+}
+
+/// A thread that has no cache reads, through its bias, the zero word in
+/// front of the handle as the key of the pool's entry: both hit paths miss
+/// and leave it without a cache, and the object stays the caller's.
+#[test]
+fn a_thread_without_a_cache_misses_on_both_hit_paths() {
+    let p = pool(c"tc-no-cache", 64);
+    let obj = p.alloc().unwrap();
+    // SAFETY: given back to `p` once.
+    unsafe { p.free(obj) };
+    let obj = p.alloc().unwrap();
+    let shared = core::sync::atomic::AtomicPtr::new(obj.as_ptr());
+    std::thread::spawn(move || {
+        assert!(ThreadCache::existing().is_none());
+        assert_eq!(p.handle.alloc_hit(), None);
+        let obj = NonNull::new(shared.into_inner()).unwrap();
+        // SAFETY: an aligned object of `p`; a miss leaves it to us.
+        assert!(!unsafe { p.handle.free_hit(obj) });
+        assert!(ThreadCache::existing().is_none());
+    })
+    .join()
+    .unwrap();
+    // SAFETY: still ours: given back once.
+    unsafe { p.free(obj) };
+    assert_eq!(registry::stats(p).used, 0);
 }
