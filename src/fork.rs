@@ -7,7 +7,7 @@
 //! Prepare takes the locks in the order every other path takes them (the
 //! registry's init lock, the outer layer's locks, the registry lock and
 //! every pool's shared-cache heads, the lock of the list of thread caches,
-//! the span locks, the metadata arena),
+//! the locks of the tags bound so far, the spans' reserve, the metadata arena),
 //! then opens the *fork window* on the forking thread (see `sync`): another
 //! handler that allocates inside it passes through the locks held for it.
 //! A prepare handler registered before ours runs after it, and a child or
