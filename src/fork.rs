@@ -15,6 +15,8 @@
 //! window. In the child, the thread caches of the threads that were not
 //! copied are drained by the only thread left, once every other lock is
 //! released (draining may give objects back to the allocator underneath).
+//! All of this only once the process has had a second thread: before, the
+//! handlers take nothing and open no window ([`single_threaded`]).
 //!
 //! The handlers are registered by an ELF constructor, when the library is
 //! loaded: before `main`, so before any handler an application registers
