@@ -12,7 +12,8 @@
 # to mimalloc). With BASELINE.so (an earlier build of the preload), it runs
 # as "base" in the same rounds and a "pools vs base" column is added: a
 # before/after comparison under the same machine load. Prints markdown tables.
-# MALLOC_BENCH_ONLY=large runs bench/large.c alone (make bench-malloc-large).
+# MALLOC_BENCH_ONLY=large runs bench/large.c alone (make bench-malloc-large);
+# MALLOC_BENCH_ONLY=git (or python, sort, gcc) runs that program alone.
 set -euo pipefail
 so=$1
 rounds=${2:-5}
@@ -34,6 +35,11 @@ prepare
 only=${MALLOC_BENCH_ONLY:-}
 if [ "$only" = large ]; then
     WORKLOADS=""
+elif [ -n "$only" ]; then
+    case " $WORKLOADS " in
+    *" $only "*) WORKLOADS=$only ;;
+    *) echo "malloc-bench: MALLOC_BENCH_ONLY=$only: not large nor one of $WORKLOADS" >&2; exit 1 ;;
+    esac
 fi
 raw="$out/raw.csv"
 : > "$raw"
@@ -41,17 +47,19 @@ export WORK
 [ -z "$WORKLOADS" ] || export -f $(for w in $WORKLOADS; do echo "run_$w"; done)
 for r in $(seq 1 "$rounds"); do
     for a in $ALLOCS; do
-        if [ "$only" != large ]; then
+        if [ -z "$only" ]; then
             v=$(LD_PRELOAD="${LIB[$a]}" "$out/larson" 2 1.5 1000)
             echo "larson,$a,$v,0" >> "$raw"
             v=$(LD_PRELOAD="${LIB[$a]}" "$out/prodcons" 2000000)
             read -r wall cpu <<< "$v"
             echo "prodcons,$a,$wall,$cpu" >> "$raw"
         fi
-        v=$(LD_PRELOAD="${LIB[$a]}" "$out/large")
-        read -r wall cpu faults <<< "$v"
-        echo "large,$a,$wall,$cpu" >> "$raw"
-        echo "large-faults,$a,$faults,0" >> "$raw"
+        if [ -z "$only" ] || [ "$only" = large ]; then
+            v=$(LD_PRELOAD="${LIB[$a]}" "$out/large")
+            read -r wall cpu faults <<< "$v"
+            echo "large,$a,$wall,$cpu" >> "$raw"
+            echo "large-faults,$a,$faults,0" >> "$raw"
+        fi
         for w in $WORKLOADS; do
             # GNU time reports the rusage of the program and every
             # descendant it waited for: wall, user and system seconds.
@@ -70,7 +78,7 @@ for w, a, v, c in csv.reader(open(sys.argv[1])):
     m.setdefault((w, a), []).append(float(v))
     cpu.setdefault((w, a), []).append(float(c))
 allocs = ["glibc", "pools", "jemalloc", "mimalloc"]
-base = ("large", "base") in m
+base = any(a == "base" for _, a in m)
 if base:
     allocs.append("base")
 def table(title, data, works):
@@ -92,11 +100,12 @@ def table(title, data, works):
         print("| %s | %s | %s | %.2fx | %.2fx | %.2fx |%s" % (w, unit, vals, ratio("glibc"), ratio("jemalloc"),
                                                        ratio("mimalloc"), extra))
     print()
-table("Wall time (larson: throughput), medians of %d rounds" % len(m[("large", "glibc")]),
+table("Wall time (larson: throughput), medians of %d rounds" % max(len(v) for v in m.values()),
       m, ["larson", "prodcons", "large", "python", "sort", "gcc", "git"])
 table("CPU time (user + system, program and children), medians", cpu,
       ["prodcons", "large", "python", "sort", "gcc", "git"])
-table("Minor page faults of bench/large.c's loop, medians (fewer is better)", m,
-      ["large-faults"])
+if ("large-faults", "glibc") in m:
+    table("Minor page faults of bench/large.c's loop, medians (fewer is better)", m,
+          ["large-faults"])
 print("Ratios are speed ratios (pools speed / other speed): above 1.00x, the preload is faster.")
 PY

@@ -4,7 +4,9 @@
 # and task-clock of short programs (`perf stat -r RUNS`, default 50) under
 # glibc's malloc, an empty preloaded library (the cost of loading any
 # preload), the preload and an earlier build (BASELINE.so), interleaved
-# in two rounds; then what a `sqlite3 :memory:` session has resident
+# in two rounds; the page faults of one fork() and its child
+# (bench/forks.c, in a process that never had a second thread and in one
+# that had); then what a `sqlite3 :memory:` session has resident
 # (/proc/PID/smaps, KiB): the preload's code, its read-only data, and
 # anonymous memory (heap included). Page-fault and resident counts are
 # stable on a loaded machine; task-clock is not.
@@ -16,6 +18,7 @@ command -v sqlite3 >/dev/null 2>&1 || scripts/apt-install.sh bench/startup sqlit
 out=target/bench-startup
 mkdir -p "$out"
 gcc -O2 -shared -fPIC -x c - -o "$out/empty.so" <<<'int pools_bench_empty(void) { return 0; }'
+gcc -O2 -pthread bench/forks.c -o "$out/forks"
 declare -A LIB=([glibc]="" [empty]="$(pwd)/$out/empty.so" [pools]="$so")
 ALLOCS="glibc empty pools"
 if [ -n "${3:-}" ]; then
@@ -38,14 +41,29 @@ for round in 1 2; do
         done
     done
 done
+forks="$out/forks.csv"
+: > "$forks"
+for round in 1 2; do
+    for threaded in 0 1; do
+        for a in $ALLOCS; do
+            for n in 0 100; do
+                LD_PRELOAD="${LIB[$a]}" perf stat -x, -r 5 -e page-faults "$out/forks" "$n" "$threaded" \
+                    2>"$out/perf" >/dev/null
+                pf=$(awk -F, '$3 ~ /page-faults/ {print $1}' "$out/perf")
+                echo "$threaded,$a,$n,$pf" >> "$forks"
+            done
+        done
+    done
+done
 for a in $ALLOCS; do
     printf '.system cat /proc/$PPID/smaps > %s/smaps-%s\n' "$out" "$a" |
         LD_PRELOAD="${LIB[$a]}" sqlite3 :memory: > /dev/null
 done
-python3 - "$raw" "$out" "$ALLOCS" "${LIB[pools]}" "${LIB[base]:-}" <<'PY'
+python3 - "$raw" "$out" "$ALLOCS" "${LIB[pools]}" "${LIB[base]:-}" "$forks" <<'PY'
 import csv, re, statistics, sys
 raw, out, allocs = sys.argv[1], sys.argv[2], sys.argv[3].split()
 libs = {"pools": sys.argv[4], "base": sys.argv[5]}
+forks = sys.argv[6]
 m = {}
 for cmd, a, pf, tc in csv.reader(open(raw)):
     m.setdefault((cmd, a), []).append((float(pf), float(tc)))
@@ -58,6 +76,16 @@ for cmd in dict.fromkeys(k[0] for k in m):
         v = m[(cmd, a)]
         row += [f"{statistics.median(x for x, _ in v):.0f}", f"{statistics.median(y for _, y in v):.2f}"]
     print(f"| {cmd.replace('select_1', chr(39) + 'select 1' + chr(39))} | " + " | ".join(row) + " |")
+
+f = {}
+for threaded, a, n, pf in csv.reader(open(forks)):
+    f.setdefault((threaded, a, int(n)), []).append(float(pf))
+print("\nPage faults per fork (bench/forks.c: parent and child, (faults of 100 forks - of none) / 100, median of 2 rounds of perf stat -r 5)\n")
+print("| process | " + " | ".join(allocs) + " |")
+print("|---|" + "---|" * len(allocs))
+for threaded, name in (("0", "single-threaded"), ("1", "after a thread")):
+    row = [f"{(statistics.median(f[(threaded, a, 100)]) - statistics.median(f[(threaded, a, 0)])) / 100:.1f}" for a in allocs]
+    print(f"| {name} | " + " | ".join(row) + " |")
 
 def resident(path, lib):
     name = lib.rsplit("/", 1)[-1] if lib else None

@@ -31,6 +31,14 @@
 //! the 360 KiB of code, the few pages a process runs made about 300 KiB of
 //! it resident in every process (BENCHMARKS.md, issue #19); together, about
 //! 110 KiB. Only the order changes, not the code.
+//!
+//! The same for the zero-initialised data: a second script gathers the
+//! statics a process writes at start-up and in the fork handlers (a few
+//! KiB, and the states of the first tags) at the start of the bss, ahead of
+//! the large tables that stay untouched or are only read. Each page of the
+//! bss costs a fault at its first touch (two when it is read first: the
+//! zero page, then a copy), and in the parent and the child again after a
+//! fork if the handlers write to it.
 
 use std::{env, fs, path::PathBuf, process::Command};
 
@@ -49,6 +57,10 @@ fn main() {
     let order = out_dir.join("order.ld");
     if fs::write(&order, ORDER).is_ok() {
         println!("cargo:rustc-link-arg-cdylib=-Wl,-T,{}", order.display());
+    }
+    let order_bss = out_dir.join("order-bss.ld");
+    if fs::write(&order_bss, ORDER_BSS).is_ok() {
+        println!("cargo:rustc-link-arg-cdylib=-Wl,-T,{}", order_bss.display());
     }
     let cc = env::var("CC").unwrap_or_else(|_| "cc".into());
     let Ok(out) = Command::new(cc)
@@ -89,4 +101,35 @@ SECTIONS
   }
 }
 INSERT BEFORE .text;
+";
+
+/// The zero-initialised statics a process writes (see the crate docs
+/// above), first in the bss and in this order: the class pools' table
+/// (`malloc` reads it first; its start shares the last page of `.data`,
+/// which the loader has written already, so reading it faults nothing),
+/// crtbegin's flag, the small ones (locks, flags, the registry, the fork
+/// state, the large cache), the tags' sizes and geometry, then the tags'
+/// states, of which the first, the malloc's classes, are in use. Everything else (the 256 KiB
+/// empty thread-cache table, read a page at a time, and the region map's
+/// root) follows in the default `.bss`. Legacy-mangled names of this
+/// workspace's statics, v0-mangled std's.
+const ORDER_BSS: &str = "\
+SECTIONS
+{
+  .bss.pools :
+  {
+    *(.bss.*12pools_malloc5POOLS*)
+    *crtbeginS.o(.bss)
+    *(.bss.*5pools4fork* .bss.*5pools4sync* .bss.*5pools8registry*)
+    *(.bss.*5pools4meta* .bss.*5pools4head* .bss.*5pools2os*)
+    *(.bss.*5pools7options* .bss.*5pools5links* .bss.*5pools7backing*)
+    *(.bss.*5pools8checkers* .bss.*5pools12thread_cache*)
+    *(.bss.*4span7reserve* .bss.*4span9FORK_HELD* .bss.*6region14HEADER_READERS*)
+    *(.bss.*12pools_malloc5large*)
+    *(.bss.*3std9panicking* .bss.*3std5alloc* .bss.*3std3sys12thread_local*)
+    *(.bss.*4span5SIZES* .bss.*4span8GEOMETRY*)
+    *(.bss.*4span4TAGS*)
+  }
+}
+INSERT BEFORE .bss;
 ";

@@ -250,9 +250,6 @@ pub fn create(name: &CStr, size: usize, flags: u32) -> Result<&'static Pool, Err
 /// its first use) returns the same pool, counted as one more user, as a
 /// merge is. Never merged with any other pool.
 pub fn create_span_pool(name: &CStr, size: usize, tag: u32) -> Result<&'static Pool, Error> {
-    if size == 0 || !span::reserve(tag, size.next_multiple_of(os::OBJECT_ALIGN).max(MIN_OBJECT)) {
-        return Err(Error::Invalid);
-    }
     create_with(name, size, 0, Some(Backend::Span(tag)))
 }
 
@@ -298,6 +295,14 @@ fn create_with(
         size.next_multiple_of(os::OBJECT_ALIGN)
     };
     let mut reg = lock();
+    // Tags are bound under the registry lock only (here, and by
+    // `default_backend` below): the fork handlers lock the tags bound when
+    // they take the registry lock (`span::fork_prepare`).
+    if let Some(Backend::Span(tag)) = backend {
+        if !span::reserve(tag, size.max(MIN_OBJECT)) {
+            return Err(Error::Invalid);
+        }
+    }
     reg.created = true;
     // A pool made with `uaf` does not merge with one made without, nor
     // pools with different debugging flags (layout or behaviour); with

@@ -288,7 +288,10 @@ pub(crate) fn reserve(tag: u32, obj_size: usize) -> bool {
     };
     // Relaxed: see SIZES.
     match slot.compare_exchange(0, size, Relaxed, Relaxed) {
-        Ok(_) => true,
+        Ok(_) => {
+            locked_if_in_window(tag as usize);
+            true
+        }
         Err(bound) => bound == size,
     }
 }
@@ -306,7 +309,10 @@ pub(crate) fn tag_for_size(obj_size: usize) -> Option<u32> {
     for (tag, slot) in SIZES.iter().enumerate().skip(RESERVED_TAGS) {
         // Relaxed: see SIZES.
         match slot.compare_exchange(0, size, Relaxed, Relaxed) {
-            Ok(_) => return Some(tag as u32),
+            Ok(_) => {
+                locked_if_in_window(tag);
+                return Some(tag as u32);
+            }
             Err(bound) if bound == size => return Some(tag as u32),
             Err(_) => {}
         }
@@ -933,11 +939,51 @@ fn take_spare(t: &TagState) -> Option<NonNull<SpanHeader>> {
 
 // ---- fork ------------------------------------------------------------------------
 
-/// Takes every tag's lock, then the reserve's (the order `new_span` nests
-/// them in), so that no span state is mid-change at `fork()`.
+/// The tags whose locks the fork handlers hold, one bit each: those bound
+/// when [`fork_prepare`] ran, and any the forking thread binds inside its
+/// fork window ([`locked_if_in_window`]).
+//
+// Relaxed on every access: only the forking thread touches it, from its
+// prepare handler to its parent or child handler (two forking threads are
+// serialised by the registry's init lock, which prepare takes first).
+static FORK_HELD: [AtomicU64; MAX_TAGS / 64] = [const { AtomicU64::new(0) }; MAX_TAGS / 64];
+
+/// Takes the lock of every bound tag, then the reserve's (the order
+/// `new_span` nests them in), so that no span state is mid-change at
+/// `fork()`. An unbound tag has no span and nobody takes its lock (callers
+/// of `obtain` and [`trim`] find its size 0; [`release`] needs a span of
+/// it), so its lock is left alone: the locks of the tags a process never
+/// uses, most of them, sit on pages that the parent and the child would
+/// otherwise each copy at every fork. The caller holds the registry lock,
+/// under which tags are bound ([`reserve`] and [`tag_for_size`] are called
+/// from the registry's `create_with`, and by the unit tests directly), so
+/// none is bound until the parent or child handler except by the forking
+/// thread itself, inside its window.
 pub(crate) fn fork_prepare() {
-    TAGS.iter().for_each(|t| t.lock.lock());
+    for (word, held) in FORK_HELD.iter().enumerate() {
+        let mut bits = 0;
+        for bit in 0..64 {
+            let tag = word * 64 + bit;
+            // Relaxed: see SIZES; every binding happened before the
+            // registry lock our caller holds was taken.
+            if SIZES[tag].load(Relaxed) != 0 {
+                TAGS[tag].lock.lock();
+                bits |= 1 << bit;
+            }
+        }
+        held.store(bits, Relaxed);
+    }
     RESERVE.lock.lock();
+}
+
+/// After `tag` was bound: inside this thread's fork window (another fork
+/// handler creating a pool), every lock must be held, so the tag's lock is
+/// taken (it is free: the tag was unbound) and released with the others.
+fn locked_if_in_window(tag: usize) {
+    if crate::sync::inside_window() {
+        TAGS[tag].lock.lock();
+        FORK_HELD[tag / 64].fetch_or(1 << (tag % 64), Relaxed);
+    }
 }
 
 /// In the child, after [`fork_release`]: lookups of threads that are not
@@ -950,7 +996,17 @@ pub(crate) fn fork_child() {
 /// Releases what [`fork_prepare`] took (in the parent and in the child).
 pub(crate) fn fork_release() {
     RESERVE.lock.unlock();
-    TAGS.iter().for_each(|t| t.lock.unlock());
+    for (word, held) in FORK_HELD.iter().enumerate() {
+        // Read, not cleared (prepare overwrites it): a store here would
+        // copy the page in the child.
+        let mut bits = held.load(Relaxed);
+        while bits != 0 {
+            TAGS[word * 64 + bits.trailing_zeros() as usize]
+                .lock
+                .unlock();
+            bits &= bits - 1;
+        }
+    }
 }
 
 // Not under Miri: spans are mmap'd (and the region map is a 128 MiB

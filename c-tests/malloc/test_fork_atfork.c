@@ -10,7 +10,12 @@
  * With EARLY_ATFORK_LIB set, the handlers are those of a library whose
  * constructor ran before ours (early_atfork.c), so that its prepare handler
  * runs after ours and its parent and child handlers before ours: inside
- * the fork window, where our locks are held for the forking thread. */
+ * the fork window, where our locks are held for the forking thread.
+ *
+ * Every case runs twice: in a process that never had a second thread (the
+ * fork handlers then take no lock, as glibc's fork skips its malloc's
+ * locks) and in one that started and joined a thread first (they take
+ * them all, and open the window). */
 #include "preload.h"
 #include <pthread.h>
 #include <signal.h>
@@ -43,10 +48,21 @@ static void on_child(void)
         atfork_work();
 }
 
-/* One case: this process registers its handlers first thing (unless a
- * library did it at load), then forks. */
-static int run_case(int kind, int where)
+static void *no_work(void *arg)
 {
+    return arg;
+}
+
+/* One case: this process registers its handlers first thing (unless a
+ * library did it at load), starts and joins a thread if `threaded`, then
+ * forks. */
+static int run_case(int kind, int where, int threaded)
+{
+    if (threaded) {
+        pthread_t t;
+        CHECK(pthread_create(&t, NULL, no_work, NULL) == 0);
+        CHECK(pthread_join(t, NULL) == 0);
+    }
     if (getenv("EARLY_ATFORK_LIB") == NULL)
         CHECK(pthread_atfork(on_prepare, on_parent, on_child) == 0);
     atfork_setup(kind, where);
@@ -69,17 +85,19 @@ static int run_case(int kind, int where)
 
 int main(int argc, char **argv)
 {
-    if (argc == 3)
-        return run_case(atoi(argv[1]), atoi(argv[2]));
+    if (argc == 4)
+        return run_case(atoi(argv[1]), atoi(argv[2]), atoi(argv[3]));
 #ifndef POOLS
     require_preload();
 #endif
     int failed = 0;
-    for (int kind = 0; kind < KINDS; kind++) {
-        for (int where = 0; where < WHERES; where++) {
-            char k[4], w[4];
+    for (int c = 0; c < 2 * KINDS * WHERES; c++) {
+        int kind = c / WHERES % KINDS, where = c % WHERES, threaded = c / (KINDS * WHERES);
+        {
+            char k[4], w[4], th[4];
             snprintf(k, sizeof k, "%d", kind);
             snprintf(w, sizeof w, "%d", where);
+            snprintf(th, sizeof th, "%d", threaded);
             pid_t pid = fork();
             CHECK(pid >= 0);
             if (pid == 0) {
@@ -91,15 +109,16 @@ int main(int argc, char **argv)
                  * inside fork() is killed with it below. */
                 setpgid(0, 0);
                 alarm(10);
-                execl("/proc/self/exe", argv[0], k, w, (char *)NULL);
+                execl("/proc/self/exe", argv[0], k, w, th, (char *)NULL);
                 _exit(127);
             }
             int status;
             CHECK(waitpid(pid, &status, 0) == pid);
             kill(-pid, SIGKILL);
             if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-                fprintf(stderr, "fork with a %s handler that allocates %s: %s %d\n",
+                fprintf(stderr, "fork with a %s handler that allocates %s%s: %s %d\n",
                         WHERE_NAMES[where], KIND_NAMES[kind],
+                        threaded ? ", after a thread" : "",
                         WIFSIGNALED(status) ? "killed by signal" : "exit status",
                         WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
                 failed = 1;

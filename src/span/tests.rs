@@ -540,3 +540,45 @@ fn foreign_pointers_are_rejected() {
         Owner::Foreign
     );
 }
+
+/// Whether `tag`'s lock is held (by anyone).
+fn held(tag: u32) -> bool {
+    let t = &TAGS[tag as usize];
+    if t.lock.try_lock() {
+        t.lock.unlock();
+        false
+    } else {
+        true
+    }
+}
+
+#[test]
+fn fork_handlers_hold_the_locks_of_bound_tags_only() {
+    let bound = own_tag(11_008);
+    let unbound = MAX_TAGS as u32 - 1;
+    // Relaxed: see SIZES.
+    assert_eq!(
+        SIZES[unbound as usize].load(Relaxed),
+        0,
+        "the last tag is unbound"
+    );
+    fork_prepare();
+    let (b, u) = (held(bound), held(unbound));
+    fork_release();
+    assert!(b, "a bound tag's lock is held across fork()");
+    assert!(!u, "an unbound tag's lock is left alone");
+    assert!(!held(bound), "and released after it");
+}
+
+#[test]
+fn a_tag_bound_inside_the_fork_window_is_held_until_release() {
+    fork_prepare();
+    crate::sync::open_window();
+    // Not `own_tag`, which takes the lock: the window lets it through.
+    let tag = tag_for_size(11_024).expect("a free tag");
+    crate::sync::close_window();
+    let h = held(tag);
+    fork_release();
+    assert!(h, "a tag bound inside the window is held like the others");
+    assert!(!held(tag), "and released with them");
+}
