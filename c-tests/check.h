@@ -6,6 +6,11 @@
  *   CHECK_ERRNO(e)     CHECK_EQ(errno, e) with errno's name in the message
  *   check_done()       prints "N passed, N failed" and returns the exit status
  *                      (0 only when nothing failed and something passed)
+ *   under_memcheck()   whether valgrind's memcheck runs the program: every
+ *                      pool then takes the debugging path, each object a
+ *                      block with a prefix for the cache links (README,
+ *                      "valgrind and AddressSanitizer"), so tests of where
+ *                      objects lie check less
  *
  * Counting is thread-safe (atomic builtins), so checks may run in threads.
  * Each test program is one translation unit, hence the static counters.
@@ -17,6 +22,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+static inline int under_memcheck(void)
+{
+    const char *pre = getenv("LD_PRELOAD");
+    return pre != NULL && strstr(pre, "vgpreload_memcheck") != NULL;
+}
 
 static unsigned long check_passed_;
 static unsigned long check_failed_;

@@ -132,13 +132,6 @@ static int two_cpus(int cpu[2])
     return n == 2 ? 0 : -1;
 }
 
-/* Whether valgrind's memcheck runs us (its preloaded library). */
-static int under_memcheck(void)
-{
-    const char *pre = getenv("LD_PRELOAD");
-    return pre != NULL && strstr(pre, "vgpreload_memcheck") != NULL;
-}
-
 static void run(size_t size, const int cpu[2], int layout)
 {
     char name[32];

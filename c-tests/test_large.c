@@ -262,6 +262,8 @@ static void test_huge_page_objects(void)
     const size_t size = 2 * MiB + 32;
     const char *backend = getenv("POOL_BACKEND");
     int own_mappings = !(backend && strcmp(backend, "malloc") == 0);
+    /* Under memcheck an object starts past its block's prefix. */
+    int aligned = own_mappings && !under_memcheck();
     struct pool_head *p = pool_create("huge_pages", size, 0);
     CHECK(p != NULL);
     enum { N = 3 };
@@ -271,7 +273,7 @@ static void test_huge_page_objects(void)
         CHECK(o[i] != NULL);
         if (!o[i])
             return;
-        if (own_mappings)
+        if (aligned)
             CHECK_EQ((uintptr_t)o[i] % (2 * MiB), 0);
         stamp(o[i], size, (unsigned)i + 5);
     }
