@@ -59,47 +59,44 @@ mod imp {
         no_cache = const super::NO_CACHE,
     );
 
+    /// Loads this thread's copy of the TLS word named `$sym`.
+    macro_rules! load {
+        ($sym:literal) => {{
+            let word: usize;
+            // SAFETY: reads this thread's copy of the word: the GOT slot
+            // holds its offset from the thread pointer (`%fs` base), which
+            // the loader fills in before any code of this module runs.
+            // Reads memory only, touches no flags the compiler relies on.
+            unsafe {
+                core::arch::asm!(
+                    concat!("mov {w}, qword ptr [rip + ", $sym, "@GOTTPOFF]"),
+                    "mov {w}, qword ptr fs:[{w}]",
+                    w = out(reg) word,
+                    options(nostack, readonly, preserves_flags, pure),
+                );
+            }
+            word
+        }};
+    }
+
     /// This thread's cache pointer (null if none).
     #[inline(always)]
     pub(crate) fn get() -> *mut u8 {
-        let word: usize;
-        // SAFETY: reads this thread's copy of `pools_tls_word`: the GOT slot
-        // holds its offset from the thread pointer (`%fs` base), which the
-        // loader fills in before any code of this module runs. Reads memory
-        // only, touches no flags the compiler relies on.
-        unsafe {
-            core::arch::asm!(
-                "mov {w}, qword ptr [rip + pools_tls_word@GOTTPOFF]",
-                "mov {w}, qword ptr fs:[{w}]",
-                w = out(reg) word,
-                options(nostack, readonly, preserves_flags, pure),
-            );
-        }
         // The pointer was exposed when it was set.
-        core::ptr::with_exposed_provenance_mut(word)
+        core::ptr::with_exposed_provenance_mut(load!("pools_tls_word"))
     }
 
     /// This thread's bias.
     #[inline(always)]
     pub(crate) fn bias() -> usize {
-        let word: usize;
-        // SAFETY: as in `get`, for `pools_tls_bias`.
-        unsafe {
-            core::arch::asm!(
-                "mov {w}, qword ptr [rip + pools_tls_bias@GOTTPOFF]",
-                "mov {w}, qword ptr fs:[{w}]",
-                w = out(reg) word,
-                options(nostack, readonly, preserves_flags, pure),
-            );
-        }
-        word
+        load!("pools_tls_bias")
     }
 
     /// Sets this thread's cache pointer and bias.
     #[inline]
     pub(crate) fn set(cache: *mut u8, bias: usize) {
         let word = cache.expose_provenance();
-        // SAFETY: writes this thread's copies of the two words (see `get`);
+        // SAFETY: writes this thread's copies of the two words (see `load`);
         // no other thread can address them.
         unsafe {
             core::arch::asm!(
