@@ -91,7 +91,8 @@ use crate::{meta, options, os, tls};
 use core::cell::Cell;
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::Ordering::{Relaxed, Release};
+use core::sync::atomic::AtomicUsize;
+use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
 pub(crate) use crate::head::MAX_POOLS;
 
@@ -164,40 +165,70 @@ static NO_ENTRY: NoEntry = NoEntry(unsafe { core::mem::zeroed() });
 
 thread_local! {
     /// Where this thread is in its cache's life: `IDLE`, `CREATING` (a
-    /// nested allocation made meanwhile, by the TLS destructor registration
-    /// that may call malloc, goes without a cache), or `EXITED`. No
-    /// destructor, so touching it registers nothing.
+    /// nested allocation made meanwhile, by `pthread_setspecific` when it
+    /// grows its table, goes without a cache), or `EXITED`. No destructor,
+    /// so touching it registers nothing. `EXITED` also stands for a thread
+    /// that can have no cache (no pthread key left). The cache pointer
+    /// itself is in [`tls`](crate::tls), cheaper to reach on the hot path.
     static CREATE_STATE: Cell<u8> = const { Cell::new(IDLE) };
-    /// Gives every cached object back when the thread exits. Touched only
-    /// while creating the cache, under `CREATE_STATE == CREATING`: its first
-    /// touch registers a TLS destructor, which may call malloc, which inside
-    /// the LD_PRELOAD malloc comes back here. The cache pointer itself is in
-    /// [`tls`](crate::tls), cheaper to reach on the hot path.
-    static EXIT: ExitGuard = const { ExitGuard };
 }
 
 const IDLE: u8 = 0;
 const CREATING: u8 = 1;
 const EXITED: u8 = 2;
 
-struct ExitGuard;
+/// The pthread key whose destructor, [`at_thread_end`], gives a thread's
+/// cache back, plus one (0: not made yet). Every thread with a cache sets
+/// it. Key destructors run when a thread ends and the process goes on: a
+/// return from its start routine or `pthread_exit`, the main thread's
+/// included (glibc runs no `__cxa_thread_atexit` destructors there, so a
+/// Rust `thread_local` with a destructor would leave main's cache behind).
+/// `exit()` runs none: the process ends with its caches as they are, which
+/// costs nothing (they go back to the system with the address space), and
+/// the atexit handlers and destructors that run after it keep the calling
+/// thread's cache.
+// Release (the exchange) and Acquire (the loads): whoever uses the key
+// sees what `pthread_key_create` wrote for it.
+static EXIT_KEY: AtomicUsize = AtomicUsize::new(0);
 
-impl Drop for ExitGuard {
-    fn drop(&mut self) {
-        // Later calls on this thread (from other TLS destructors) find no
-        // cache, and `create` refuses: they take the cache-less path.
-        let _ = CREATE_STATE.try_with(|s| s.set(EXITED));
-        // The word's own pointer (made from the mapping), not one made
-        // from `&ThreadCache`: it is unmapped through it.
-        let raw = tls::get().cast::<ThreadCache>();
-        let tc = ThreadCache::existing();
-        tls::set(ptr::null_mut(), tls::NO_CACHE);
-        if let (Some(tc), Some(raw)) = (tc, NonNull::new(raw)) {
-            // SAFETY: the owner, leaving: nothing else runs on this cache.
-            unsafe { drain(tc) };
-            // SAFETY: drained; its owner is leaving.
-            unsafe { THREADS.remove_and_unmap(raw) };
+/// The key of [`EXIT_KEY`], made on first use; `None` if the process has
+/// no key left.
+fn exit_key() -> Option<libc::pthread_key_t> {
+    let k = EXIT_KEY.load(Acquire);
+    if k != 0 {
+        return Some((k - 1) as libc::pthread_key_t);
+    }
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: a valid out-pointer, and a destructor that never unwinds.
+    if unsafe { libc::pthread_key_create(&mut key, Some(at_thread_end)) } != 0 {
+        return None;
+    }
+    match EXIT_KEY.compare_exchange(0, key as usize + 1, AcqRel, Acquire) {
+        Ok(_) => Some(key),
+        Err(theirs) => {
+            // Another thread made one first: ours was never set.
+            // SAFETY: a key of ours that no thread has used.
+            unsafe { libc::pthread_key_delete(key) };
+            Some((theirs - 1) as libc::pthread_key_t)
         }
+    }
+}
+
+/// Gives every cached object back when the thread ends ([`EXIT_KEY`]).
+unsafe extern "C" fn at_thread_end(_: *mut libc::c_void) {
+    // Later calls on this thread (from other destructors) find no cache,
+    // and `create` refuses: they take the cache-less path.
+    let _ = CREATE_STATE.try_with(|s| s.set(EXITED));
+    // The word's own pointer (made from the mapping), not one made from
+    // `&ThreadCache`: it is unmapped through it.
+    let raw = tls::get().cast::<ThreadCache>();
+    let tc = ThreadCache::existing();
+    tls::set(ptr::null_mut(), tls::NO_CACHE);
+    if let (Some(tc), Some(raw)) = (tc, NonNull::new(raw)) {
+        // SAFETY: the owner, leaving: nothing else runs on this cache.
+        unsafe { drain(tc) };
+        // SAFETY: drained; its owner is leaving.
+        unsafe { THREADS.remove_and_unmap(raw) };
     }
 }
 
@@ -306,7 +337,7 @@ impl ThreadCache {
             return None;
         }
         // SAFETY: the word holds a registered cache, which stays mapped
-        // until this thread's `ExitGuard` destructor resets the word.
+        // until this thread's end ([`at_thread_end`]) resets the word.
         Some(unsafe { &*tc })
     }
 
@@ -337,6 +368,11 @@ impl ThreadCache {
     }
 
     fn create_registered() -> Option<&'static ThreadCache> {
+        // A thread whose cache could not be given back at its end has none.
+        let Some(key) = exit_key() else {
+            let _ = CREATE_STATE.try_with(|s| s.set(EXITED));
+            return None;
+        };
         let tc = os::map_zeroed(size_of::<ThreadCache>())?.cast::<ThreadCache>();
         // SAFETY: a fresh zeroed mapping of the right size is a valid
         // ThreadCache (every field is valid all-zero) that only we see.
@@ -345,9 +381,10 @@ impl ThreadCache {
             (*tc.as_ptr()).swept.set(head::destroys());
             &*tc.as_ptr()
         };
-        // Registers the exit destructor; fails once the thread is exiting.
-        if EXIT.try_with(|_| ()).is_err() {
-            let _ = CREATE_STATE.try_with(|s| s.set(EXITED));
+        // Arms the destructor that gives the cache back at the thread's end
+        // (it fails without memory, for a key past the first few).
+        // SAFETY: a key of ours; any non-null value arms its destructor.
+        if unsafe { libc::pthread_setspecific(key, tc.as_ptr().cast()) } != 0 {
             // SAFETY: never registered nor shared: nobody else can see it.
             unsafe { os::unmap(tc.cast(), size_of::<ThreadCache>()) };
             return None;

@@ -13,8 +13,8 @@
 //!
 //! The symbols are hidden, so each library that embeds the pools
 //! (libpools.so, libpools_malloc.so) has its own words. They carry no
-//! destructor: the thread-exit drain stays on a `thread_local!` in
-//! `thread_cache`, touched only when a cache is created.
+//! destructor: the drain at a thread's end is a pthread key's destructor in
+//! `thread_cache`, set only when a cache is created.
 //!
 //! The pointer is null until the thread has a cache. The bias is a number
 //! that the thread cache adds to a pool handle's address to find the
