@@ -402,6 +402,15 @@ impl SharedCache {
         n.max(0) as usize
     }
 
+    /// The objects counted allocated on bucket `home` (see
+    /// [`SharedCache::count_allocated`]): of the pool's objects, about those
+    /// that the threads of this bucket took; negative when others returned
+    /// more of them here.
+    pub(crate) fn allocated_on(&self, home: usize) -> isize {
+        // Relaxed: a statistic, as in `count_allocated`.
+        self.bucket(home).allocated.load(Relaxed)
+    }
+
     /// Records `n` objects obtained from (positive) or returned to
     /// (negative) the backing allocator, on bucket `home`.
     pub(crate) fn count_allocated(&self, home: usize, n: isize) {
