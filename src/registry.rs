@@ -358,17 +358,7 @@ fn create_with(
             let slot = unsafe { head.as_ref() }.slot;
             // SAFETY: the head is ours; overwriting a dead pool drops nothing
             // that owns memory (its name was freed at destroy).
-            unsafe {
-                head.as_ptr().write(Pool::new(
-                    slot,
-                    size,
-                    flags,
-                    backend,
-                    debug,
-                    poison,
-                    next_key(),
-                ))
-            };
+            unsafe { Pool::init(head, slot, size, flags, backend, debug, poison, next_key()) };
             head
         }
         None => {
@@ -388,7 +378,8 @@ fn create_with(
             let head = mem.cast::<Pool>();
             // SAFETY: fresh memory of the right size and alignment.
             unsafe {
-                head.as_ptr().write(Pool::new(
+                Pool::init(
+                    head,
                     reg.slots,
                     size,
                     flags,
@@ -396,7 +387,7 @@ fn create_with(
                     debug,
                     poison,
                     next_key(),
-                ))
+                )
             };
             reg.slots += 1;
             head
