@@ -298,9 +298,12 @@ fn create_with(
     // Tags are bound under the registry lock only (here, and by
     // `default_backend` below): the fork handlers lock the tags bound when
     // they take the registry lock (`span::fork_prepare`).
+    // A reserved tag bound by this call has no pool yet.
+    let mut fresh_tag = false;
     if let Some(Backend::Span(tag)) = backend {
-        if !span::reserve(tag, size.max(MIN_OBJECT)) {
-            return Err(Error::Invalid);
+        match span::reserve(tag, size.max(MIN_OBJECT)) {
+            Some(fresh) => fresh_tag = fresh,
+            None => return Err(Error::Invalid),
         }
     }
     reg.created = true;
@@ -310,8 +313,15 @@ fn create_with(
     let mut debug = options::pool_debug() | crate::checkers::tool_flags();
     if let Some(tag) = backend {
         // A size class of the LD_PRELOAD malloc (`create_span_pool`): one
-        // pool per tag, whoever asks first creates it.
-        if let Some(p) = reg.pools().find(|p| p.backend == tag) {
+        // pool per tag, whoever asks first creates it. A tag this call bound
+        // has none (tags are bound here only, under the registry lock): no
+        // walk of every pool for each class a process starts using.
+        let existing = if fresh_tag {
+            None
+        } else {
+            reg.pools().find(|p| p.backend == tag)
+        };
+        if let Some(p) = existing {
             // Relaxed: `users` changes under the registry lock we hold.
             p.users.fetch_add(1, Relaxed);
             return Ok(p);
