@@ -411,3 +411,22 @@ fn new_objects_come_in_batches_that_double() {
         unsafe { p.free(o) };
     }
 }
+
+/// An entry's first array holds one of its pool's clusters: 1 KiB for
+/// small objects (64 slots), 512 bytes from 128-byte objects up (32 slots
+/// or fewer), so that the entries of a process's little-used pools share
+/// fewer pages.
+#[test]
+fn first_arrays_hold_one_cluster() {
+    let small = pool(c"tc-first-array-64", 64);
+    let large = pool(c"tc-first-array-256", 256);
+    assert_eq!(super::first_block(small), 1024);
+    assert_eq!(super::first_block(large), 512);
+    // The entry starts with that many slots, and grows when filled.
+    let objs: Vec<_> = (0..200).map(|_| large.alloc().expect("object")).collect();
+    for &o in &objs {
+        // SAFETY: objects of `large`, each given back once.
+        unsafe { large.free(o) };
+    }
+    assert_eq!(registry::stats(large).cached, 200);
+}
