@@ -270,8 +270,11 @@ pub struct Pool {
     pub(crate) shared: SharedCache,
     /// Where objects come from; fixed at creation.
     pub(crate) backend: Backend,
-    /// The caller's name, copied; owned by the registry.
+    /// The caller's name, copied and owned by the registry, or (when
+    /// `name_owned` is false) a string that lives as long as the process.
     pub(crate) name: Cell<Option<NonNull<libc::c_char>>>,
+    /// Whether `name` is the registry's copy, to free at destroy.
+    pub(crate) name_owned: Cell<bool>,
     /// The other names the pool was merged under, comma-separated (for
     /// `pool_dump`); owned by the registry, written under its lock.
     pub(crate) also: Cell<Option<NonNull<libc::c_char>>>,
@@ -279,7 +282,7 @@ pub struct Pool {
     pub(crate) reg_next: Cell<*mut Pool>,
 }
 
-// SAFETY: the `Cell` fields (`name`, `also`, `reg_next`) are only written under the
+// SAFETY: the `Cell` fields (`name`, `name_owned`, `also`, `reg_next`) are only written under the
 // registry lock, while the pool is not live (name) or only by the registry
 // (list links); everything else is atomic or immutable after creation.
 unsafe impl Sync for Pool {}
@@ -358,6 +361,7 @@ impl Pool {
             SharedCache::init(&raw mut (*p).shared);
             (&raw mut (*p).backend).write(backend);
             (&raw mut (*p).name).write(Cell::new(None));
+            (&raw mut (*p).name_owned).write(Cell::new(false));
             (&raw mut (*p).also).write(Cell::new(None));
             (&raw mut (*p).reg_next).write(Cell::new(ptr::null_mut()));
         }
