@@ -41,9 +41,10 @@
 //! its array (twice the largest count the budget allows) and is moved back
 //! to the start only when its grant reaches the end, at most once per as
 //! many pushes as the array has free slots. An entry's array starts small
-//! (1 KiB, from the metadata arena, four to a page) and moves to one four
-//! times as large when it is full, up to that size: a short process binds
-//! a few dozen entries and fills few of them.
+//! (one cluster's slots and the marks: 1 KiB or 512 bytes, from the
+//! metadata arena, four or eight to a page) and moves to one four times as
+//! large when it is full, up to that size: a short process binds a few
+//! dozen entries and fills few of them.
 //!
 //! Why this design: the earlier linked list wrote a link into the previous
 //! newest object on every free (a second cache line, and what a use after
