@@ -270,8 +270,11 @@ pub struct Pool {
     pub(crate) shared: SharedCache,
     /// Where objects come from; fixed at creation.
     pub(crate) backend: Backend,
-    /// The caller's name, copied; owned by the registry.
+    /// The caller's name, copied and owned by the registry, or (when
+    /// `name_owned` is false) a string that lives as long as the process.
     pub(crate) name: Cell<Option<NonNull<libc::c_char>>>,
+    /// Whether `name` is the registry's copy, to free at destroy.
+    pub(crate) name_owned: Cell<bool>,
     /// The other names the pool was merged under, comma-separated (for
     /// `pool_dump`); owned by the registry, written under its lock.
     pub(crate) also: Cell<Option<NonNull<libc::c_char>>>,
@@ -279,7 +282,7 @@ pub struct Pool {
     pub(crate) reg_next: Cell<*mut Pool>,
 }
 
-// SAFETY: the `Cell` fields (`name`, `also`, `reg_next`) are only written under the
+// SAFETY: the `Cell` fields (`name`, `name_owned`, `also`, `reg_next`) are only written under the
 // registry lock, while the pool is not live (name) or only by the registry
 // (list links); everything else is atomic or immutable after creation.
 unsafe impl Sync for Pool {}
@@ -309,11 +312,19 @@ pub struct Stats {
 }
 
 impl Pool {
-    /// A live, empty pool in slot `slot` (its handle `handle_of_slot(slot)`),
-    /// its objects from `backend`, with
-    /// the debugging flags `debug` (`poison` the poison byte).
+    /// Writes a live, empty pool into `dst`: in slot `slot` (its handle
+    /// `handle_of_slot(slot)`), its objects from `backend`, with the
+    /// debugging flags `debug` (`poison` the poison byte). Field by field,
+    /// where the head lives: a head is about a kilobyte, most of it the
+    /// shared cache's padded buckets, and building it on the stack to copy
+    /// it in cost a pool's creation as much again.
+    ///
+    /// # Safety
+    /// `dst` is valid for writes of a `Pool` and aligned; its old value (a
+    /// dead head's, or none) is not dropped.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
+    pub(crate) unsafe fn init(
+        dst: NonNull<Pool>,
         slot: usize,
         size: usize,
         flags: u32,
@@ -321,34 +332,38 @@ impl Pool {
         debug: u32,
         poison: u8,
         key: u64,
-    ) -> Pool {
+    ) {
         let layout = Layout::new(size, debug);
         debug_assert!(layout.total >= size.max(MIN_OBJECT));
         debug_assert!(key != 0 && key & 1 == 0);
-        Pool {
-            handle: handle_of_slot(slot),
-            magic: AtomicU32::new(LIVE),
-            key,
-            life: Lifecycle::new(),
-            slot,
-            size,
-            obj_size: size.max(MIN_OBJECT),
-            alloc_size: layout.total,
-            flags,
-            debug,
-            debug_live: AtomicU32::new(debug | options::runtime_debug()),
-            layout,
-            poison,
-            limit: AtomicUsize::new(0),
-            pattern: AtomicUsize::new(0),
-            users: AtomicU32::new(1),
-            minavail: AtomicUsize::new(0),
-            failed: AtomicUsize::new(0),
-            shared: SharedCache::new(),
-            backend,
-            name: Cell::new(None),
-            also: Cell::new(None),
-            reg_next: Cell::new(core::ptr::null_mut()),
+        let p = dst.as_ptr();
+        // SAFETY: each write is to a field of `*p`, valid for writes
+        // (caller); together they initialise every field.
+        unsafe {
+            (&raw mut (*p).handle).write(handle_of_slot(slot));
+            (&raw mut (*p).magic).write(AtomicU32::new(LIVE));
+            (&raw mut (*p).key).write(key);
+            (&raw mut (*p).life).write(Lifecycle::new());
+            (&raw mut (*p).slot).write(slot);
+            (&raw mut (*p).size).write(size);
+            (&raw mut (*p).obj_size).write(size.max(MIN_OBJECT));
+            (&raw mut (*p).alloc_size).write(layout.total);
+            (&raw mut (*p).flags).write(flags);
+            (&raw mut (*p).debug).write(debug);
+            (&raw mut (*p).debug_live).write(AtomicU32::new(debug | options::runtime_debug()));
+            (&raw mut (*p).layout).write(layout);
+            (&raw mut (*p).poison).write(poison);
+            (&raw mut (*p).limit).write(AtomicUsize::new(0));
+            (&raw mut (*p).pattern).write(AtomicUsize::new(0));
+            (&raw mut (*p).users).write(AtomicU32::new(1));
+            (&raw mut (*p).minavail).write(AtomicUsize::new(0));
+            (&raw mut (*p).failed).write(AtomicUsize::new(0));
+            SharedCache::init(&raw mut (*p).shared);
+            (&raw mut (*p).backend).write(backend);
+            (&raw mut (*p).name).write(Cell::new(None));
+            (&raw mut (*p).name_owned).write(Cell::new(false));
+            (&raw mut (*p).also).write(Cell::new(None));
+            (&raw mut (*p).reg_next).write(Cell::new(ptr::null_mut()));
         }
     }
 

@@ -451,9 +451,10 @@ pub(crate) fn set_debugging(opts: &[u8]) -> bool {
 /// Whether the environment's `POOL_DEBUG` turns `uaf` on, by the parser
 /// `load_env` uses, without applying anything.
 pub(crate) fn uaf_in_env() -> bool {
-    getenv(c"POOL_DEBUG")
-        .and_then(|v| parse_debugging(0, v))
-        .is_some_and(|d| d & DEBUG_UAF != 0)
+    any_pool_variable()
+        && getenv(c"POOL_DEBUG")
+            .and_then(|v| parse_debugging(0, v))
+            .is_some_and(|d| d & DEBUG_UAF != 0)
 }
 
 /// `debug` with the options of `opts` applied, or `None` for a bad word.
@@ -521,6 +522,11 @@ fn write_stderr(bytes: &[u8]) {
 
 /// Reads the environment (once, from the registry's initialisation).
 pub(crate) fn load_env() {
+    // Most processes set none: one pass over the environment instead of a
+    // getenv (a pass each) per variable.
+    if !any_pool_variable() {
+        return;
+    }
     if let Some(v) = getenv(c"POOL_CACHE_SIZE") {
         match parse_size(v) {
             Some(n) => set_cache_size(n),
@@ -594,6 +600,47 @@ fn parse_size(s: &[u8]) -> Option<usize> {
     }
     let n = core::str::from_utf8(digits).ok()?.parse::<usize>().ok()?;
     n.checked_mul(unit)
+}
+
+/// Whether a variable of the environment starts with `POOL_` (all of
+/// `load_env`'s do).
+fn any_pool_variable() -> bool {
+    #[cfg(miri)]
+    return true;
+    #[cfg(not(miri))]
+    {
+        extern "C" {
+            static environ: *const *const libc::c_char;
+        }
+        // SAFETY: `environ` is the libc's array of NUL-terminated strings,
+        // ended by null (or null itself); read once at start-up, as getenv
+        // would.
+        unsafe { has_pool_variable(environ) }
+    }
+}
+
+/// Whether a string of `env`, an array of strings ended by null (or null),
+/// starts with `POOL_`.
+///
+/// # Safety
+/// `env` is null or such an array, each string NUL-terminated.
+unsafe fn has_pool_variable(mut env: *const *const libc::c_char) -> bool {
+    if env.is_null() {
+        return false;
+    }
+    // SAFETY: per the contract; each string is read up to its first byte
+    // that differs from the prefix (at the latest its NUL, which differs
+    // from every byte of the prefix).
+    unsafe {
+        while !(*env).is_null() {
+            let e = (*env).cast::<u8>();
+            if (0..5).all(|i| *e.add(i) == b"POOL_"[i]) {
+                return true;
+            }
+            env = env.add(1);
+        }
+    }
+    false
 }
 
 fn getenv(name: &CStr) -> Option<&'static [u8]> {

@@ -240,7 +240,7 @@ fn next_key() -> u64 {
 /// Creates a pool, or joins an existing one when both are POOL_F_SHARED and
 /// of the same rounded size.
 pub fn create(name: &CStr, size: usize, flags: u32) -> Result<&'static Pool, Error> {
-    create_with(name, size, flags, None)
+    create_with(Name::Copied(name), size, flags, None)
 }
 
 /// The pool whose objects come from the spans of `tag` (see `span`): a
@@ -248,9 +248,31 @@ pub fn create(name: &CStr, size: usize, flags: u32) -> Result<&'static Pool, Err
 /// `span::RESERVED_TAGS`, bound to this size by the first call. The first
 /// call creates it; a later one (two threads racing to create a class on
 /// its first use) returns the same pool, counted as one more user, as a
-/// merge is. Never merged with any other pool.
-pub fn create_span_pool(name: &CStr, size: usize, tag: u32) -> Result<&'static Pool, Error> {
-    create_with(name, size, 0, Some(Backend::Span(tag)))
+/// merge is. Never merged with any other pool. The name is kept as it is,
+/// not copied.
+pub fn create_span_pool(
+    name: &'static CStr,
+    size: usize,
+    tag: u32,
+) -> Result<&'static Pool, Error> {
+    create_with(Name::Static(name), size, 0, Some(Backend::Span(tag)))
+}
+
+/// The name a pool is created with: the caller's, copied (and freed at
+/// destroy), or one that lives as long as the process, kept as it is.
+#[derive(Clone, Copy)]
+enum Name<'a> {
+    Copied(&'a CStr),
+    Static(&'static CStr),
+}
+
+impl Name<'_> {
+    fn get(&self) -> &CStr {
+        match *self {
+            Name::Copied(n) => n,
+            Name::Static(n) => n,
+        }
+    }
 }
 
 /// Largest object a pool takes from spans by default: one span holds at
@@ -281,7 +303,7 @@ fn default_backend(size: usize) -> Backend {
 const QUARANTINE: usize = 16;
 
 fn create_with(
-    name: &CStr,
+    name_arg: Name<'_>,
     size: usize,
     flags: u32,
     backend: Option<Backend>,
@@ -289,6 +311,7 @@ fn create_with(
     if size == 0 || size > POOL_MAX_SIZE || flags & !KNOWN_FLAGS != 0 {
         return Err(Error::Invalid);
     }
+    let name = name_arg.get();
     let size = if flags & POOL_F_EXACT != 0 {
         size
     } else {
@@ -298,9 +321,12 @@ fn create_with(
     // Tags are bound under the registry lock only (here, and by
     // `default_backend` below): the fork handlers lock the tags bound when
     // they take the registry lock (`span::fork_prepare`).
+    // A reserved tag bound by this call has no pool yet.
+    let mut fresh_tag = false;
     if let Some(Backend::Span(tag)) = backend {
-        if !span::reserve(tag, size.max(MIN_OBJECT)) {
-            return Err(Error::Invalid);
+        match span::reserve(tag, size.max(MIN_OBJECT)) {
+            Some(fresh) => fresh_tag = fresh,
+            None => return Err(Error::Invalid),
         }
     }
     reg.created = true;
@@ -310,8 +336,15 @@ fn create_with(
     let mut debug = options::pool_debug() | crate::checkers::tool_flags();
     if let Some(tag) = backend {
         // A size class of the LD_PRELOAD malloc (`create_span_pool`): one
-        // pool per tag, whoever asks first creates it.
-        if let Some(p) = reg.pools().find(|p| p.backend == tag) {
+        // pool per tag, whoever asks first creates it. A tag this call bound
+        // has none (tags are bound here only, under the registry lock): no
+        // walk of every pool for each class a process starts using.
+        let existing = if fresh_tag {
+            None
+        } else {
+            reg.pools().find(|p| p.backend == tag)
+        };
+        if let Some(p) = existing {
             // Relaxed: `users` changes under the registry lock we hold.
             p.users.fetch_add(1, Relaxed);
             return Ok(p);
@@ -340,7 +373,18 @@ fn create_with(
             return Ok(p);
         }
     }
-    let name_copy = copy_name(name).ok_or(Error::NoMemory)?;
+    // A static name is not copied; `name_owned` below says which it is.
+    let name_copy = match name_arg {
+        Name::Copied(n) => copy_name(n).ok_or(Error::NoMemory)?,
+        Name::Static(n) => NonNull::from(n).cast(),
+    };
+    let owned = matches!(name_arg, Name::Copied(_));
+    let drop_name = |copy| {
+        if owned {
+            // SAFETY: the copy is ours and unused.
+            unsafe { release_name(copy) };
+        }
+    };
     // A free head is reused only once QUARANTINE others died after it (or
     // when no slot is left): until then a stale handle still names a dead
     // pool and fails with EINVAL, rather than reaching the next pool.
@@ -358,37 +402,26 @@ fn create_with(
             let slot = unsafe { head.as_ref() }.slot;
             // SAFETY: the head is ours; overwriting a dead pool drops nothing
             // that owns memory (its name was freed at destroy).
-            unsafe {
-                head.as_ptr().write(Pool::new(
-                    slot,
-                    size,
-                    flags,
-                    backend,
-                    debug,
-                    poison,
-                    next_key(),
-                ))
-            };
+            unsafe { Pool::init(head, slot, size, flags, backend, debug, poison, next_key()) };
             head
         }
         None => {
             if reg.slots == MAX_POOLS {
-                // SAFETY: the copy is ours and unused.
-                unsafe { release_name(name_copy) };
+                drop_name(name_copy);
                 return Err(Error::NoMemory);
             }
             // From mmap, not malloc: see `meta`. Its blocks are aligned to
             // their power-of-two size, far beyond a Pool's alignment.
             let Some(mem) = meta::obtain(core::mem::size_of::<Pool>()) else {
-                // SAFETY: as above.
-                unsafe { release_name(name_copy) };
+                drop_name(name_copy);
                 return Err(Error::NoMemory);
             };
             debug_assert!(mem.cast::<Pool>().is_aligned());
             let head = mem.cast::<Pool>();
             // SAFETY: fresh memory of the right size and alignment.
             unsafe {
-                head.as_ptr().write(Pool::new(
+                Pool::init(
+                    head,
                     reg.slots,
                     size,
                     flags,
@@ -396,7 +429,7 @@ fn create_with(
                     debug,
                     poison,
                     next_key(),
-                ))
+                )
             };
             reg.slots += 1;
             head
@@ -405,6 +438,7 @@ fn create_with(
     // SAFETY: initialised above; 'static because heads are never unmapped.
     let pool: &'static Pool = unsafe { &*head.as_ptr() };
     pool.name.set(Some(name_copy));
+    pool.name_owned.set(owned);
     pool.revive();
     pool.reg_next.set(reg.pools);
     reg.pools = head.as_ptr();
@@ -490,7 +524,7 @@ pub fn destroy(pool: &'static Pool) -> Result<Destroyed, Error> {
         // may not do (Miri reports it under Stacked Borrows).
         let head = unlink_pool(&mut reg, pool);
         pool.reg_next.set(head);
-        if let Some(name) = pool.name.take() {
+        if let Some(name) = pool.name.take().filter(|_| pool.name_owned.get()) {
             // SAFETY: the copy made at creation; the pool is dead.
             unsafe { release_name(name) };
         }

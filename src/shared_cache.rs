@@ -155,6 +155,20 @@ pub(crate) struct Bucket {
     fork_list: UnsafeCell<*mut Item>,
 }
 
+impl Bucket {
+    /// An empty, unlocked bucket with no objects counted.
+    fn empty() -> Bucket {
+        Bucket {
+            head: AtomicPtr::new(ptr::null_mut()),
+            objects: AtomicIsize::new(0),
+            allocated: AtomicIsize::new(0),
+            fork_list: UnsafeCell::new(ptr::null_mut()),
+            legacy: LegacyHead::new(),
+            last: LastCpu::new(),
+        }
+    }
+}
+
 // SAFETY: `fork_list` is touched only by the forking thread while the
 // bucket's head is held for it (see the field); the rest is atomics.
 unsafe impl Sync for Bucket {}
@@ -189,32 +203,46 @@ pub(crate) struct SharedCache {
 }
 
 impl SharedCache {
-    /// A cache over `POOL_SHARED_BUCKETS` buckets (all of them under loom).
-    pub(crate) fn new() -> Self {
-        let n = if cfg!(loom) {
+    /// Buckets a new cache uses: `POOL_SHARED_BUCKETS` (all under loom).
+    fn buckets_in_use() -> usize {
+        if cfg!(loom) {
             BUCKETS
         } else {
             crate::options::shared_buckets()
-        };
-        Self::with_buckets(n)
+        }
+    }
+
+    /// A cache over `POOL_SHARED_BUCKETS` buckets (all of them under loom).
+    #[cfg(any(test, loom))]
+    pub(crate) fn new() -> Self {
+        Self::with_buckets(Self::buckets_in_use())
     }
 
     /// A cache over its first `n` buckets (a power of two up to `BUCKETS`).
+    #[cfg(any(test, loom))]
     pub(crate) fn with_buckets(n: usize) -> Self {
         assert!(n.is_power_of_two() && n <= BUCKETS);
         SharedCache {
-            buckets: core::array::from_fn(|_| {
-                CachePadded::new(Bucket {
-                    head: AtomicPtr::new(ptr::null_mut()),
-                    objects: AtomicIsize::new(0),
-                    allocated: AtomicIsize::new(0),
-                    fork_list: UnsafeCell::new(ptr::null_mut()),
-                    legacy: LegacyHead::new(),
-                    last: LastCpu::new(),
-                })
-            }),
+            buckets: core::array::from_fn(|_| CachePadded::new(Bucket::empty())),
             mask: n - 1,
         }
+    }
+
+    /// Writes [`SharedCache::new`]'s value into `dst`, bucket by bucket: a
+    /// pool head is built where it lives (`Pool::init`), not on the stack
+    /// and copied.
+    ///
+    /// # Safety
+    /// `dst` is valid for writes and aligned; its old value is not dropped.
+    pub(crate) unsafe fn init(dst: *mut SharedCache) {
+        let n = Self::buckets_in_use();
+        assert!(n.is_power_of_two() && n <= BUCKETS);
+        for i in 0..BUCKETS {
+            // SAFETY: `dst` is valid for writes (caller); a place inside it.
+            unsafe { (&raw mut (*dst).buckets[i]).write(CachePadded::new(Bucket::empty())) };
+        }
+        // SAFETY: as above.
+        unsafe { (&raw mut (*dst).mask).write(n - 1) };
     }
 
     /// Bucket `b` modulo the buckets in use.
@@ -400,6 +428,15 @@ impl SharedCache {
     pub(crate) fn allocated(&self) -> usize {
         let n: isize = self.buckets.iter().map(|b| b.allocated.load(Relaxed)).sum();
         n.max(0) as usize
+    }
+
+    /// The objects counted allocated on bucket `home` (see
+    /// [`SharedCache::count_allocated`]): of the pool's objects, about those
+    /// that the threads of this bucket took; negative when others returned
+    /// more of them here.
+    pub(crate) fn allocated_on(&self, home: usize) -> isize {
+        // Relaxed: a statistic, as in `count_allocated`.
+        self.bucket(home).allocated.load(Relaxed)
     }
 
     /// Records `n` objects obtained from (positive) or returned to

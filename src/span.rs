@@ -276,23 +276,20 @@ fn stride(obj_size: usize) -> Option<u32> {
 }
 
 /// Binds `tag`, one of the first [`RESERVED_TAGS`] (numbered by their user:
-/// the LD_PRELOAD malloc's size classes), to objects of `obj_size` bytes.
-/// `false` if the tag is out of that range, the size unsupported, or the tag
-/// bound to another size.
-pub(crate) fn reserve(tag: u32, obj_size: usize) -> bool {
-    let Some(size) = stride(obj_size) else {
-        return false;
-    };
-    let Some(slot) = SIZES[..RESERVED_TAGS].get(tag as usize) else {
-        return false;
-    };
+/// the LD_PRELOAD malloc's size classes), to objects of `obj_size` bytes:
+/// `Some(true)` when this call bound it, `Some(false)` when it was bound to
+/// this size already, `None` if the tag is out of that range, the size
+/// unsupported, or the tag bound to another size. Tags are never unbound.
+pub(crate) fn reserve(tag: u32, obj_size: usize) -> Option<bool> {
+    let size = stride(obj_size)?;
+    let slot = SIZES[..RESERVED_TAGS].get(tag as usize)?;
     // Relaxed: see SIZES.
     match slot.compare_exchange(0, size, Relaxed, Relaxed) {
         Ok(_) => {
             locked_if_in_window(tag as usize);
-            true
+            Some(true)
         }
-        Err(bound) => bound == size,
+        Err(bound) => (bound == size).then_some(false),
     }
 }
 

@@ -41,9 +41,10 @@
 //! its array (twice the largest count the budget allows) and is moved back
 //! to the start only when its grant reaches the end, at most once per as
 //! many pushes as the array has free slots. An entry's array starts small
-//! (1 KiB, from the metadata arena, four to a page) and moves to one four
-//! times as large when it is full, up to that size: a short process binds
-//! a few dozen entries and fills few of them.
+//! (one cluster's slots and the marks: 1 KiB or 512 bytes, from the
+//! metadata arena, four or eight to a page) and moves to one four times as
+//! large when it is full, up to that size: a short process binds a few
+//! dozen entries and fills few of them.
 //!
 //! Why this design: the earlier linked list wrote a link into the previous
 //! newest object on every free (a second cache line, and what a use after
@@ -98,6 +99,10 @@ pub(crate) use crate::head::MAX_POOLS;
 
 /// Most bytes of new objects one refill takes (`ThreadCache::refill_new`).
 const BATCH_BYTES: usize = 4096;
+/// Bytes of new objects a pool's first refill takes; each later one takes
+/// as many as were taken before it (`ThreadCache::refill_new`), up to
+/// [`BATCH_BYTES`].
+const FIRST_BATCH_BYTES: usize = 1024;
 
 // Entries are laid out as the handles are: an entry's address is its
 // pool's handle plus the thread's bias (see `entry_of`).
@@ -689,17 +694,19 @@ impl ThreadCache {
 
     /// An empty entry, and nothing in the shared cache: for a pool that
     /// refills in batches (`Pool::refills_in_batches`), new objects, as many
-    /// as one grant step holds and at most a page of them, from one call to
-    /// the backing allocator. So a growing heap takes the slow path once per
+    /// as one grant step holds, at most a page of them and at first fewer
+    /// (`batch_len`), from one call to the backing allocator. So a growing heap takes the slow path once per
     /// batch rather than once per object, and a thread's new objects are
     /// neighbours of each other, not of another thread's. Hands out the
     /// first; the rest are cached, to be handed out in address order, each
     /// marked with the pool's key as every cached object is: a `free` of one
     /// of them (a forged pointer near a block the program holds) aborts as
     /// a double free instead of caching it twice. The marks touch the
-    /// batch's page, which the next hand-outs would touch anyway.
+    /// batch's objects, which the next hand-outs would touch anyway.
     fn refill_new(&self, e: &Entry, pool: &Pool) -> Option<NonNull<u8>> {
-        let most = cluster_len(pool).min(BATCH_BYTES / pool.obj_size);
+        let most = cluster_len(pool)
+            .min(BATCH_BYTES / pool.obj_size)
+            .min(batch_len(pool, self.home));
         if most < 2 || !pool.refills_in_batches() || !self.make_room(e, pool, false) {
             return None;
         }
@@ -743,6 +750,16 @@ impl ThreadCache {
         }
         true
     }
+}
+
+/// New objects of `pool` one refill takes (before the grant and
+/// `BATCH_BYTES` cap it): [`FIRST_BATCH_BYTES`] of them at first, then as
+/// many as its threads of bucket `home` took so far, so that batches double
+/// while the pool grows. A class that a process uses for a few objects
+/// marks and touches a few, not a page of them.
+fn batch_len(pool: &Pool, home: usize) -> usize {
+    let taken = pool.shared.allocated_on(home).max(0) as usize;
+    (FIRST_BATCH_BYTES / pool.obj_size).max(taken)
 }
 
 /// Gives every cached object of `tc` back and unbinds every entry.

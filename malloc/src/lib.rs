@@ -120,18 +120,58 @@ const fn class_by_size(n: usize) -> usize {
 
 /// The bytes of class `c` (what `malloc_usable_size` reports).
 #[inline]
-fn class_size(c: usize) -> usize {
+const fn class_size(c: usize) -> usize {
     if c < 4 {
         16 * (c + 1)
     } else if c == PAGE_PLUS_CLASS {
         PAGE_PLUS
     } else {
         // The power-of-two steps, counted without PAGE_PLUS's class.
-        let s = c - 4 - usize::from(c > PAGE_PLUS_CLASS);
+        let s = c - 4 - (c > PAGE_PLUS_CLASS) as usize;
         let k = 6 + s / 4;
         (1 << k) + (s % 4 + 1) * (1 << (k - 2))
     }
 }
+
+/// The name of each class's pool, `malloc-SIZE`: made at compile time, and
+/// kept by the registry as it is (not copied).
+static CLASS_NAMES: [&CStr; CLASSES] = {
+    let mut t: [&CStr; CLASSES] = [c"malloc"; CLASSES];
+    let mut c = 0;
+    while c < CLASSES {
+        t[c] = match CStr::from_bytes_until_nul(&CLASS_NAME_BYTES[c]) {
+            Ok(n) => n,
+            Err(_) => panic!("a class name without its NUL"),
+        };
+        c += 1;
+    }
+    t
+};
+
+/// The bytes of [`CLASS_NAMES`], each NUL-terminated.
+static CLASS_NAME_BYTES: [[u8; 13]; CLASSES] = {
+    let mut t = [[0u8; 13]; CLASSES];
+    let mut c = 0;
+    while c < CLASSES {
+        let prefix = b"malloc-";
+        let mut i = 0;
+        while i < prefix.len() {
+            t[c][i] = prefix[i];
+            i += 1;
+        }
+        let size = class_size(c);
+        let digits = size.ilog10() as usize + 1;
+        let mut d = size;
+        let mut k = digits;
+        while k > 0 {
+            k -= 1;
+            t[c][prefix.len() + k] = b'0' + (d % 10) as u8;
+            d /= 10;
+        }
+        c += 1;
+    }
+    t
+};
 
 /// Creates the pool of class `c` on its first use; a thread that races us
 /// gets the same pool from the registry. `None` when the pool is not usable
@@ -152,17 +192,8 @@ fn create(c: usize) -> Option<&'static Pool> {
     if large::bypassed() {
         return None;
     }
-    let mut name = *b"malloc-00000\0";
     let size = class_size(c);
-    let mut digits = size;
-    let mut end = 7 + 1 + size.ilog10() as usize;
-    name[end] = 0;
-    while end > 7 {
-        end -= 1;
-        name[end] = b'0' + (digits % 10) as u8;
-        digits /= 10;
-    }
-    let name = CStr::from_bytes_until_nul(&name).unwrap_or(c"malloc");
+    let name = CLASS_NAMES[c];
     let _ = IN_INIT.try_with(|f| f.set(true));
     let pool = preload::create_span_pool(name, size, c as u32).ok();
     let _ = IN_INIT.try_with(|f| f.set(false));
@@ -648,5 +679,15 @@ mod tests {
         );
         let sizes = [4096, 4097, 4416, 4417, 5120, 5121].map(|n| class_size(class_of(n)));
         assert_eq!(sizes, [4096, PAGE_PLUS, PAGE_PLUS, 5120, 5120, 6144]);
+    }
+
+    #[test]
+    fn every_class_is_named_by_its_size() {
+        for (c, name) in CLASS_NAMES.iter().enumerate() {
+            assert_eq!(
+                name.to_str(),
+                Ok(format!("malloc-{}", class_size(c)).as_str())
+            );
+        }
     }
 }

@@ -113,3 +113,26 @@ fn poison_takes_an_optional_byte() {
     let byte = 0x41 << POISON_SHIFT;
     assert_eq!(parse_debugging(DBG_POISON | byte, b"no-poison"), Some(byte));
 }
+
+/// `load_env` reads the variables only when one starts with `POOL_`.
+#[test]
+fn the_environment_is_scanned_for_the_prefix() {
+    let has = |vars: &[&CStr]| {
+        let mut env: Vec<*const libc::c_char> = vars.iter().map(|v| v.as_ptr()).collect();
+        env.push(core::ptr::null());
+        // SAFETY: a null-ended array of NUL-terminated strings.
+        unsafe { has_pool_variable(env.as_ptr()) }
+    };
+    assert!(has(&[c"HOME=/", c"POOL_DEBUG=tag"]));
+    assert!(has(&[c"POOL_="]));
+    assert!(!has(&[]));
+    assert!(!has(&[
+        c"POOL=1",
+        c"POO",
+        c"",
+        c"XPOOL_A=1",
+        c"pool_debug=tag"
+    ]));
+    // SAFETY: null is allowed.
+    assert!(!unsafe { has_pool_variable(core::ptr::null()) });
+}

@@ -53,6 +53,25 @@ fn a_span_tag_has_one_pool() {
     ));
 }
 
+/// A span pool keeps the caller's static name as it is, and its destroy
+/// leaves it alone (a name in read-only memory: freeing it into the
+/// metadata arena would write its first word).
+#[test]
+fn a_span_pool_keeps_its_static_name() {
+    static NAME: &core::ffi::CStr = c"tag-static";
+    let tag = span::RESERVED_TAGS as u32 - 4;
+    let p = create_span_pool(NAME, 64, tag).unwrap();
+    assert!(core::ptr::eq(p.name().as_ptr(), NAME.as_ptr()));
+    assert_eq!(destroy(p), Ok(Destroyed::Released));
+    assert_eq!(NAME.to_bytes(), b"tag-static");
+    // A copied name is the registry's.
+    let q = create(c"copied", 64, 0).unwrap();
+    let name = c"copied";
+    assert!(!core::ptr::eq(q.name().as_ptr(), name.as_ptr()));
+    assert_eq!(q.name(), name);
+    assert_eq!(destroy(q), Ok(Destroyed::Released));
+}
+
 #[test]
 fn destroy_is_refused_while_objects_are_held() {
     let p = create(c"in-use", 96, 0).unwrap();

@@ -426,10 +426,16 @@ fn tags_are_bound_once_per_size() {
     assert!(a as usize >= RESERVED_TAGS);
     assert_ne!(tag_for_size(7024), Some(a));
     assert_eq!(tag_for_size(SPAN / 8 + 16), None);
-    assert!(!reserve(RESERVED_TAGS as u32, 64), "not a reserved tag");
-    assert!(reserve(RESERVED_TAGS as u32 - 1, 9000));
-    assert!(reserve(RESERVED_TAGS as u32 - 1, 9000));
-    assert!(!reserve(RESERVED_TAGS as u32 - 1, 9024), "rebound");
+    assert_eq!(
+        reserve(RESERVED_TAGS as u32, 64),
+        None,
+        "not a reserved tag"
+    );
+    // The first binding says so (the registry then knows the tag has no
+    // pool), a second of the same size does not.
+    assert_eq!(reserve(RESERVED_TAGS as u32 - 1, 9000), Some(true));
+    assert_eq!(reserve(RESERVED_TAGS as u32 - 1, 9000), Some(false));
+    assert_eq!(reserve(RESERVED_TAGS as u32 - 1, 9024), None, "rebound");
 }
 
 #[test]

@@ -104,13 +104,18 @@ impl Entry {
 /// `top`, so that a reader counts nothing. Never dereferenced.
 pub(super) const MOVING: *mut *mut u8 = core::ptr::without_provenance_mut(usize::MAX);
 
-/// Bytes of an entry's first block: its marks and room for the largest
-/// cluster ([`MAX_CLUSTER`](super::MAX_CLUSTER)), at most its full size
-/// ([`array_block`]). Four such blocks share a page of the metadata arena,
-/// so the first use of a pool costs no mapping and no page of its own; the
-/// array grows fourfold when full (`grow`), up to the full size.
+/// Bytes of an entry's first block: its marks and room for one of the
+/// pool's clusters (`cluster_len`, at most [`MAX_CLUSTER`](super::MAX_CLUSTER)
+/// objects), a power of two, at most its full size ([`array_block`]). Such
+/// blocks share pages of the metadata arena (four of 1 KiB for the smallest
+/// objects, eight of 512 bytes from 128-byte objects up), so the first use
+/// of a pool costs no mapping and no page of its own; the array grows
+/// fourfold when full (`grow`), up to the full size.
 pub(super) fn first_block(pool: &Pool) -> usize {
-    array_block(pool).min(FIRST_BLOCK)
+    let one_cluster = size_of::<Marks>() + super::cluster_len(pool) * size_of::<*mut u8>();
+    array_block(pool)
+        .min(one_cluster.next_power_of_two())
+        .min(FIRST_BLOCK)
 }
 
 const FIRST_BLOCK: usize = 1024;

@@ -383,3 +383,51 @@ fn a_thread_without_a_cache_misses_on_both_hit_paths() {
     unsafe { p.free(obj) };
     assert_eq!(registry::stats(p).used, 0);
 }
+
+/// A class pool (one that refills in batches) takes a kilobyte of new
+/// objects at its first refill, not a page of them; each later refill takes
+/// as many as the pool counts taken on the thread's bucket, so batches
+/// double up to a page (or a cluster).
+#[test]
+#[cfg_attr(miri, ignore = "spans: Miri cannot trim their mappings")]
+fn new_objects_come_in_batches_that_double() {
+    // A reserved tag no other test binds (registry's and span's tests bind
+    // the last two).
+    let tag = crate::span::RESERVED_TAGS as u32 - 3;
+    let p = registry::create_span_pool(c"tc-batches", 64, tag).expect("pool");
+    assert!(p.refills_in_batches());
+    let mut held = Vec::new();
+    let mut allocated = Vec::new();
+    for _ in 0..200 {
+        held.push(p.alloc().expect("object"));
+        let a = registry::stats(p).allocated;
+        if allocated.last() != Some(&a) {
+            allocated.push(a);
+        }
+    }
+    // 1024 / 64, then doubling, then steps of 4096 / 64.
+    assert_eq!(allocated, [16, 32, 64, 128, 192, 256]);
+    for o in held {
+        // SAFETY: objects of `p`, each given back once.
+        unsafe { p.free(o) };
+    }
+}
+
+/// An entry's first array holds one of its pool's clusters: 1 KiB for
+/// small objects (64 slots), 512 bytes from 128-byte objects up (32 slots
+/// or fewer), so that the entries of a process's little-used pools share
+/// fewer pages.
+#[test]
+fn first_arrays_hold_one_cluster() {
+    let small = pool(c"tc-first-array-64", 64);
+    let large = pool(c"tc-first-array-256", 256);
+    assert_eq!(super::first_block(small), 1024);
+    assert_eq!(super::first_block(large), 512);
+    // The entry starts with that many slots, and grows when filled.
+    let objs: Vec<_> = (0..200).map(|_| large.alloc().expect("object")).collect();
+    for &o in &objs {
+        // SAFETY: objects of `large`, each given back once.
+        unsafe { large.free(o) };
+    }
+    assert_eq!(registry::stats(large).cached, 200);
+}
