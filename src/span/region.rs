@@ -74,17 +74,7 @@ pub(super) fn cover(base: usize, len: usize) -> bool {
 pub(super) fn map_reserve(len: usize) -> Option<NonNull<u8>> {
     // SAFETY: an anonymous private mapping at an address of the kernel's
     // choosing touches no existing memory.
-    let p = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    (p != libc::MAP_FAILED).then(|| NonNull::new(p.cast()))?
+    NonNull::new(unsafe { os::mmap(0, len, os::RW, libc::MAP_NORESERVE) }?)
 }
 
 /// Marks the granules of `[base, base + len)` with `kind` (the first) and
@@ -105,24 +95,9 @@ pub(super) fn mark(base: usize, len: usize, kind: u16, rest: u16) {
 }
 
 /// Maps `len` bytes at an address aligned to `align` (a power of two, at
-/// least SPAN), trimming the excess.
+/// least SPAN): one `mmap` in the common case (`os::map_aligned`).
 pub(super) fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
-    let raw = os::map_zeroed(len.checked_add(align)?)?;
-    let addr = raw.as_ptr() as usize;
-    let base = addr.next_multiple_of(align);
-    let head = base - addr;
-    let tail = align - head;
-    // SAFETY: the trimmed pieces lie inside the fresh mapping and are not
-    // used; `head` and `tail` are multiples of the page size.
-    unsafe {
-        if head > 0 {
-            libc::munmap(raw.as_ptr().cast(), head);
-        }
-        if tail > 0 {
-            libc::munmap(raw.as_ptr().add(head + len).cast(), tail);
-        }
-        Some(NonNull::new_unchecked(raw.as_ptr().add(head)))
-    }
+    os::map_aligned(len, align, 0, os::RW)
 }
 
 /// Bytes of the inaccessible guard page on each side of a large mapping.
@@ -131,50 +106,24 @@ pub(super) const GUARD: usize = 4096;
 /// Maps `len` bytes (a multiple of the page size) at an address aligned to
 /// `align` (a power of two, at least SPAN), between two inaccessible guard
 /// pages, [`GUARD`] bytes each (`PROT_NONE`: a linear overflow or underflow
-/// out of the mapping faults). The whole range is reserved `PROT_NONE`, the
-/// middle made writable, the excess trimmed.
+/// out of the mapping faults). The whole range is mapped `PROT_NONE` where
+/// the kernel chooses (over-mapped and trimmed: placed below the spans as
+/// `os::map_aligned` does, large mappings let a heap corruption show in
+/// python3 under `ulimit -v`, not understood yet: BENCHMARKS.md), the
+/// middle made writable.
 pub(super) fn map_guarded(len: usize, align: usize) -> Option<NonNull<u8>> {
-    let total = len.checked_add(align)?.checked_add(GUARD)?;
-    // SAFETY: an anonymous private mapping at an address of the kernel's
-    // choosing touches no existing memory.
-    let raw = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            total,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if raw == libc::MAP_FAILED {
-        return None;
-    }
-    let addr = raw as usize;
-    // At least GUARD bytes below the base, and (GUARD being a page and all
-    // of these multiples of it) GUARD bytes above its end, inside `raw`.
-    let base = (addr + GUARD).next_multiple_of(align);
-    let (lo, hi, end) = (base - GUARD, base + len + GUARD, addr + total);
-    // SAFETY: every range below lies inside the fresh mapping, which nobody
-    // else uses; all are multiples of the page size.
+    let total = len.checked_add(2 * GUARD)?;
+    let raw = os::map_trimmed(total, align, GUARD, libc::PROT_NONE)?;
+    // SAFETY: the middle of the fresh mapping, which nobody else uses; the
+    // whole of it on failure.
     unsafe {
-        if libc::mprotect(
-            ptr::with_exposed_provenance_mut(base),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-        ) != 0
-        {
-            libc::munmap(raw, total);
+        let base = raw.as_ptr().add(GUARD);
+        if !os::mprotect(base, len, os::RW) {
+            os::unmap(raw, total);
             return None;
         }
-        if lo > addr {
-            libc::munmap(raw, lo - addr);
-        }
-        if end > hi {
-            libc::munmap(ptr::with_exposed_provenance_mut(hi), end - hi);
-        }
+        Some(NonNull::new_unchecked(base))
     }
-    NonNull::new(ptr::with_exposed_provenance_mut(base))
 }
 
 /// Unmaps a mapping of [`map_guarded`] (`len` bytes at `base`) with its
@@ -183,8 +132,9 @@ pub(super) fn map_guarded(len: usize, align: usize) -> Option<NonNull<u8>> {
 /// # Safety
 /// The mapping is ours and nobody uses it any more.
 pub(super) unsafe fn unmap_guarded(base: *mut u8, len: usize) {
-    // SAFETY: the range is the mapping and its two guards (caller).
-    unsafe { libc::munmap(base.wrapping_sub(GUARD).cast(), len + 2 * GUARD) };
+    // SAFETY: the range is the mapping and its two guards (caller), never
+    // null (the first guard is below `base`).
+    unsafe { os::unmap(NonNull::new_unchecked(base.wrapping_sub(GUARD)), len + 2 * GUARD) };
 }
 
 /// Unmaps only the two guard pages of a mapping of [`map_guarded`] (`len`
@@ -199,8 +149,8 @@ pub(super) unsafe fn unmap_guards(base: *mut u8, len: usize) {
     // SAFETY: the page before `base` and the page at `base + len` are the
     // mapping's guards (caller), each a range of its own.
     unsafe {
-        libc::munmap(base.wrapping_sub(GUARD).cast(), GUARD);
-        libc::munmap(base.wrapping_add(len).cast(), GUARD);
+        os::munmap(base.wrapping_sub(GUARD), GUARD);
+        os::munmap(base.wrapping_add(len), GUARD);
     }
 }
 
