@@ -270,6 +270,12 @@ pub(crate) fn map_aligned(len: usize, align: usize, lead: usize, prot: libc::c_i
     PLACEMENT.map(len, align, lead, prot)
 }
 
+/// The top of the area where [`map_aligned`] places mappings (they lie
+/// below it, within [`PLACE_WINDOW`] bytes), or 0 when there is none.
+pub(crate) fn placement_top() -> usize {
+    PLACEMENT.top()
+}
+
 /// [`map_aligned`] where the kernel chooses: `align` more bytes (less a
 /// page) mapped, the excess on both sides unmapped (three calls).
 pub(crate) fn map_trimmed(len: usize, align: usize, lead: usize, prot: libc::c_int) -> Option<NonNull<u8>> {

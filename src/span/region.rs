@@ -25,6 +25,23 @@ pub(super) const ROOTS: usize = GRANULES / LEAF_GRANULES;
 pub(super) static ROOTS_MAP: [AtomicPtr<AtomicU16>; ROOTS] =
     [const { AtomicPtr::new(ptr::null_mut()) }; ROOTS];
 
+/// The leaf of [`first_leaf_root`], in the bss: a process whose mappings
+/// land in its range maps none (only the pages it marks are backed, as for a mapped
+/// leaf).
+#[repr(C, align(4096))]
+pub(super) struct Leaf(pub(super) [AtomicU16; LEAF_GRANULES]);
+
+// Out of the preload's ordered bss (malloc/build.rs), as meta's first
+// chunks.
+#[link_section = ".bss.pools_first"]
+pub(super) static FIRST_LEAF: Leaf = Leaf([const { AtomicU16::new(0) }; LEAF_GRANULES]);
+
+/// The root entry whose leaf is [`FIRST_LEAF`]: that of the top of the
+/// area where `os::map_aligned` places mappings, where spans and large
+/// mappings land in the common case (none when there is no such area).
+pub(super) fn first_leaf_root() -> usize {
+    os::placement_top().wrapping_sub(1) >> LEAF_SHIFT
+}
 /// The entry of granule `g` (`g < GRANULES`), if its leaf exists.
 #[inline(always)]
 pub(super) fn entry(g: usize) -> Option<&'static AtomicU16> {
@@ -36,8 +53,9 @@ pub(super) fn entry(g: usize) -> Option<&'static AtomicU16> {
     if leaf.is_null() {
         return None;
     }
-    // SAFETY: a published leaf is a live mapping of LEAF_GRANULES
-    // zero-initialised u16s, never unmapped; AtomicU16 has u16's layout.
+    // SAFETY: a published leaf is a live mapping (or the static leaf) of
+    // LEAF_GRANULES zero-initialised u16s, never unmapped; AtomicU16 has
+    // u16's layout.
     Some(unsafe { &*leaf.add(g & (LEAF_GRANULES - 1)) })
 }
 
@@ -48,24 +66,34 @@ pub(super) fn cover(base: usize, len: usize) -> bool {
     if last >= ROOTS {
         return false;
     }
-    for root in &ROOTS_MAP[first..=last] {
-        // Acquire: as in `entry`.
-        if !root.load(Acquire).is_null() {
-            continue;
+    // Acquire: as in `entry`.
+    (first..=last).all(|index| !ROOTS_MAP[index].load(Acquire).is_null() || add_leaf(index))
+}
+
+/// Publishes a leaf for root entry `index` (unless another thread did
+/// first): the static leaf for the range where mappings are placed, a
+/// mapped one elsewhere; `false` if none could be mapped.
+#[cold]
+fn add_leaf(index: usize) -> bool {
+    let is_static = index == first_leaf_root();
+    let fresh = if is_static {
+        FIRST_LEAF.0.as_ptr().cast_mut()
+    } else {
+        match map_reserve(LEAF_BYTES) {
+            Some(fresh) => fresh.cast::<AtomicU16>().as_ptr(),
+            None => return false,
         }
-        let Some(fresh) = map_reserve(LEAF_BYTES) else {
-            return false;
-        };
-        let fresh = fresh.cast::<AtomicU16>().as_ptr();
-        // Release on success: publishes the fresh (zeroed) leaf; Relaxed on
-        // failure: the winner's leaf is read through `entry`'s Acquire.
-        if root
-            .compare_exchange(ptr::null_mut(), fresh, Release, Relaxed)
-            .is_err()
-        {
-            // SAFETY: our leaf was never published.
-            unsafe { os::unmap(NonNull::new_unchecked(fresh.cast()), LEAF_BYTES) };
-        }
+    };
+    // Release on success: publishes the fresh (zeroed) leaf; Relaxed on
+    // failure: the winner's leaf is read through `entry`'s Acquire.
+    if ROOTS_MAP[index]
+        .compare_exchange(ptr::null_mut(), fresh, Release, Relaxed)
+        .is_err()
+        && !is_static
+    {
+        // SAFETY: our leaf was never published (a static one lost to
+        // itself: only this root's entry takes it).
+        unsafe { os::unmap(NonNull::new_unchecked(fresh.cast()), LEAF_BYTES) };
     }
     true
 }
