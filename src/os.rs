@@ -78,6 +78,22 @@ pub(crate) unsafe fn unmap(p: NonNull<u8>, len: usize) {
     }
 }
 
+/// Drops the pages of `[p, p + len)` (page-aligned, in an anonymous
+/// private mapping or the anonymous part of the bss), which read as zeros
+/// afterwards and cost nothing until touched again; `false` if the kernel
+/// refused (locked pages), the contents then unchanged.
+///
+/// # Safety
+/// Nobody uses the range's contents any more.
+pub(crate) unsafe fn discard(p: NonNull<u8>, len: usize) -> bool {
+    if cfg!(miri) {
+        return false;
+    }
+    hook::count();
+    // SAFETY: the caller's contract.
+    unsafe { libc::madvise(p.as_ptr().cast(), len, libc::MADV_DONTNEED) == 0 }
+}
+
 /// Readable and writable pages.
 pub(crate) const RW: libc::c_int = libc::PROT_READ | libc::PROT_WRITE;
 
