@@ -205,7 +205,13 @@ impl Placement {
     /// kernel has no memory for it (no use trying elsewhere), `Err(false)`
     /// when it could not be placed (the area is used up, or its next range
     /// is taken: the area then moves [`PLACE_GAP`] lower).
-    fn place(&self, len: usize, align: usize, lead: usize, prot: libc::c_int) -> Result<NonNull<u8>, bool> {
+    fn place(
+        &self,
+        len: usize,
+        align: usize,
+        lead: usize,
+        prot: libc::c_int,
+    ) -> Result<NonNull<u8>, bool> {
         let top = self.top();
         if top == 0 || cfg!(miri) {
             return Err(false);
@@ -267,7 +273,13 @@ impl Placement {
     }
 
     /// [`map_aligned`] in this placement's area.
-    pub(crate) fn map(&self, len: usize, align: usize, lead: usize, prot: libc::c_int) -> Option<NonNull<u8>> {
+    pub(crate) fn map(
+        &self,
+        len: usize,
+        align: usize,
+        lead: usize,
+        prot: libc::c_int,
+    ) -> Option<NonNull<u8>> {
         debug_assert!(align.is_power_of_two() && lead < len);
         match self.place(len, align, lead, prot) {
             Ok(p) => Some(p),
@@ -282,7 +294,12 @@ impl Placement {
 /// power of two, at least the page size), or `None`. One `mmap` in the
 /// common case ([`Placement`]); otherwise the kernel's choice, over-mapped
 /// and trimmed.
-pub(crate) fn map_aligned(len: usize, align: usize, lead: usize, prot: libc::c_int) -> Option<NonNull<u8>> {
+pub(crate) fn map_aligned(
+    len: usize,
+    align: usize,
+    lead: usize,
+    prot: libc::c_int,
+) -> Option<NonNull<u8>> {
     PLACEMENT.map(len, align, lead, prot)
 }
 
@@ -294,7 +311,12 @@ pub(crate) fn placement_top() -> usize {
 
 /// [`map_aligned`] where the kernel chooses: `align` more bytes (less a
 /// page) mapped, the excess on both sides unmapped (three calls).
-pub(crate) fn map_trimmed(len: usize, align: usize, lead: usize, prot: libc::c_int) -> Option<NonNull<u8>> {
+pub(crate) fn map_trimmed(
+    len: usize,
+    align: usize,
+    lead: usize,
+    prot: libc::c_int,
+) -> Option<NonNull<u8>> {
     let total = len.checked_add(align - page())?;
     // SAFETY: an anonymous mapping where the kernel chooses.
     let raw = unsafe { mmap(0, total, prot, 0) }?;
@@ -517,13 +539,23 @@ mod tests {
             // Someone else's mapping where the next range would go.
             let blocker = a - 4 * SPAN;
             // SAFETY: NOREPLACE maps only free addresses.
-            let got = unsafe { mmap(blocker, 4 * SPAN, libc::PROT_NONE, libc::MAP_FIXED_NOREPLACE) };
+            let got = unsafe {
+                mmap(
+                    blocker,
+                    4 * SPAN,
+                    libc::PROT_NONE,
+                    libc::MAP_FIXED_NOREPLACE,
+                )
+            };
             assert_eq!(got.map(<*mut u8>::addr), Some(blocker));
             // SAFETY: errno is this thread's.
             unsafe { *libc::__errno_location() = 0 };
             let (b, nb) = map_counted(area, 4 * SPAN, 0, RW);
             assert!(nb > 1, "the placed mmap failed, the kernel chose");
-            assert!(b + 4 * SPAN <= blocker || b >= blocker + 4 * SPAN, "clear of the blocker");
+            assert!(
+                b + 4 * SPAN <= blocker || b >= blocker + 4 * SPAN,
+                "clear of the blocker"
+            );
             writable(b, 4 * SPAN);
             // SAFETY: as above.
             assert_eq!(unsafe { *libc::__errno_location() }, 0, "errno kept");
@@ -546,7 +578,14 @@ mod tests {
             let blocker = a - 4 * SPAN;
             hook::old_kernel(false);
             // SAFETY: NOREPLACE maps only free addresses.
-            let got = unsafe { mmap(blocker, 4 * SPAN, libc::PROT_NONE, libc::MAP_FIXED_NOREPLACE) };
+            let got = unsafe {
+                mmap(
+                    blocker,
+                    4 * SPAN,
+                    libc::PROT_NONE,
+                    libc::MAP_FIXED_NOREPLACE,
+                )
+            };
             assert_eq!(got.map(<*mut u8>::addr), Some(blocker));
             hook::old_kernel(true);
             for _ in 0..4 {

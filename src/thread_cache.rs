@@ -768,9 +768,8 @@ unsafe impl Sync for FirstCache {}
 // Out of the preload's ordered bss (malloc/build.rs), whose small statics
 // would otherwise be spread over its pages.
 #[link_section = ".bss.pools_first"]
-static FIRST_CACHE: FirstCache = FirstCache(core::cell::UnsafeCell::new(
-    core::mem::MaybeUninit::zeroed(),
-));
+static FIRST_CACHE: FirstCache =
+    FirstCache(core::cell::UnsafeCell::new(core::mem::MaybeUninit::zeroed()));
 
 /// Whether [`FIRST_CACHE`] is free and zero ([`CLEAN`]), a thread's (or
 /// out of use: see [`map_cache`]), or free with the contents of a cache

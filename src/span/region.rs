@@ -162,7 +162,12 @@ pub(super) fn map_guarded(len: usize, align: usize) -> Option<NonNull<u8>> {
 pub(super) unsafe fn unmap_guarded(base: *mut u8, len: usize) {
     // SAFETY: the range is the mapping and its two guards (caller), never
     // null (the first guard is below `base`).
-    unsafe { os::unmap(NonNull::new_unchecked(base.wrapping_sub(GUARD)), len + 2 * GUARD) };
+    unsafe {
+        os::unmap(
+            NonNull::new_unchecked(base.wrapping_sub(GUARD)),
+            len + 2 * GUARD,
+        )
+    };
 }
 
 /// Unmaps only the two guard pages of a mapping of [`map_guarded`] (`len`

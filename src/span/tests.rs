@@ -591,7 +591,10 @@ fn placed_spans_are_marked_in_the_static_leaf() {
     // Spans are placed below `os::placement_top` (the test binary's own
     // statics, less 1 GiB), in the range of one leaf: the static one.
     let top = os::placement_top();
-    assert!(addr < top && addr >= top - (16 << 30), "placed: {addr:#x} below {top:#x}");
+    assert!(
+        addr < top && addr >= top - (16 << 30),
+        "placed: {addr:#x} below {top:#x}"
+    );
     let root = addr >> LEAF_SHIFT;
     assert_eq!(root, first_leaf_root());
     assert_eq!(
