@@ -361,11 +361,13 @@ pub(crate) mod hook {
     }
 
     /// `mmap`, `munmap` and `mprotect` calls this thread has made.
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn calls() -> usize {
         CALLS.with(Cell::get)
     }
 
     /// Makes this thread's `mmap` treat `MAP_FIXED_NOREPLACE` as a hint.
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn old_kernel(on: bool) {
         OLD_KERNEL.with(|o| o.set(on));
     }

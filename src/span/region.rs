@@ -135,9 +135,8 @@ pub(super) const GUARD: usize = 4096;
 /// `align` (a power of two, at least SPAN), between two inaccessible guard
 /// pages, [`GUARD`] bytes each (`PROT_NONE`: a linear overflow or underflow
 /// out of the mapping faults). The whole range is mapped `PROT_NONE` where
-/// the kernel chooses (over-mapped and trimmed: placed below the spans as
-/// `os::map_aligned` does, large mappings let a heap corruption show in
-/// python3 under `ulimit -v`, not understood yet: BENCHMARKS.md), the
+/// the kernel chooses (over-mapped and trimmed; placed as spans are, large
+/// mappings made a fault of `backing::trim` show: BENCHMARKS.md), the
 /// middle made writable.
 pub(super) fn map_guarded(len: usize, align: usize) -> Option<NonNull<u8>> {
     let total = len.checked_add(2 * GUARD)?;
