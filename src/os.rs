@@ -508,6 +508,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "fork")]
     fn consecutive_aligned_mappings_take_one_call_each() {
         in_child_with_area(|area| {
             let (a, na) = map_counted(area, 16 * SPAN, 0, RW);
@@ -535,6 +536,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "fork")]
     fn a_taken_range_falls_back_to_the_kernels_choice() {
         in_child_with_area(|area| {
             let (a, _) = map_counted(area, 4 * SPAN, 0, RW);
@@ -568,6 +570,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "fork")]
     fn an_ignored_hint_is_checked() {
         in_child_with_area(|area| {
             // A kernel that takes NOREPLACE as a hint: on free addresses
@@ -600,6 +603,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "fork")]
     fn no_memory_is_not_retried_elsewhere() {
         in_child_with_area(|area| {
             // More than the address space can hold: one failed call.

@@ -389,6 +389,7 @@ fn a_thread_without_a_cache_misses_on_both_hit_paths() {
 /// child: no other thread takes it meanwhile; the child uses no pool
 /// afterwards, so a cache of its own there may be overwritten).
 #[test]
+#[cfg_attr(miri, ignore = "fork")]
 fn the_static_cache_is_zeroed_for_its_next_owner() {
     use super::{map_cache, unmap, FIRST_CACHE, FIRST_CACHE_STATE};
     use crate::os::hook;
