@@ -213,13 +213,35 @@ pub(crate) fn trims() -> usize {
 /// glibc's `malloc_trim`, which would then trim an arena nobody uses:
 /// there its arenas are purged through `mallctl`, as HAProxy does.
 pub(crate) fn trim() {
-    static TRIMMER: OnceCell<Option<Trimmer>> = OnceCell::new();
-    if !crate::options::trim_enabled() {
-        return;
+    if crate::options::trim_enabled() {
+        if let Some(t) = *TRIMMER.get_or_init(find_trimmer) {
+            run_trimmer(t);
+        }
     }
-    let Some(t) = *TRIMMER.get_or_init(find_trimmer) else {
-        return;
-    };
+}
+
+/// [`trim`] for a `pool_gc` inside an allocation that failed: it trims only
+/// with an entry point found before. The lookup's `dlsym` would replace the
+/// dynamic loader's pending error, and the allocation may be `dlerror`'s
+/// own, which then frees its result a second time.
+pub(crate) fn trim_if_found() {
+    if crate::options::trim_enabled() {
+        if let Some(Some(t)) = TRIMMER.get() {
+            run_trimmer(*t);
+        }
+    }
+}
+
+/// Makes `malloc_trim` the trim of the allocator underneath, with no
+/// lookup: the LD_PRELOAD malloc's own, from its constructor.
+pub(crate) fn set_malloc_trim(f: TrimFn) {
+    let _ = TRIMMER.set(Some(Trimmer::MallocTrim(f)));
+}
+
+/// The allocator's trim entry point, once looked up (or set).
+static TRIMMER: OnceCell<Option<Trimmer>> = OnceCell::new();
+
+fn run_trimmer(t: Trimmer) {
     match t {
         // SAFETY: `trim` is the libc's malloc_trim, found by its name.
         Trimmer::MallocTrim(trim) => unsafe {

@@ -694,7 +694,8 @@ pub(crate) fn destroys() -> usize {
 /// (before any pool exists, so before any of them can be needed).
 pub(crate) struct Upcalls {
     /// `pool_gc`: an allocation that found no memory frees what the other
-    /// pools keep idle before it fails.
+    /// pools keep idle before it fails (without a new lookup of the
+    /// allocator's trim: see `backing::trim_if_found`).
     pub(crate) gc: fn(),
     /// The last pin of a dead pool is gone: its head may be recycled.
     pub(crate) recycle: fn(&Pool),

@@ -4,7 +4,8 @@
 //! the pools themselves.
 //!
 //! Blocks are powers of two from 16 bytes to [`ARENA_MAX`], carved from
-//! 64 KiB mapped chunks at offsets that are multiples of their size (so a
+//! 64 KiB chunks (the first of each kind static, in the bss; the others
+//! mapped) at offsets that are multiples of their size (so a
 //! block is aligned to its size) and recycled through one free list per size.
 //! Blocks up to [`SMALL_MAX`] (name copies) and larger ones (pool heads) are
 //! carved from separate chunks: a name between two heads would leave a gap
@@ -78,9 +79,38 @@ struct Locked {
 // point to is not tied to any thread.
 unsafe impl Sync for Locked {}
 
+/// The first chunk of each kind, in the bss: a process that needs no
+/// second one maps none (only the pages it touches are backed, as for a
+/// mapped chunk).
+#[repr(C, align(4096))]
+struct FirstChunks(UnsafeCell<[[u8; CHUNK]; 3]>);
+
+// SAFETY: each chunk is carved under the arena's lock, as a mapped one.
+unsafe impl Sync for FirstChunks {}
+
+// Out of the preload's ordered bss (malloc/build.rs), whose small statics
+// would otherwise be spread over the chunks' pages.
+#[link_section = ".bss.pools_first"]
+static FIRST_CHUNKS: FirstChunks = FirstChunks(UnsafeCell::new([[0; CHUNK]; 3]));
+
+/// The chunk `i` of [`FIRST_CHUNKS`].
+const fn first_chunk(i: usize) -> Bump {
+    Bump {
+        // The chunks' bytes are only written through this pointer.
+        chunk: FIRST_CHUNKS.0.get().cast::<u8>().wrapping_add(i * CHUNK),
+        used: 0,
+    }
+}
+
+/// The process's arena before its first block: on the static chunks.
+const FIRST: Arena = Arena {
+    bump: [first_chunk(0), first_chunk(1), first_chunk(2)],
+    ..Arena::EMPTY
+};
+
 static ARENA: Locked = Locked {
     lock: SpinLock::new(),
-    arena: UnsafeCell::new(Arena::EMPTY),
+    arena: UnsafeCell::new(FIRST),
 };
 
 /// Runs `f` on the arena, under its lock.
@@ -241,6 +271,18 @@ mod tests {
                     .all(|&b| b == 0));
                 release(q, size);
             }
+        }
+    }
+
+    /// The process's arena starts on the static chunks, one per kind,
+    /// page-aligned (so that blocks are aligned to their size): the first
+    /// block of each kind needs no mapping.
+    #[test]
+    fn the_first_chunks_are_static() {
+        let start = FIRST_CHUNKS.0.get() as usize;
+        assert_eq!(start % 4096, 0);
+        for (i, b) in FIRST.bump.iter().enumerate() {
+            assert_eq!((b.chunk as usize, b.used), (start + i * CHUNK, 0));
         }
     }
 }

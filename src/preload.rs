@@ -20,6 +20,13 @@ pub fn cover_outer_locks(lock: extern "C" fn(), unlock: extern "C" fn()) {
     crate::fork::register_handlers();
 }
 
+/// Makes `trim`, the LD_PRELOAD malloc's `malloc_trim`, what `pool_gc`
+/// asks to give memory back (no lookup: see `backing::trim_if_found`).
+/// Call it from a constructor.
+pub fn trim_with(trim: unsafe extern "C" fn(usize) -> core::ffi::c_int) {
+    crate::backing::set_malloc_trim(trim);
+}
+
 /// Whether the environment's `POOL_DEBUG` asks for `uaf`, by the core's own
 /// parser (a list it refuses turns nothing on, as at the core's start-up).
 /// Reads the environment only: the preload asks before the core starts.

@@ -107,7 +107,7 @@ pub fn init() {
 fn init_once() {
     options::load_env();
     crate::head::install_upcalls(crate::head::Upcalls {
-        gc,
+        gc: gc_on_failure,
         recycle,
         pool_at,
     });
@@ -610,6 +610,14 @@ fn unlink_pool(reg: &mut Registry, pool: &Pool) -> *mut Pool {
 pub fn gc() {
     gc_pools();
     backing::trim();
+}
+
+/// [`gc`] for an allocation that failed (the upcall of `head`): inside
+/// malloc, where the dynamic loader must not be called (see
+/// `backing::trim_if_found`).
+fn gc_on_failure() {
+    gc_pools();
+    backing::trim_if_found();
 }
 
 /// [`gc`] without asking the allocator underneath (for the LD_PRELOAD

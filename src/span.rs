@@ -40,8 +40,9 @@
 //!
 //! Sizes are chosen for small address spaces (`ulimit -v`, containers): a
 //! span is 256 KiB (a short process touches a few dozen classes, one span
-//! each at least), spans are mapped 16 at a time (4 MiB) or one at a time
-//! when that fails, and nothing is reserved up front but what is used.
+//! each at least), spans are mapped 32 at a time the first time (8 MiB),
+//! 16 (4 MiB) after, or one at a time when that fails, and nothing is
+//! reserved up front but what is used.
 
 use crate::sync::SpinLock;
 use crate::{links, options, os};

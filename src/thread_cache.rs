@@ -108,7 +108,8 @@ const FIRST_BATCH_BYTES: usize = 1024;
 // pool's handle plus the thread's bias (see `entry_of`).
 const _: () = assert!(size_of::<Entry>() == head::HANDLE_STRIDE);
 
-/// The cache of one thread. Lives in a zeroed mapping: all-zero is the
+/// The cache of one thread. Lives in zeroed memory (a mapping, or the
+/// static `FIRST_CACHE`): all-zero is the
 /// "unused" state of every field, so the table costs nothing until touched.
 #[repr(C)]
 pub(crate) struct ThreadCache {
@@ -378,7 +379,7 @@ impl ThreadCache {
             let _ = CREATE_STATE.try_with(|s| s.set(EXITED));
             return None;
         };
-        let tc = os::map_zeroed(size_of::<ThreadCache>())?.cast::<ThreadCache>();
+        let tc = map_cache()?;
         // SAFETY: a fresh zeroed mapping of the right size is a valid
         // ThreadCache (every field is valid all-zero) that only we see.
         let r = unsafe {
@@ -391,7 +392,7 @@ impl ThreadCache {
         // SAFETY: a key of ours; any non-null value arms its destructor.
         if unsafe { libc::pthread_setspecific(key, tc.as_ptr().cast()) } != 0 {
             // SAFETY: never registered nor shared: nobody else can see it.
-            unsafe { os::unmap(tc.cast(), size_of::<ThreadCache>()) };
+            unsafe { unmap(tc) };
             return None;
         }
         THREADS.add(tc);
@@ -809,12 +810,62 @@ pub(crate) fn evict_all() {
     }
 }
 
-/// Unmaps a thread cache that is drained and unregistered.
+/// The cache of the first thread that makes one, in the bss: a process
+/// whose threads make their caches one after the other maps none (only the
+/// pages it touches are backed, as in a mapping).
+#[repr(C, align(4096))]
+struct FirstCache(core::cell::UnsafeCell<core::mem::MaybeUninit<ThreadCache>>);
+
+// SAFETY: handed to one thread at a time through FIRST_CACHE_TAKEN.
+unsafe impl Sync for FirstCache {}
+
+// Out of the preload's ordered bss (malloc/build.rs), whose small statics
+// would otherwise be spread over its pages.
+#[link_section = ".bss.pools_first"]
+static FIRST_CACHE: FirstCache =
+    FirstCache(core::cell::UnsafeCell::new(core::mem::MaybeUninit::zeroed()));
+
+/// Whether [`FIRST_CACHE`] is free and zero ([`CLEAN`]), a thread's (or
+/// out of use: see [`map_cache`]), or free with the contents of a cache
+/// that was given back ([`DIRTY`]), zeroed by its next owner: so that a
+/// process's last thread leaves without a system call for it.
+static FIRST_CACHE_STATE: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(CLEAN);
+const CLEAN: u8 = 0;
+const TAKEN: u8 = 1;
+const DIRTY: u8 = 2;
+
+/// Zeroed memory for a thread cache: [`FIRST_CACHE`] when it is free, else
+/// a fresh mapping.
+fn map_cache() -> Option<NonNull<ThreadCache>> {
+    let first = NonNull::new(FIRST_CACHE.0.get().cast::<ThreadCache>())?;
+    // Acquire: pairs with the Release in `unmap`: the last owner's writes
+    // happen before the pages are dropped.
+    match FIRST_CACHE_STATE.swap(TAKEN, core::sync::atomic::Ordering::Acquire) {
+        CLEAN => return Some(first),
+        // SAFETY: the static cache is page-aligned, in the anonymous part
+        // of the bss, and its last owner is done with it; ours now. When
+        // the kernel refuses, it stays TAKEN: out of use.
+        DIRTY if unsafe { os::discard(first.cast(), size_of::<ThreadCache>()) } => {
+            return Some(first)
+        }
+        _ => {}
+    }
+    Some(os::map_zeroed(size_of::<ThreadCache>())?.cast())
+}
+
+/// Unmaps a thread cache that is drained and unregistered (the static one
+/// is freed for the next thread, which zeroes it).
 ///
 /// # Safety
 /// Nobody uses `tc` any more.
 unsafe fn unmap(tc: NonNull<ThreadCache>) {
-    // SAFETY: the mapping was made by `create` with this size.
+    if tc.as_ptr() == FIRST_CACHE.0.get().cast() {
+        // Release: see `map_cache`.
+        FIRST_CACHE_STATE.store(DIRTY, Release);
+        return;
+    }
+    // SAFETY: any other cache is a mapping made by `map_cache` with this
+    // size.
     unsafe { os::unmap(tc.cast(), size_of::<ThreadCache>()) };
 }
 

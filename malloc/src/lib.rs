@@ -218,10 +218,12 @@ fn pool(c: usize) -> Option<&'static Pool> {
 
 /// The library's constructor, when it is loaded (before the program's
 /// `main` and its handlers): the process's one set of fork handlers, the
-/// core's, covering the large cache's lock too (see `pools::preload::cover_outer_locks`).
+/// core's, covering the large cache's lock too (see `pools::preload::cover_outer_locks`);
+/// and `pool_gc`'s trim, this malloc's own `malloc_trim`.
 extern "C" fn at_load() {
     preload::cover_outer_locks(large::fork_lock, large::fork_unlock);
     preload::on_fresh_span(large::span_made);
+    preload::trim_with(malloc_trim);
 }
 
 #[used]

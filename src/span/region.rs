@@ -25,6 +25,23 @@ pub(super) const ROOTS: usize = GRANULES / LEAF_GRANULES;
 pub(super) static ROOTS_MAP: [AtomicPtr<AtomicU16>; ROOTS] =
     [const { AtomicPtr::new(ptr::null_mut()) }; ROOTS];
 
+/// The leaf of [`first_leaf_root`], in the bss: a process whose mappings
+/// land in its range maps none (only the pages it marks are backed, as for a mapped
+/// leaf).
+#[repr(C, align(4096))]
+pub(super) struct Leaf(pub(super) [AtomicU16; LEAF_GRANULES]);
+
+// Out of the preload's ordered bss (malloc/build.rs), as meta's first
+// chunks.
+#[link_section = ".bss.pools_first"]
+pub(super) static FIRST_LEAF: Leaf = Leaf([const { AtomicU16::new(0) }; LEAF_GRANULES]);
+
+/// The root entry whose leaf is [`FIRST_LEAF`]: that of the top of the
+/// area where `os::map_aligned` places mappings, where spans and large
+/// mappings land in the common case (none when there is no such area).
+pub(super) fn first_leaf_root() -> usize {
+    os::placement_top().wrapping_sub(1) >> LEAF_SHIFT
+}
 /// The entry of granule `g` (`g < GRANULES`), if its leaf exists.
 #[inline(always)]
 pub(super) fn entry(g: usize) -> Option<&'static AtomicU16> {
@@ -36,8 +53,9 @@ pub(super) fn entry(g: usize) -> Option<&'static AtomicU16> {
     if leaf.is_null() {
         return None;
     }
-    // SAFETY: a published leaf is a live mapping of LEAF_GRANULES
-    // zero-initialised u16s, never unmapped; AtomicU16 has u16's layout.
+    // SAFETY: a published leaf is a live mapping (or the static leaf) of
+    // LEAF_GRANULES zero-initialised u16s, never unmapped; AtomicU16 has
+    // u16's layout.
     Some(unsafe { &*leaf.add(g & (LEAF_GRANULES - 1)) })
 }
 
@@ -48,24 +66,34 @@ pub(super) fn cover(base: usize, len: usize) -> bool {
     if last >= ROOTS {
         return false;
     }
-    for root in &ROOTS_MAP[first..=last] {
-        // Acquire: as in `entry`.
-        if !root.load(Acquire).is_null() {
-            continue;
+    // Acquire: as in `entry`.
+    (first..=last).all(|index| !ROOTS_MAP[index].load(Acquire).is_null() || add_leaf(index))
+}
+
+/// Publishes a leaf for root entry `index` (unless another thread did
+/// first): the static leaf for the range where mappings are placed, a
+/// mapped one elsewhere; `false` if none could be mapped.
+#[cold]
+fn add_leaf(index: usize) -> bool {
+    let is_static = index == first_leaf_root();
+    let fresh = if is_static {
+        FIRST_LEAF.0.as_ptr().cast_mut()
+    } else {
+        match map_reserve(LEAF_BYTES) {
+            Some(fresh) => fresh.cast::<AtomicU16>().as_ptr(),
+            None => return false,
         }
-        let Some(fresh) = map_reserve(LEAF_BYTES) else {
-            return false;
-        };
-        let fresh = fresh.cast::<AtomicU16>().as_ptr();
-        // Release on success: publishes the fresh (zeroed) leaf; Relaxed on
-        // failure: the winner's leaf is read through `entry`'s Acquire.
-        if root
-            .compare_exchange(ptr::null_mut(), fresh, Release, Relaxed)
-            .is_err()
-        {
-            // SAFETY: our leaf was never published.
-            unsafe { os::unmap(NonNull::new_unchecked(fresh.cast()), LEAF_BYTES) };
-        }
+    };
+    // Release on success: publishes the fresh (zeroed) leaf; Relaxed on
+    // failure: the winner's leaf is read through `entry`'s Acquire.
+    if ROOTS_MAP[index]
+        .compare_exchange(ptr::null_mut(), fresh, Release, Relaxed)
+        .is_err()
+        && !is_static
+    {
+        // SAFETY: our leaf was never published (a static one lost to
+        // itself: only this root's entry takes it).
+        unsafe { os::unmap(NonNull::new_unchecked(fresh.cast()), LEAF_BYTES) };
     }
     true
 }
@@ -74,17 +102,7 @@ pub(super) fn cover(base: usize, len: usize) -> bool {
 pub(super) fn map_reserve(len: usize) -> Option<NonNull<u8>> {
     // SAFETY: an anonymous private mapping at an address of the kernel's
     // choosing touches no existing memory.
-    let p = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    (p != libc::MAP_FAILED).then(|| NonNull::new(p.cast()))?
+    NonNull::new(unsafe { os::mmap(0, len, os::RW, libc::MAP_NORESERVE) }?)
 }
 
 /// Marks the granules of `[base, base + len)` with `kind` (the first) and
@@ -105,24 +123,9 @@ pub(super) fn mark(base: usize, len: usize, kind: u16, rest: u16) {
 }
 
 /// Maps `len` bytes at an address aligned to `align` (a power of two, at
-/// least SPAN), trimming the excess.
+/// least SPAN): one `mmap` in the common case (`os::map_aligned`).
 pub(super) fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
-    let raw = os::map_zeroed(len.checked_add(align)?)?;
-    let addr = raw.as_ptr() as usize;
-    let base = addr.next_multiple_of(align);
-    let head = base - addr;
-    let tail = align - head;
-    // SAFETY: the trimmed pieces lie inside the fresh mapping and are not
-    // used; `head` and `tail` are multiples of the page size.
-    unsafe {
-        if head > 0 {
-            libc::munmap(raw.as_ptr().cast(), head);
-        }
-        if tail > 0 {
-            libc::munmap(raw.as_ptr().add(head + len).cast(), tail);
-        }
-        Some(NonNull::new_unchecked(raw.as_ptr().add(head)))
-    }
+    os::map_aligned(len, align, 0, os::RW)
 }
 
 /// Bytes of the inaccessible guard page on each side of a large mapping.
@@ -131,50 +134,23 @@ pub(super) const GUARD: usize = 4096;
 /// Maps `len` bytes (a multiple of the page size) at an address aligned to
 /// `align` (a power of two, at least SPAN), between two inaccessible guard
 /// pages, [`GUARD`] bytes each (`PROT_NONE`: a linear overflow or underflow
-/// out of the mapping faults). The whole range is reserved `PROT_NONE`, the
-/// middle made writable, the excess trimmed.
+/// out of the mapping faults). The whole range is mapped `PROT_NONE` where
+/// the kernel chooses (over-mapped and trimmed; placed as spans are, large
+/// mappings made a fault of `backing::trim` show: BENCHMARKS.md), the
+/// middle made writable.
 pub(super) fn map_guarded(len: usize, align: usize) -> Option<NonNull<u8>> {
-    let total = len.checked_add(align)?.checked_add(GUARD)?;
-    // SAFETY: an anonymous private mapping at an address of the kernel's
-    // choosing touches no existing memory.
-    let raw = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            total,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if raw == libc::MAP_FAILED {
-        return None;
-    }
-    let addr = raw as usize;
-    // At least GUARD bytes below the base, and (GUARD being a page and all
-    // of these multiples of it) GUARD bytes above its end, inside `raw`.
-    let base = (addr + GUARD).next_multiple_of(align);
-    let (lo, hi, end) = (base - GUARD, base + len + GUARD, addr + total);
-    // SAFETY: every range below lies inside the fresh mapping, which nobody
-    // else uses; all are multiples of the page size.
+    let total = len.checked_add(2 * GUARD)?;
+    let raw = os::map_trimmed(total, align, GUARD, libc::PROT_NONE)?;
+    // SAFETY: the middle of the fresh mapping, which nobody else uses; the
+    // whole of it on failure.
     unsafe {
-        if libc::mprotect(
-            ptr::with_exposed_provenance_mut(base),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-        ) != 0
-        {
-            libc::munmap(raw, total);
+        let base = raw.as_ptr().add(GUARD);
+        if !os::mprotect(base, len, os::RW) {
+            os::unmap(raw, total);
             return None;
         }
-        if lo > addr {
-            libc::munmap(raw, lo - addr);
-        }
-        if end > hi {
-            libc::munmap(ptr::with_exposed_provenance_mut(hi), end - hi);
-        }
+        Some(NonNull::new_unchecked(base))
     }
-    NonNull::new(ptr::with_exposed_provenance_mut(base))
 }
 
 /// Unmaps a mapping of [`map_guarded`] (`len` bytes at `base`) with its
@@ -183,8 +159,14 @@ pub(super) fn map_guarded(len: usize, align: usize) -> Option<NonNull<u8>> {
 /// # Safety
 /// The mapping is ours and nobody uses it any more.
 pub(super) unsafe fn unmap_guarded(base: *mut u8, len: usize) {
-    // SAFETY: the range is the mapping and its two guards (caller).
-    unsafe { libc::munmap(base.wrapping_sub(GUARD).cast(), len + 2 * GUARD) };
+    // SAFETY: the range is the mapping and its two guards (caller), never
+    // null (the first guard is below `base`).
+    unsafe {
+        os::unmap(
+            NonNull::new_unchecked(base.wrapping_sub(GUARD)),
+            len + 2 * GUARD,
+        )
+    };
 }
 
 /// Unmaps only the two guard pages of a mapping of [`map_guarded`] (`len`
@@ -199,8 +181,8 @@ pub(super) unsafe fn unmap_guards(base: *mut u8, len: usize) {
     // SAFETY: the page before `base` and the page at `base + len` are the
     // mapping's guards (caller), each a range of its own.
     unsafe {
-        libc::munmap(base.wrapping_sub(GUARD).cast(), GUARD);
-        libc::munmap(base.wrapping_add(len).cast(), GUARD);
+        os::munmap(base.wrapping_sub(GUARD), GUARD);
+        os::munmap(base.wrapping_add(len), GUARD);
     }
 }
 

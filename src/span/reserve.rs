@@ -2,40 +2,54 @@
 
 use super::*;
 
-/// Spans mapped ahead, [`BATCH`] at a time: one `mmap` and two trimming
-/// `munmap`s per batch instead of per span, so that a short process that
+/// Spans mapped ahead, [`FIRST_BATCH`] the first time and [`BATCH`] at a
+/// time after: one `mmap` per batch instead of one per span (the batch is
+/// placed aligned, see `os::map_aligned`), so that a short process that
 /// touches a few dozen size classes (each `git` command under the preload)
-/// does not make three system calls per class (BENCHMARKS.md has the
-/// counts). Spans not handed out yet are only address space: nothing is
-/// resident until a span is written.
+/// does not make a system call per class (BENCHMARKS.md has the counts).
+/// Spans not handed out yet are only address space: nothing is resident
+/// until a span is written.
 pub(super) struct Reserve {
     pub(super) lock: SpinLock,
-    /// The next span to hand out, and how many follow it in the batch.
-    inner: UnsafeCell<(*mut u8, usize)>,
+    /// The next span to hand out, how many follow it in the batch, and
+    /// whether a batch was asked for before.
+    inner: UnsafeCell<(*mut u8, usize, bool)>,
 }
 
 // SAFETY: `inner` is only touched under `lock`.
 unsafe impl Sync for Reserve {}
 
-/// Spans per batch of [`Reserve`].
+/// Spans per batch of [`Reserve`] after the first.
 const BATCH: usize = 16;
+/// Spans of the first batch: every process of git's workload, `seq` and
+/// `rm` included, takes more than 16 spans (BENCHMARKS.md), so that a
+/// first batch of 16 meant a second `mmap` in each.
+const FIRST_BATCH: usize = 32;
 
 pub(super) static RESERVE: Reserve = Reserve {
     lock: SpinLock::new(),
-    inner: UnsafeCell::new((ptr::null_mut(), 0)),
+    inner: UnsafeCell::new((ptr::null_mut(), 0, false)),
 };
 
 /// A fresh SPAN-aligned, zeroed mapping of SPAN bytes: the next one of the
-/// reserve, mapping a new batch when it is empty (or a single span when a
-/// batch cannot be mapped). Called under a tag's lock: the reserve's lock
-/// nests inside tag locks, never the other way round.
+/// reserve, mapping a new batch when it is empty (a smaller one, then a
+/// single span, when a batch cannot be mapped). Called under a tag's lock:
+/// the reserve's lock nests inside tag locks, never the other way round.
 pub(super) fn reserved_span() -> Option<NonNull<u8>> {
     RESERVE.lock.lock();
     // SAFETY: we hold the reserve's lock.
     let st = unsafe { &mut *RESERVE.inner.get() };
     if st.1 == 0 {
-        if let Some(batch) = map_aligned(SPAN * BATCH, SPAN) {
-            *st = (batch.as_ptr(), BATCH);
+        let first = if st.2 { BATCH } else { FIRST_BATCH };
+        st.2 = true;
+        for n in [first, BATCH] {
+            if let Some(batch) = map_aligned(SPAN * n, SPAN) {
+                *st = (batch.as_ptr(), n, true);
+                break;
+            }
+            if n == BATCH {
+                break;
+            }
         }
     }
     let span = if st.1 == 0 {
@@ -61,7 +75,7 @@ pub(super) fn trim_reserve() {
     RESERVE.lock.lock();
     // SAFETY: we hold the reserve's lock.
     let st = unsafe { &mut *RESERVE.inner.get() };
-    let (next, left) = core::mem::replace(st, (ptr::null_mut(), 0));
+    let (next, left, _) = core::mem::replace(st, (ptr::null_mut(), 0, true));
     RESERVE.lock.unlock();
     if let Some(next) = NonNull::new(next).filter(|_| left > 0) {
         // SAFETY: the rest of a batch mapping that nobody was given.

@@ -588,3 +588,27 @@ fn a_tag_bound_inside_the_fork_window_is_held_until_release() {
     assert!(h, "a tag bound inside the window is held like the others");
     assert!(!held(tag), "and released with them");
 }
+
+#[test]
+fn placed_spans_are_marked_in_the_static_leaf() {
+    let tag = own_tag(1104);
+    let o = obtain(tag, 1104, 0).unwrap();
+    let addr = o.as_ptr() as usize;
+    // Spans are placed below `os::placement_top` (the test binary's own
+    // statics, less 1 GiB), in the range of one leaf: the static one.
+    let top = os::placement_top();
+    assert!(
+        addr < top && addr >= top - (16 << 30),
+        "placed: {addr:#x} below {top:#x}"
+    );
+    let root = addr >> LEAF_SHIFT;
+    assert_eq!(root, first_leaf_root());
+    assert_eq!(
+        ROOTS_MAP[root].load(Acquire).cast_const(),
+        FIRST_LEAF.0.as_ptr(),
+        "the leaf of the placed range is the static one"
+    );
+    assert_eq!(owner(o.as_ptr()), Owner::Span { tag });
+    // SAFETY: given back once.
+    unsafe { release(tag, o) };
+}
