@@ -380,7 +380,7 @@ impl ThreadCache {
             return None;
         };
         let tc = map_cache()?;
-        // SAFETY: a fresh zeroed mapping of the right size is a valid
+        // SAFETY: zeroed memory of the right size (`map_cache`) is a valid
         // ThreadCache (every field is valid all-zero) that only we see.
         let r = unsafe {
             (*tc.as_ptr()).home = next_home();
@@ -816,7 +816,7 @@ pub(crate) fn evict_all() {
 #[repr(C, align(4096))]
 struct FirstCache(core::cell::UnsafeCell<core::mem::MaybeUninit<ThreadCache>>);
 
-// SAFETY: handed to one thread at a time through FIRST_CACHE_TAKEN.
+// SAFETY: handed to one thread at a time through FIRST_CACHE_STATE.
 unsafe impl Sync for FirstCache {}
 
 // Out of the preload's ordered bss (malloc/build.rs), whose small statics

@@ -134,13 +134,12 @@ pub(super) const GUARD: usize = 4096;
 /// Maps `len` bytes (a multiple of the page size) at an address aligned to
 /// `align` (a power of two, at least SPAN), between two inaccessible guard
 /// pages, [`GUARD`] bytes each (`PROT_NONE`: a linear overflow or underflow
-/// out of the mapping faults). The whole range is mapped `PROT_NONE` where
-/// the kernel chooses (over-mapped and trimmed; placed as spans are, large
-/// mappings made a fault of `backing::trim` show: BENCHMARKS.md), the
-/// middle made writable.
+/// out of the mapping faults). The whole range is mapped `PROT_NONE`,
+/// placed as spans are (`os::map_aligned`: one `mmap` in the common case),
+/// the middle made writable.
 pub(super) fn map_guarded(len: usize, align: usize) -> Option<NonNull<u8>> {
     let total = len.checked_add(2 * GUARD)?;
-    let raw = os::map_trimmed(total, align, GUARD, libc::PROT_NONE)?;
+    let raw = os::map_aligned(total, align, GUARD, libc::PROT_NONE)?;
     // SAFETY: the middle of the fresh mapping, which nobody else uses; the
     // whole of it on failure.
     unsafe {
