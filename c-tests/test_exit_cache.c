@@ -56,6 +56,14 @@ static _Noreturn void end_expecting(unsigned long want)
     _exit(ok ? 0 : 1);
 }
 
+/* Runs fn in a thread of its own until it returns. */
+static void run_thread(void *(*fn)(void *))
+{
+    pthread_t t;
+    if (pthread_create(&t, NULL, fn, NULL) != 0 || pthread_join(t, NULL) != 0)
+        _exit(2);
+}
+
 static void *churn_and_return(void *arg)
 {
     churn();
@@ -65,9 +73,7 @@ static void *churn_and_return(void *arg)
 static void thread_returns(const void *arg)
 {
     (void)arg;
-    pthread_t t;
-    if (pthread_create(&t, NULL, churn_and_return, NULL) != 0 || pthread_join(t, NULL) != 0)
-        _exit(2);
+    run_thread(churn_and_return);
     end_expecting(0);
 }
 
@@ -112,9 +118,7 @@ static void *nothing(void *arg)
 static void exit_after_a_thread(const void *arg)
 {
     (void)arg;
-    pthread_t t;
-    if (pthread_create(&t, NULL, nothing, NULL) != 0 || pthread_join(t, NULL) != 0)
-        _exit(2);
+    run_thread(nothing);
     churn();
     atexit(at_exit_check);
     exit(0);

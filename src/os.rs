@@ -418,6 +418,37 @@ pub(crate) fn fresh_span() {
     }
 }
 
+/// Runs `f` in a forked child, where no other test thread maps or unmaps
+/// memory meanwhile; the test fails if `f` panics there. A panic reports
+/// and leaves at once: the default hook may wait for a lock that another
+/// thread of the parent held at the fork.
+#[cfg(all(test, not(loom)))]
+pub(crate) fn in_child(f: impl FnOnce()) {
+    // SAFETY: the child runs `f` and leaves by _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        std::panic::set_hook(Box::new(|info| {
+            let msg = format!("test child: {info}\n");
+            // SAFETY: writing a buffer to fd 2, then leaving.
+            unsafe {
+                libc::write(2, msg.as_ptr().cast(), msg.len());
+                libc::_exit(1);
+            }
+        }));
+        f();
+        // SAFETY: ends the child without the parent's exit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child failed: status {status:#x}"
+    );
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -450,44 +481,18 @@ mod tests {
     const MIB: usize = 1 << 20;
     const SPAN: usize = 256 * 1024;
 
-    /// Runs `f` in a forked child (where no other test thread maps memory)
-    /// on a placement whose area is a range of free addresses; fails if `f`
-    /// panics there.
+    /// Runs `f` in a forked child (see [`in_child`]) on a placement of its
+    /// own, whose area is free addresses: a range the kernel chose,
+    /// unmapped again.
     fn in_child_with_area(f: fn(&Placement)) {
-        // SAFETY: the child runs `f` (mappings only) and leaves by _exit.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork");
-        if pid == 0 {
-            // A failed assertion reports and leaves at once: the default
-            // hook may wait for a lock another thread of the parent held.
-            std::panic::set_hook(Box::new(|info| {
-                let msg = format!("os test child: {info}\n");
-                // SAFETY: writing a buffer to fd 2, then leaving.
-                unsafe {
-                    libc::write(2, msg.as_ptr().cast(), msg.len());
-                    libc::_exit(1);
-                }
-            }));
-            let ok = std::panic::catch_unwind(|| {
-                // Free addresses: a range the kernel chose, unmapped again.
-                let len = 256 * MIB;
-                let raw = map_zeroed(len).expect("address space");
-                // SAFETY: our fresh, unused mapping.
-                unsafe { munmap(raw.as_ptr(), len) };
-                let top = (raw.as_ptr().addr() + len) & !(SPAN - 1);
-                f(&Placement::new(top));
-            })
-            .is_ok();
-            // SAFETY: ends the child without the parent's exit handlers.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-        }
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "child failed: status {status:#x}"
-        );
+        in_child(|| {
+            let len = 256 * MIB;
+            let raw = map_zeroed(len).expect("address space");
+            // SAFETY: our fresh, unused mapping.
+            unsafe { munmap(raw.as_ptr(), len) };
+            let top = (raw.as_ptr().addr() + len) & !(SPAN - 1);
+            f(&Placement::new(top));
+        });
     }
 
     /// Maps `len` bytes aligned to SPAN in `area`: the mapping and the
@@ -498,6 +503,14 @@ mod tests {
         let start = p.as_ptr().addr();
         assert_eq!((start + lead) % SPAN, 0, "aligned");
         (start, hook::calls() - before)
+    }
+
+    /// Maps `[start, start + len)`, inaccessible, as someone else's
+    /// mapping where a placement would go next.
+    fn take(start: usize, len: usize) {
+        // SAFETY: NOREPLACE maps only free addresses.
+        let got = unsafe { mmap(start, len, libc::PROT_NONE, libc::MAP_FIXED_NOREPLACE) };
+        assert_eq!(got.map(<*mut u8>::addr), Some(start));
     }
 
     /// Whether `[start, start + len)` is mapped as `prot` (a write
@@ -542,16 +555,7 @@ mod tests {
             let (a, _) = map_counted(area, 4 * SPAN, 0, RW);
             // Someone else's mapping where the next range would go.
             let blocker = a - 4 * SPAN;
-            // SAFETY: NOREPLACE maps only free addresses.
-            let got = unsafe {
-                mmap(
-                    blocker,
-                    4 * SPAN,
-                    libc::PROT_NONE,
-                    libc::MAP_FIXED_NOREPLACE,
-                )
-            };
-            assert_eq!(got.map(<*mut u8>::addr), Some(blocker));
+            take(blocker, 4 * SPAN);
             // SAFETY: errno is this thread's.
             unsafe { *libc::__errno_location() = 0 };
             let (b, nb) = map_counted(area, 4 * SPAN, 0, RW);
@@ -582,16 +586,7 @@ mod tests {
             // is kept only if aligned.
             let blocker = a - 4 * SPAN;
             hook::old_kernel(false);
-            // SAFETY: NOREPLACE maps only free addresses.
-            let got = unsafe {
-                mmap(
-                    blocker,
-                    4 * SPAN,
-                    libc::PROT_NONE,
-                    libc::MAP_FIXED_NOREPLACE,
-                )
-            };
-            assert_eq!(got.map(<*mut u8>::addr), Some(blocker));
+            take(blocker, 4 * SPAN);
             hook::old_kernel(true);
             for _ in 0..4 {
                 let (b, _) = map_counted(area, 4 * SPAN, 0, RW);

@@ -1,4 +1,5 @@
 use super::*;
+use crate::os::in_child;
 use std::collections::HashSet;
 use std::sync::Mutex;
 
@@ -50,33 +51,6 @@ fn mapped(base: usize) -> bool {
     // SAFETY: mincore only inspects the range; `v` has a byte per page.
     let rc = unsafe { libc::mincore(ptr::with_exposed_provenance_mut(base), SPAN, v.as_mut_ptr()) };
     rc == 0
-}
-
-/// Runs `f` in a forked child, where no other test thread can map memory
-/// at an address we just unmapped; fails if `f` panics there.
-fn in_child(f: fn()) {
-    // SAFETY: the child runs `f` (which uses only its own tag, the
-    // region map and malloc, fork-safe in glibc) and leaves by _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork");
-    if pid == 0 {
-        let ok = std::panic::catch_unwind(f).is_ok();
-        if !ok {
-            let msg = b"span test: assertion failed in the child (see above)\n";
-            // SAFETY: writing a buffer to fd 2.
-            unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
-        }
-        // SAFETY: ends the child without running the parent's exit
-        // handlers or test harness.
-        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our own child; `status` is a valid out-pointer.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child failed: status {status:#x}"
-    );
 }
 
 /// Runs `f` in a forked child, which must die of SIGABRT.

@@ -441,44 +441,26 @@ fn first_arrays_hold_one_cluster() {
 fn the_static_cache_is_zeroed_for_its_next_owner() {
     use super::{map_cache, unmap, FIRST_CACHE, FIRST_CACHE_STATE};
     use crate::os::hook;
-    // SAFETY: the child only maps, writes the static cache and leaves by
-    // _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork");
-    if pid == 0 {
-        let check = || -> bool {
-            let first = FIRST_CACHE.0.get().cast::<u8>();
-            let len = core::mem::size_of::<ThreadCache>();
-            // As if its last owner had written it and given it back.
-            // SAFETY: the static cache's bytes, nobody else's in the child.
-            unsafe {
-                first.write_bytes(0xa5, 64);
-                first.add(len - 64).write_bytes(0xa5, 64);
-            }
-            FIRST_CACHE_STATE.store(super::DIRTY, Release);
-            let before = hook::calls();
-            let Some(tc) = map_cache() else { return false };
-            let zeroed_once = hook::calls() - before == 1;
-            // SAFETY: as above.
-            let zero = unsafe { *first == 0 && *first.add(len - 1) == 0 };
-            let before = hook::calls();
-            // SAFETY: the cache we were given, unused.
-            unsafe { unmap(tc) };
-            tc.as_ptr().cast::<u8>() == first
-                && zeroed_once
-                && zero
-                && hook::calls() == before
-                && FIRST_CACHE_STATE.load(Acquire) == super::DIRTY
-        };
-        let ok = check();
-        // SAFETY: ends the child without the parent's exit handlers.
-        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child: {status:#x}"
-    );
+    crate::os::in_child(|| {
+        let first = FIRST_CACHE.0.get().cast::<u8>();
+        let len = core::mem::size_of::<ThreadCache>();
+        // As if its last owner had written it and given it back.
+        // SAFETY: the static cache's bytes, nobody else's in the child.
+        unsafe {
+            first.write_bytes(0xa5, 64);
+            first.add(len - 64).write_bytes(0xa5, 64);
+        }
+        FIRST_CACHE_STATE.store(super::DIRTY, Release);
+        let before = hook::calls();
+        let tc = map_cache().expect("the static cache");
+        assert_eq!(hook::calls() - before, 1, "zeroed with one call");
+        assert_eq!(tc.as_ptr().cast::<u8>(), first);
+        // SAFETY: as above.
+        assert!(unsafe { *first == 0 && *first.add(len - 1) == 0 }, "zeroed");
+        let before = hook::calls();
+        // SAFETY: the cache we were given, unused.
+        unsafe { unmap(tc) };
+        assert_eq!(hook::calls(), before, "given back without a call");
+        assert_eq!(FIRST_CACHE_STATE.load(Acquire), super::DIRTY);
+    });
 }
