@@ -30,4 +30,10 @@ fn main() {
             out.display()
         );
     }
+    // Never unloaded (dlclose leaves it mapped): each thread's cache is given
+    // back by a pthread key's destructor (src/thread_cache.rs), which runs at
+    // that thread's end, whenever that is.
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
+    }
 }

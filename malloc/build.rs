@@ -50,6 +50,9 @@ fn main() {
         return;
     }
     println!("cargo:rustc-link-arg-cdylib=-Wl,-Bsymbolic-functions");
+    // Never unloaded, as libpools.so (see its build.rs): the thread caches'
+    // destructor is the library's code.
+    println!("cargo:rustc-link-arg-cdylib=-Wl,-z,nodelete");
     if var("CARGO_CFG_TARGET_ENV") != "gnu" {
         return;
     }

@@ -192,7 +192,8 @@ const EXITED: u8 = 2;
 /// `exit()` runs none: the process ends with its caches as they are, which
 /// costs nothing (they go back to the system with the address space), and
 /// the atexit handlers and destructors that run after it keep the calling
-/// thread's cache.
+/// thread's cache. The destructor is the library's code, so the library is
+/// never unloaded (`-z nodelete`, build.rs).
 // Release (the exchange) and Acquire (the loads): whoever uses the key
 // sees what `pthread_key_create` wrote for it.
 static EXIT_KEY: AtomicUsize = AtomicUsize::new(0);
