@@ -212,14 +212,15 @@ impl SharedCache {
         }
     }
 
-    /// A cache over `POOL_SHARED_BUCKETS` buckets (all of them under loom).
-    #[cfg(any(test, loom))]
+    /// A cache over `POOL_SHARED_BUCKETS` buckets (all of them under loom),
+    /// for the tests (pool heads are written in place: [`SharedCache::init`]).
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
         Self::with_buckets(Self::buckets_in_use())
     }
 
     /// A cache over its first `n` buckets (a power of two up to `BUCKETS`).
-    #[cfg(any(test, loom))]
+    #[cfg(test)]
     pub(crate) fn with_buckets(n: usize) -> Self {
         assert!(n.is_power_of_two() && n <= BUCKETS);
         SharedCache {
