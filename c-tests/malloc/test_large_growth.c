@@ -46,49 +46,34 @@ static void check_fill(const unsigned char *p, size_t n, unsigned seed)
  * malloc/realloc/free sequence. */
 static void *(*volatile realloc_v)(void *, size_t) = realloc;
 
-static void grows_into_a_much_larger_cached_block(void)
+/* Takes a block of `n` bytes, caches one of `cached` bytes, then grows the
+ * first to `m` by realloc: the growth must move into the cached block,
+ * keep the contents, and unmap the block it leaves (not cache it). */
+static void grow_into_cached(size_t cached, size_t n, size_t m, unsigned char seed)
 {
     malloc_trim(0);
-    unsigned char *big = malloc(2 << 20);
-    CHECK(big != NULL);
-    memset(big, 0x11, 2 << 20);
-    free(big); /* cached */
-    size_t n = 100000;
-    unsigned char *p = malloc(n);
-    CHECK(p != NULL && p != big);
-    fill(p, n, 3);
-    unsigned char *q = realloc_v(p, 300000);
-    CHECK(q == big);
-    CHECK(!mapped(p));
-    check_fill(q, n, 3);
-    free(q);
-    printf("a growing realloc takes a cached block 16 times larger and unmaps the old one: ok\n");
-}
-
-static void leaves_no_cached_leftover(void)
-{
-    malloc_trim(0);
-    size_t n = 200000;
     unsigned char *p = malloc(n);
     CHECK(p != NULL);
-    fill(p, n, 9);
-    unsigned char *c = malloc(400000);
+    fill(p, n, seed);
+    unsigned char *c = malloc(cached);
     CHECK(c != NULL);
-    memset(c, 0x22, 400000);
+    memset(c, 0x11, cached);
     free(c); /* cached */
-    unsigned char *q = realloc_v(p, 350000);
+    unsigned char *q = realloc_v(p, m);
     CHECK(q == c);
-    /* The block left behind is unmapped, not kept in the cache. */
     CHECK(!mapped(p));
-    check_fill(q, n, 9);
+    check_fill(q, n, seed);
     free(q);
-    printf("the block a growth leaves is unmapped, not cached: ok\n");
 }
 
 int main(void)
 {
     require_preload();
-    grows_into_a_much_larger_cached_block();
-    leaves_no_cached_leftover();
+    /* 2 MiB cached, 100000 bytes grown to 300000: 16 times its pages away. */
+    grow_into_cached(2 << 20, 100000, 300000, 3);
+    printf("a growing realloc takes a cached block 16 times larger and unmaps the old one: ok\n");
+    /* A block grown into a cached one leaves nothing cached behind. */
+    grow_into_cached(400000, 200000, 350000, 9);
+    printf("the block a growth leaves is unmapped, not cached: ok\n");
     return 0;
 }
