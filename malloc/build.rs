@@ -22,15 +22,20 @@
 //! this way; where the compiler does not know `libgcc_eh.a`, nothing changes.
 //!
 //! The code a process runs of the library sits together: a linker script
-//! (`INSERT BEFORE .text`, so it only adds to the default one) gathers the
-//! pools' and the malloc's functions, the bits of std and once_cell that
-//! start-up runs (thread-local destructors, `Once`, the argument vector),
-//! crtbegin's hooks, the atfork stub and the PLT into one output section at
-//! the start of the code. The kernel maps a file's cached pages around each
-//! fault (its fault-around window, or the whole large folio): spread over
-//! the 360 KiB of code, the few pages a process runs made about 300 KiB of
-//! it resident in every process (BENCHMARKS.md, issue #19); together, about
-//! 110 KiB. Only the order changes, not the code.
+//! (`INSERT BEFORE .text`, so it only adds to the default one) gathers
+//! crtbegin's hooks, the PLT and the atfork stub, then the functions that
+//! short programs run (`hot-functions.txt`, written by
+//! scripts/hot-functions.sh from callgrind profiles: about 46 KiB), then the
+//! rest of the pools' and the malloc's functions and the bits of std and
+//! once_cell that start-up runs, into one output section at the start of
+//! the code. The kernel maps a file's cached pages around each fault (its
+//! fault-around window, or the whole large folio of the page cache, 64 KiB
+//! or more, aligned to its size in the file): code spread over many such
+//! blocks makes each of them resident in every process. So the read-only
+//! segment is also padded to a 64 KiB boundary of the file (`.ro_pad`,
+//! zeros that are never read), so that the code starts a block of its own
+//! and what short programs run fits in one (BENCHMARKS.md, issue #19). Only
+//! the order changes, not the code.
 //!
 //! The same for the zero-initialised data: a second script gathers the
 //! statics a process writes at start-up and in the fork handlers (a few
@@ -57,8 +62,10 @@ fn main() {
         return;
     }
     let out_dir = PathBuf::from(var("OUT_DIR"));
+    println!("cargo:rerun-if-changed=hot-functions.txt");
+    let hot = fs::read_to_string("hot-functions.txt").unwrap_or_default();
     let order = out_dir.join("order.ld");
-    if fs::write(&order, ORDER).is_ok() {
+    if fs::write(&order, order_script(&hot)).is_ok() {
         println!("cargo:rustc-link-arg-cdylib=-Wl,-T,{}", order.display());
     }
     let order_bss = out_dir.join("order-bss.ld");
@@ -85,25 +92,48 @@ fn main() {
     println!("cargo:rustc-link-arg-cdylib=-L{}", dir.display());
 }
 
-/// The start-up and malloc code first (see the crate docs above). Section
-/// names are rustc's function sections: `.text.` or `.text.unlikely.` (cold
-/// functions) and the symbol, legacy-mangled for this workspace and its
-/// dependencies, v0-mangled for std.
-const ORDER: &str = "\
+/// The start-up and malloc code first (see the crate docs above): the
+/// functions `hot` names (scripts/hot-functions.sh: the symbol patterns of
+/// what short programs run, one a line), then the rest of the library's
+/// and what start-up runs of std. Section names are rustc's function
+/// sections: `.text.` or `.text.unlikely.` (cold functions) and the symbol.
+fn order_script(hot: &str) -> String {
+    let mut s = String::from(ORDER_START);
+    for p in hot.lines().map(str::trim) {
+        if !p.is_empty() && !p.starts_with('#') {
+            s += &format!("    *(.text.{p} .text.unlikely.{p})\n");
+        }
+    }
+    s + ORDER_REST
+}
+
+/// The start of [`order_script`]'s output section: crtbegin's hooks (run
+/// at load), the PLT and the `pthread_atfork` stub.
+const ORDER_START: &str = "\
 SECTIONS
 {
   .text.pools :
   {
     *crtbeginS.o(.text .text.*)
+    *(.plt .iplt)
+    *libc_nonshared.a:*(.text .text.*)
+";
+
+/// The rest of [`order_script`]'s output section, after the hot functions,
+/// and the padding of the read-only segment (see the crate docs above).
+const ORDER_REST: &str = "\
     *(.text.malloc .text.free .text.calloc .text.realloc)
     *(.text.*pools* .text.*once_cell*)
     *(.text.*3std3sys12thread_local* .text.*3std3sys4sync4once*)
     *(.text.*3std4sync4once* .text.*3std3sys4args*)
-    *libc_nonshared.a:*(.text .text.*)
-    *(.plt .iplt)
   }
 }
 INSERT BEFORE .text;
+SECTIONS
+{
+  .ro_pad : { . = ALIGN(0x10000); }
+}
+INSERT AFTER .eh_frame;
 ";
 
 /// The zero-initialised statics a process writes (see the crate docs
