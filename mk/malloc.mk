@@ -1,8 +1,8 @@
 # The LD_PRELOAD malloc (issue #7): target/release/libpools_malloc.so.
-#   make test-malloc      nm check, C tests under the preload, fork with
-#                         -lpools, a -lpools program under the preload,
-#                         real programs with and without the preload, and
-#                         under a 64 MiB address-space limit
+#   make test-malloc      nm and code-layout checks, C tests under the
+#                         preload, fork with -lpools, a -lpools program under
+#                         the preload, real programs with and without the
+#                         preload, and under a 64 MiB address-space limit
 #   make bench-malloc     larson-like benchmark and real programs under glibc,
 #                         the preload, jemalloc and mimalloc (BENCHMARKS.md)
 #   make bench-malloc-large  only the large-block pattern (bench/large.c)
@@ -18,15 +18,19 @@ MT_OUT     := $(CT_OUT)/malloc
 MT_CFLAGS  := $(CFLAGS) -fno-builtin -rdynamic
 M_TESTS    := $(basename $(notdir $(wildcard c-tests/malloc/test_*.c)))
 
-.PHONY: test-malloc test-malloc-nm test-malloc-c test-malloc-programs test-malloc-limits \
+.PHONY: test-malloc test-malloc-nm test-malloc-layout test-malloc-c test-malloc-programs test-malloc-limits \
         test-malloc-profile bench-malloc bench-malloc-large bench-footprint bench-startup \
         install-malloc
 
-test-malloc: test-malloc-nm test-malloc-c test-malloc-programs test-malloc-limits test-malloc-profile
+test-malloc: test-malloc-nm test-malloc-layout test-malloc-c test-malloc-programs test-malloc-limits test-malloc-profile
 
 # libpools.so and libpools.a must not replace a program's malloc.
 test-malloc-nm: lib
 	@scripts/check-no-malloc-symbols.sh $(REL)/libpools.so $(REL)/libpools.a $(MALLOC_SO)
+
+# The code short programs run sits in one 64 KiB block (malloc/build.rs).
+test-malloc-layout: lib
+	@scripts/check-code-layout.sh $(MALLOC_SO)
 
 test-malloc-c: lib
 	@mkdir -p $(MT_OUT)
