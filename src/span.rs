@@ -166,10 +166,57 @@ struct TagInner {
     /// Spans mapped (the spare included) and objects handed out.
     spans: usize,
     live: usize,
-    /// Each carving slot's range of objects carved from a span's bump
-    /// pointer and not handed out yet (see [`Chunk`]).
-    chunks: [Chunk; CHUNK_SLOTS],
+    /// Carving slot 0's range of objects carved from a span's bump pointer
+    /// and not handed out yet (see [`Chunk`]); the other slots' are in
+    /// [`MORE_CHUNKS`] (see [`TagInner::chunk`]).
+    first_chunk: Chunk,
 }
+
+impl TagInner {
+    /// Carving slot `slot`'s chunk. A process's first thread carves
+    /// through slot 0 (homes are handed out from 0), whose chunk is in the
+    /// tag's state; so a tag's state takes at most 64 bytes, and the states
+    /// of the malloc's 41 classes, which every process writes (and, after a
+    /// fork, copies in the parent and the child, whose handlers take their
+    /// locks), fit in a page or two instead of three or four.
+    fn chunk_mut(&mut self, slot: usize) -> &mut Chunk {
+        if slot == 0 {
+            return &mut self.first_chunk;
+        }
+        // SAFETY: a row of MORE_CHUNKS is only touched through its tag's
+        // `TagInner`, which is only borrowed under the tag's lock: this
+        // `&mut` is the only reference to the row while it lives.
+        unsafe { &mut (*MORE_CHUNKS.0[self.tag()].get())[slot - 1] }
+    }
+
+    /// [`TagInner::chunk_mut`], read.
+    fn chunk(&self, slot: usize) -> Chunk {
+        if slot == 0 {
+            return self.first_chunk;
+        }
+        // SAFETY: as in `chunk_mut`; nothing writes the row while the
+        // tag's state is borrowed.
+        unsafe { (*MORE_CHUNKS.0[self.tag()].get())[slot - 1] }
+    }
+
+    /// This state's tag (every `TagInner` is one of [`TAGS`]; the number is
+    /// not stored, so that the table stays zero and in the bss).
+    fn tag(&self) -> usize {
+        let first = TAGS[0].inner.get().addr();
+        (ptr::from_ref(self).addr() - first) / size_of::<TagState>()
+    }
+}
+
+/// The chunks of carving slots 1 and up, a row per tag (see
+/// [`TagInner::chunk`]): only processes whose threads carve at the same
+/// time touch them.
+struct MoreChunks([UnsafeCell<[Chunk; CHUNK_SLOTS - 1]>; MAX_TAGS]);
+
+// SAFETY: row `t` is only touched under the lock of tag `t`.
+unsafe impl Sync for MoreChunks {}
+
+static MORE_CHUNKS: MoreChunks =
+    MoreChunks([const { UnsafeCell::new([NO_CHUNK; CHUNK_SLOTS - 1]) }; MAX_TAGS]);
 
 /// Carving slots of a tag: the thread whose home is `h` carves through
 /// slot `h % CHUNK_SLOTS` (homes are handed out round robin, so threads
@@ -231,10 +278,11 @@ static TAGS: [TagState; MAX_TAGS] = [const {
             spare: ptr::null_mut(),
             spans: 0,
             live: 0,
-            chunks: [NO_CHUNK; CHUNK_SLOTS],
+            first_chunk: NO_CHUNK,
         }),
     }
 }; MAX_TAGS];
+const _: () = assert!(size_of::<TagState>() <= 64);
 
 /// Object size of each tag (a multiple of `OBJECT_ALIGN`), 0 while unbound.
 /// A tag is bound once and keeps its size for the life of the process.
@@ -614,13 +662,13 @@ unsafe fn carve_chunk(st: &mut TagInner, s: *mut SpanHeader, slot: usize, size: 
     let ss = unsafe { state(s) };
     let start = ss.bump;
     let limit = limit(s, size);
-    debug_assert!(start + size <= limit && st.chunks[slot].span.is_null());
+    debug_assert!(start + size <= limit && st.chunk(slot).span.is_null());
     // The span is SPAN-aligned: offsets are aligned as addresses are.
     let block_end = (start | (chunk_bytes(size) - 1)) + 1;
     let end = (start + (block_end - start).div_ceil(size) * size).min(limit);
     ss.bump = end;
     ss.chunked |= 1 << slot;
-    st.chunks[slot] = Chunk {
+    *st.chunk_mut(slot) = Chunk {
         span: s,
         next: start as u32,
         end: end as u32,
@@ -641,7 +689,7 @@ unsafe fn take_chunk_run(
     size: usize,
     out: &mut [*mut u8],
 ) -> usize {
-    let c = &mut st.chunks[slot];
+    let c = st.chunk_mut(slot);
     let s = c.span;
     if s.is_null() {
         return 0;
@@ -676,7 +724,7 @@ unsafe fn take_chunk_run(
 fn in_chunk(st: &TagInner, s: *mut SpanHeader, chunked: u16, off: usize) -> bool {
     let mut m = chunked;
     while m != 0 {
-        let c = &st.chunks[m.trailing_zeros() as usize];
+        let c = st.chunk(m.trailing_zeros() as usize);
         m &= m - 1;
         if c.span == s && (c.next as usize..c.end as usize).contains(&off) {
             return true;
@@ -875,7 +923,7 @@ unsafe fn release_locked(
     // are never handed out), so that it can be reset or unmapped.
     let mut m = core::mem::take(&mut ss.chunked);
     while m != 0 {
-        st.chunks[m.trailing_zeros() as usize] = NO_CHUNK;
+        *st.chunk_mut(m.trailing_zeros() as usize) = NO_CHUNK;
         m &= m - 1;
     }
     if ss.listed {

@@ -27,7 +27,7 @@ fn has_chunk(tag: u32, slot: usize) -> bool {
     let t = &TAGS[tag as usize];
     t.lock.lock();
     // SAFETY: we hold the tag's lock.
-    let set = unsafe { !(*t.inner.get()).chunks[slot].span.is_null() };
+    let set = unsafe { !(*t.inner.get()).chunk(slot).span.is_null() };
     t.lock.unlock();
     set
 }
