@@ -141,11 +141,14 @@ INSERT AFTER .eh_frame;
 /// (`malloc` reads it first; its start shares the last page of `.data`,
 /// which the loader has written already, so reading it faults nothing),
 /// crtbegin's flag, the small ones (locks, flags, the registry, the fork
-/// state, the large cache), the tags' sizes and geometry, then the tags'
-/// states, of which the first, the malloc's classes, are in use. Everything else (the 256 KiB
-/// empty thread-cache table, read a page at a time, and the region map's
-/// root) follows in the default `.bss`. Legacy-mangled names of this
-/// workspace's statics, v0-mangled std's.
+/// state, the large cache), the tags' sizes and geometry, the tags' states,
+/// of which the first, the malloc's classes, are in use, and last, from a
+/// page boundary, the 256 KiB table of pool handles, whose first rows (a
+/// page) are the class pools'.
+/// Everything else (the first metadata chunks and thread cache, the region
+/// map's first leaf and root, the chunks of the tags' other carving slots)
+/// follows in the default `.bss` and sections of its own. Legacy-mangled
+/// names of this workspace's statics, v0-mangled std's.
 const ORDER_BSS: &str = "\
 SECTIONS
 {
@@ -154,7 +157,8 @@ SECTIONS
     *(.bss.*12pools_malloc5POOLS*)
     *crtbeginS.o(.bss)
     *(.bss.*5pools4fork* .bss.*5pools4sync* .bss.*5pools8registry*)
-    *(.bss.*5pools4meta* .bss.*5pools4head* .bss.*5pools2os*)
+    *(.bss.*5pools4meta* .bss.*5pools4head7UPCALLS* .bss.*5pools4head8DESTROYS*)
+    *(.bss.*5pools2os*)
     *(.bss.*5pools7options* .bss.*5pools5links* .bss.*5pools7backing*)
     *(.bss.*5pools8checkers* .bss.*5pools12thread_cache*)
     *(.bss.*4span7reserve* .bss.*4span9FORK_HELD* .bss.*6region14HEADER_READERS*)
@@ -162,6 +166,8 @@ SECTIONS
     *(.bss.*3std9panicking* .bss.*3std5alloc* .bss.*3std3sys12thread_local*)
     *(.bss.*4span5SIZES* .bss.*4span8GEOMETRY*)
     *(.bss.*4span4TAGS*)
+    . = ALIGN(0x1000);
+    *(.bss.*5pools4head7HANDLES*)
   }
 }
 INSERT BEFORE .bss;

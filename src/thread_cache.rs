@@ -124,14 +124,15 @@ pub(crate) struct ThreadCache {
     tick: Cell<u64>,
     /// The tick of the last eviction.
     evicted_at: Cell<u64>,
-    /// Slots of the bound entries, `nlisted` of them.
-    listed: [Cell<u16>; MAX_POOLS],
     nlisted: Cell<usize>,
     /// The registry's destroy count when this thread last emptied its
     /// entries of dead pools.
     swept: Cell<usize>,
     /// The list of every thread cache ([`THREADS`], under its lock).
     next: Cell<*mut ThreadCache>,
+    /// Slots of the bound entries, `nlisted` of them. Last, so that the
+    /// fields above and its first slots share a page.
+    listed: [Cell<u16>; MAX_POOLS],
 }
 
 /// What [`ThreadCache::take`] found.
