@@ -144,11 +144,11 @@ INSERT AFTER .eh_frame;
 /// state, the large cache), the tags' sizes and geometry, the tags' states,
 /// of which the first, the malloc's classes, are in use, and last, from a
 /// page boundary, the 256 KiB table of pool handles, whose first rows (a
-/// page) are the class pools'.
-/// Everything else (the first metadata chunks and thread cache, the region
-/// map's first leaf and root, the chunks of the tags' other carving slots)
-/// follows in the default `.bss` and sections of its own. Legacy-mangled
-/// names of this workspace's statics, v0-mangled std's.
+/// page) are the class pools'. Everything else (the first metadata chunks
+/// and thread cache, the region map's first leaf and root, the chunks of
+/// the tags' other carving slots) follows in the default `.bss` and in
+/// sections of its own. Legacy-mangled names of this workspace's statics,
+/// v0-mangled std's.
 const ORDER_BSS: &str = "\
 SECTIONS
 {
