@@ -4,9 +4,11 @@
 # programs run (seq, python3, sort, sqlite3, git, gcc, and two threaded
 # benchmarks), found with callgrind, as patterns of their section names.
 # malloc/build.rs places them first in the preload's code, so the pages a
-# process runs sit together (see its docs). Run it after a change that
-# renames or adds functions on those paths; a pattern that no longer matches
-# only leaves its function among the others.
+# process runs sit together (see its docs). Run it after a change on those
+# paths: one that renames or adds a function, or that changes what the
+# compiler inlines (a function no longer inlined runs outside the block).
+# scripts/check-code-layout.sh (make test-malloc) catches a pattern that no
+# longer matches, not a hot function missing from the list.
 set -euo pipefail
 so=$(realpath "${1:-target/release/libpools_malloc.so}")
 out=malloc/hot-functions.txt
