@@ -9,10 +9,13 @@
 #   make verify-asan       every C test with ASan + LeakSanitizer
 #   make verify-valgrind   every C test under valgrind memcheck
 #   make verify-loom       the three-thread loom model at preemption bound 40
+#   make verify-hot-functions  the preload's hot functions, profiled again
+#                          with callgrind, all in malloc/hot-functions.txt
 
-.PHONY: verify verify-miri verify-tsan verify-asan verify-valgrind verify-loom
+.PHONY: verify verify-miri verify-tsan verify-asan verify-valgrind verify-loom \
+        verify-hot-functions
 
-verify: verify-miri verify-tsan verify-asan verify-valgrind verify-loom
+verify: verify-miri verify-tsan verify-asan verify-valgrind verify-loom verify-hot-functions
 
 verify-miri:
 	scripts/verify-miri.sh
@@ -31,3 +34,6 @@ verify-valgrind:
 verify-loom:
 	LOOM_MAX_PREEMPTIONS=40 RUSTFLAGS="--cfg loom" $(CARGO) test --release --lib \
 	  --target-dir target/loom loom_taker_putter_flusher -- --nocapture
+
+verify-hot-functions: lib
+	scripts/hot-functions.sh --check $(MALLOC_SO)

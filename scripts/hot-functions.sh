@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/hot-functions.sh [LIBPOOLS_MALLOC.so]
+# scripts/hot-functions.sh [--check] [LIBPOOLS_MALLOC.so]
 # Writes malloc/hot-functions.txt: the functions of the preload that short
 # programs run (seq, python3, sort, sqlite3, git, gcc, and two threaded
 # benchmarks), found with callgrind, as patterns of their section names.
@@ -8,12 +8,19 @@
 # paths: one that renames or adds a function, or that changes what the
 # compiler inlines (a function no longer inlined runs outside the block).
 # scripts/check-code-layout.sh (make test-malloc) catches a pattern that no
-# longer matches, not a hot function missing from the list.
+# longer matches; --check (make verify-hot-functions) profiles again and
+# fails on a hot function missing from the list, writing nothing.
 set -euo pipefail
+check=
+if [ "${1:-}" = --check ]; then
+    check=1
+    shift
+fi
 so=$(realpath "${1:-target/release/libpools_malloc.so}")
-out=malloc/hot-functions.txt
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+out=malloc/hot-functions.txt
+[ -z "$check" ] || out=$work/hot-functions.txt
 command -v valgrind >/dev/null 2>&1 || scripts/apt-install.sh hot-functions valgrind
 
 gcc -O2 -pthread bench/prodcons.c -o "$work/prodcons"
@@ -96,3 +103,12 @@ with open(out, "w") as f:
         f.write(p + "\n")
 print("%s: %d patterns" % (out, len(pats)))
 PY
+if [ -n "$check" ]; then
+    missing=$(grep -v '^#' "$out" | grep -vxF -f malloc/hot-functions.txt || true)
+    if [ -n "$missing" ]; then
+        echo "hot functions missing from malloc/hot-functions.txt (run scripts/hot-functions.sh):" >&2
+        echo "$missing" >&2
+        exit 1
+    fi
+    echo "malloc/hot-functions.txt lists every function the profiles run"
+fi
