@@ -698,9 +698,10 @@ impl ThreadCache {
     /// An empty entry, and nothing in the shared cache: for a pool that
     /// refills in batches (`Pool::refills_in_batches`), new objects, as many
     /// as one grant step holds, at most a page of them and at first fewer
-    /// (`batch_len`), from one call to the backing allocator. So a growing heap takes the slow path once per
-    /// batch rather than once per object, and a thread's new objects are
-    /// neighbours of each other, not of another thread's. Hands out the
+    /// (`batch_len`), from one call to the backing allocator. So a growing
+    /// heap takes the slow path once per batch rather than once per object,
+    /// and a thread's new objects are neighbours of each other, not of
+    /// another thread's. Hands out the
     /// first; the rest are cached, to be handed out in address order, each
     /// marked with the pool's key as every cached object is: a `free` of one
     /// of them (a forged pointer near a block the program holds) aborts as
