@@ -40,16 +40,17 @@ pub(super) fn reserved_span() -> Option<NonNull<u8>> {
     // SAFETY: we hold the reserve's lock.
     let st = unsafe { &mut *RESERVE.inner.get() };
     if st.1 == 0 {
-        let first = if st.2 { BATCH } else { FIRST_BATCH };
+        let sizes: &[usize] = if st.2 {
+            &[BATCH]
+        } else {
+            &[FIRST_BATCH, BATCH]
+        };
         st.2 = true;
-        for n in [first, BATCH] {
-            if let Some(batch) = map_aligned(SPAN * n, SPAN) {
-                *st = (batch.as_ptr(), n, true);
-                break;
-            }
-            if n == BATCH {
-                break;
-            }
+        if let Some((batch, n)) = sizes
+            .iter()
+            .find_map(|&n| Some((map_aligned(SPAN * n, SPAN)?, n)))
+        {
+            *st = (batch.as_ptr(), n, true);
         }
     }
     let span = if st.1 == 0 {
