@@ -136,7 +136,8 @@ static void test_words(void)
     static const char *const words[] = {
         "fail=N", "no-fail", "no-merge", "merge", "cold-first", "hot-first", "integrity",
         "no-integrity", "no-global", "global", "no-cache", "cache", "caller", "no-caller",
-        "tag", "no-tag", "poison", "no-poison", "uaf", "no-uaf", "backup", "no-backup", "help",
+        "tag", "no-tag", "poison", "no-poison", "uaf", "no-uaf", "backup", "no-backup",
+        "canary", "no-canary", "help",
     };
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
         char line[64];
@@ -393,6 +394,13 @@ static void test_tag(void)
     run("tag", overflow_child, NULL, &o);
     const char *const over[] = {"pool_free(\"short\", ", "tag was overwritten", NULL};
     expect_abort("tag: overflow", &o, over);
+    /* canary (the preload's option) gives pools of the C API the tag. */
+    run("canary", overflow_child, NULL, &o);
+    expect_abort("canary: overflow", &o, over);
+    run("canary", wrong_pool_child, NULL, &o);
+    snprintf(call, sizeof call, "pool_free(\"beta\", %s)", object_of(&o, addr, sizeof addr));
+    const char *const wrong2[] = {call, "belongs to pool \"alpha\" (in use), not to pool \"beta\"", NULL};
+    expect_abort("canary: wrong pool", &o, wrong2);
     /* Without tag, neither is seen (the 49th byte is padding). */
     run("tag,no-tag", overflow_child, NULL, &o);
     expect_ok("no-tag: overflow", &o);

@@ -61,7 +61,12 @@ static TRIM: AtomicBool = AtomicBool::new(true);
 /// `POOL_FAIL_SEED`: where the `fail=N` draws start.
 static FAIL_SEED: AtomicU32 = AtomicU32::new(0x1234_5678);
 
-const FAIL_MASK: u32 = 0xff;
+/// `fail=N` is at most 100: seven bits.
+const FAIL_MASK: u32 = 0x7f;
+/// `canary`: not a pool flag; the LD_PRELOAD malloc reads it at its start
+/// (see `malloc/src/canary.rs`); pools of the C API created while it is set
+/// take `tag`, the word after each object.
+const DBG_CANARY: u32 = 1 << 7;
 const DEBUG_UAF: u32 = 1 << 8;
 /// `no-merge`: POOL_F_SHARED pools merge only with a pool of the same name.
 const DBG_NO_MERGE: u32 = 1 << 9;
@@ -117,7 +122,7 @@ const POISON_SHIFT: u32 = 24;
 
 /// The flag words, their opposites and their help lines, HAProxy's `-dM`
 /// names and meanings.
-const FLAG_WORDS: [(u32, &str, &str, &str); 12] = [
+const FLAG_WORDS: [(u32, &str, &str, &str); 13] = [
     (
         DBG_NO_MERGE,
         "no-merge",
@@ -189,6 +194,14 @@ const FLAG_WORDS: [(u32, &str, &str, &str); 12] = [
         "zero-on-free",
         "no-zero-on-free",
         "zero each freed object (what a use after free reads is gone)",
+    ),
+    (
+        DBG_CANARY,
+        "canary",
+        "no-canary",
+        "the LD_PRELOAD malloc (read at its start): each block between a\n\
+      \x20            sealed header and a canary, checked on free and realloc,\n\
+      \x20            and a freed block's marks checked on reuse; C API pools: tag",
     ),
     (
         DBG_RANDOM_ORDER,
@@ -372,7 +385,13 @@ pub(crate) fn fail_rate() -> u32 {
 /// The pool-shaping debugging flags of a pool created now (copied into
 /// `Pool::debug`), without the failure rate or the poison byte.
 pub(crate) fn pool_debug() -> u32 {
-    DEBUG.load(Relaxed) & DBG_POOL_FLAGS
+    let d = DEBUG.load(Relaxed);
+    d & DBG_POOL_FLAGS | if d & DBG_CANARY != 0 { DBG_TAG } else { 0 }
+}
+
+/// Whether `canary` is set (see [`DBG_CANARY`]).
+pub(crate) fn canary() -> bool {
+    DEBUG.load(Relaxed) & DBG_CANARY != 0
 }
 
 /// The poison byte of a pool created now (`poison=0xNN`).
@@ -451,10 +470,24 @@ pub(crate) fn set_debugging(opts: &[u8]) -> bool {
 /// Whether the environment's `POOL_DEBUG` turns `uaf` on, by the parser
 /// `load_env` uses, without applying anything.
 pub(crate) fn uaf_in_env() -> bool {
-    any_pool_variable()
-        && getenv(c"POOL_DEBUG")
-            .and_then(|v| parse_debugging(0, v))
-            .is_some_and(|d| d & DEBUG_UAF != 0)
+    debug_in_env() & DEBUG_UAF != 0
+}
+
+/// Whether the environment's `POOL_DEBUG` turns `canary` on, as
+/// [`uaf_in_env`] does for `uaf`.
+pub(crate) fn canary_in_env() -> bool {
+    debug_in_env() & DBG_CANARY != 0
+}
+
+/// The options of the environment's `POOL_DEBUG` alone (0 when it is
+/// unset or refused).
+fn debug_in_env() -> u32 {
+    if !any_pool_variable() {
+        return 0;
+    }
+    getenv(c"POOL_DEBUG")
+        .and_then(|v| parse_debugging(0, v))
+        .unwrap_or(0)
 }
 
 /// `debug` with the options of `opts` applied, or `None` for a bad word.

@@ -34,6 +34,12 @@ pub fn uaf_requested() -> bool {
     crate::options::uaf_in_env()
 }
 
+/// Whether the environment's `POOL_DEBUG` asks for `canary`, as
+/// [`uaf_requested`] does for `uaf`.
+pub fn canary_requested() -> bool {
+    crate::options::canary_in_env()
+}
+
 /// The memory profile is recording (see `profile`).
 pub fn profiling() -> bool {
     crate::profile::active()

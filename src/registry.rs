@@ -354,6 +354,12 @@ fn create_with(
         // are: no option that moves the caller's bytes or adds words
         // around them.
         debug &= !crate::head::LAYOUT_FLAGS;
+        if options::canary() {
+            // Nor, under the preload's `canary`, one that writes over a
+            // free object's bytes, where its marks are (it checks writes
+            // after free itself).
+            debug &= !(options::DBG_INTEGRITY | options::DBG_POISON | options::DBG_ZERO_ON_FREE);
+        }
     }
     let poison = options::poison_byte();
     // The backing allocator serves whole objects, debugging words included.

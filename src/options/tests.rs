@@ -59,6 +59,15 @@ fn debugging_words_parse_all_or_nothing() {
     assert_eq!(parse_debugging(7, b"fail"), Some(1));
     assert_eq!(parse_debugging(0, b"fail,no-fail"), Some(0));
     assert_eq!(parse_debugging(3, b""), Some(3));
+    // The rate's bits stop below `canary`'s.
+    assert_eq!(
+        parse_debugging(DBG_CANARY, b"fail=100"),
+        Some(DBG_CANARY | 100)
+    );
+    assert_eq!(
+        parse_debugging(DBG_CANARY | 100, b"no-fail"),
+        Some(DBG_CANARY)
+    );
 }
 
 #[test]
