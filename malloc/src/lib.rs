@@ -34,6 +34,7 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, Ordering::Acquire, Ordering::Release};
 use pools::preload::{self, Owner, Pool};
 
+mod canary;
 mod large;
 
 /// Largest request served by a size class.
@@ -176,32 +177,36 @@ static CLASS_NAME_BYTES: [[u8; 13]; CLASSES] = {
 /// Creates the pool of class `c` on its first use; a thread that races us
 /// gets the same pool from the registry. `None` when the pool is not usable
 /// from this call: this thread is creating a class pool right now (a nested
-/// allocation of the core's first-use setup), `uaf` is on, or creation
-/// failed.
+/// allocation of the core's first-use setup), `uaf` or `canary` is on (the
+/// latter keeps its pools apart, see [`canary`]), or creation failed.
 ///
 /// One class at a time, not all 41 at the first `malloc`: a short process
 /// uses about half of them (BENCHMARKS.md), and each pool head costs a
 /// creation and a quarter of a page.
 #[cold]
 fn create(c: usize) -> Option<&'static Pool> {
-    if IN_INIT.try_with(Cell::get).unwrap_or(true) {
-        return None;
-    }
     // With `uaf`, no pools: every block is a mapping of its own, never
     // cached.
-    if large::bypassed() {
+    if large::bypassed() || canary::on() {
         return None;
     }
-    let size = class_size(c);
-    let name = CLASS_NAMES[c];
-    let _ = IN_INIT.try_with(|f| f.set(true));
-    let pool = preload::create_span_pool(name, size, c as u32).ok();
-    let _ = IN_INIT.try_with(|f| f.set(false));
-    let pool = pool?;
+    let pool = create_class_pool(c)?;
     // Release: a thread that acquires the pointer sees the pool initialised.
     // Racing creators store the same pool.
     POOLS[c].store(ptr::from_ref(pool).cast_mut(), Release);
     Some(pool)
+}
+
+/// The pool of class `c` from the registry (created by the first caller),
+/// unless this thread is creating a class pool right now.
+fn create_class_pool(c: usize) -> Option<&'static Pool> {
+    if IN_INIT.try_with(Cell::get).unwrap_or(true) {
+        return None;
+    }
+    let _ = IN_INIT.try_with(|f| f.set(true));
+    let pool = preload::create_span_pool(CLASS_NAMES[c], class_size(c), c as u32).ok();
+    let _ = IN_INIT.try_with(|f| f.set(false));
+    pool
 }
 
 /// The pool of class `c`, if it can be used (creating it on first use).
@@ -313,18 +318,22 @@ fn alloc_miss(size: usize) -> *mut c_void {
     }
 }
 
-/// A block that no class pool serves: a large one (through the cache of
-/// mappings when `align` is 16), or a small one while this thread creates
-/// a class pool or under `uaf` (a mapping of its own). `zero`: its first
-/// `size` bytes must read as zero. Draws for `fail=N` (except during a
-/// class pool's creation, which must not fail half-way) and records the
-/// block in the memory profile.
+/// A block that no default class pool serves: a large one (through the
+/// cache of mappings when `align` is 16), or a small one while this thread
+/// creates a class pool or under `uaf` (a mapping of its own); with
+/// `canary`, every block (see [`canary`]). `zero`: its first `size` bytes
+/// must read as zero. Draws for `fail=N` (except during a class pool's
+/// creation, which must not fail half-way) and records the blocks that
+/// come from no pool in the memory profile.
 #[cold]
 #[inline(never)]
 fn alloc_unpooled(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
     let in_init = IN_INIT.try_with(Cell::get).unwrap_or(true);
     if !in_init && preload::injected_failure() {
         return None;
+    }
+    if canary::on() {
+        return canary::alloc(size, align, zero, in_init);
     }
     let p = if size > MAX_SMALL && align <= MIN_ALIGN {
         large::obtain(size, zero)?
@@ -340,6 +349,9 @@ fn alloc_unpooled(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> 
 
 /// Bytes usable at `p` (a block of ours), or abort naming `func`.
 fn usable(func: &str, p: *mut c_void) -> usize {
+    if canary::on() {
+        return canary::usable(func, p);
+    }
     match preload::owner(p.cast()) {
         Owner::Span { tag } => class_size(tag as usize),
         Owner::Large { usable } => usable,
@@ -373,6 +385,10 @@ fn release(func: &str, p: *mut c_void) {
 #[cold]
 #[inline(never)]
 fn release_other(func: &str, p: NonNull<u8>) {
+    if canary::on() {
+        // SAFETY: given back by the caller (or a bug, which it catches).
+        return unsafe { canary::release(func, p) };
+    }
     match preload::owner(p.as_ptr()) {
         Owner::Large { usable } => {
             preload::record_unpooled(usable, true);
@@ -390,9 +406,10 @@ fn alloc_aligned(align: usize, size: usize) -> *mut c_void {
     }
     // A power-of-two class at least as large as the alignment hands out
     // objects aligned to their size (up to a page): check, in case a debug
-    // option changed the object layout.
+    // option changed the object layout. (Not with `canary`, whose block
+    // must be of the size asked.)
     let need = size.max(align);
-    if need <= MAX_ALIGNED_CLASS {
+    if need <= MAX_ALIGNED_CLASS && !canary::on() {
         let p = alloc(need.next_power_of_two());
         if p.is_null() || p as usize % align == 0 {
             return p;
@@ -492,6 +509,10 @@ unsafe fn resize(p: *mut c_void, size: usize) -> *mut c_void {
     if size == 0 {
         release("realloc", p);
         return ptr::null_mut();
+    }
+    if canary::on() {
+        // SAFETY: a live block of the caller's (or a bug, caught there).
+        return unsafe { canary::resize(NonNull::new_unchecked(p.cast()), size) };
     }
     let owner = preload::owner(p.cast());
     let old = match owner {
