@@ -46,6 +46,9 @@ test-malloc-c: lib
 	  POOL_DEBUG=uaf LD_PRELOAD=$(MALLOC_SO) timeout 300 $(MT_OUT)/test_conformance
 	@echo "== preload POOL_DEBUG=integrity test_conformance (checks every block it hands out)"; \
 	  POOL_DEBUG=integrity LD_PRELOAD=$(MALLOC_SO) timeout 300 $(MT_OUT)/test_conformance
+	@set -e; for t in test_conformance test_stress test_thread_exit test_fork_atfork; do \
+	  echo "== preload POOL_DEBUG=canary $$t"; \
+	  POOL_DEBUG=canary LD_PRELOAD=$(MALLOC_SO) timeout 300 $(MT_OUT)/$$t; done
 	@echo "== -lpools test_fork"; timeout 300 $(MT_OUT)/test_fork_lpools
 	@echo "== -lpools test_fork_atfork"; timeout 300 $(MT_OUT)/test_fork_atfork_lpools
 	@echo "== preload test_fork_atfork, handlers registered before ours"; \

@@ -1,14 +1,15 @@
 # The allocator security suite (security/README.md).
 #   make bench-security   builds the suite once and runs it under glibc's
-#                         malloc, the preload (default and POOL_DEBUG=uaf),
+#                         malloc, the preload (default, POOL_DEBUG=canary and
+#                         POOL_DEBUG=uaf),
 #                         jemalloc and mimalloc (when installed) and the C
 #                         API (default and POOL_DEBUG=tag); prints the table (BENCHMARKS.md,
 #                         "Security suite"). A comparison, not a test.
 #   make test-security    part of `make test`: the preload and the C API
 #                         catch exactly the cases README "Hardening" says
-#                         they catch in the default mode
-#                         (security/expect-*.txt), and every harmless twin
-#                         passes.
+#                         they catch in the default mode and the preload
+#                         with POOL_DEBUG=canary (security/expect-*.txt),
+#                         and every harmless twin passes.
 
 SEC_OUT    := target/security
 SEC_CFLAGS := $(CFLAGS) -fno-builtin
@@ -32,5 +33,7 @@ test: test-security
 test-security: security-bin
 	@echo "== security suite, preload (security/expect-preload.txt)"
 	@LD_PRELOAD=$(MALLOC_SO) $(SEC_OUT)/malloc_suite --expect security/expect-preload.txt
+	@echo "== security suite, preload with POOL_DEBUG=canary (security/expect-preload-canary.txt)"
+	@POOL_DEBUG=canary LD_PRELOAD=$(MALLOC_SO) $(SEC_OUT)/malloc_suite --expect security/expect-preload-canary.txt
 	@echo "== security suite, C API (security/expect-pools.txt)"
 	@$(SEC_OUT)/pools_suite --expect security/expect-pools.txt

@@ -4,6 +4,7 @@
 # prints the table of caught cases, kind by allocator (security/table.py).
 #   glibc      malloc_suite on the libc's malloc
 #   preload    malloc_suite under LD_PRELOAD=libpools_malloc.so
+#   preload-canary  the same with POOL_DEBUG=canary (sealed headers, canaries)
 #   preload-uaf  the same with POOL_DEBUG=uaf (a mapping per block)
 #   jemalloc   malloc_suite under LD_PRELOAD of Debian's libjemalloc.so.2
 #   mimalloc   malloc_suite under LD_PRELOAD of Debian's libmimalloc.so.2
@@ -27,6 +28,7 @@ run() { # name, then the command
 }
 run glibc "$out/malloc_suite"
 run preload env LD_PRELOAD="$preload" "$out/malloc_suite"
+run preload-canary env POOL_DEBUG=canary LD_PRELOAD="$preload" "$out/malloc_suite"
 run preload-uaf env POOL_DEBUG=uaf LD_PRELOAD="$preload" "$out/malloc_suite"
 if [ -f "$je" ]; then run jemalloc env LD_PRELOAD="$je" "$out/malloc_suite"
 else echo "no $je: jemalloc left out" >&2; fi
