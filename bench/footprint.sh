@@ -2,7 +2,9 @@
 # bench/footprint.sh LIBPOOLS_MALLOC.so [ROUNDS] [BASELINE.so]
 # Peak resident memory (GNU time's %M: the largest maximum RSS among the
 # program and the children it waited for, in KiB) of real programs under
-# glibc's malloc and under the preload (and an earlier build, BASELINE.so):
+# glibc's malloc and under the preload (and an earlier build, BASELINE.so;
+# with CANARY=1 in the environment, also the preload with
+# POOL_DEBUG=canary, and a second table of CPU time, user + system):
 # the workloads of scripts/malloc-programs.sh (python, sort, gcc, git) and a
 # sqlite3 session (a table of 200000 rows, an index, a join, an update, a
 # vacuum). Rounds interleave the allocators; medians and ratios to glibc
@@ -12,9 +14,16 @@ so=$1
 rounds=${2:-3}
 declare -A LIB=([glibc]="" [pools]="$so")
 ALLOCS="glibc pools"
+declare -A DEBUG_OF=([glibc]="" [pools]="")
 if [ -n "${3:-}" ]; then
     LIB[base]=$3
+    DEBUG_OF[base]=""
     ALLOCS="$ALLOCS base"
+fi
+if [ "${CANARY:-0}" = 1 ]; then
+    LIB[canary]=$so
+    DEBUG_OF[canary]=canary
+    ALLOCS="$ALLOCS canary"
 fi
 command -v sqlite3 >/dev/null 2>&1 || scripts/apt-install.sh bench/footprint sqlite3
 out=target/bench-malloc
@@ -46,8 +55,8 @@ raw="$out/footprint.csv"
 for r in $(seq 1 "$rounds"); do
     for a in $ALLOCS; do
         for w in $works; do
-            /usr/bin/time -f "%M" -o "$out/time" \
-                env LD_PRELOAD="${LIB[$a]}" bash -c "run_$w" > /dev/null
+            /usr/bin/time -f "%M,%U,%S" -o "$out/time" \
+                env POOL_DEBUG="${DEBUG_OF[$a]}" LD_PRELOAD="${LIB[$a]}" bash -c "run_$w" > /dev/null
             echo "$w,$a,$(tail -n 1 "$out/time")" >> "$raw"
         done
     done
@@ -55,9 +64,10 @@ for r in $(seq 1 "$rounds"); do
 done
 python3 - "$raw" "$ALLOCS" <<'PY'
 import csv, statistics, sys
-m = {}
-for w, a, v in csv.reader(open(sys.argv[1])):
+m, cpu = {}, {}
+for w, a, v, u, s in csv.reader(open(sys.argv[1])):
     m.setdefault((w, a), []).append(float(v))
+    cpu.setdefault((w, a), []).append(float(u) + float(s))
 allocs = sys.argv[2].split()
 works = list(dict.fromkeys(w for w, _ in m))
 print("Peak RSS (KiB, medians of %d rounds; lower is better)\n" % len(m[(works[0], "glibc")]))
@@ -69,4 +79,13 @@ for w in works:
     if "base" in allocs:
         row += " %.3fx |" % (med["base"] / med["glibc"])
     print(row)
+if "canary" in allocs:
+    print("\nWith canary: peak RSS and CPU time (s, user + system), medians, ratios to the preload without it\n")
+    print("| workload | RSS canary / pools | CPU glibc | CPU pools | CPU canary | CPU canary / pools | CPU canary / glibc |")
+    print("|---|---|---|---|---|---|---|")
+    for w in works:
+        r = {a: statistics.median(m[(w, a)]) for a in allocs}
+        c = {a: statistics.median(cpu[(w, a)]) for a in allocs}
+        print("| %s | %.3fx | %.2f | %.2f | %.2f | %.2fx | %.2fx |" % (w, r["canary"] / r["pools"],
+              c["glibc"], c["pools"], c["canary"], c["canary"] / c["pools"], c["canary"] / c["glibc"]))
 PY
