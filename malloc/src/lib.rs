@@ -14,7 +14,9 @@
 //!
 //! With `POOL_DEBUG=uaf` in the environment at startup, no class pool is
 //! created: every block is a mapping of its own, unmapped on free (no cache),
-//! so that a use after free faults.
+//! so that a use after free faults. With `POOL_DEBUG=canary`, no default
+//! class pool either: every block is laid out and checked by [`canary`]
+//! (a sealed header, a canary after the bytes asked).
 //!
 //! `POOL_DEBUG=fail=N` and `POOL_PROFILE=1` reach the class pools through
 //! the core (their calls take its debug path); the blocks that come from no
