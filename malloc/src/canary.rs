@@ -82,8 +82,17 @@ fn decide() -> bool {
     let on = preload::canary_requested();
     if on {
         let mut s = 0usize;
-        // SAFETY: writes at most 8 bytes into `s`.
-        let got = unsafe { libc::getrandom(ptr::from_mut(&mut s).cast(), 8, libc::GRND_NONBLOCK) };
+        // SAFETY: writes at most 8 bytes into `s`. Through `syscall`, which
+        // the library imports anyway: one dynamic symbol less for the
+        // loader to bind in every process.
+        let got = unsafe {
+            libc::syscall(
+                libc::SYS_getrandom,
+                ptr::from_mut(&mut s),
+                8usize,
+                libc::GRND_NONBLOCK,
+            )
+        };
         if got != 8 {
             // No entropy to be had (early boot, a filter): the addresses
             // that ASLR chose, which still differ between runs.
@@ -161,9 +170,10 @@ unsafe fn set_word(at: usize, v: usize) {
 }
 
 /// A block of `size` bytes aligned to `align` (16 unless an aligned
-/// request), laid out as above, or `None` when no memory is left.
-/// `in_init`: this thread is creating a class pool (no class pool now).
-/// `zero`: the caller's bytes must read as zero.
+/// request), laid out as above, or `None` when no memory is left (or a
+/// `fail=N` draw fails it: the class pools draw for theirs, this for the
+/// large blocks). `in_init`: this thread is creating a class pool (no
+/// class pool now, no draw). `zero`: the caller's bytes must read as zero.
 pub(crate) fn alloc(size: usize, align: usize, zero: bool, in_init: bool) -> Option<NonNull<u8>> {
     let small = size
         .checked_add(OVERHEAD)
@@ -179,6 +189,9 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool, in_init: bool) -> Opt
             }
             return Some(p);
         }
+    }
+    if !in_init && preload::injected_failure() {
+        return None;
     }
     let total = size.checked_add(LARGE_EXTRA)?;
     let p = if align <= 16 && total > MAX_SMALL {

@@ -331,11 +331,12 @@ fn alloc_miss(size: usize) -> *mut c_void {
 #[inline(never)]
 fn alloc_unpooled(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
     let in_init = IN_INIT.try_with(Cell::get).unwrap_or(true);
+    if canary::on() {
+        // It draws for `fail=N` where no class pool does.
+        return canary::alloc(size, align, zero, in_init);
+    }
     if !in_init && preload::injected_failure() {
         return None;
-    }
-    if canary::on() {
-        return canary::alloc(size, align, zero, in_init);
     }
     let p = if size > MAX_SMALL && align <= MIN_ALIGN {
         large::obtain(size, zero)?
