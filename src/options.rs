@@ -30,7 +30,7 @@
 
 use core::ffi::CStr;
 use core::sync::atomic::Ordering::Relaxed;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
 
 /// Buckets a shared cache has room for: the most `POOL_SHARED_BUCKETS` allows.
 pub(crate) const MAX_SHARED_BUCKETS: usize = 4;
@@ -480,14 +480,28 @@ pub(crate) fn canary_in_env() -> bool {
 }
 
 /// The options of the environment's `POOL_DEBUG` alone (0 when it is
-/// unset or refused).
+/// unset or refused), read the first time only: the preload asks for
+/// `uaf` and for `canary` at its start, and one scan of the environment
+/// answers both.
 fn debug_in_env() -> u32 {
-    if !any_pool_variable() {
-        return 0;
+    /// The answer, with `ENV_READ` set once known.
+    static ENV_DEBUG: AtomicU64 = AtomicU64::new(0);
+    const ENV_READ: u64 = 1 << 32;
+    // Relaxed: one independent word; threads that race both read the same
+    // environment and store the same answer.
+    let known = ENV_DEBUG.load(Relaxed);
+    if known & ENV_READ != 0 {
+        return known as u32;
     }
-    getenv(c"POOL_DEBUG")
-        .and_then(|v| parse_debugging(0, v))
-        .unwrap_or(0)
+    let d = if any_pool_variable() {
+        getenv(c"POOL_DEBUG")
+            .and_then(|v| parse_debugging(0, v))
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    ENV_DEBUG.store(u64::from(d) | ENV_READ, Relaxed);
+    d
 }
 
 /// `debug` with the options of `opts` applied, or `None` for a bad word.
