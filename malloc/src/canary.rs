@@ -4,8 +4,8 @@
 //! for the paranoid, off by default: it catches the overflows, underflows
 //! and writes after free that glibc's chunk headers catch, and more
 //! (README, "Hardening"), at the price of 40 bytes per small block and the
-//! class pools' slow path on every call (BENCHMARKS.md, "The `canary`
-//! option").
+//! class pools' slow path on every call (BENCHMARKS.md, "The preload's
+//! `canary` option").
 //!
 //! A small block (at most [`MAX_SMALL`] bytes with its 40 bytes of
 //! overhead) is an object of the class pool of that sum, kept in a table
@@ -22,14 +22,14 @@
 //! ```
 //!
 //! A large block (any other request, and every block of an aligned
-//! request or of a class pool's creation) is a mapping of the `large`
-//! module with 16 more bytes: the canary right after the caller's `n`
-//! bytes, then, in the block's last 16 usable bytes, `n` and a seal of the
-//! block's address and `n`. Its header and guard pages are checked as
+//! request or of a class pool's creation) is a block of the `large`
+//! module asked with [`LARGE_EXTRA`] more bytes: the canary right after
+//! the caller's `n` bytes, then, in the block's last 16 usable bytes, `n`
+//! and a seal of the block's address and `n`. Its header and guard pages are checked as
 //! without the option. `realloc` always moves.
 //!
-//! The hashes mix the address with the process's secret, so a write of
-//! known bytes does not forge them. Decided once, at the first call that
+//! The hashes mix the address with a secret of the process, so that no
+//! constant a bug writes matches them. Decided once, at the first call that
 //! asks (the first `malloc`), from the environment; every block of the
 //! process then has this layout.
 
@@ -128,8 +128,8 @@ fn pool(c: usize) -> Option<&'static Pool> {
 const HIGH_BITS: usize = 0x8080_8080_8080_8080;
 
 /// The hash of an address (a slot, or a large block): the canary, and the
-/// seals and the pattern made from it. One multiply with the secret: a
-/// write of bytes the program knows cannot match it by design. Each byte
+/// seals and the pattern made from it: one multiply of the address mixed
+/// with the secret, enough to catch mistakes, not a MAC. Each byte
 /// has its top bit set: an overflow or underflow of a string (its NUL, or
 /// any ASCII byte) changes the canary or the seal it reaches for certain;
 /// any other byte, with a chance of 127 in 128.
