@@ -9,6 +9,7 @@
  * is the option. Sizes: small blocks of several classes, the largest small
  * one, and large blocks. */
 #include "preload.h"
+#include "../child.h"
 #include <signal.h>
 #include <stdint.h>
 #include <sys/wait.h>
@@ -195,40 +196,36 @@ static int child(int k, size_t n, int bug)
     return 0;
 }
 
+/* What a fresh process runs: case `k` at size `n`, the bug or its twin,
+ * with the option or without. */
+struct spawn {
+    const char *self;
+    char args[3][24];
+    int canary;
+};
+
+static void exec_case(const void *arg)
+{
+    const struct spawn *s = arg;
+    if (s->canary)
+        setenv("POOL_DEBUG", "canary", 1);
+    else
+        unsetenv("POOL_DEBUG");
+    char *argv[] = {(char *)s->self, "child", (char *)s->args[0], (char *)s->args[1],
+                    (char *)s->args[2], NULL};
+    execve(s->self, argv, environ); /* the alarm carries over */
+    _exit(127);
+}
+
 /* Runs case `k` at size `n` in a fresh process; its stderr into `err`. */
 static int run(const char *self, int k, size_t n, int bug, int canary, char *err, size_t len)
 {
-    int fds[2];
-    CHECK(pipe(fds) == 0);
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    CHECK(pid >= 0);
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        close(fds[0]);
-        char a[3][24];
-        snprintf(a[0], sizeof a[0], "%d", k);
-        snprintf(a[1], sizeof a[1], "%zu", n);
-        snprintf(a[2], sizeof a[2], "%d", bug);
-        if (canary)
-            setenv("POOL_DEBUG", "canary", 1);
-        else
-            unsetenv("POOL_DEBUG");
-        char *argv[] = {(char *)self, "child", a[0], a[1], a[2], NULL};
-        alarm(30);
-        execve(self, argv, environ);
-        _exit(127);
-    }
-    close(fds[1]);
-    size_t got = 0;
-    ssize_t r;
-    while (got < len - 1 && (r = read(fds[0], err + got, len - 1 - got)) > 0)
-        got += (size_t)r;
-    err[got] = 0;
-    close(fds[0]);
-    int st;
-    CHECK(waitpid(pid, &st, 0) == pid);
+    struct spawn s = {.self = self, .canary = canary};
+    snprintf(s.args[0], sizeof s.args[0], "%d", k);
+    snprintf(s.args[1], sizeof s.args[1], "%zu", n);
+    snprintf(s.args[2], sizeof s.args[2], "%d", bug);
+    int st = run_in_child(exec_case, &s, 30, err, len);
+    CHECK(st != -1);
     return st;
 }
 
