@@ -188,7 +188,7 @@ static CLASS_NAME_BYTES: [[u8; 13]; CLASSES] = {
 #[cold]
 fn create(c: usize) -> Option<&'static Pool> {
     // With `uaf`, no pools: every block is a mapping of its own, never
-    // cached.
+    // cached. With `canary`, the pools of its own table serve the blocks.
     if large::bypassed() || canary::on() {
         return None;
     }
