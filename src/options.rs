@@ -473,6 +473,12 @@ pub(crate) fn uaf_in_env() -> bool {
     debug_in_env() & DEBUG_UAF != 0
 }
 
+/// Whether `uaf` is on now, or was asked for by the environment (the
+/// preload reads it there, before any pool exists).
+pub(crate) fn uaf_anywhere() -> bool {
+    guarded_objects() || uaf_in_env()
+}
+
 /// Whether the environment's `POOL_DEBUG` turns `canary` on, as
 /// [`uaf_in_env`] does for `uaf`.
 pub(crate) fn canary_in_env() -> bool {

@@ -67,13 +67,15 @@ pub(crate) fn map_zeroed(len: usize) -> Option<NonNull<u8>> {
 }
 
 /// Unmaps memory from [`map_zeroed`] or [`map_aligned`] (a whole mapping or
-/// part of one).
+/// part of one). Its addresses go back to the placement, unless `uaf` is
+/// on: a block mapped next would take them, and an access through the
+/// freed pointer would then read it instead of faulting.
 ///
 /// # Safety
 /// `p` and `len` are those of (part of) a mapping of ours no longer used.
 pub(crate) unsafe fn unmap(p: NonNull<u8>, len: usize) {
     // SAFETY: by the caller's contract the range is ours and dead.
-    if unsafe { munmap(p.as_ptr(), len) } {
+    if unsafe { munmap(p.as_ptr(), len) } && !crate::options::uaf_anywhere() {
         PLACEMENT.released(p.as_ptr().addr(), len);
     }
 }

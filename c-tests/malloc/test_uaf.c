@@ -17,7 +17,8 @@ enum { NSIZES = sizeof sizes / sizeof sizes[0] };
 
 /* The child: normal use first, then the use after free of case `k`
  * (0..NSIZES-1: read after free; NSIZES: write through the old pointer
- * after a realloc). */
+ * after a realloc; NSIZES + 1: read after free once a block of the same
+ * size was made). */
 static int child(int k)
 {
     require_preload();
@@ -47,12 +48,24 @@ static int child(int k)
         fprintf(stderr, "[uaf child %d: reading freed block]\n", k);
         char c = p[0]; /* faults under uaf */
         (void)c;
-    } else {
+    } else if (k == NSIZES) {
         p = malloc(200);
         CHECK(p != NULL);
         char *q = realloc((void *)p, 300);
         CHECK(q != NULL);
         p[100] = 2; /* the old block (past the words a cached block uses): faults under uaf */
+        free(q);
+    } else {
+        /* A block of the same size made after the free must not be given
+         * the freed one's addresses, or the use after free reads it. */
+        p = malloc(100);
+        CHECK(p != NULL);
+        free((void *)p);
+        char *q = malloc(100);
+        CHECK(q != NULL);
+        q[0] = 3;
+        char c = p[0]; /* faults under uaf */
+        (void)c;
         free(q);
     }
     return 0;
@@ -83,7 +96,7 @@ int main(int argc, char **argv)
     if (argc == 3 && strcmp(argv[1], "child") == 0)
         return child(atoi(argv[2]));
     require_preload();
-    for (int k = 0; k <= NSIZES; k++) {
+    for (int k = 0; k <= NSIZES + 1; k++) {
         int with = run(argv[0], k, 1), without = run(argv[0], k, 0);
         if (!WIFSIGNALED(with) || WTERMSIG(with) != SIGSEGV) {
             fprintf(stderr, "case %d with POOL_DEBUG=uaf: expected SIGSEGV, got status %d\n", k,
