@@ -150,6 +150,11 @@ fn free_seal(h: usize, n: usize) -> usize {
     live_seal(h, n) ^ 0x5a5a_5a5a_5a5a_0000
 }
 
+/// The seal at the end of the large block `a` of `n` bytes asked.
+fn large_seal(a: usize, n: usize) -> usize {
+    hash(a ^ n.rotate_left(32))
+}
+
 /// The pattern of a free block's first word (its bytes keep their top
 /// bits).
 fn pattern(h: usize) -> usize {
@@ -178,11 +183,11 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool, in_init: bool) -> Opt
     let small = size
         .checked_add(OVERHEAD)
         .filter(|&need| need <= MAX_SMALL && align <= 16 && !in_init);
-    if let Some(need) = small {
-        if let Some(pool) = pool(class_of(need)) {
+    if let Some(c) = small.map(class_of) {
+        if let Some(pool) = pool(c) {
             let slot = pool.alloc()?;
-            // SAFETY: a slot of `class_size(class_of(need))` bytes, ours.
-            let p = unsafe { seal_small(slot.as_ptr() as usize, size, class_size(class_of(need))) };
+            // SAFETY: a slot of `class_size(c)` bytes, ours.
+            let p = unsafe { seal_small(slot.as_ptr() as usize, size, class_size(c)) };
             if zero {
                 // SAFETY: the block's `size` bytes are the caller's.
                 unsafe { p.as_ptr().write_bytes(0, size) };
@@ -210,7 +215,7 @@ pub(crate) fn alloc(size: usize, align: usize, zero: bool, in_init: bool) -> Opt
     unsafe {
         set_word(a + size, hash(a));
         set_word(end - 16, size);
-        set_word(end - 8, hash(a ^ size.rotate_left(32)));
+        set_word(end - 8, large_seal(a, size));
     }
     Some(p)
 }
@@ -280,35 +285,43 @@ enum Block {
     Large { usable: usize, n: usize },
 }
 
+/// The canary pool, the slot and the class size of the small block at
+/// `a`, if `a` is where one starts: `HEADER` bytes into an object of one
+/// of this module's pools.
+fn small_slot(a: usize) -> Option<(&'static Pool, usize, usize)> {
+    let slot = a.wrapping_sub(HEADER);
+    if a % 16 != 0 {
+        return None;
+    }
+    let Owner::Span { tag } = preload::owner(slot as *const u8) else {
+        return None;
+    };
+    let pool = NonNull::new(POOLS.get(tag as usize)?.load(Acquire))?;
+    // SAFETY: pool heads are never freed.
+    Some((unsafe { pool.as_ref() }, slot, class_size(tag as usize)))
+}
+
 /// Checks the live block `p` (its seal and its canary), or reports the
 /// damage, naming `func`, and aborts.
 fn check(func: &str, p: *mut c_void) -> Block {
     let a = p as usize;
-    let slot = a.wrapping_sub(HEADER);
-    if a % 16 == 0 {
-        if let Owner::Span { tag } = preload::owner(slot as *const u8) {
-            let pool = POOLS.get(tag as usize).map(|p| p.load(Acquire));
-            if let Some(pool) = pool.and_then(NonNull::new) {
-                let h = hash(slot);
-                // SAFETY: the slot is an object of that class pool (the
-                // region map said so): its words are readable.
-                let seal = unsafe { word(slot + 24) };
-                let n = seal & SIZE_BITS;
-                if seal == free_seal(h, n) {
-                    damaged(func, a, "double free");
-                }
-                if seal != live_seal(h, n) || n + OVERHEAD > class_size(tag as usize) {
-                    damaged(func, a, UNDERFLOW);
-                }
-                // SAFETY: `n + OVERHEAD` bytes of the slot are ours.
-                if unsafe { word(a + n) } != h {
-                    damaged(func, a, OVERFLOW);
-                }
-                // SAFETY: pool heads are never freed.
-                let pool = unsafe { pool.as_ref() };
-                return Block::Small { pool, slot, h, n };
-            }
+    if let Some((pool, slot, class)) = small_slot(a) {
+        let h = hash(slot);
+        // SAFETY: the slot is an object of that class pool (the region
+        // map said so): its words are readable.
+        let seal = unsafe { word(slot + 24) };
+        let n = seal & SIZE_BITS;
+        if seal == free_seal(h, n) {
+            damaged(func, a, "double free");
         }
+        if seal != live_seal(h, n) || n + OVERHEAD > class {
+            damaged(func, a, UNDERFLOW);
+        }
+        // SAFETY: `n + OVERHEAD` bytes of the slot are ours.
+        if unsafe { word(a + n) } != h {
+            damaged(func, a, OVERFLOW);
+        }
+        return Block::Small { pool, slot, h, n };
     }
     let Owner::Large { usable } = preload::owner(p.cast()) else {
         if preload::large_header_corrupt(p.cast()) {
@@ -319,7 +332,7 @@ fn check(func: &str, p: *mut c_void) -> Block {
     let end = a + usable;
     // SAFETY: a large block's usable bytes are mapped.
     let (n, seal) = unsafe { (word(end - 16), word(end - 8)) };
-    if usable < LARGE_EXTRA || n > usable - LARGE_EXTRA || seal != hash(a ^ n.rotate_left(32)) {
+    if usable < LARGE_EXTRA || n > usable - LARGE_EXTRA || seal != large_seal(a, n) {
         // SAFETY: a large block of ours (owner said so).
         unsafe { large::abort_if_cached(func, NonNull::new_unchecked(p.cast()), usable) };
         damaged(func, a, LARGE_OVERFLOW);
