@@ -139,8 +139,9 @@ INSERT AFTER .eh_frame;
 /// The zero-initialised statics a process writes (see the crate docs
 /// above), first in the bss and in this order: the class pools' table
 /// (`malloc` reads it first; its start shares the last page of `.data`,
-/// which the loader has written already, so reading it faults nothing),
-/// crtbegin's flag, the small ones (locks, flags, the registry, the fork
+/// which the loader has written already, so reading it faults nothing)
+/// and the counts of objects lent to classes without a pool, crtbegin's
+/// flag, the small ones (locks, flags, the registry, the fork
 /// state, the large cache), the tags' sizes and geometry, the tags' states,
 /// of which the first, the malloc's classes, are in use, and last, from a
 /// page boundary, the 256 KiB table of pool handles, whose first rows (a
@@ -154,7 +155,7 @@ SECTIONS
 {
   .bss.pools :
   {
-    *(.bss.*12pools_malloc5POOLS*)
+    *(.bss.*12pools_malloc5POOLS* .bss.*12pools_malloc8BORROWED*)
     *crtbeginS.o(.bss)
     *(.bss.*5pools4fork* .bss.*5pools4sync* .bss.*5pools8registry*)
     *(.bss.*5pools4meta* .bss.*5pools4head7UPCALLS* .bss.*5pools4head8DESTROYS*)

@@ -7,7 +7,9 @@
 //! the same thread cache and self-locked shared cache as `pool_alloc`; their
 //! objects come from the core's mmap'd spans (`pools::preload`), and the span
 //! region map's entry for an address names its class, so `free` reads no
-//! header (neither in front of the object nor at the span's start).
+//! header (neither in front of the object nor at the span's start). A
+//! class that has asked for less than a page of objects borrows them from
+//! the pool of a larger class ([`lender`]) instead of creating its own.
 //! Larger requests get a mapping of their own, recycled through a bounded
 //! cache of freed mappings and resized with `mremap` ([`large`]). Pointers
 //! that no span or mapping of ours owns are reported and the process aborts.
@@ -33,7 +35,9 @@
 use core::cell::Cell;
 use core::ffi::{c_int, c_void, CStr};
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, Ordering::Acquire, Ordering::Release};
+use core::sync::atomic::{
+    AtomicPtr, AtomicU16, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use pools::preload::{self, Owner, Pool};
 
 mod canary;
@@ -211,13 +215,54 @@ fn create_class_pool(c: usize) -> Option<&'static Pool> {
     pool
 }
 
-/// The pool of class `c`, if it can be used (creating it on first use).
+/// How many requests each class without a pool of its own has had served
+/// by a larger class's pool ([`lender`]).
+static BORROWED: [AtomicU16; CLASSES] = [const { AtomicU16::new(0) }; CLASSES];
+
+/// A page: a class lends to a smaller one until that has asked for about a
+/// page of objects in all.
+const PAGE: usize = 4096;
+
+/// The pool of a larger class, at most twice `c`'s size, that serves a
+/// request of class `c` while `c` has no pool of its own and has borrowed
+/// less than a page's worth of objects (at least one). So a class that a
+/// process uses for a few objects only takes no pool head, thread-cache
+/// array or span page of its own: `git --version` makes 11 pools instead
+/// of 18 (BENCHMARKS.md, issue #19). A power-of-two class borrows from
+/// power-of-two classes only, whose objects are aligned to their size as
+/// its own would be (`alloc_aligned` counts on it). None while this thread
+/// creates a class pool (as [`create`]) and while the memory profile
+/// records, so that the profile names the class of each request.
+#[cold]
+fn lender(c: usize) -> Option<&'static Pool> {
+    let size = class_size(c);
+    // Relaxed: a count for a heuristic; a race lends a few objects more.
+    if usize::from(BORROWED[c].load(Relaxed)) >= (PAGE / size).max(1)
+        || IN_INIT.try_with(Cell::get).unwrap_or(true)
+        || preload::profiling()
+    {
+        return None;
+    }
+    let aligned = size.is_power_of_two() && size <= MAX_ALIGNED_CLASS;
+    let pool = (c + 1..CLASSES)
+        .take_while(|&k| class_size(k) <= 2 * size)
+        .filter(|&k| !aligned || class_size(k).is_power_of_two())
+        // Acquire: as in `pool`.
+        .map(|k| POOLS[k].load(Acquire))
+        .find(|p| !p.is_null())?;
+    BORROWED[c].fetch_add(1, Relaxed);
+    // SAFETY: pool heads are never freed; this one was published by create.
+    Some(unsafe { &*pool })
+}
+
+/// The pool that serves a request of class `c`, if one can be used: the
+/// class's own, else a [`lender`], else its own created now.
 #[inline]
 fn pool(c: usize) -> Option<&'static Pool> {
     // Acquire: pairs with the Release store in `create`.
     let p = POOLS[c].load(Acquire);
     if p.is_null() {
-        return create(c);
+        return lender(c).or_else(|| create(c));
     }
     // SAFETY: pool heads are never freed; this one was published by create.
     Some(unsafe { &*p })
