@@ -142,10 +142,11 @@ INSERT AFTER .eh_frame;
 /// which the loader has written already, so reading it faults nothing)
 /// and the counts of objects lent to classes without a pool, crtbegin's
 /// flag, the small ones (locks, flags, the registry, the fork
-/// state, the large cache), the tags' sizes and geometry, the tags' states,
-/// of which the first, the malloc's classes, are in use, and last, from a
-/// page boundary, the 256 KiB table of pool handles, whose first rows (a
-/// page) are the class pools'. Everything else (the first metadata chunks
+/// state, the large cache), the tags' sizes and geometry, from a page
+/// boundary the tags' states, of which the first, the malloc's classes, are
+/// in use (2.3 KiB: one page, wherever the statics before them end), and
+/// last, from a page boundary, the 256 KiB table of pool handles, whose
+/// first rows (a page) are the class pools'. Everything else (the first metadata chunks
 /// and thread cache, the region map's first leaf and root, the chunks of
 /// the tags' other carving slots) follows in the default `.bss` and in
 /// sections of its own. Legacy-mangled names of this workspace's statics,
@@ -166,6 +167,7 @@ SECTIONS
     *(.bss.*12pools_malloc5large*)
     *(.bss.*3std9panicking* .bss.*3std5alloc* .bss.*3std3sys12thread_local*)
     *(.bss.*4span5SIZES* .bss.*4span8GEOMETRY*)
+    . = ALIGN(0x1000);
     *(.bss.*4span4TAGS*)
     . = ALIGN(0x1000);
     *(.bss.*5pools4head7HANDLES*)
