@@ -142,7 +142,7 @@ INSERT AFTER .eh_frame;
 /// which the loader has written already, so reading it faults nothing)
 /// and the counts of objects lent to classes without a pool, crtbegin's
 /// flag, the small ones (locks, flags, the registry, the fork
-/// state, the large cache), the tags' sizes and geometry, from a page
+/// state, the large cache, whether `canary` is on), the tags' sizes and geometry, from a page
 /// boundary the tags' states, of which the first, the malloc's classes, are
 /// in use (2.3 KiB: one page, wherever the statics before them end), and
 /// last, from a page boundary, the 256 KiB table of pool handles, whose
@@ -164,7 +164,7 @@ SECTIONS
     *(.bss.*5pools7options* .bss.*5pools5links* .bss.*5pools7backing*)
     *(.bss.*5pools8checkers* .bss.*5pools12thread_cache*)
     *(.bss.*4span7reserve* .bss.*4span9FORK_HELD* .bss.*6region14HEADER_READERS*)
-    *(.bss.*12pools_malloc5large*)
+    *(.bss.*12pools_malloc5large* .bss.*12pools_malloc6canary5STATE* .bss.*12pools_malloc6canary6SECRET*)
     *(.bss.*3std9panicking* .bss.*3std5alloc* .bss.*3std3sys12thread_local*)
     *(.bss.*4span5SIZES* .bss.*4span8GEOMETRY*)
     . = ALIGN(0x1000);
