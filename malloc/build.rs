@@ -139,18 +139,18 @@ INSERT AFTER .eh_frame;
 /// The zero-initialised statics a process writes (see the crate docs
 /// above), first in the bss and in this order: the class pools' table
 /// (`malloc` reads it first; its start shares the last page of `.data`,
-/// which the loader has written already, so reading it faults nothing)
-/// and the counts of objects lent to classes without a pool, crtbegin's
-/// flag, the small ones (locks, flags, the registry, the fork
-/// state, the large cache, whether `canary` is on), the tags' sizes and geometry, from a page
-/// boundary the tags' states, of which the first, the malloc's classes, are
-/// in use (2.3 KiB: one page, wherever the statics before them end), and
-/// last, from a page boundary, the 256 KiB table of pool handles, whose
-/// first rows (a page) are the class pools'. Everything else (the first metadata chunks
-/// and thread cache, the region map's first leaf and root, the chunks of
-/// the tags' other carving slots) follows in the default `.bss` and in
-/// sections of its own. Legacy-mangled names of this workspace's statics,
-/// v0-mangled std's.
+/// which the loader has written already, so reading it faults nothing) and
+/// the counts of objects lent to classes without a pool, crtbegin's flag,
+/// the small ones (locks, flags, the registry, the fork state, the large
+/// cache, whether `canary` is on), the tags' sizes and geometry, from a
+/// page boundary the tags' states, of which the first, the malloc's
+/// classes, are in use (2.3 KiB: one page, wherever the statics before them
+/// end), and last, from a page boundary, the 256 KiB table of pool handles,
+/// whose first rows (a page) are the class pools'. Everything else (the
+/// first metadata chunks and thread cache, the region map's first leaf and
+/// root, the chunks of the tags' other carving slots) follows in the
+/// default `.bss` and in sections of its own. Legacy-mangled names of this
+/// workspace's statics, v0-mangled std's.
 const ORDER_BSS: &str = "\
 SECTIONS
 {
