@@ -8,6 +8,11 @@
 //! itself anyway, which comes first, unless the program defined a malloc of
 //! its own: then the pools no longer call it.
 //!
+//! `-z pack-relative-relocs`, where the glibc linked against loads it
+//! (2.36 and later): the relocations of the library's own pointers take
+//! 224 bytes instead of 17 KiB, in the read-only segment that every process
+//! maps whole (see below): four pages fewer in each.
+//!
 //! The unwinder is linked statically. Rust's std on linux-gnu asks for
 //! `-lgcc_s`, so the preload would make every process it is preloaded into
 //! find, map and relocate `libgcc_s.so.1`, which programs written in C
@@ -21,21 +26,22 @@
 //! version script exports only the C entry points). Only the cdylib is linked
 //! this way; where the compiler does not know `libgcc_eh.a`, nothing changes.
 //!
-//! The code a process runs of the library sits together: a linker script
-//! (`INSERT BEFORE .text`, so it only adds to the default one) gathers
-//! crtbegin's hooks, the PLT and the atfork stub, then the functions that
-//! short programs run (`hot-functions.txt`, written by
-//! scripts/hot-functions.sh from callgrind profiles: about 46 KiB), then the
-//! rest of the pools' and the malloc's functions and the bits of std and
-//! once_cell that start-up runs, into one output section at the start of
-//! the code. The kernel maps a file's cached pages around each fault (its
-//! fault-around window, or the whole large folio of the page cache, 64 KiB
-//! or more, aligned to its size in the file): code spread over many such
-//! blocks makes each of them resident in every process. So the read-only
-//! segment is also padded to a 64 KiB boundary of the file (`.ro_pad`,
-//! zeros that are never read), so that the code starts a block of its own
-//! and what short programs run fits in one (BENCHMARKS.md, issue #19). Only
-//! the order changes, not the code.
+//! The code a process runs of the library sits together, in a segment of
+//! its own: a linker script (`INSERT BEFORE .text`, so it only adds to the
+//! default one) gathers crtbegin's hooks, the PLT, the atfork stub and the
+//! functions that programs run (`hot-functions.txt`, written by
+//! scripts/hot-functions.sh from callgrind profiles: about 48 KiB) into one
+//! output section at the start of the code; the unwinding tables, which
+//! only a panic's backtrace reads, follow as a read-only segment; then the
+//! rest of the code. The kernel maps a file's cached pages around each
+//! fault (its fault-around window, 64 KiB, or the whole large folio of the
+//! page cache, which can be larger in a file just written), but never past
+//! the mapping of the segment: so a process has at most the hot segment's
+//! pages of the code resident, plus a window of the rest for each part of
+//! it that it runs, and the read-only segment that the loader reads (the
+//! symbols, the relocations, the constants) is not followed by pages that
+//! only a backtrace reads (BENCHMARKS.md, issue #19). Only the order
+//! changes, not the code.
 //!
 //! The same for the zero-initialised data: a second script gathers the
 //! statics a process writes at start-up and in the fork handlers (a few
@@ -61,6 +67,10 @@ fn main() {
     if var("CARGO_CFG_TARGET_ENV") != "gnu" {
         return;
     }
+    let cc = env::var("CC").unwrap_or_else(|_| "cc".into());
+    if glibc_has_relr(&cc) {
+        println!("cargo:rustc-link-arg-cdylib=-Wl,-z,pack-relative-relocs");
+    }
     let out_dir = PathBuf::from(var("OUT_DIR"));
     println!("cargo:rerun-if-changed=hot-functions.txt");
     let hot = fs::read_to_string("hot-functions.txt").unwrap_or_default();
@@ -72,8 +82,7 @@ fn main() {
     if fs::write(&order_bss, ORDER_BSS).is_ok() {
         println!("cargo:rustc-link-arg-cdylib=-Wl,-T,{}", order_bss.display());
     }
-    let cc = env::var("CC").unwrap_or_else(|_| "cc".into());
-    let Ok(out) = Command::new(cc)
+    let Ok(out) = Command::new(&cc)
         .arg("-print-file-name=libgcc_eh.a")
         .output()
     else {
@@ -92,11 +101,24 @@ fn main() {
     println!("cargo:rustc-link-arg-cdylib=-L{}", dir.display());
 }
 
-/// The start-up and malloc code first (see the crate docs above): the
-/// functions `hot` names (scripts/hot-functions.sh: the symbol patterns of
-/// what short programs run, one a line), then the rest of the library's
-/// and what start-up runs of std. Section names are rustc's function
-/// sections: `.text.` or `.text.unlikely.` (cold functions) and the symbol.
+/// Whether the glibc that `cc` links against loads packed relative
+/// relocations (DT_RELR, glibc 2.36 and later): the library then asks for
+/// its `GLIBC_ABI_DT_RELR` version, which an older loader refuses.
+fn glibc_has_relr(cc: &str) -> bool {
+    let Ok(out) = Command::new(cc).arg("-print-file-name=libc.so.6").output() else {
+        return false;
+    };
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let needle = b"GLIBC_ABI_DT_RELR";
+    out.status.success()
+        && fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+}
+
+/// The hot segment's code (see the crate docs above): the functions `hot`
+/// names (scripts/hot-functions.sh: the symbol patterns of what programs
+/// run, one a line), then the unwinding tables and the rest of the code.
+/// Section names are rustc's function sections: `.text.` or
+/// `.text.unlikely.` (cold functions) and the symbol.
 fn order_script(hot: &str) -> String {
     let mut s = String::from(ORDER_START);
     for p in hot.lines().map(str::trim) {
@@ -119,21 +141,22 @@ SECTIONS
     *libc_nonshared.a:*(.text .text.*)
 ";
 
-/// The rest of [`order_script`]'s output section, after the hot functions,
-/// and the padding of the read-only segment (see the crate docs above).
+/// The end of [`order_script`]: the C entry points (hot whatever the
+/// profiles say), the read-only unwinding tables between the hot code and
+/// the rest (a segment boundary: the linker starts a new segment where the
+/// sections' permissions change), and the rest of the code, the library's
+/// own first: a path that no profile took finds its neighbours in the same
+/// fault-around window. The unwinder's index of the tables
+/// (`.eh_frame_hdr`) stays in front of all code, where the linker sorts it
+/// right (by address as an unsigned offset from the index).
 const ORDER_REST: &str = "\
     *(.text.malloc .text.free .text.calloc .text.realloc)
-    *(.text.*pools* .text.*once_cell*)
-    *(.text.*3std3sys12thread_local* .text.*3std3sys4sync4once*)
-    *(.text.*3std4sync4once* .text.*3std3sys4args*)
   }
+  .eh_frame : { KEEP(*(.eh_frame)) *(.eh_frame.*) }
+  .gcc_except_table : { *(.gcc_except_table .gcc_except_table.*) }
+  .text.pools_rest : { *(.text.*pools* .text.*once_cell*) }
 }
 INSERT BEFORE .text;
-SECTIONS
-{
-  .ro_pad : { . = ALIGN(0x10000); }
-}
-INSERT AFTER .eh_frame;
 ";
 
 /// The zero-initialised statics a process writes (see the crate docs

@@ -28,7 +28,7 @@ test-malloc: test-malloc-nm test-malloc-layout test-malloc-c test-malloc-program
 test-malloc-nm: lib
 	@scripts/check-no-malloc-symbols.sh $(REL)/libpools.so $(REL)/libpools.a $(MALLOC_SO)
 
-# The code short programs run sits in one 64 KiB block (malloc/build.rs).
+# The code programs run sits in a hot segment of at most 64 KiB (malloc/build.rs).
 test-malloc-layout: lib
 	@scripts/check-code-layout.sh $(MALLOC_SO)
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # scripts/hot-functions.sh [--check] [LIBPOOLS_MALLOC.so]
-# Writes malloc/hot-functions.txt: the functions of the preload that short
-# programs run (seq, python3, sort, sqlite3, git, gcc, and two threaded
-# benchmarks), found with callgrind, as patterns of their section names.
-# malloc/build.rs places them first in the preload's code, so the pages a
-# process runs sit together (see its docs). Run it after a change on those
+# Writes malloc/hot-functions.txt: the functions of the preload that
+# programs run (seq, python3, sort, sqlite3, git, gcc, two threaded
+# benchmarks and the large-block one), found with callgrind, as patterns of
+# their section names. malloc/build.rs places them in a segment of their
+# own, so the pages a process runs sit together (see its docs). Run it after a change on those
 # paths: one that renames or adds a function, or that changes what the
 # compiler inlines (a function no longer inlined runs outside the block).
 # scripts/check-code-layout.sh (make test-malloc) catches a pattern that no
@@ -25,6 +25,7 @@ command -v valgrind >/dev/null 2>&1 || scripts/apt-install.sh hot-functions valg
 
 gcc -O2 -pthread bench/prodcons.c -o "$work/prodcons"
 gcc -O2 -pthread bench/larson.c -o "$work/larson"
+gcc -O2 bench/large.c -o "$work/large"
 echo 'int main(void) { return 0; }' > "$work/t.c"
 cat > "$work/t.sql" <<'SQL'
 CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, pad BLOB);
@@ -43,11 +44,15 @@ profile() {
 }
 profile seq seq 1 10
 profile python python3 -c 'import json; print(json.dumps({"a": [1] * 1000}))'
+# A list that grows by realloc past the small classes (mremap).
+profile pylist python3 -c 'x = []
+for i in range(100000): x.append(i)'
 profile sort sort src/registry.rs
 profile git git status --short
 profile gcc gcc -O2 -c "$work/t.c" -o "$work/t.o"
 profile prodcons "$work/prodcons" 20000
 profile larson "$work/larson" 1 2 100
+profile large "$work/large" 40 4
 if command -v sqlite3 >/dev/null 2>&1; then
     profile sqlite sqlite3 "$work/t.db" < "$work/t.sql"
 fi
