@@ -37,6 +37,9 @@
 //! (they were pushed again since). So across pools the order is oldest
 //! first to within one grant step and one eviction period, at no cost on
 //! the hit path. After an eviction every low water is reset to its top.
+//! Objects of two pages or more, of a pool of few objects (buffers), give
+//! their pages back as they leave (`discard_pages`): they were the
+//! thread's least recently used, and may wait long in the shared cache.
 //! Eviction takes bottoms away without moving the rest; the stack slides up
 //! its array (twice the largest count the budget allows) and is moved back
 //! to the start only when its grant reaches the end, at most once per as

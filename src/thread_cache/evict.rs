@@ -4,9 +4,9 @@
 //! (see the parent module for the order kept).
 
 use super::{array_block, Entry, Marks, ThreadCache, MOVING};
-use crate::head::Pool;
+use crate::head::{Pool, MIN_OBJECT};
 use crate::shared_cache::{Cluster, Item, CLUSTER};
-use crate::{meta, options};
+use crate::{meta, options, os};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::fence;
 use core::sync::atomic::Ordering::{Relaxed, Release};
@@ -229,7 +229,8 @@ impl ThreadCache {
     }
 
     /// Takes up to `max` objects from the bottom of `e` and gives them to
-    /// the pool's shared cache as one cluster.
+    /// the pool's shared cache as one cluster (the pages of large buffers
+    /// first to the system: [`discard_pages`]).
     pub(super) fn evict_from(&self, e: &Entry, max: usize) {
         let Some(pool) = e.bound_pool() else { return };
         let n = max.min(e.objects());
@@ -247,7 +248,50 @@ impl ThreadCache {
                 e.low.set(nb);
             }
             self.granted.set(self.granted.get() - n * pool.obj_size);
+            discard_pages(pool, bottom, n);
             give_back(pool, self.home, bottom, n);
+        }
+    }
+}
+
+/// Gives the system the whole pages of `n` objects of `pool` (pointers
+/// from `slots`) past each one's first [`MIN_OBJECT`] bytes (its links and
+/// its key, which every free state keeps), when the objects span two pages
+/// or more and the pool has at most a cluster of objects in all: buffers (a
+/// buffer that grew through several classes, for one) rather than a
+/// population that threads ask for again and again, whose pages would be
+/// faulted in anew each time (a pool of objects that flow between threads
+/// soon has more than a cluster). Objects leave a thread cache when they
+/// are its oldest, or at its end; idle in a shared cache, such buffers
+/// then cost no memory, and a later allocation finds the pages zero, as
+/// fresh memory. Not for a pool with debugging options, which keep what
+/// they wrote into free objects (`debug_live` read Relaxed: a hint; the
+/// layout, all that matters here, was fixed at creation), nor under the
+/// preload's `POOL_DEBUG=canary`, whose free blocks keep marks up to their
+/// end, checked when they are handed out again.
+///
+/// # Safety
+/// The `n` pointers are objects of `pool` that the caller owns.
+unsafe fn discard_pages(pool: &Pool, slots: *mut *mut u8, n: usize) {
+    let page = os::page();
+    if pool.alloc_size < 2 * page
+        || pool.debug_live.load(Relaxed) != 0
+        || pool.shared.allocated() > CLUSTER
+        || options::canary_in_env()
+    {
+        return;
+    }
+    for j in 0..n {
+        // SAFETY: `j < n`: one of the caller's pointers.
+        let obj = unsafe { *slots.add(j) };
+        let from = obj.map_addr(|a| (a + MIN_OBJECT).next_multiple_of(page));
+        let end = obj.addr() + pool.alloc_size;
+        if end & !(page - 1) > from.addr() {
+            let len = (end & !(page - 1)) - from.addr();
+            // SAFETY: `[from, from + len)` lies inside the object, past its
+            // first MIN_OBJECT bytes; the caller owns it and nobody reads it
+            // until it is handed out again. Not null (past `obj`).
+            unsafe { os::discard(NonNull::new_unchecked(from), len) };
         }
     }
 }
