@@ -8,7 +8,11 @@
 # the workloads of scripts/malloc-programs.sh (python, sort, gcc, git) and a
 # sqlite3 session (a table of 200000 rows, an index, a join, an update, a
 # vacuum). Rounds interleave the allocators; medians and ratios to glibc
-# are printed as a markdown table (lower is better).
+# are printed as a markdown table (lower is better). With EVICT=1, each
+# preload's file is dropped from the page cache before each of its runs,
+# so that the loader reads it from disk as the system's other libraries
+# were read (a file just written sits in the page cache in large folios,
+# which the kernel maps whole at a fault, within the mapping of a segment).
 set -euo pipefail
 so=$1
 rounds=${2:-3}
@@ -55,6 +59,9 @@ raw="$out/footprint.csv"
 for r in $(seq 1 "$rounds"); do
     for a in $ALLOCS; do
         for w in $works; do
+            if [ "${EVICT:-0}" = 1 ] && [ -n "${LIB[$a]}" ]; then
+                python3 -c 'import os, sys; os.posix_fadvise(os.open(sys.argv[1], os.O_RDONLY), 0, 0, os.POSIX_FADV_DONTNEED)' "${LIB[$a]}"
+            fi
             /usr/bin/time -f "%M,%U,%S" -o "$out/time" \
                 env POOL_DEBUG="${DEBUG_OF[$a]}" LD_PRELOAD="${LIB[$a]}" bash -c "run_$w" > /dev/null
             echo "$w,$a,$(tail -n 1 "$out/time")" >> "$raw"
