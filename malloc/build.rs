@@ -40,8 +40,10 @@
 //! pages of the code resident, plus a window of the rest for each part of
 //! it that it runs, and the read-only segment that the loader reads (the
 //! symbols, the relocations, the constants) is not followed by pages that
-//! only a backtrace reads (BENCHMARKS.md, issue #19). Only the order
-//! changes, not the code.
+//! only a backtrace reads (BENCHMARKS.md, issue #19). The hot segment
+//! starts at a 64 KiB boundary (of addresses and of the file: the zeros
+//! between are in no segment), so that one fault-around window holds it
+//! all: one page fault maps it. Only the order changes, not the code.
 //!
 //! The same for the zero-initialised data: a second script gathers the
 //! statics a process writes at start-up and in the fork handlers (a few
@@ -129,11 +131,14 @@ fn order_script(hot: &str) -> String {
     s + ORDER_REST
 }
 
-/// The start of [`order_script`]'s output section: crtbegin's hooks (run
-/// at load), the PLT and the `pthread_atfork` stub.
+/// The start of [`order_script`]: the loader's hooks at a 64 KiB boundary,
+/// then the hot output section: crtbegin's hooks (run at load), the PLT
+/// and the `pthread_atfork` stub.
 const ORDER_START: &str = "\
 SECTIONS
 {
+  .init : ALIGN(0x10000) { KEEP(*(SORT_NONE(.init))) }
+  .fini : { KEEP(*(SORT_NONE(.fini))) }
   .text.pools :
   {
     *crtbeginS.o(.text .text.*)

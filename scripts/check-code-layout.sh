@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/check-code-layout.sh LIBPOOLS_MALLOC.so
 # Fails unless the preload's code is laid out as malloc/build.rs intends:
-# two executable segments, the first (the hot one) at most 64 KiB, every
+# two executable segments, the first (the hot one) at most 64 KiB and
+# inside one 64 KiB block of addresses (one fault-around window), every
 # pattern of malloc/hot-functions.txt naming a function of the library, and
 # every such function in the hot segment, and the unwinder's index of the
 # unwinding tables (.eh_frame_hdr, searched by halving) sorted by address.
@@ -21,8 +22,9 @@ if len(code) != 2:
              % (so, len(code)))
 start, size = int(code[0][2], 16), int(code[0][4], 16)
 errors = []
-if size > MAX_HOT:
-    errors.append("the hot segment holds %#x bytes, more than %#x" % (size, MAX_HOT))
+if start // MAX_HOT != (start + size - 1) // MAX_HOT:
+    errors.append("the hot segment [%#x, %#x) crosses a %#x boundary"
+                  % (start, start + size, MAX_HOT))
 syms = [(int(a, 16), s) for a, t, s in (l.split() for l in run("nm", "--defined-only", so).splitlines()
                                         if len(l.split()) == 3) if t in "tTwW"]
 patterns = [p.strip() for p in open(listing) if p.strip() and not p.startswith("#")]
