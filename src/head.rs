@@ -35,6 +35,40 @@ pub const POOL_MAX_SIZE: usize = 1 << 30;
 /// cache keeps at its start (`Item`), so that every free state keeps it.
 pub(crate) const KEY_OFFSET: usize = 2 * size_of::<usize>();
 
+/// Where a free object whose pages were given back (see
+/// `thread_cache::evict`) holds [`DISCARDED`]: after the key, inside
+/// [`MIN_OBJECT`], which no free state uses otherwise.
+const DISCARD_OFFSET: usize = KEY_OFFSET + 8;
+const DISCARDED: u64 = 0x6469_7363_6172_6465; // "discarde"
+const _: () = assert!(DISCARD_OFFSET + 8 <= MIN_OBJECT);
+
+/// Marks `obj`, a free object whose pages past its first [`MIN_OBJECT`]
+/// bytes are being given back.
+///
+/// # Safety
+/// `obj` is a free object (of at least MIN_OBJECT bytes) that the caller
+/// owns.
+pub(crate) unsafe fn mark_discarded(obj: *mut u8) {
+    // SAFETY: inside the object's first MIN_OBJECT bytes, which are ours.
+    unsafe { obj.add(DISCARD_OFFSET).cast::<u64>().write(DISCARDED) };
+}
+
+/// Whether the free object `obj` carries the mark of [`mark_discarded`]
+/// (or, by chance, bytes that a user left there and read the same).
+///
+/// # Safety
+/// `obj` is a free object (of at least MIN_OBJECT bytes) that the caller
+/// owns.
+unsafe fn was_discarded(obj: *mut u8) -> bool {
+    // SAFETY: inside the object's first MIN_OBJECT bytes, which are ours.
+    unsafe { obj.add(DISCARD_OFFSET).cast::<u64>().read() == DISCARDED }
+}
+
+/// Uses of objects whose pages were given back after which a pool keeps
+/// its pages: so giving them back costs a pool at most this many system
+/// calls and refills of fresh pages while it is in use.
+const KEEP_PAGES_AFTER: u32 = 16;
+
 /// Smallest object: the shared cache's two links and the key.
 pub(crate) const MIN_OBJECT: usize = (KEY_OFFSET + 8).next_multiple_of(os::OBJECT_ALIGN);
 
@@ -266,6 +300,10 @@ pub struct Pool {
     pub(crate) minavail: AtomicUsize,
     /// Allocations that returned NULL.
     pub(crate) failed: AtomicUsize,
+    /// Times objects of this pool whose pages were given back were taken
+    /// from the shared cache again (see [`Pool::keeps_pages`]). Relaxed: a
+    /// count for a heuristic.
+    reused_discarded: AtomicU32,
     /// The shared cache's buckets, whichever variant runs over them.
     pub(crate) shared: SharedCache,
     /// Where objects come from; fixed at creation.
@@ -358,6 +396,7 @@ impl Pool {
             (&raw mut (*p).users).write(AtomicU32::new(1));
             (&raw mut (*p).minavail).write(AtomicUsize::new(0));
             (&raw mut (*p).failed).write(AtomicUsize::new(0));
+            (&raw mut (*p).reused_discarded).write(AtomicU32::new(0));
             SharedCache::init(&raw mut (*p).shared);
             (&raw mut (*p).backend).write(backend);
             (&raw mut (*p).name).write(Cell::new(None));
@@ -569,11 +608,25 @@ impl Pool {
         if self.debug & DBG_NO_GLOBAL != 0 {
             return None;
         }
-        match options::shared_mode() {
+        let c = match options::shared_mode() {
             SharedMode::Xchg => self.shared.take(home),
             SharedMode::None => None,
             legacy => self.shared.take_legacy(legacy, home),
+        }?;
+        // An evicted cluster's objects lose their pages together, so its
+        // first tells (its line is the one the taker reads next).
+        // SAFETY: the cluster's objects are free objects, now ours.
+        if unsafe { was_discarded(c.first.as_ptr().cast()) } {
+            self.reused_discarded.fetch_add(1, Relaxed);
         }
+        Some(c)
+    }
+
+    /// Whether this pool's objects keep their pages when they leave a
+    /// thread cache: objects that lost them were used again
+    /// [`KEEP_PAGES_AFTER`] times (see `thread_cache::evict`).
+    pub(crate) fn keeps_pages(&self) -> bool {
+        self.reused_discarded.load(Relaxed) >= KEEP_PAGES_AFTER
     }
 
     /// Like `take_from_shared`, for a caller that will free the objects.

@@ -4,7 +4,9 @@
  * sizes' frees: a buffer that grew through several classes and sits idle
  * in a shared cache costs no memory. Blocks of a class of more blocks keep
  * their pages, whether other sizes' frees or their own push them out, so
- * that a flow of such blocks reuses them without page faults. mincore
+ * that a flow of such blocks reuses them without page faults; so do those
+ * of a class whose blocks were taken back after losing their pages 16
+ * times (in use after all). mincore
  * says which pages are resident; the blocks stay mapped (they are the
  * preload's, in its spans).
  * malloc and free go through volatile pointers: nothing is elided. */
@@ -13,7 +15,7 @@
 #include <sys/mman.h>
 
 enum { PAGE = 4096, BIG = 20000, MANY_SIZE = 16000, MANY = 16, SMALL = 4000, FLOOD = 1000,
-       OWN = 64 };
+       OWN = 64, REUSED = 24000, REUSES = 20 };
 
 static void *(*volatile get)(size_t) = malloc;
 static void (*volatile put)(void *) = free;
@@ -21,6 +23,20 @@ static void (*volatile put)(void *) = free;
 /* The whole pages of a block of `n` bytes at `p` past its first 64 bytes,
  * and how many of them are resident. */
 static size_t pages(const unsigned char *p, size_t n, size_t *resident);
+
+/* Allocates and frees FLOOD blocks of SMALL bytes: enough frees of another
+ * size to push every older block out of the thread cache. */
+static void flood(void)
+{
+    static unsigned char *small[FLOOD];
+    for (int i = 0; i < FLOOD; i++) {
+        small[i] = get(SMALL);
+        CHECK(small[i] != NULL);
+        memset(small[i], i, SMALL);
+    }
+    for (int i = 0; i < FLOOD; i++)
+        put(small[i]);
+}
 
 /* Resident pages among those of `count` blocks of `n` bytes. */
 static size_t kept(unsigned char **b, int count, size_t n, size_t *total)
@@ -73,14 +89,7 @@ int main(void)
     put(p);
     for (int i = 0; i < MANY; i++)
         put(many[i]);
-    static unsigned char *small[FLOOD];
-    for (int i = 0; i < FLOOD; i++) {
-        small[i] = get(SMALL);
-        CHECK(small[i] != NULL);
-        memset(small[i], i, SMALL);
-    }
-    for (int i = 0; i < FLOOD; i++)
-        put(small[i]);
+    flood();
     pages(p, BIG, &resident);
     if (resident != 0) {
         fprintf(stderr, "a %d-byte block pushed out by other frees keeps %zu of its %zu pages\n",
@@ -110,8 +119,27 @@ int main(void)
                 OWN, BIG, total - k, total);
         return 1;
     }
+    /* A lone block taken back again and again after losing its pages: from
+     * the 16th time on, it keeps them. */
+    size_t lost = 0;
+    for (int r = 0; r < REUSES; r++) {
+        unsigned char *q = get(REUSED);
+        CHECK(q != NULL);
+        memset(q, r, REUSED);
+        put(q);
+        flood();
+        size_t all = pages(q, REUSED, &resident);
+        if (r == REUSES - 1 && resident != all) {
+            fprintf(stderr, "a %d-byte block taken back %d times after losing its pages "
+                    "still loses them (%zu of %zu)\n", REUSED, r, all - resident, all);
+            return 1;
+        }
+        lost += resident == 0;
+    }
+    CHECK(lost >= 1);
     printf("test_idle_pages: a lone block pushed out by other sizes gave back its %zu pages; "
-           "%d of a class of %d, and %d pushed out by their own size, kept theirs\n",
-           whole, MANY, MANY, OWN);
+           "%d of a class of %d, and %d pushed out by their own size, kept theirs; "
+           "a block in use again gave back its pages %zu times, then kept them\n",
+           whole, MANY, MANY, OWN, lost);
     return 0;
 }

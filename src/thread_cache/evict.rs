@@ -4,7 +4,7 @@
 //! (see the parent module for the order kept).
 
 use super::{array_block, Entry, Marks, ThreadCache, MOVING};
-use crate::head::{Pool, MIN_OBJECT};
+use crate::head::{mark_discarded, Pool, MIN_OBJECT};
 use crate::shared_cache::{Cluster, Item, CLUSTER};
 use crate::{meta, options, os};
 use core::ptr::{self, NonNull};
@@ -264,11 +264,17 @@ impl ThreadCache {
 /// soon has more than a cluster). Objects leave a thread cache when they
 /// are its oldest, or at its end; idle in a shared cache, such buffers
 /// then cost no memory, and a later allocation finds the pages zero, as
-/// fresh memory. Not for a pool with debugging options, which keep what
-/// they wrote into free objects (`debug_live` read Relaxed: a hint; the
-/// layout, all that matters here, was fixed at creation), nor under the
-/// preload's `POOL_DEBUG=canary`, whose free blocks keep marks up to their
-/// end, checked when they are handed out again.
+/// fresh memory. Each such object is marked (`head::mark_discarded`): a
+/// pool whose marked objects were taken from the shared cache again 16
+/// times is in use after all, and keeps its pages from then on
+/// (`Pool::keeps_pages`), so that a pool of few buffers that the thread
+/// cache cannot hold, in use all along, does not fault them in anew at
+/// each turn (git's `pack-objects`). Not for a pool with debugging
+/// options, which keep what they wrote into free objects (`debug_live`
+/// read Relaxed: a hint; the layout, all that matters here, was fixed at
+/// creation), nor under the preload's `POOL_DEBUG=canary`, whose free
+/// blocks keep marks up to their end, checked when they are handed out
+/// again.
 ///
 /// # Safety
 /// The `n` pointers are objects of `pool` that the caller owns.
@@ -277,13 +283,19 @@ unsafe fn discard_pages(pool: &Pool, slots: *mut *mut u8, n: usize) {
     if pool.alloc_size < 2 * page
         || pool.debug_live.load(Relaxed) != 0
         || pool.shared.allocated() > CLUSTER
+        || pool.keeps_pages()
         || options::canary_in_env()
     {
         return;
     }
     for j in 0..n {
-        // SAFETY: `j < n`: one of the caller's pointers.
-        let obj = unsafe { *slots.add(j) };
+        // SAFETY: `j < n`: one of the caller's pointers, to a free object
+        // that the caller owns, whose mark word no free state uses.
+        let obj = unsafe {
+            let obj = *slots.add(j);
+            mark_discarded(obj);
+            obj
+        };
         let from = obj.map_addr(|a| (a + MIN_OBJECT).next_multiple_of(page));
         let end = obj.addr() + pool.alloc_size;
         if end & !(page - 1) > from.addr() {
