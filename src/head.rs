@@ -615,11 +615,24 @@ impl Pool {
         }?;
         // An evicted cluster's objects lose their pages together, so its
         // first tells (its line is the one the taker reads next).
-        // SAFETY: the cluster's objects are free objects, now ours.
-        if unsafe { was_discarded(c.first.as_ptr().cast()) } {
+        // SAFETY: the cluster's objects are free objects, now ours, whose
+        // mark word is initialised (`may_discard`).
+        if self.may_discard() && unsafe { was_discarded(c.first.as_ptr().cast()) } {
             self.reused_discarded.fetch_add(1, Relaxed);
         }
         Some(c)
+    }
+
+    /// Whether this pool's free objects may give their pages back (see
+    /// `thread_cache::evict`): two pages or more, no debugging options
+    /// (`debug_live` read Relaxed: a hint; what matters, the layout, was
+    /// fixed at creation), and memory the backing allocator hands out
+    /// initialised (mappings, zero when new), so that the mark word of
+    /// any free object can be read: not `malloc`'s.
+    pub(crate) fn may_discard(&self) -> bool {
+        self.alloc_size >= 2 * os::page()
+            && self.debug_live.load(Relaxed) == 0
+            && self.backend != Backend::Malloc
     }
 
     /// Whether this pool's objects keep their pages when they leave a

@@ -270,18 +270,16 @@ impl ThreadCache {
 /// (`Pool::keeps_pages`), so that a pool of few buffers that the thread
 /// cache cannot hold, in use all along, does not fault them in anew at
 /// each turn (git's `pack-objects`). Not for a pool with debugging
-/// options, which keep what they wrote into free objects (`debug_live`
-/// read Relaxed: a hint; the layout, all that matters here, was fixed at
-/// creation), nor under the preload's `POOL_DEBUG=canary`, whose free
-/// blocks keep marks up to their end, checked when they are handed out
-/// again.
+/// options, which keep what they wrote into free objects, nor for one
+/// backed by `malloc` (`Pool::may_discard`), nor under the preload's
+/// `POOL_DEBUG=canary`, whose free blocks keep marks up to their end,
+/// checked when they are handed out again.
 ///
 /// # Safety
 /// The `n` pointers are objects of `pool` that the caller owns.
 unsafe fn discard_pages(pool: &Pool, slots: *mut *mut u8, n: usize) {
     let page = os::page();
-    if pool.alloc_size < 2 * page
-        || pool.debug_live.load(Relaxed) != 0
+    if !pool.may_discard()
         || pool.shared.allocated() > CLUSTER
         || pool.keeps_pages()
         || options::canary_in_env()
