@@ -24,16 +24,22 @@ static void (*volatile put)(void *) = free;
  * and how many of them are resident. */
 static size_t pages(const unsigned char *p, size_t n, size_t *resident);
 
+/* Allocates `count` blocks of `n` bytes into `b`, each written whole. */
+static void fill(unsigned char **b, int count, size_t n)
+{
+    for (int i = 0; i < count; i++) {
+        b[i] = get(n);
+        CHECK(b[i] != NULL);
+        memset(b[i], i, n);
+    }
+}
+
 /* Allocates and frees FLOOD blocks of SMALL bytes: enough frees of another
  * size to push every older block out of the thread cache. */
 static void flood(void)
 {
     static unsigned char *small[FLOOD];
-    for (int i = 0; i < FLOOD; i++) {
-        small[i] = get(SMALL);
-        CHECK(small[i] != NULL);
-        memset(small[i], i, SMALL);
-    }
+    fill(small, FLOOD, SMALL);
     for (int i = 0; i < FLOOD; i++)
         put(small[i]);
 }
@@ -76,11 +82,7 @@ int main(void)
      * from a larger class's (lending), which would make the lone block's
      * class one of two blocks. */
     static unsigned char *many[MANY];
-    for (int i = 0; i < MANY; i++) {
-        many[i] = get(MANY_SIZE);
-        CHECK(many[i] != NULL);
-        memset(many[i], i, MANY_SIZE);
-    }
+    fill(many, MANY, MANY_SIZE);
     unsigned char *p = get(BIG);
     CHECK(p != NULL);
     memset(p, 0x5a, BIG);
@@ -106,11 +108,7 @@ int main(void)
 
     /* Pushed out by its own class's frees: the pages stay. */
     static unsigned char *own[OWN];
-    for (int i = 0; i < OWN; i++) {
-        own[i] = get(BIG);
-        CHECK(own[i] != NULL);
-        memset(own[i], i, BIG);
-    }
+    fill(own, OWN, BIG);
     for (int i = 0; i < OWN; i++)
         put(own[i]);
     k = kept(own, OWN, BIG, &total);
