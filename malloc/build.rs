@@ -32,7 +32,8 @@
 //! functions that programs run (`hot-functions.txt`, written by
 //! scripts/hot-functions.sh from callgrind profiles: about 48 KiB) into one
 //! output section at the start of the code; the unwinding tables, which
-//! only a panic's backtrace reads, follow as a read-only segment; then the
+//! only the unwinder reads (for a panic's backtrace, and the memory
+//! profile's call sites), follow as a read-only segment; then the
 //! rest of the code. The kernel maps a file's cached pages around each
 //! fault (its fault-around window, 64 KiB, or the whole large folio of the
 //! page cache, which can be larger in a file just written), but never past
