@@ -4,9 +4,10 @@
 # programs run (seq, python3, sort, sqlite3, git, gcc, two threaded
 # benchmarks and the large-block one), found with callgrind, as patterns of
 # their section names. malloc/build.rs places them in a segment of their
-# own, so the pages a process runs sit together (see its docs). Run it after a change on those
-# paths: one that renames or adds a function, or that changes what the
-# compiler inlines (a function no longer inlined runs outside the block).
+# own, so the pages a process runs sit together (see its docs). Run it
+# after a change on those paths: one that renames or adds a function, or
+# that changes what the compiler inlines (a function no longer inlined runs
+# outside the hot segment).
 # scripts/check-code-layout.sh (make test-malloc) catches a pattern that no
 # longer matches; --check (make verify-hot-functions) profiles again and
 # fails on a hot function missing from the list, writing nothing.

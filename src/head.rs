@@ -64,9 +64,9 @@ unsafe fn was_discarded(obj: *mut u8) -> bool {
     unsafe { obj.add(DISCARD_OFFSET).cast::<u64>().read() == DISCARDED }
 }
 
-/// Uses of objects whose pages were given back after which a pool keeps
-/// its pages: so giving them back costs a pool at most this many system
-/// calls and refills of fresh pages while it is in use.
+/// How many times a pool's objects may be taken again after giving their
+/// pages back before the pool keeps its pages: so a pool in use pays at
+/// most this many turns of fresh pages for it.
 const KEEP_PAGES_AFTER: u32 = 16;
 
 /// Smallest object: the shared cache's two links and the key.
