@@ -304,6 +304,11 @@ pub struct Pool {
     /// from the shared cache again (see [`Pool::keeps_pages`]). Relaxed: a
     /// count for a heuristic.
     reused_discarded: AtomicU32,
+    /// The count of fresh spans (`span::fresh_spans`) when a thread last
+    /// took an object of this pool from the shared cache or the backing
+    /// allocator, or when the pool was made (see [`Pool::release_if_idle`]).
+    /// Relaxed: a hint.
+    active: AtomicUsize,
     /// The shared cache's buckets, whichever variant runs over them.
     pub(crate) shared: SharedCache,
     /// Where objects come from; fixed at creation.
@@ -397,6 +402,7 @@ impl Pool {
             (&raw mut (*p).minavail).write(AtomicUsize::new(0));
             (&raw mut (*p).failed).write(AtomicUsize::new(0));
             (&raw mut (*p).reused_discarded).write(AtomicU32::new(0));
+            (&raw mut (*p).active).write(AtomicUsize::new(span::fresh_spans()));
             SharedCache::init(&raw mut (*p).shared);
             (&raw mut (*p).backend).write(backend);
             (&raw mut (*p).name).write(Cell::new(None));
@@ -596,6 +602,7 @@ impl Pool {
     ///
     /// Counter: allocated grows by that many.
     pub(crate) fn obtain_new(&self, home: usize, out: &mut [*mut u8]) -> usize {
+        self.note_active();
         let n = backing::obtain_objects(self.alloc_size, self.backend, home, out);
         self.shared.count_allocated(home, n as isize);
         n
@@ -608,6 +615,7 @@ impl Pool {
         if self.debug & DBG_NO_GLOBAL != 0 {
             return None;
         }
+        self.note_active();
         let c = match options::shared_mode() {
             SharedMode::Xchg => self.shared.take(home),
             SharedMode::None => None,
@@ -621,6 +629,47 @@ impl Pool {
             self.reused_discarded.fetch_add(1, Relaxed);
         }
         Some(c)
+    }
+
+    /// Records that a thread takes objects of this pool past its thread
+    /// cache now (see `active`).
+    #[inline]
+    fn note_active(&self) {
+        let now = span::fresh_spans();
+        // Stored only when it changes, so that the threads refilling a
+        // pool do not write its line at each refill.
+        if self.active.load(Relaxed) != now {
+            self.active.store(now, Relaxed);
+        }
+    }
+
+    /// Gives the shared cache's objects back to the backing allocator, and
+    /// the spare span of the pool's tag to the system, if no thread took an
+    /// object of this pool from the shared cache or the backing allocator
+    /// since before the last fresh span but one: while the heap grows by
+    /// whole spans, a size the program stopped using keeps no memory but
+    /// what thread caches hold. For the LD_PRELOAD malloc's classes, whose
+    /// idle objects a single heap would have reused for other sizes; a pool
+    /// made by `pool_create` keeps its objects until `pool_gc`, as
+    /// HAProxy's do.
+    pub fn release_if_idle(&self) {
+        // Relaxed: a hint; a take racing with this one misses the shared
+        // cache and makes new objects.
+        // The variants of the shared cache that `POOL_SHARED_CACHE` selects
+        // for comparison keep their objects (see `flush`).
+        if self.active.load(Relaxed) + 1 >= span::fresh_spans()
+            || options::shared_mode() != SharedMode::Xchg
+            || self.shared_objects() == 0
+        {
+            return;
+        }
+        self.shared.take_all(|c| {
+            // SAFETY: the cluster left the shared cache: it is ours.
+            unsafe { c.for_each(|i| self.release_to_os(0, i.cast())) }
+        });
+        if let Backend::Span(tag) = self.backend {
+            span::trim_tag(tag);
+        }
     }
 
     /// Whether this pool's free objects may give their pages back (see

@@ -12,6 +12,13 @@ pub use crate::span::{
 };
 pub use crate::sync::{inside_window, SpinLock};
 
+/// How many fresh spans the span layer has handed out so far: it grows as
+/// the heap does (see `Pool::release_if_idle`).
+#[inline]
+pub fn fresh_spans() -> usize {
+    crate::span::fresh_spans()
+}
+
 /// Makes the process's fork handlers also take `lock` in prepare and call
 /// `unlock` in the parent and the child (the preload's large cache). Call it
 /// from a constructor, before any thread can fork.

@@ -20,7 +20,10 @@
 //! its spans with room, its slots' chunks, and at most one empty spare span.
 //! A span whose last live object comes back drops its chunks and is
 //! unmarked and unmapped, unless it becomes the spare; [`trim`] (from
-//! `pool_gc`) unmaps the spares.
+//! `pool_gc`) unmaps the spares, [`trim_tag`] (from
+//! `Pool::release_if_idle`) that of one tag. The count of fresh spans
+//! ([`fresh_spans`]) is the clock by which the preload tells its idle
+//! classes.
 //!
 //! A large mapping starts at a `SPAN`-aligned address with a
 //! [`LargeHeader`]; the caller's block follows at the requested alignment.
@@ -60,6 +63,7 @@ use large::large_base;
 pub use large::{large_align, large_obtain, large_offset, large_release, large_resize};
 use region::*;
 pub use region::{large_header_corrupt, owner, span_object};
+pub(crate) use reserve::fresh_spans;
 use reserve::{reserved_span, trim_reserve, RESERVE};
 
 /// log2 of the span size and of the region map's granule.
@@ -957,16 +961,24 @@ fn unmark_span(s: *mut SpanHeader) {
 pub(crate) fn trim() {
     for (t, size) in TAGS.iter().zip(&SIZES) {
         // Relaxed: see SIZES; an unbound tag has no span.
-        if size.load(Relaxed) == 0 {
-            continue;
-        }
-        if let Some(spare) = take_spare(t) {
-            // SAFETY: taken out of the tag and unmarked under its lock; it
-            // holds no live object.
-            unsafe { os::unmap(spare.cast(), SPAN) };
+        if size.load(Relaxed) != 0 {
+            unmap_spare(t);
         }
     }
     trim_reserve();
+}
+
+/// Unmaps the spare span of tag `tag`, if it has one.
+pub(crate) fn trim_tag(tag: u32) {
+    unmap_spare(&TAGS[tag as usize]);
+}
+
+fn unmap_spare(t: &TagState) {
+    if let Some(spare) = take_spare(t) {
+        // SAFETY: taken out of the tag and unmarked under its lock; it
+        // holds no live object.
+        unsafe { os::unmap(spare.cast(), SPAN) };
+    }
 }
 
 /// Takes the spare of tag `t`, unmarked, or `None`.

@@ -36,7 +36,7 @@ use core::cell::Cell;
 use core::ffi::{c_int, c_void, CStr};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{
-    AtomicPtr, AtomicU16, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    AtomicPtr, AtomicU16, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
 use pools::preload::{self, Owner, Pool};
 
@@ -348,7 +348,11 @@ fn alloc(size: usize) -> *mut c_void {
 fn alloc_miss(size: usize) -> *mut c_void {
     let p = if size <= MAX_SMALL {
         match pool(class_of(size)) {
-            Some(pool) => pool.alloc(),
+            Some(pool) => {
+                let p = pool.alloc();
+                release_idle_classes();
+                p
+            }
             // While this thread creates a class pool, or with `uaf`: a
             // mapping of its own.
             None => alloc_unpooled(size, MIN_ALIGN, false),
@@ -361,6 +365,29 @@ fn alloc_miss(size: usize) -> *mut c_void {
         None => {
             set_errno(libc::ENOMEM);
             ptr::null_mut()
+        }
+    }
+}
+
+/// The count of fresh spans when the classes were last swept.
+static SWEPT: AtomicUsize = AtomicUsize::new(0);
+
+/// Once per fresh span (the heap grew by one), on the first miss after it:
+/// every class that no thread took objects of, past its thread cache,
+/// since the span before gives back its idle objects' memory
+/// (`Pool::release_if_idle`). A single heap would have reused them for the
+/// sizes that grow. Relaxed: the count is a clock; of the threads that
+/// see it move, the one whose exchange succeeds sweeps.
+fn release_idle_classes() {
+    let now = preload::fresh_spans();
+    let last = SWEPT.load(Relaxed);
+    if now == last || SWEPT.compare_exchange(last, now, Relaxed, Relaxed).is_err() {
+        return;
+    }
+    for p in &POOLS[..CLASSES] {
+        // SAFETY: as in `alloc` (Acquire: as in `pool`).
+        if let Some(pool) = unsafe { p.load(Acquire).as_ref() } {
+            pool.release_if_idle();
         }
     }
 }

@@ -66,9 +66,21 @@ pub(super) fn reserved_span() -> Option<NonNull<u8>> {
     RESERVE.lock.unlock();
     let span = span.or_else(|| map_aligned(SPAN, SPAN));
     if span.is_some() {
+        // Relaxed: a clock for a heuristic, read with no other data.
+        FRESH_SPANS.fetch_add(1, Relaxed);
         os::fresh_span();
     }
     span
+}
+
+/// Fresh spans handed out so far.
+static FRESH_SPANS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many fresh spans were handed out so far: the clock by which the
+/// pools of the preload's classes tell an idle pool from one in use while
+/// the heap grows (`Pool::release_if_idle`). Relaxed: only compared.
+pub(crate) fn fresh_spans() -> usize {
+    FRESH_SPANS.load(Relaxed)
 }
 
 /// Unmaps the spans of the reserve that were never handed out.
