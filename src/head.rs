@@ -69,6 +69,13 @@ unsafe fn was_discarded(obj: *mut u8) -> bool {
 /// most this many turns of fresh pages for it.
 const KEEP_PAGES_AFTER: u32 = 16;
 
+/// Fresh spans (1 MiB of heap) through which a pool took nothing past its
+/// thread caches before `Pool::release_if_idle` gives its objects back.
+/// With one, a program that grows in phases (python's workload of
+/// `bench/malloc-bench.sh`) gave back classes it was about to use again:
+/// 6 % more page faults (BENCHMARKS.md, issue #19).
+const IDLE_SPANS: usize = 4;
+
 /// Smallest object: the shared cache's two links and the key.
 pub(crate) const MIN_OBJECT: usize = (KEY_OFFSET + 8).next_multiple_of(os::OBJECT_ALIGN);
 
@@ -646,10 +653,10 @@ impl Pool {
     /// Gives the shared cache's objects back to the backing allocator, and
     /// the spare span of the pool's tag to the system, if no thread took an
     /// object of this pool from the shared cache or the backing allocator
-    /// since before the last fresh span but one: while the heap grows by
-    /// whole spans, a size the program stopped using keeps no memory but
-    /// what thread caches hold. For the LD_PRELOAD malloc's classes, whose
-    /// idle objects a single heap would have reused for other sizes; a pool
+    /// through the last [`IDLE_SPANS`] fresh spans: while the heap grows, a
+    /// size the program stopped using keeps no memory but what thread
+    /// caches hold. For the LD_PRELOAD malloc's classes, whose idle
+    /// objects a single heap would have reused for other sizes; a pool
     /// made by `pool_create` keeps its objects until `pool_gc`, as
     /// HAProxy's do.
     pub fn release_if_idle(&self) {
@@ -657,7 +664,7 @@ impl Pool {
         // cache and makes new objects.
         // The variants of the shared cache that `POOL_SHARED_CACHE` selects
         // for comparison keep their objects (see `flush`).
-        if self.active.load(Relaxed) + 1 >= span::fresh_spans()
+        if self.active.load(Relaxed) + IDLE_SPANS >= span::fresh_spans()
             || options::shared_mode() != SharedMode::Xchg
             || self.shared_objects() == 0
         {

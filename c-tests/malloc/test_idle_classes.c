@@ -1,8 +1,8 @@
 /* A size class that the program stopped using gives its memory back while
  * the heap grows: its freed blocks, pushed out of the thread cache into the
  * shared cache, keep their pages as long as nothing grows (they may be
- * taken again), and lose them once the heap has grown by a few spans with
- * no block of that class taken past the thread cache. Blocks of the class
+ * taken again), and lose them once the heap has grown by more than four
+ * spans (1 MiB) with no block of that class taken past the thread cache. Blocks of the class
  * allocated afterwards are usable. mincore says which pages are resident
  * (a range unmapped altogether counts as not resident).
  * malloc and free go through volatile pointers: nothing is elided. */
@@ -12,7 +12,7 @@
 #include <sys/mman.h>
 
 enum { PAGE = 4096, IDLE_SIZE = 640, IDLE = 64, FLOOD_SIZE = 4000, FLOOD = 1000,
-       GROW_SIZE = 3000, GROW = 400 };
+       GROW_SIZE = 3000, GROW = 1000 };
 
 static void *(*volatile get)(size_t) = malloc;
 static void (*volatile put)(void *) = free;

@@ -374,7 +374,7 @@ static SWEPT: AtomicUsize = AtomicUsize::new(0);
 
 /// Once per fresh span (the heap grew by one), on the first miss after it:
 /// every class that no thread took objects of, past its thread cache,
-/// since the span before gives back its idle objects' memory
+/// through the last few fresh spans gives back its idle objects' memory
 /// (`Pool::release_if_idle`). A single heap would have reused them for the
 /// sizes that grow. Relaxed: the count is a clock; of the threads that
 /// see it move, the one whose exchange succeeds sweeps.
