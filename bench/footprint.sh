@@ -13,14 +13,16 @@
 # so that the loader reads it from disk as the system's other libraries
 # were read (a file just written sits in the page cache in large folios,
 # which the kernel maps whole at a fault, within the mapping of a segment).
+# FOOTPRINT_ONLY="sqlite" (or any of the workloads, space-separated) runs
+# only those: more rounds of one in the same time.
 set -euo pipefail
-so=$1
+so=$(realpath "$1") # the programs run in other directories
 rounds=${2:-3}
 declare -A LIB=([glibc]="" [pools]="$so")
 ALLOCS="glibc pools"
 declare -A DEBUG_OF=([glibc]="" [pools]="")
 if [ -n "${3:-}" ]; then
-    LIB[base]=$3
+    LIB[base]=$(realpath "$3")
     DEBUG_OF[base]=""
     ALLOCS="$ALLOCS base"
 fi
@@ -51,7 +53,7 @@ run_sqlite() {
     sqlite3 "$WORK/footprint.db" < "$WORK/footprint.sql" | md5sum
     rm -f "$WORK/footprint.db"
 }
-works="$WORKLOADS sqlite"
+works=${FOOTPRINT_ONLY:-$WORKLOADS sqlite}
 export WORK
 export -f $(for w in $works; do echo "run_$w"; done)
 raw="$out/footprint.csv"

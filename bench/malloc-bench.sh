@@ -15,14 +15,14 @@
 # MALLOC_BENCH_ONLY=large runs bench/large.c alone (make bench-malloc-large);
 # MALLOC_BENCH_ONLY=git (or python, sort, gcc) runs that program alone.
 set -euo pipefail
-so=$1
+so=$(realpath "$1") # the programs run in other directories
 rounds=${2:-5}
 arch="$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)"
 declare -A LIB=([glibc]="" [pools]="$so" [jemalloc]="/usr/lib/$arch/libjemalloc.so.2"
                 [mimalloc]="/usr/lib/$arch/libmimalloc.so.2")
 ALLOCS="glibc pools jemalloc mimalloc"
 if [ -n "${3:-}" ]; then
-    LIB[base]=$3
+    LIB[base]=$(realpath "$3")
     ALLOCS="$ALLOCS base"
 fi
 out=target/bench-malloc

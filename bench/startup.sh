@@ -11,7 +11,7 @@
 # anonymous memory (heap included). Page-fault and resident counts are
 # stable on a loaded machine; task-clock is not.
 set -euo pipefail
-so=$1
+so=$(realpath "$1") # the programs run in other directories
 runs=${2:-50}
 command -v perf >/dev/null 2>&1 || scripts/apt-install.sh bench/startup linux-perf
 command -v sqlite3 >/dev/null 2>&1 || scripts/apt-install.sh bench/startup sqlite3
@@ -22,7 +22,7 @@ gcc -O2 -pthread bench/forks.c -o "$out/forks"
 declare -A LIB=([glibc]="" [empty]="$(pwd)/$out/empty.so" [pools]="$so")
 ALLOCS="glibc empty pools"
 if [ -n "${3:-}" ]; then
-    LIB[base]=$3
+    LIB[base]=$(realpath "$3")
     ALLOCS="$ALLOCS base"
 fi
 raw="$out/startup.csv"
