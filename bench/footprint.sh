@@ -9,7 +9,8 @@
 # sqlite3 session (a table of 200000 rows, an index, a join, an update, a
 # vacuum). Rounds interleave the allocators; medians and ratios to glibc
 # are printed as a markdown table (lower is better). With EVICT=1, each
-# preload's file is dropped from the page cache before each of its runs,
+# preload's file is written back and dropped from the page cache before
+# each of its runs (pages not yet written back cannot be dropped),
 # so that the loader reads it from disk as the system's other libraries
 # were read (a file just written sits in the page cache in large folios,
 # which the kernel maps whole at a fault, within the mapping of a segment).
@@ -62,7 +63,7 @@ for r in $(seq 1 "$rounds"); do
     for a in $ALLOCS; do
         for w in $works; do
             if [ "${EVICT:-0}" = 1 ] && [ -n "${LIB[$a]}" ]; then
-                python3 -c 'import os, sys; os.posix_fadvise(os.open(sys.argv[1], os.O_RDONLY), 0, 0, os.POSIX_FADV_DONTNEED)' "${LIB[$a]}"
+                python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.fsync(fd); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "${LIB[$a]}"
             fi
             /usr/bin/time -f "%M,%U,%S" -o "$out/time" \
                 env POOL_DEBUG="${DEBUG_OF[$a]}" LD_PRELOAD="${LIB[$a]}" bash -c "run_$w" > /dev/null
