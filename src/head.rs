@@ -559,8 +559,8 @@ impl Pool {
     /// the destroyer's flush is flushed when its last pin goes.
     pub(crate) fn release_from_cache(&self, home: usize, cluster: Cluster) {
         if self.is_dead() {
-            // SAFETY: the cluster is ours; each object is released once.
-            unsafe { cluster.for_each(|i| self.release_to_os(home, i.cast())) };
+            // SAFETY: the cluster is ours.
+            unsafe { self.release_cluster_to_os(home, cluster) };
             return;
         }
         self.release_cluster(home, cluster);
@@ -572,16 +572,14 @@ impl Pool {
     /// Counters: shared grows (or allocated drops).
     pub(crate) fn release_cluster(&self, home: usize, cluster: Cluster) {
         if self.debug & DBG_NO_GLOBAL != 0 {
-            // SAFETY: the cluster is ours; each object is released once.
-            unsafe { cluster.for_each(|i| self.release_to_os(home, i.cast())) };
+            // SAFETY: the cluster is ours.
+            unsafe { self.release_cluster_to_os(home, cluster) };
             return;
         }
         match options::shared_mode() {
             SharedMode::Xchg => self.shared.put(home, cluster),
-            SharedMode::None => {
-                // SAFETY: the cluster is ours; each object is released once.
-                unsafe { cluster.for_each(|i| self.release_to_os(home, i.cast())) };
-            }
+            // SAFETY: the cluster is ours.
+            SharedMode::None => unsafe { self.release_cluster_to_os(home, cluster) },
             legacy => self.shared.put_legacy(legacy, home, cluster),
         }
     }
@@ -670,10 +668,9 @@ impl Pool {
         {
             return;
         }
-        self.shared.take_all(|c| {
-            // SAFETY: the cluster left the shared cache: it is ours.
-            unsafe { c.for_each(|i| self.release_to_os(0, i.cast())) }
-        });
+        // SAFETY: the cluster left the shared cache: it is ours.
+        self.shared
+            .take_all(|c| unsafe { self.release_cluster_to_os(0, c) });
         if let Backend::Span(tag) = self.backend {
             span::trim_tag(tag);
         }
@@ -736,14 +733,23 @@ impl Pool {
         self.shared.count_allocated(home, -1);
     }
 
+    /// Returns every object of `cluster` to the backing allocator.
+    ///
+    /// Counter: allocated drops by its length.
+    ///
+    /// # Safety
+    /// The cluster is the caller's: in no cache, nobody holds its objects.
+    unsafe fn release_cluster_to_os(&self, home: usize, cluster: Cluster) {
+        // SAFETY: per the contract, each object is released once.
+        unsafe { cluster.for_each(|i| self.release_to_os(home, i.cast())) }
+    }
+
     /// Returns every object of the shared cache to the backing allocator.
     ///
     /// Counters: shared drops to 0 (bar concurrent frees); allocated drops.
     pub fn flush(&self) {
-        let release = |c: Cluster| {
-            // SAFETY: the cluster left the shared cache: it is ours.
-            unsafe { c.for_each(|i| self.release_to_os(0, i.cast())) }
-        };
+        // SAFETY: the cluster left the shared cache: it is ours.
+        let release = |c: Cluster| unsafe { self.release_cluster_to_os(0, c) };
         match options::shared_mode() {
             SharedMode::Xchg => self.shared.take_all(release),
             SharedMode::None => {}
