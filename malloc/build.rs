@@ -33,8 +33,10 @@
 //! scripts/hot-functions.sh from callgrind profiles: about 48 KiB) into one
 //! output section at the start of the code; the unwinding tables, which
 //! only the unwinder reads (for a panic's backtrace, and the memory
-//! profile's call sites), follow as a read-only segment; then the
-//! rest of the code. The kernel maps a file's cached pages around each
+//! profile's call sites), follow as a read-only segment, with the
+//! constants of std and of the backtrace's crates (only reports and
+//! backtraces read them; std's `Once` reads one table, which stays in
+//! front); then the rest of the code. The kernel maps a file's cached pages around each
 //! fault (its fault-around window, 64 KiB, or the whole large folio of the
 //! page cache, which can be larger in a file just written), but never past
 //! the mapping of the segment: so a process has at most the hot segment's
@@ -132,12 +134,15 @@ fn order_script(hot: &str) -> String {
     s + ORDER_REST
 }
 
-/// The start of [`order_script`]: the loader's hooks at a 64 KiB boundary,
+/// The start of [`order_script`]: the one table of std's constants that a
+/// process reads (`Once`'s), kept out of the cold ones at the end and so
+/// in the first read-only segment; the loader's hooks at a 64 KiB boundary,
 /// then the hot output section: crtbegin's hooks (run at load), the PLT
 /// and the `pthread_atfork` stub.
 const ORDER_START: &str = "\
 SECTIONS
 {
+  .rodata.pools : { *(.rodata.*4once5futex*) }
   .init : ALIGN(0x10000) { KEEP(*(SORT_NONE(.init))) }
   .fini : { KEEP(*(SORT_NONE(.fini))) }
   .text.pools :
@@ -150,7 +155,9 @@ SECTIONS
 /// The end of [`order_script`]: the C entry points (hot whatever the
 /// profiles say), the read-only unwinding tables between the hot code and
 /// the rest (a segment boundary: the linker starts a new segment where the
-/// sections' permissions change), and the rest of the code, the library's
+/// sections' permissions change) with the cold constants (see the crate
+/// docs; `c-tests/malloc/test_cold_pages.c` fails if a program reads any
+/// of that segment), and the rest of the code, the library's
 /// own first: a path that no profile took finds its neighbours in the same
 /// fault-around window. The unwinder's index of the tables
 /// (`.eh_frame_hdr`) stays in front of all code, where the linker sorts it
@@ -160,6 +167,15 @@ const ORDER_REST: &str = "\
   }
   .eh_frame : { KEEP(*(.eh_frame)) *(.eh_frame.*) }
   .gcc_except_table : { *(.gcc_except_table .gcc_except_table.*) }
+  .rodata.pools_cold :
+  {
+    *pools_malloc.std-*(.rodata .rodata.*)
+    *pools_malloc.rustc_demangle-*(.rodata .rodata.*)
+    *pools_malloc.miniz_oxide-*(.rodata .rodata.*)
+    *pools_malloc.gimli-*(.rodata .rodata.*)
+    *pools_malloc.addr2line-*(.rodata .rodata.*)
+    *libgcc_eh.a:*(.rodata .rodata.*)
+  }
   .text.pools_rest : { *(.text.*pools* .text.*once_cell*) }
 }
 INSERT BEFORE .text;

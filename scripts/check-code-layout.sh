@@ -5,7 +5,13 @@
 # inside one 64 KiB block of addresses (one fault-around window), every
 # pattern of malloc/hot-functions.txt naming a function of the library, and
 # every such function in the hot segment, and the unwinder's index of the
-# unwinding tables (.eh_frame_hdr, searched by halving) sorted by address.
+# unwinding tables (.eh_frame_hdr, searched by halving) sorted by address,
+# and the first read-only segment (the loader's tables and the constants
+# that the code reads; every process maps it whole) at most 28 KiB: the
+# constants of std and of the backtrace's crates, which only reports and
+# backtraces read, are in the segment of the unwinding tables.
+# c-tests/malloc/test_cold_pages.c checks that a program maps none of that
+# segment's pages.
 # A stale pattern (a renamed function) is fixed by running
 # scripts/hot-functions.sh again.
 set -euo pipefail
@@ -22,6 +28,12 @@ if len(code) != 2:
              % (so, len(code)))
 start, size = int(code[0][2], 16), int(code[0][4], 16)
 errors = []
+MAX_FIRST = 28 * 1024
+first = [l.split() for l in run("readelf", "-lW", so).splitlines()
+         if l.split()[:2] == ["LOAD", "0x000000"]]
+if not first or int(first[0][4], 16) > MAX_FIRST:
+    errors.append("the first read-only segment holds %s bytes, more than %#x"
+                  % (first[0][4] if first else "no", MAX_FIRST))
 if start // MAX_HOT != (start + size - 1) // MAX_HOT:
     errors.append("the hot segment [%#x, %#x) crosses a %#x boundary"
                   % (start, start + size, MAX_HOT))
