@@ -30,15 +30,16 @@
 //! its own: a linker script (`INSERT BEFORE .text`, so it only adds to the
 //! default one) gathers crtbegin's hooks, the PLT, the atfork stub and the
 //! functions that programs run (`hot-functions.txt`, written by
-//! scripts/hot-functions.sh from callgrind profiles: about 48 KiB) into one
+//! scripts/hot-functions.sh from callgrind profiles: about 53 KiB) into one
 //! output section at the start of the code; the unwinding tables, which
 //! only the unwinder reads (for a panic's backtrace, and the memory
 //! profile's call sites), follow as a read-only segment, with the
 //! constants of std and of the backtrace's crates (only reports and
 //! backtraces read them; std's `Once` reads one table, which stays in
-//! front); then the rest of the code. The kernel maps a file's cached pages around each
-//! fault (its fault-around window, 64 KiB, or the whole large folio of the
-//! page cache, which can be larger in a file just written), but never past
+//! front); then the rest of the code. The kernel maps a file's cached
+//! pages around each fault (its fault-around window, 64 KiB, or the whole
+//! large folio of the page cache, which can be larger in a file just
+//! written), but never past
 //! the mapping of the segment: so a process has at most the hot segment's
 //! pages of the code resident, plus a window of the rest for each part of
 //! it that it runs, and the read-only segment that the loader reads (the
