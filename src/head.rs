@@ -659,9 +659,9 @@ impl Pool {
     /// HAProxy's do.
     pub fn release_if_idle(&self) {
         // Relaxed: a hint; a take racing with this one misses the shared
-        // cache and makes new objects.
-        // The variants of the shared cache that `POOL_SHARED_CACHE` selects
-        // for comparison keep their objects (see `flush`).
+        // cache and makes new objects. The variants of the shared cache
+        // that `POOL_SHARED_CACHE` selects for comparison keep their
+        // objects (see `flush`).
         if self.active.load(Relaxed) + IDLE_SPANS >= span::fresh_spans()
             || options::shared_mode() != SharedMode::Xchg
             || self.shared_objects() == 0

@@ -266,8 +266,8 @@ impl ThreadCache {
 /// then cost no memory, and a later allocation finds the pages zero, as
 /// fresh memory. Each such object is marked (`head::mark_discarded`): a
 /// pool whose marked objects were taken from the shared cache again
-/// `KEEP_PAGES_AFTER` times is in use after all, and keeps its pages from then on
-/// (`Pool::keeps_pages`), so that a pool of few buffers that the thread
+/// `KEEP_PAGES_AFTER` times is in use after all, and keeps its pages from
+/// then on (`Pool::keeps_pages`), so that a pool of few buffers that the thread
 /// cache cannot hold, in use all along, does not fault them in anew at
 /// each turn (git's `pack-objects`). Not for a pool with debugging
 /// options, which keep what they wrote into free objects, nor for one
