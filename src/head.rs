@@ -662,7 +662,7 @@ impl Pool {
         // cache and makes new objects. The variants of the shared cache
         // that `POOL_SHARED_CACHE` selects for comparison keep their
         // objects (see `flush`).
-        if self.active.load(Relaxed) + IDLE_SPANS >= span::fresh_spans()
+        if !self.is_idle()
             || options::shared_mode() != SharedMode::Xchg
             || self.shared_objects() == 0
         {
@@ -674,6 +674,13 @@ impl Pool {
         if let Backend::Span(tag) = self.backend {
             span::trim_tag(tag);
         }
+    }
+
+    /// Whether no thread took an object of this pool from the shared cache
+    /// or the backing allocator through the last [`IDLE_SPANS`] fresh
+    /// spans. Relaxed: a hint.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.active.load(Relaxed) + IDLE_SPANS < span::fresh_spans()
     }
 
     /// Whether this pool's free objects may give their pages back (see

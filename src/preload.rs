@@ -19,6 +19,17 @@ pub fn fresh_spans() -> usize {
     crate::span::fresh_spans()
 }
 
+/// Moves this thread's cached objects of `pool` to its shared cache if the
+/// pool is idle (no thread took its objects past the thread caches through
+/// the last few fresh spans): the step before `Pool::release_if_idle` for
+/// the objects a thread holds itself (a single-threaded program holds all
+/// of its own).
+pub fn evict_own_if_idle(pool: &Pool) {
+    if pool.is_idle() {
+        crate::thread_cache::evict_own(pool);
+    }
+}
+
 /// Makes the process's fork handlers also take `lock` in prepare and call
 /// `unlock` in the parent and the child (the preload's large cache). Call it
 /// from a constructor, before any thread can fork.

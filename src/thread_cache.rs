@@ -809,6 +809,16 @@ pub(crate) fn fit_budget() {
     }
 }
 
+/// Moves this thread's cached objects of `pool` to its shared cache.
+pub(crate) fn evict_own(pool: &Pool) {
+    if let Some(tc) = ThreadCache::existing() {
+        let e = &tc.table[pool.slot];
+        if ptr::eq(e.pool.load(Relaxed), pool) {
+            tc.evict_from(e, usize::MAX);
+        }
+    }
+}
+
 /// Moves every object this thread caches to the shared caches.
 pub(crate) fn evict_all() {
     if let Some(tc) = ThreadCache::existing() {

@@ -1,9 +1,10 @@
 /* A size class that the program stopped using gives its memory back while
  * the heap grows: its freed blocks, pushed out of the thread cache into the
- * shared cache, keep their pages as long as nothing grows (they may be
- * taken again), and lose them once the heap has grown by more than four
- * spans (1 MiB) with no block of that class taken past the thread cache. Blocks of the class
- * allocated afterwards are usable. mincore says which pages are resident
+ * shared cache or still in the thread cache, keep their pages as long as
+ * nothing grows (they may be taken again), and lose them once the heap has
+ * grown by more than four spans (1 MiB) with no block of that class taken
+ * past the thread cache. Blocks of the class allocated afterwards are
+ * usable. mincore says which pages are resident
  * (a range unmapped altogether counts as not resident).
  * malloc and free go through volatile pointers: nothing is elided. */
 #include "preload.h"
@@ -11,8 +12,8 @@
 #include <stdint.h>
 #include <sys/mman.h>
 
-enum { PAGE = 4096, IDLE_SIZE = 640, IDLE = 64, FLOOD_SIZE = 4000, FLOOD = 1000,
-       GROW_SIZE = 3000, GROW = 1000 };
+enum { PAGE = 4096, IDLE_SIZE = 640, IDLE = 64, CACHED_SIZE = 1280, CACHED = 32,
+       FLOOD_SIZE = 4000, FLOOD = 1000, GROW_SIZE = 3000, GROW = 1000 };
 
 static void *(*volatile get)(size_t) = malloc;
 static void (*volatile put)(void *) = free;
@@ -29,6 +30,26 @@ static void flood(void)
     }
     for (int i = 0; i < FLOOD; i++)
         put(b[i]);
+}
+
+/* Allocates `count` blocks of `n` bytes into `b`, each written whole, and
+ * the range [*lo, *hi) of the middle ones (the first may be lent by another
+ * class). */
+static void fill(unsigned char **b, int count, size_t n, uintptr_t *lo, uintptr_t *hi)
+{
+    *lo = UINTPTR_MAX;
+    *hi = 0;
+    for (int i = 0; i < count; i++) {
+        b[i] = get(n);
+        CHECK(b[i] != NULL);
+        memset(b[i], 0x5a, n);
+    }
+    for (int i = count / 8; i < count - count / 8; i++) {
+        uintptr_t a = (uintptr_t)b[i];
+        *lo = a < *lo ? a : *lo;
+        *hi = a + n > *hi ? a + n : *hi;
+    }
+    CHECK(*hi - *lo < (size_t)count * n * 2);
 }
 
 /* Resident pages among the whole pages of [from, to), counted in *all. */
@@ -55,19 +76,8 @@ int main(void)
     flood();
 
     static unsigned char *idle[IDLE];
-    uintptr_t lo = UINTPTR_MAX, hi = 0;
-    for (int i = 0; i < IDLE; i++) {
-        idle[i] = get(IDLE_SIZE);
-        CHECK(idle[i] != NULL);
-        memset(idle[i], 0x5a, IDLE_SIZE);
-    }
-    /* The middle blocks' range: the first may be lent by another class. */
-    for (int i = IDLE / 8; i < IDLE - IDLE / 8; i++) {
-        uintptr_t a = (uintptr_t)idle[i];
-        lo = a < lo ? a : lo;
-        hi = a + IDLE_SIZE > hi ? a + IDLE_SIZE : hi;
-    }
-    CHECK(hi - lo < (size_t)IDLE * IDLE_SIZE * 2);
+    uintptr_t lo, hi;
+    fill(idle, IDLE, IDLE_SIZE, &lo, &hi);
     for (int i = 0; i < IDLE; i++)
         put(idle[i]);
     flood();
@@ -76,6 +86,19 @@ int main(void)
     if (r != all) {
         fprintf(stderr, "idle %d-byte blocks lost %zu of %zu pages with no growth\n", IDLE_SIZE,
                 all - r, all);
+        return 1;
+    }
+    /* Blocks of another class, freed last: they stay in the thread cache. */
+    static unsigned char *cached[CACHED];
+    uintptr_t clo, chi;
+    fill(cached, CACHED, CACHED_SIZE, &clo, &chi);
+    for (int i = 0; i < CACHED; i++)
+        put(cached[i]);
+    size_t call, cr = resident(clo, chi, &call);
+    CHECK(call >= 4);
+    if (cr != call) {
+        fprintf(stderr, "cached %d-byte blocks lost %zu of %zu pages with no growth\n",
+                CACHED_SIZE, call - cr, call);
         return 1;
     }
 
@@ -90,6 +113,12 @@ int main(void)
     if (r != 0) {
         fprintf(stderr, "idle %d-byte blocks keep %zu of %zu pages after the heap grew by %d KiB\n",
                 IDLE_SIZE, r, all, GROW * GROW_SIZE / 1024);
+        return 1;
+    }
+    cr = resident(clo, chi, &call);
+    if (cr != 0) {
+        fprintf(stderr, "%d-byte blocks idle in the thread cache keep %zu of %zu pages after the "
+                "heap grew by %d KiB\n", CACHED_SIZE, cr, call, GROW * GROW_SIZE / 1024);
         return 1;
     }
     for (int i = 0; i < GROW; i++) {
@@ -107,8 +136,18 @@ int main(void)
         CHECK(idle[i][0] == i && idle[i][IDLE_SIZE - 1] == i);
         put(idle[i]);
     }
-    printf("test_idle_classes: %zu pages of idle %d-byte blocks kept while nothing grew, "
-           "given back after the heap grew by %d KiB\n", all, IDLE_SIZE,
+    for (int i = 0; i < CACHED; i++) {
+        cached[i] = get(CACHED_SIZE);
+        CHECK(cached[i] != NULL);
+        memset(cached[i], i, CACHED_SIZE);
+    }
+    for (int i = 0; i < CACHED; i++) {
+        CHECK(cached[i][0] == i && cached[i][CACHED_SIZE - 1] == i);
+        put(cached[i]);
+    }
+    printf("test_idle_classes: %zu pages of idle %d-byte blocks in the shared cache and %zu "
+           "of %d-byte blocks in the thread cache kept while nothing grew, given back after "
+           "the heap grew by %d KiB\n", all, IDLE_SIZE, call, CACHED_SIZE,
            GROW * GROW_SIZE / 1024);
     return 0;
 }

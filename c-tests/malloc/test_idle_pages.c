@@ -8,7 +8,10 @@
  * of a class whose blocks were taken back after losing their pages 16
  * times (in use after all). mincore
  * says which pages are resident; the blocks stay mapped (they are the
- * preload's, in its spans).
+ * preload's, in its spans). No flood grows the heap (its blocks are made
+ * before the cases, and again after the case that grows the heap): a class
+ * idle while the heap grows gives back its memory altogether, blocks in
+ * the thread cache included (test_idle_classes).
  * malloc and free go through volatile pointers: nothing is elided. */
 #include "preload.h"
 #include <stdint.h>
@@ -75,6 +78,7 @@ int main(void)
 {
     require_preload();
     size_t resident;
+    flood();
 
     /* Pushed out by another class's frees: a lone block's pages go, those
      * of a class of many blocks stay. */
@@ -118,7 +122,9 @@ int main(void)
         return 1;
     }
     /* A lone block taken back again and again after losing its pages: from
-     * the 16th time on, it keeps them. */
+     * the 16th time on, it keeps them. The flood's class was idle while the
+     * blocks above grew the heap: its blocks are made again first. */
+    flood();
     size_t lost = 0;
     for (int r = 0; r < REUSES; r++) {
         unsigned char *q = get(REUSED);

@@ -77,6 +77,9 @@ thread_local! {
     /// mapping of its own instead of waiting for itself. Const and without
     /// a destructor, so touching it registers nothing.
     static IN_INIT: Cell<bool> = const { Cell::new(false) };
+    /// The count of fresh spans when this thread last moved its cached
+    /// objects of idle classes out ([`release_idle_classes`]).
+    static SWEPT_HERE: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Requests up to this many bytes find their class in [`SMALL_CLASS`].
@@ -375,19 +378,29 @@ static SWEPT: AtomicUsize = AtomicUsize::new(0);
 /// Once per fresh span (the heap grew by one), on the first miss after it:
 /// every class that no thread took objects of, past its thread cache,
 /// through the last few fresh spans gives back its idle objects' memory
-/// (`Pool::release_if_idle`). A single heap would have reused them for the
-/// sizes that grow. Relaxed: the count is a clock; of the threads that
-/// see it move, the one whose exchange succeeds sweeps.
+/// (`Pool::release_if_idle`). Each thread first moves the objects of such
+/// classes that it caches itself to the shared caches, at its own first
+/// miss after a fresh span. A single heap would have reused them for the
+/// sizes that grow. Relaxed: the count is a clock; of the threads that see
+/// it move, the one whose exchange succeeds sweeps.
 fn release_idle_classes() {
     let now = preload::fresh_spans();
+    if SWEPT_HERE.try_with(|s| s.replace(now) != now).unwrap_or(false) {
+        each_class_pool(preload::evict_own_if_idle);
+    }
     let last = SWEPT.load(Relaxed);
     if now == last || SWEPT.compare_exchange(last, now, Relaxed, Relaxed).is_err() {
         return;
     }
+    each_class_pool(Pool::release_if_idle);
+}
+
+/// Calls `f` on the pool of every class that has one.
+fn each_class_pool(f: impl Fn(&'static Pool)) {
     for p in &POOLS[..CLASSES] {
         // SAFETY: as in `alloc` (Acquire: as in `pool`).
         if let Some(pool) = unsafe { p.load(Acquire).as_ref() } {
-            pool.release_if_idle();
+            f(pool);
         }
     }
 }
