@@ -9,7 +9,7 @@ objects so far times its size. Requests above 32 KiB are counted at their
 page-rounded length while live. Prints, per trace, the peak of the live
 bytes requested and the peak of that model under each class table:
 "four" (16, 32, 48, 64, then four classes per power of two, the table
-before the page-and-header class), "page+" (the same and 4416: the
+before the page-and-header class), "page+" (the same and 4368: the
 preload's table, malloc/src/lib.rs) and "eight>4K" (eight per power of two above
 4 KiB). One thread's view: a multi-threaded program's thread caches come
 on top."""
@@ -28,7 +28,7 @@ def four(n):
 
 
 def page_plus(n):
-    return 4416 if 4096 < n <= 4416 else four(n)
+    return 4368 if 4096 < n <= 4368 else four(n)
 
 
 def eight_above_4k(n):

@@ -370,18 +370,20 @@ pub(crate) fn tag_for_size(obj_size: usize) -> Option<u32> {
     None
 }
 
+/// Bytes before a span's objects: its header, in a cache line of its own.
+const HEADER: usize = 64;
+const _: () = assert!(size_of::<SpanHeader>() <= HEADER);
+
 /// Offset of the first object of a span of `obj_size`-byte objects: past
 /// the header, and for a power-of-two size up to a page, aligned to the size
 /// so that every object is (what `posix_memalign` relies on).
 fn data_offset(obj_size: usize) -> usize {
     if obj_size.is_power_of_two() && obj_size <= 4096 {
-        obj_size.max(128)
+        obj_size.max(HEADER)
     } else {
-        128
+        HEADER
     }
 }
-
-const _: () = assert!(size_of::<SpanHeader>() <= 128);
 
 /// The mutable state of span `s`.
 ///

@@ -47,7 +47,7 @@ mod large;
 pub const MAX_SMALL: usize = 32 * 1024;
 /// Size classes: 16, 32, 48, 64, then four per power of two up to MAX_SMALL,
 /// and [`PAGE_PLUS`] between 4096 and 5120. Requests of a page and a
-/// header of up to 320 bytes (sqlite's page-cache slots of 4104 and 4368
+/// header of up to 272 bytes (sqlite's page-cache slots of 4104 and 4368
 /// bytes, buffers of a page with a length in front) would otherwise take
 /// 5120 bytes, a fifth of it unused; a class for each of the steps between
 /// 4096 and 8192 instead would split a program's blocks of 4 to 8 KiB over
@@ -56,7 +56,11 @@ pub const MAX_SMALL: usize = 32 * 1024;
 const CLASSES: usize = 41;
 /// The class of a page and a header, and its index (the
 /// classes above it come one later than the power-of-two steps put them).
-const PAGE_PLUS: usize = 4096 + 320;
+/// 4368 is the largest multiple of 16 of which a span (256 KiB past its
+/// 64-byte header) holds 60; a larger one fits 59, which costs a program
+/// whose memory is mostly such blocks (sqlite's page cache) one span more
+/// in sixty.
+const PAGE_PLUS: usize = 4096 + 272;
 const PAGE_PLUS_CLASS: usize = 28;
 /// Every block is aligned to at least this (what glibc guarantees on x86-64).
 const MIN_ALIGN: usize = 16;
@@ -788,7 +792,7 @@ mod tests {
             [class_of(64), class_of(65), class_of(80), class_of(81)],
             [3, 4, 4, 5]
         );
-        let sizes = [4096, 4097, 4416, 4417, 5120, 5121].map(|n| class_size(class_of(n)));
+        let sizes = [4096, 4097, 4368, 4369, 5120, 5121].map(|n| class_size(class_of(n)));
         assert_eq!(sizes, [4096, PAGE_PLUS, PAGE_PLUS, 5120, 5120, 6144]);
     }
 
