@@ -389,7 +389,10 @@ static SWEPT: AtomicUsize = AtomicUsize::new(0);
 /// it move, the one whose exchange succeeds sweeps.
 fn release_idle_classes() {
     let now = preload::fresh_spans();
-    if SWEPT_HERE.try_with(|s| s.replace(now) != now).unwrap_or(false) {
+    if SWEPT_HERE
+        .try_with(|s| s.replace(now) != now)
+        .unwrap_or(false)
+    {
         each_class_pool(preload::evict_own_if_idle);
     }
     let last = SWEPT.load(Relaxed);
