@@ -28,8 +28,7 @@ use crate::sync::{peek, unlock, AtomicIsize, AtomicPtr, Backoff};
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use crossbeam_utils::CachePadded;
-use legacy::LegacyHead;
+use legacy::{LegacyHead, LegacyLocks};
 
 /// Buckets per pool, at most (`POOL_SHARED_BUCKETS` may use fewer). Threads
 /// start at a bucket of their own, so that two threads rarely meet on one
@@ -133,6 +132,9 @@ impl Cluster {
     }
 }
 
+// One cache line per bucket, so that threads on different buckets do not
+// write the same line (each thread starts at a bucket of its own).
+#[repr(align(64))]
 pub(crate) struct Bucket {
     /// NULL, the first cluster, or BUSY while a taker holds the lock.
     head: AtomicPtr<Item>,
@@ -147,23 +149,35 @@ pub(crate) struct Bucket {
     /// to the parent or child handler. Only the forking thread touches it:
     /// the handlers, and inside its fork window its own puts and takes
     /// (see `crate::fork` and the fork window in `sync`).
-    /// The head of a legacy variant, when one is selected (in the same
-    /// cache line, as this bucket's own head would be).
+    fork_list: UnsafeCell<*mut Item>,
+    /// The head of a legacy variant, when one is selected, and its locks
+    /// (in the same cache line, as this bucket's own head would be).
     pub(crate) legacy: LegacyHead,
+    pub(crate) legacy_locks: LegacyLocks,
+    /// The cache's buckets in use minus one (their count is a power of
+    /// two), the same in each of its buckets, written once before the cache
+    /// is shared: a thread reads it from the bucket it starts at, so that
+    /// it reads no line that another bucket's threads write.
+    mask: u32,
     /// Counting builds only: the CPU that used this bucket last.
     pub(crate) last: LastCpu,
-    fork_list: UnsafeCell<*mut Item>,
 }
 
+#[cfg(not(any(loom, pools_counters)))]
+const _: () = assert!(core::mem::size_of::<Bucket>() == 64);
+
 impl Bucket {
-    /// An empty, unlocked bucket with no objects counted.
-    fn empty() -> Bucket {
+    /// An empty, unlocked bucket with no objects counted, of a cache over
+    /// `mask + 1` buckets.
+    fn empty(mask: usize) -> Bucket {
         Bucket {
             head: AtomicPtr::new(ptr::null_mut()),
             objects: AtomicIsize::new(0),
             allocated: AtomicIsize::new(0),
             fork_list: UnsafeCell::new(ptr::null_mut()),
             legacy: LegacyHead::new(),
+            legacy_locks: LegacyLocks::new(),
+            mask: mask as u32,
             last: LastCpu::new(),
         }
     }
@@ -197,9 +211,7 @@ impl Locked<'_> {
 
 /// The shared cache of one pool.
 pub(crate) struct SharedCache {
-    buckets: [CachePadded<Bucket>; BUCKETS],
-    /// Buckets in use minus one (their count is a power of two).
-    mask: usize,
+    buckets: [Bucket; BUCKETS],
 }
 
 impl SharedCache {
@@ -224,8 +236,7 @@ impl SharedCache {
     pub(crate) fn with_buckets(n: usize) -> Self {
         assert!(n.is_power_of_two() && n <= BUCKETS);
         SharedCache {
-            buckets: core::array::from_fn(|_| CachePadded::new(Bucket::empty())),
-            mask: n - 1,
+            buckets: core::array::from_fn(|_| Bucket::empty(n - 1)),
         }
     }
 
@@ -240,10 +251,14 @@ impl SharedCache {
         assert!(n.is_power_of_two() && n <= BUCKETS);
         for i in 0..BUCKETS {
             // SAFETY: `dst` is valid for writes (caller); a place inside it.
-            unsafe { (&raw mut (*dst).buckets[i]).write(CachePadded::new(Bucket::empty())) };
+            unsafe { (&raw mut (*dst).buckets[i]).write(Bucket::empty(n - 1)) };
         }
-        // SAFETY: as above.
-        unsafe { (&raw mut (*dst).mask).write(n - 1) };
+    }
+
+    /// The buckets in use minus one, read from the bucket `b` starts at.
+    #[inline]
+    fn mask_at(&self, b: usize) -> usize {
+        self.buckets[b & (BUCKETS - 1)].mask as usize
     }
 
     /// Bucket `b` modulo the buckets in use.
@@ -251,12 +266,12 @@ impl SharedCache {
     pub(crate) fn bucket(&self, b: usize) -> &Bucket {
         // `& (BUCKETS - 1)` changes nothing (`mask < BUCKETS`, both powers
         // of two less one) but lets the compiler drop the bounds check.
-        &self.buckets[b & self.mask & (BUCKETS - 1)]
+        &self.buckets[b & self.mask_at(b) & (BUCKETS - 1)]
     }
 
     /// The buckets in use.
-    pub(crate) fn used(&self) -> &[CachePadded<Bucket>] {
-        &self.buckets[..=self.mask]
+    pub(crate) fn used(&self) -> &[Bucket] {
+        &self.buckets[..=self.mask_at(0)]
     }
 
     /// Puts a cluster into the shared cache, starting at bucket `home`.
@@ -309,7 +324,7 @@ impl SharedCache {
             // Locked by a taker: try the next bucket, pausing after a round.
             count(Event::Hop);
             b += 1;
-            if (b ^ home) & self.mask == 0 {
+            if (b ^ home) & self.mask_at(home) == 0 {
                 backoff.snooze();
             }
         }
@@ -323,7 +338,7 @@ impl SharedCache {
     pub(crate) fn take(&self, home: usize) -> Option<Cluster> {
         count(Event::Take);
         // A half-open range: `0..=mask` costs more per step.
-        for i in 0..self.mask + 1 {
+        for i in 0..self.mask_at(home) + 1 {
             let bucket = self.bucket(home + i);
             touch(&bucket.last);
             if let Some((first, locked)) = Self::lock(bucket) {

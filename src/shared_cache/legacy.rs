@@ -2,8 +2,9 @@
 //! to show, in a test, the crash the default design fixes. Never the
 //! default; selected with `POOL_SHARED_CACHE=dwcas|rwlock|locked`.
 //!
-//! They run over the default's buckets and clusters (a [`LegacyHead`] sits
-//! in each [`Bucket`], beside the default's own head), with the same choice
+//! They run over the default's buckets and clusters (a [`LegacyHead`] and
+//! its [`LegacyLocks`] sit in each [`Bucket`], beside the default's own
+//! head, in the same cache line), with the same choice
 //! of bucket (a thread's home first, then the next ones) and the same
 //! release policy, so that they differ from `xchg` only in how a head is
 //! locked. `POOL_SHARED_BUCKETS=1` gives each of them, and `xchg`, a single
@@ -18,7 +19,8 @@
 //!   loop and never waits.
 //! - `rwlock`: the same pop under the bucket's read lock, while flush and gc
 //!   take the write locks to detach what they free (`shared/seeds/002_...`):
-//!   correct, but every pop writes the lock's word. A release write-holds
+//!   correct, but every pop writes the lock's word (a spinning read-write
+//!   lock of one word, as HAProxy's are). A release write-holds
 //!   every bucket's lock, not only the one it takes from: an object a pop
 //!   still reads the `next` of (under bucket A's read lock) may have been
 //!   taken and put into bucket B meanwhile, and released from there.
@@ -31,23 +33,29 @@ use crate::counters::{count, touch, Event};
 use crate::links;
 use crate::options::{self, SharedMode};
 use core::ptr::{self, NonNull};
-use core::sync::atomic::AtomicPtr;
+use core::sync::atomic::AtomicU32;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use crossbeam_utils::Backoff;
 use portable_atomic::AtomicU128;
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
-/// The heads of the legacy variants in one bucket (one is used, by the
-/// variant selected for the process).
+/// The head of the legacy variants in one bucket (one is used, by the
+/// variant selected for the process): the first cluster's address (low 64
+/// bits) and, for `dwcas` and `rwlock`, a sequence number bumped by every
+/// change (high 64 bits). `locked` reads and writes it under its mutex,
+/// with a sequence of 0.
 pub(crate) struct LegacyHead {
-    /// `dwcas`, `rwlock`: the first cluster's address (low 64 bits) and a
-    /// sequence number bumped by every change (high 64 bits).
     dw: AtomicU128,
-    /// `locked`: the first cluster, read and written under `mutex`.
-    list: AtomicPtr<Item>,
-    /// `rwlock`: read-held by pops, write-held by whoever frees objects.
-    flush_lock: RwLock<()>,
+}
+
+/// The locks of the legacy variants in one bucket, apart from the head so
+/// that a bucket with both fits one cache line (a struct holding the
+/// 16-byte head would be padded to a multiple of 16).
+pub(crate) struct LegacyLocks {
     /// `locked`: held around every list operation.
     mutex: Mutex<()>,
+    /// `rwlock`: read-held by pops, write-held by whoever frees objects.
+    flush_lock: FlushLock,
 }
 
 fn pack(first: *mut Item, seq: u64) -> u128 {
@@ -61,13 +69,93 @@ fn unpack(v: u128) -> (*mut Item, u64) {
     )
 }
 
-impl LegacyHead {
+/// A reader-writer spin lock in one word: the count of readers, and
+/// [`WRITER`] while a writer holds it or waits for the readers to leave (no
+/// reader enters then). HAProxy's read-write locks spin as well.
+struct FlushLock(AtomicU32);
+
+const WRITER: u32 = 1 << 31;
+
+/// A read hold of a [`FlushLock`], released on drop.
+struct ReadGuard<'a>(&'a AtomicU32);
+
+/// A write hold of a [`FlushLock`], released on drop.
+struct WriteGuard<'a>(&'a AtomicU32);
+
+impl FlushLock {
+    const fn new() -> Self {
+        FlushLock(AtomicU32::new(0))
+    }
+
+    /// The read lock, counting a wait when it was not free.
+    fn read(&self) -> ReadGuard<'_> {
+        let backoff = Backoff::new();
+        let mut waited = false;
+        // Relaxed: only the CAS below takes the lock.
+        let mut cur = self.0.load(Relaxed);
+        loop {
+            if cur & WRITER == 0 {
+                // Acquire on success: what the last writer did (detaching
+                // lists) happens before our pop.
+                match self.0.compare_exchange_weak(cur, cur + 1, Acquire, Relaxed) {
+                    Ok(_) => return ReadGuard(&self.0),
+                    Err(now) => cur = now,
+                }
+                continue;
+            }
+            if !waited {
+                count(Event::Wait);
+                waited = true;
+            }
+            backoff.snooze();
+            cur = self.0.load(Relaxed);
+        }
+    }
+
+    /// The write lock, counting a wait when it was not free.
+    fn write(&self) -> WriteGuard<'_> {
+        let backoff = Backoff::new();
+        // Acquire: the readers' Release on leaving (awaited below) orders
+        // their reads of the objects before what we free.
+        let mut cur = self.0.fetch_or(WRITER, Acquire);
+        if cur != 0 {
+            count(Event::Wait);
+        }
+        while cur & WRITER != 0 {
+            // Another writer holds it: wait for it to leave, then claim it.
+            backoff.snooze();
+            cur = self.0.fetch_or(WRITER, Acquire);
+        }
+        while cur & !WRITER != 0 {
+            // Readers still inside; no new one enters.
+            backoff.snooze();
+            // Acquire: pairs with each reader's Release on leaving.
+            cur = self.0.load(Acquire);
+        }
+        WriteGuard(&self.0)
+    }
+}
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        // Release: our reads of the list happen before a writer's frees.
+        self.0.fetch_sub(1, Release);
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        // Release: what we detached is seen by the next holder's Acquire.
+        // While we held it, no reader entered and no writer claimed it.
+        self.0.store(0, Release);
+    }
+}
+
+impl LegacyLocks {
     pub(crate) const fn new() -> Self {
-        LegacyHead {
-            dw: AtomicU128::new(0),
-            list: AtomicPtr::new(ptr::null_mut()),
-            flush_lock: RwLock::new(()),
+        LegacyLocks {
             mutex: Mutex::new(()),
+            flush_lock: FlushLock::new(),
         }
     }
 
@@ -82,28 +170,12 @@ impl LegacyHead {
             }
         }
     }
+}
 
-    /// The read lock, counting a wait when it was not free.
-    fn read(&self) -> RwLockReadGuard<'_, ()> {
-        match self.flush_lock.try_read() {
-            Ok(g) => g,
-            Err(TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(TryLockError::WouldBlock) => {
-                count(Event::Wait);
-                self.flush_lock.read().unwrap_or_else(|e| e.into_inner())
-            }
-        }
-    }
-
-    /// The write lock, counting a wait when it was not free.
-    fn write(&self) -> RwLockWriteGuard<'_, ()> {
-        match self.flush_lock.try_write() {
-            Ok(g) => g,
-            Err(TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(TryLockError::WouldBlock) => {
-                count(Event::Wait);
-                self.flush_lock.write().unwrap_or_else(|e| e.into_inner())
-            }
+impl LegacyHead {
+    pub(crate) const fn new() -> Self {
+        LegacyHead {
+            dw: AtomicU128::new(0),
         }
     }
 
@@ -193,22 +265,35 @@ impl LegacyHead {
     /// Pushes a cluster on the `locked` list; the caller holds the mutex.
     fn push_locked(&self, first: *mut Item, _held: &MutexGuard<'_, ()>) {
         // Relaxed: the mutex orders every access to the list.
-        let head = self.list.load(Relaxed);
+        let (head, _) = unpack(self.dw.load(Relaxed));
         // SAFETY: we own `first` until it is linked in.
         unsafe { Item::set_next(first, head) };
-        self.list.store(first, Relaxed);
+        self.dw.store(pack(first, 0), Relaxed);
     }
 
     /// Pops a cluster off the `locked` list; the caller holds the mutex.
     fn pop_locked(&self, _held: &MutexGuard<'_, ()>) -> Option<NonNull<Item>> {
         // Relaxed: the mutex orders every access to the list.
-        let first = NonNull::new(self.list.load(Relaxed))?;
+        let first = NonNull::new(unpack(self.dw.load(Relaxed)).0)?;
         options::race_window();
         // SAFETY: we hold the mutex, so `first` is in the list and nobody
         // can take it (or free it) while we read its `next`.
         let next = unsafe { Item::next(first.as_ptr()) };
-        self.list.store(next, Relaxed);
+        self.dw.store(pack(next, 0), Relaxed);
         Some(first)
+    }
+
+    /// Detaches the whole `locked` list; the caller holds the mutex.
+    fn detach_locked(&self, _held: &MutexGuard<'_, ()>) -> *mut Item {
+        // Relaxed: the mutex orders every access to the list.
+        unpack(self.dw.swap(0, Relaxed)).0
+    }
+
+    /// Whether the `locked` list looks empty, read without the mutex: a
+    /// peek, which the pop checks again under it.
+    fn looks_empty(&self) -> bool {
+        // Relaxed: only a hint.
+        unpack(self.dw.load(Relaxed)).0.is_null()
     }
 }
 
@@ -238,7 +323,7 @@ impl SharedCache {
                 loop {
                     let bucket = self.bucket(b);
                     touch(&bucket.last);
-                    if let Ok(held) = bucket.legacy.mutex.try_lock() {
+                    if let Ok(held) = bucket.legacy_locks.mutex.try_lock() {
                         bucket.legacy.push_locked(first, &held);
                         break bucket;
                     }
@@ -247,7 +332,7 @@ impl SharedCache {
                     if b - home == self.used().len() {
                         let bucket = self.bucket(home);
                         touch(&bucket.last);
-                        let held = bucket.legacy.lock();
+                        let held = bucket.legacy_locks.lock();
                         bucket.legacy.push_locked(first, &held);
                         break bucket;
                     }
@@ -280,16 +365,16 @@ impl SharedCache {
             let head = &bucket.legacy;
             let first = match mode {
                 SharedMode::Rwlock => {
-                    let _read = head.read();
+                    let _read = bucket.legacy_locks.flush_lock.read();
                     head.pop_dw()
                 }
                 SharedMode::Locked => {
-                    // Relaxed: a peek to skip an empty list without locking,
-                    // as `xchg` skips an empty head.
-                    if head.list.load(Relaxed).is_null() {
+                    // A peek to skip an empty list without locking, as
+                    // `xchg` skips an empty head.
+                    if head.looks_empty() {
                         None
                     } else {
-                        head.pop_locked(&head.lock())
+                        head.pop_locked(&bucket.legacy_locks.lock())
                     }
                 }
                 _ => head.pop_dw(),
@@ -308,10 +393,13 @@ impl SharedCache {
 
     /// Write-locks every bucket's flush lock in use, in bucket order (pops
     /// hold one read lock at a time, so the order cannot deadlock).
-    fn write_all(&self) -> [Option<RwLockWriteGuard<'_, ()>>; BUCKETS] {
+    fn write_all(&self) -> [Option<WriteGuard<'_>>; BUCKETS] {
         let used = self.used();
         // `from_fn` calls in index order: the locks are taken in order.
-        core::array::from_fn(|b| used.get(b).map(|bucket| bucket.legacy.write()))
+        core::array::from_fn(|b| {
+            used.get(b)
+                .map(|bucket| bucket.legacy_locks.flush_lock.write())
+        })
     }
 
     /// Takes a cluster to return its objects to the OS: like
@@ -345,9 +433,7 @@ impl SharedCache {
             core::array::from_fn(|b| match used.get(b) {
                 None => ptr::null_mut(),
                 Some(bucket) if mode == SharedMode::Locked => {
-                    let _held = bucket.legacy.lock();
-                    // Relaxed: the mutex orders every access to the list.
-                    bucket.legacy.list.swap(ptr::null_mut(), Relaxed)
+                    bucket.legacy.detach_locked(&bucket.legacy_locks.lock())
                 }
                 Some(bucket) => bucket.legacy.detach_dw(),
             })
