@@ -28,9 +28,8 @@ const ARENA_MAX: usize = 4096;
 const CHUNK: usize = 64 * 1024;
 /// Block sizes 16, 32, ..., ARENA_MAX.
 const CLASSES: usize = (ARENA_MAX.trailing_zeros() - 4 + 1) as usize;
-/// Largest block carved from the chunks of small blocks. 40 pool heads
-/// (1 KiB blocks) with their names (16 bytes) interleaved in one chunk took
-/// 20 pages, each name pushing the next head 1 KiB further.
+/// Largest block carved from the chunks of small blocks (names): a name
+/// carved between two heads would push the next head a whole head further.
 const SMALL_MAX: usize = 256;
 
 /// A chunk being carved: null before the first, and the bytes used in it.
