@@ -15,16 +15,17 @@
 //! ## The atomics
 //!
 //! Under `--cfg loom` they are loom's, so the model checker explores every
-//! interleaving of the real code (see `shared_cache::loom_tests` and
-//! `lifecycle::loom_tests`). Everything else in the crate uses `core`
-//! atomics directly: only those two protocols are model-checked, and loom
+//! interleaving of the real code (see `shared_cache::loom_tests`,
+//! `lifecycle::loom_tests` and the legacy variants' read-write lock in
+//! `shared_cache::legacy`). Everything else in the crate uses `core`
+//! atomics directly: only those protocols are model-checked, and loom
 //! atomics cannot live in statics.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicIsize, AtomicPtr, AtomicUsize};
+pub(crate) use loom::sync::atomic::{AtomicIsize, AtomicPtr, AtomicU32, AtomicUsize};
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicIsize, AtomicPtr, AtomicUsize};
+pub(crate) use core::sync::atomic::{AtomicIsize, AtomicPtr, AtomicU32, AtomicUsize};
 
 /// Spinning on a lock: crossbeam's backoff, or under loom a yield that lets
 /// the model checker run the lock's holder.

@@ -32,10 +32,9 @@ use super::{Bucket, Cluster, Item, SharedCache, BUCKETS};
 use crate::counters::{count, touch, Event};
 use crate::links;
 use crate::options::{self, SharedMode};
+use crate::sync::{AtomicU32, Backoff};
 use core::ptr::{self, NonNull};
-use core::sync::atomic::AtomicU32;
-use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use crossbeam_utils::Backoff;
+use core::sync::atomic::Ordering::{self, Acquire, Relaxed, Release};
 use portable_atomic::AtomicU128;
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
@@ -83,8 +82,18 @@ struct ReadGuard<'a>(&'a AtomicU32);
 struct WriteGuard<'a>(&'a AtomicU32);
 
 impl FlushLock {
-    const fn new() -> Self {
+    fn new() -> Self {
         FlushLock(AtomicU32::new(0))
+    }
+
+    /// The lock word, read to spin on. Under loom a read-modify-write that
+    /// changes nothing (see `sync::peek`): a load may go on returning an
+    /// old value there, and the spinner never see the holder leave.
+    fn current(&self, order: Ordering) -> u32 {
+        #[cfg(not(loom))]
+        return self.0.load(order);
+        #[cfg(loom)]
+        return self.0.fetch_or(0, order);
     }
 
     /// The read lock, counting a wait when it was not free.
@@ -92,15 +101,20 @@ impl FlushLock {
         let backoff = Backoff::new();
         let mut waited = false;
         // Relaxed: only the CAS below takes the lock.
-        let mut cur = self.0.load(Relaxed);
+        let mut cur = self.current(Relaxed);
         loop {
             if cur & WRITER == 0 {
                 // Acquire on success: what the last writer did (detaching
                 // lists) happens before our pop.
-                match self.0.compare_exchange_weak(cur, cur + 1, Acquire, Relaxed) {
-                    Ok(_) => return ReadGuard(&self.0),
-                    Err(now) => cur = now,
+                if self
+                    .0
+                    .compare_exchange(cur, cur + 1, Acquire, Relaxed)
+                    .is_ok()
+                {
+                    return ReadGuard(&self.0);
                 }
+                // Another reader came or went, or a writer came.
+                cur = self.current(Relaxed);
                 continue;
             }
             if !waited {
@@ -108,7 +122,7 @@ impl FlushLock {
                 waited = true;
             }
             backoff.snooze();
-            cur = self.0.load(Relaxed);
+            cur = self.current(Relaxed);
         }
     }
 
@@ -130,7 +144,7 @@ impl FlushLock {
             // Readers still inside; no new one enters.
             backoff.snooze();
             // Acquire: pairs with each reader's Release on leaving.
-            cur = self.0.load(Acquire);
+            cur = self.current(Acquire);
         }
         WriteGuard(&self.0)
     }
@@ -147,12 +161,17 @@ impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
         // Release: what we detached is seen by the next holder's Acquire.
         // While we held it, no reader entered and no writer claimed it.
+        // Under loom a swap, for the reason `sync::unlock` gives: a spinning
+        // writer's `fetch_or` must read this store, not its own.
+        #[cfg(not(loom))]
         self.0.store(0, Release);
+        #[cfg(loom)]
+        self.0.swap(0, Release);
     }
 }
 
 impl LegacyLocks {
-    pub(crate) const fn new() -> Self {
+    pub(crate) fn new() -> Self {
         LegacyLocks {
             mutex: Mutex::new(()),
             flush_lock: FlushLock::new(),
@@ -543,5 +562,63 @@ mod tests {
                 free_all(&objs);
             }
         }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::FlushLock;
+    use crate::shared_cache::loom_tests::model_bounded;
+    use loom::cell::UnsafeCell;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// Two threads take `lock` (a write lock in the main thread, the lock
+    /// `spawned_reads` says in the other) and each adds one to a cell under
+    /// a write lock or reads it under a read lock: loom's cell reports any
+    /// two accesses that overlap. Afterwards the cell holds what the
+    /// writers added. Every interleaving (the bound of the shared cache's
+    /// two-thread models).
+    fn check(spawned_reads: bool) {
+        model_bounded(30, move || {
+            let lock = Arc::new(FlushLock::new());
+            let data = Arc::new(UnsafeCell::new(0usize));
+            let other = {
+                let (lock, data) = (Arc::clone(&lock), Arc::clone(&data));
+                thread::spawn(move || {
+                    if spawned_reads {
+                        let _r = lock.read();
+                        // SAFETY: a read lock excludes writers.
+                        data.with(|p| unsafe { *p });
+                    } else {
+                        let _w = lock.write();
+                        // SAFETY: a write lock excludes every other holder.
+                        data.with_mut(|p| unsafe { *p += 1 });
+                    }
+                })
+            };
+            {
+                let _w = lock.write();
+                // SAFETY: as in the spawned writer.
+                data.with_mut(|p| unsafe { *p += 1 });
+            }
+            other.join().unwrap();
+            let _r = lock.read();
+            // SAFETY: as in the spawned reader.
+            let want = if spawned_reads { 1 } else { 2 };
+            assert_eq!(data.with(|p| unsafe { *p }), want);
+        });
+    }
+
+    /// The `rwlock` variant's lock: a writer excludes a reader.
+    #[test]
+    fn loom_flush_lock_writer_excludes_reader() {
+        check(true);
+    }
+
+    /// ... and another writer.
+    #[test]
+    fn loom_flush_lock_writer_excludes_writer() {
+        check(false);
     }
 }

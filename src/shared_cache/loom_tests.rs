@@ -63,7 +63,7 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
     model_bounded(30, f)
 }
 
-fn model_bounded(bound: usize, f: impl Fn() + Sync + Send + 'static) {
+pub(super) fn model_bounded(bound: usize, f: impl Fn() + Sync + Send + 'static) {
     let mut model = loom::model::Builder::new();
     // Every atomic access is a branch point and spinners add more: the
     // default cap of 1,000 per execution is too small here.
