@@ -52,6 +52,21 @@ static void fill(unsigned char **b, int count, size_t n, uintptr_t *lo, uintptr_
     CHECK(*hi - *lo < (size_t)count * n * 2);
 }
 
+/* Allocates `count` blocks of `n` bytes into `b`, writes each with its
+ * index, checks and frees them. */
+static void serves(unsigned char **b, int count, size_t n)
+{
+    for (int i = 0; i < count; i++) {
+        b[i] = get(n);
+        CHECK(b[i] != NULL);
+        memset(b[i], i, n);
+    }
+    for (int i = 0; i < count; i++) {
+        CHECK(b[i][0] == i && b[i][n - 1] == i);
+        put(b[i]);
+    }
+}
+
 /* Resident pages among the whole pages of [from, to), counted in *all. */
 static size_t resident(uintptr_t from, uintptr_t to, size_t *all)
 {
@@ -126,25 +141,9 @@ int main(void)
         put(grow[i]);
     }
 
-    /* The class serves again. */
-    for (int i = 0; i < IDLE; i++) {
-        idle[i] = get(IDLE_SIZE);
-        CHECK(idle[i] != NULL);
-        memset(idle[i], i, IDLE_SIZE);
-    }
-    for (int i = 0; i < IDLE; i++) {
-        CHECK(idle[i][0] == i && idle[i][IDLE_SIZE - 1] == i);
-        put(idle[i]);
-    }
-    for (int i = 0; i < CACHED; i++) {
-        cached[i] = get(CACHED_SIZE);
-        CHECK(cached[i] != NULL);
-        memset(cached[i], i, CACHED_SIZE);
-    }
-    for (int i = 0; i < CACHED; i++) {
-        CHECK(cached[i][0] == i && cached[i][CACHED_SIZE - 1] == i);
-        put(cached[i]);
-    }
+    /* The classes serve again. */
+    serves(idle, IDLE, IDLE_SIZE);
+    serves(cached, CACHED, CACHED_SIZE);
     printf("test_idle_classes: %zu pages of idle %d-byte blocks in the shared cache and %zu "
            "of %d-byte blocks in the thread cache kept while nothing grew, given back after "
            "the heap grew by %d KiB\n", all, IDLE_SIZE, call, CACHED_SIZE,
