@@ -780,13 +780,17 @@ unsafe fn drain(tc: &ThreadCache) {
     }
 }
 
+/// This thread's cache and its entry of `pool`, if the entry serves it.
+fn own_entry(pool: &Pool) -> Option<(&'static ThreadCache, &'static Entry)> {
+    let tc = ThreadCache::existing()?;
+    let e = &tc.table[pool.slot];
+    ptr::eq(e.pool.load(Relaxed), pool).then_some((tc, e))
+}
+
 /// This thread's entry of `pool`, emptied and unbound (`pool_destroy`).
 pub(crate) fn release_own(pool: &Pool) {
-    if let Some(tc) = ThreadCache::existing() {
-        let e = &tc.table[pool.slot];
-        if ptr::eq(e.pool.load(Relaxed), pool) {
-            tc.unbind(e);
-        }
+    if let Some((tc, e)) = own_entry(pool) {
+        tc.unbind(e);
     }
 }
 
@@ -811,11 +815,8 @@ pub(crate) fn fit_budget() {
 
 /// Moves this thread's cached objects of `pool` to its shared cache.
 pub(crate) fn evict_own(pool: &Pool) {
-    if let Some(tc) = ThreadCache::existing() {
-        let e = &tc.table[pool.slot];
-        if ptr::eq(e.pool.load(Relaxed), pool) {
-            tc.evict_from(e, usize::MAX);
-        }
+    if let Some((tc, e)) = own_entry(pool) {
+        tc.evict_from(e, usize::MAX);
     }
 }
 
